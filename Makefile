@@ -1,0 +1,37 @@
+# Two commands: `make run` (the main job) and `make test` (the whole suite).
+# Both create .venv if missing and install lrkit with its dev extra into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first, preferring one already in the venv, then a local CPU wheel
+# (pip's find-links), then PyTorch's CPU index; GPU users install their own torch into
+# .venv before `make` (see README) and it is left alone.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: run test install lint bench-optim clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)" \
+	  || $(PY) -m pip install -q torch --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/lrkit demo
+
+test: install
+	$(VENV)/bin/ruff check .
+	KERAS_BACKEND=torch $(PY) -m pytest -q -n 2
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench-optim: install
+	$(PY) benchmarks/optim_step.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

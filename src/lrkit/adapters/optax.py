@@ -1,0 +1,28 @@
+"""``s.optax()``: an lrkit schedule as an optax schedule (a jit-compatible callable)."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from lrkit.schedules import Schedule
+from lrkit.schedules._ops import Ops
+
+
+class OptaxSchedule:
+    """``fn(count) -> lr`` on jax arrays, traceable under ``jax.jit``."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+
+    def __call__(self, count: Any) -> Any:
+        dtype = jnp.result_type(float)  # float32, or float64 with jax_enable_x64
+        o = Ops(jnp, dtype)
+        return self.schedule.evaluate(jnp.asarray(count).astype(dtype), o)
+
+    def __repr__(self) -> str:
+        return f"OptaxSchedule({self.schedule})"
+
+
+def to_optax(schedule: Schedule) -> OptaxSchedule:
+    return OptaxSchedule(schedule)

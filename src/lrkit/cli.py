@@ -1,0 +1,136 @@
+"""The ``lrkit`` command line: thin, it parses arguments and calls the library."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import numpy as np
+
+from lrkit import schedules as S
+from lrkit.errors import SpecError
+
+
+def _parse_spec(spec: str) -> S.Schedule:
+    try:
+        return S.parse(spec)
+    except SpecError as exc:
+        raise click.UsageError(f"bad schedule {spec!r}: {exc}") from None
+
+
+def _steps_option(default: int = 1000):
+    return click.option("--steps", "-n", type=click.IntRange(min=1), default=default,
+                        show_default=True, help="Number of optimizer steps to draw or tabulate.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lrkit")
+def main() -> None:
+    """lrkit: learning-rate schedules, optimizers, range tests and benchmarks."""
+
+
+# -- schedules ----------------------------------------------------------------------
+ARTICLE = [
+    ("time_based(0.1, decay=2e-6)", "time-based"),
+    ("step_based(0.1, drop=0.5, every=200)", "step-based"),
+    ("exponential(0.1, decay=0.003)", "exponential"),
+]
+MODERN = [
+    ("cosine(0.1, total=1000)", "cosine"),
+    ("warmup(cosine(0.1, total=900), steps=100)", "warmup + cosine"),
+    ("one_cycle(0.1, total=1000)", "one-cycle"),
+    ("wsd(0.1, total=1000, warmup=50, decay=0.2)", "WSD"),
+    ("cosine_restarts(0.1, period=100, mult=2)", "cosine restarts"),
+    ("cyclic(0.01, high=0.1, up=100, mode='triangular2')", "cyclic (triangular2)"),
+    ("inverse_sqrt(0.1, warmup=100)", "inverse sqrt"),
+]
+
+
+@main.command()
+@_steps_option(1000)
+@click.option("--out", type=click.Path(dir_okay=False), default="lrkit-demo.png",
+              show_default=True, help="Where to save the figure.")
+def demo(steps: int, out: str) -> None:
+    """Plot the article's three schedules beside the modern family, and print a table."""
+    from lrkit.plot import new_axes, plot_schedules, save
+
+    article = [(S.parse(t), label) for t, label in ARTICLE]
+    modern = [(S.parse(t), label) for t, label in MODERN]
+    fig, (left, right) = new_axes(2, figsize=(13, 4.5))
+    plot_schedules([s for s, _ in article], steps, left, labels=[lbl for _, lbl in article],
+                   title="The article: time-based, step-based, exponential")
+    plot_schedules([s for s, _ in modern], steps, right, labels=[lbl for _, lbl in modern],
+                   title="The modern family")
+    save(fig, out)
+    _print_table(article + modern, _default_points(steps), title="Learning rate by step")
+    click.echo(f"figure written to {out}")
+
+
+def _default_points(steps: int) -> list[int]:
+    points = sorted({0, 1, 10, steps // 10, steps // 4, steps // 2, 3 * steps // 4, steps - 1})
+    return [p for p in points if 0 <= p < steps]
+
+
+def _print_table(rows: Sequence[tuple[S.Schedule, str]], points: Sequence[int], title: str):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("schedule", no_wrap=True)
+    for p in points:
+        table.add_column(f"n={p}", justify="right")
+    n = np.asarray(points)
+    for s, label in rows:
+        table.add_row(label, *(f"{v:.3g}" for v in s(n)))
+    console = Console()
+    console.width = max(console.width, 130)
+    console.print(table)
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True)
+@_steps_option(1000)
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedules.png",
+              show_default=True, help="Where to save the figure.")
+@click.option("--log", is_flag=True, help="Logarithmic learning-rate axis.")
+def plot(specs: tuple[str, ...], steps: int, out: str, log: bool) -> None:
+    """Draw one or more schedules (spec text such as "cosine(0.1, total=1000)")."""
+    from lrkit.plot import new_axes, plot_schedules, save
+
+    schedules = [_parse_spec(s) for s in specs]
+    fig, (ax,) = new_axes(1, figsize=(8, 4.5))
+    plot_schedules(schedules, steps, ax, log=log)
+    save(fig, out)
+    click.echo(f"figure written to {out}")
+
+
+@main.command()
+@click.argument("spec")
+@_steps_option(1000)
+@click.option("--at", "at", default=None,
+              help="Comma-separated steps to show (default: a spread over --steps).")
+def show(spec: str, steps: int, at: str | None) -> None:
+    """Print a table of a schedule's values at chosen steps."""
+    s = _parse_spec(spec)
+    if at:
+        try:
+            points = [int(p) for p in at.split(",") if p.strip()]
+        except ValueError:
+            raise click.UsageError(f"--at must be comma-separated integers, got {at!r}") from None
+        if any(p < 0 for p in points):
+            raise click.UsageError(f"--at steps must be >= 0, got {at!r}")
+    else:
+        points = _default_points(steps)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=str(s))
+    table.add_column("step", justify="right")
+    table.add_column("learning rate", justify="right")
+    for p, v in zip(points, s(np.asarray(points))):
+        table.add_row(str(p), f"{v:.6g}")
+    Console().print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""``lrkit.Scheduler``: drives a torch optimizer's param groups from schedules.
+
+Unlike torch's stateful schedulers, nothing is computed recursively: at step ``n`` every
+scheduled value is ``s(n)``, so resuming needs only ``n`` (and the plateau's counters),
+the order in which optimizer, scheduler and their states are restored does not matter,
+and any number of hyperparameters share one step count.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from lrkit import _checks as C
+from lrkit.schedules import Schedule, as_schedule, from_config
+
+_PLATEAU_MODES = ("min", "max")
+_THRESHOLD_MODES = ("rel", "abs")
+
+
+class Plateau:
+    """Reduce the learning rate when a metric stops improving (torch ``ReduceLROnPlateau``).
+
+    Passed as ``Scheduler(opt, lr=s, plateau=Plateau(...))``, it multiplies ``s`` by
+    ``factor`` each time the metric given to ``scheduler.step(metric)`` (or
+    ``scheduler.report(metric)``) has not improved for more than ``patience`` reports, then
+    waits ``cooldown`` reports. "Improved" means below ``best * (1 - threshold)`` (mode "min",
+    threshold_mode "rel"), ``best - threshold`` ("abs"), or the mirror images for "max".
+    The learning rate never goes below ``min_lr`` (a float, or one per param group); as in
+    torch, a reduction smaller than ``eps`` is skipped. With a constant ``s`` this is
+    exactly torch's ReduceLROnPlateau on the same metric sequence.
+    """
+
+    def __init__(
+        self,
+        factor: float = 0.1,
+        patience: int = 10,
+        mode: str = "min",
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float | list[float] = 0.0,
+        eps: float = 1e-8,
+    ) -> None:
+        fn = "Plateau()"
+        self.factor = C.in_range(fn, "factor", factor, 0.0, 1.0, low_open=True, high_open=True)
+        self.patience = C.nonnegative_int(fn, "patience", patience)
+        self.mode = C.choice(fn, "mode", mode, _PLATEAU_MODES)
+        self.threshold = C.nonnegative(fn, "threshold", threshold)
+        self.threshold_mode = C.choice(fn, "threshold_mode", threshold_mode, _THRESHOLD_MODES)
+        self.cooldown = C.nonnegative_int(fn, "cooldown", cooldown)
+        if isinstance(min_lr, (list, tuple)):
+            self.min_lr: float | list[float] = [
+                C.nonnegative(fn, f"min_lr[{i}]", v) for i, v in enumerate(min_lr)]
+        else:
+            self.min_lr = C.nonnegative(fn, "min_lr", min_lr)
+        self.eps = C.nonnegative(fn, "eps", eps)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad = 0
+        self.cooldown_counter = 0
+
+    def is_better(self, value: float) -> bool:
+        if self.mode == "min":
+            bar = self.best * (1 - self.threshold) if self.threshold_mode == "rel" \
+                else self.best - self.threshold
+            return value < bar
+        bar = self.best * (1 + self.threshold) if self.threshold_mode == "rel" \
+            else self.best + self.threshold
+        return value > bar
+
+    def update(self, metric: float) -> bool:
+        """Record a metric; True when the learning rate should be reduced now."""
+        value = float(metric)
+        if self.is_better(value):
+            self.best = value
+            self.num_bad = 0
+        else:
+            self.num_bad += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad = 0
+        if self.num_bad > self.patience:
+            self.cooldown_counter = self.cooldown
+            self.num_bad = 0
+            return True
+        return False
+
+    def min_lr_of(self, group_index: int) -> float:
+        if isinstance(self.min_lr, list):
+            return self.min_lr[group_index]
+        return self.min_lr
+
+    def config(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("factor", "patience", "mode", "threshold",
+                                              "threshold_mode", "cooldown", "min_lr", "eps")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self.config(), "best": self.best, "num_bad": self.num_bad,
+                "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["config"])  # type: ignore[misc]
+        self.best = state["best"]
+        self.num_bad = state["num_bad"]
+        self.cooldown_counter = state["cooldown_counter"]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"Plateau({args})"
+
+
+class Scheduler(LRScheduler):
+    """A torch ``LRScheduler`` whose values are lrkit schedules of the step.
+
+    ``Scheduler(opt, lr=s)`` sets every param group's lr to ``s(n) * group.get("lr_scale",
+    1.0)`` after ``n`` calls of ``step()`` (n = 0 right after construction), so layer-wise
+    scales compose with any schedule. Other numeric param-group values are scheduled the
+    same way, unscaled: ``momentum=``, ``weight_decay=``, ``beta1=``/``beta2=`` (the items
+    of ``betas``), or any key the groups hold (``eps=``...). ``momentum=`` on an optimizer
+    whose groups have ``betas`` but no ``momentum`` (Adam and kin) schedules ``beta1``, as
+    torch's OneCycleLR does. Each value is a ``Schedule``, spec text (``"cosine(0.1,
+    total=1000)"``) or a number.
+
+    ``lr=None`` leaves the lr alone, except that a ``plateau`` then scales each group's
+    initial lr, which is exactly torch's ReduceLROnPlateau. With a plateau, call
+    ``step(metric)``, or ``step()`` every update and ``report(metric)`` when a metric is
+    known.
+
+    ``state_dict()`` holds the step count, every schedule's config and the plateau's
+    counters; loading it, before or after the optimizer's own state and whatever the order
+    of construction, restores the exact sequence.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lr: Schedule | str | float | None = None,
+        *,
+        plateau: Plateau | None = None,
+        **hyperparams: Schedule | str | float,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"Scheduler(): optimizer must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if plateau is not None and not isinstance(plateau, Plateau):
+            raise TypeError(f"Scheduler(): plateau must be an lrkit.Plateau, got {plateau!r}")
+        self.optimizer = optimizer
+        self.schedules: dict[str, Schedule] = {}
+        if lr is not None:
+            self.schedules["lr"] = _schedule_arg("lr", lr)
+        for key, value in hyperparams.items():
+            self.schedules[key] = _schedule_arg(key, value)
+        for key in self.schedules:
+            self._check_key(key)
+        self.plateau = plateau
+        for group in optimizer.param_groups:
+            initial = group["lr"]
+            group.setdefault("initial_lr", initial.clone() if torch.is_tensor(initial) else initial)
+        self.base_lrs = [_as_float(g["initial_lr"]) for g in optimizer.param_groups]
+        self.plateau_scales = [1.0] * len(optimizer.param_groups)
+        self.lr_multiplier = 1.0
+        self.last_epoch = 0
+        self._step_count = 1
+        self._last_lr: list[float] = []
+        self._apply()
+
+    # -- the values at the current step ---------------------------------------------
+    def _check_key(self, key: str) -> None:
+        for i, group in enumerate(self.optimizer.param_groups):
+            target = _target(key, group)
+            if target is None:
+                keys = ", ".join(sorted(k for k in group if k != "params"))
+                raise ValueError(f"Scheduler(): {key}= cannot be scheduled: param group {i} has "
+                                 f"no such value (it has {keys})")
+
+    def get_lr(self) -> list[float]:
+        """The learning rate of each param group at the current step."""
+        n = self.last_epoch
+        if "lr" in self.schedules:
+            base = self.schedules["lr"](n)
+            lrs = [base * g.get("lr_scale", 1.0) for g in self.optimizer.param_groups]
+        elif self.plateau is not None:
+            lrs = list(self.base_lrs)
+        else:
+            return [_as_float(g["lr"]) for g in self.optimizer.param_groups]
+        lrs = [lr * self.lr_multiplier for lr in lrs]
+        if self.plateau is not None:
+            lrs = [max(lr * scale, self.plateau.min_lr_of(i))
+                   for i, (lr, scale) in enumerate(zip(lrs, self.plateau_scales))]
+        return lrs
+
+    def values(self) -> dict[str, float]:
+        """Every scheduled value at the current step (lr before group scales)."""
+        return {key: s(self.last_epoch) for key, s in self.schedules.items()}
+
+    def _apply(self) -> None:
+        lrs = self.get_lr()
+        n = self.last_epoch
+        others = {k: s(n) for k, s in self.schedules.items() if k != "lr"}
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            _write(group, "lr", lr)
+            for key, value in others.items():
+                _write_target(key, group, value)
+        self._last_lr = [_as_float(g["lr"]) for g in self.optimizer.param_groups]
+
+    # -- stepping ----------------------------------------------------------------------
+    def step(self, metric: float | None = None) -> None:  # type: ignore[override]
+        """Advance one step; with a plateau, ``metric`` is this step's metric."""
+        self._step_count += 1
+        self.last_epoch += 1
+        if metric is not None:
+            self._report(metric)
+        self._apply()
+
+    def report(self, metric: float) -> None:
+        """Give the plateau a metric without advancing the step."""
+        self._report(metric)
+        self._apply()
+
+    def _report(self, metric: float) -> None:
+        if self.plateau is None:
+            raise ValueError("Scheduler.step(metric): a metric needs a plateau; build the "
+                             "Scheduler with plateau=lrkit.Plateau(...)")
+        if torch.is_tensor(metric):
+            metric = float(metric.item())
+        if self.plateau.update(metric):
+            current = self.get_lr()
+            for i, lr in enumerate(current):
+                reduced = max(lr * self.plateau.factor, self.plateau.min_lr_of(i))
+                if lr - reduced > self.plateau.eps:
+                    self.plateau_scales[i] *= self.plateau.factor
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the learning rate by ``factor`` from now on, keeping the schedule's shape."""
+        self.lr_multiplier *= C.positive("Scheduler.scale_lr()", "factor", factor)
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate of each param group in use now."""
+        return list(self._last_lr)
+
+    # -- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_epoch": self.last_epoch,
+            "schedules": {k: s.to_config() for k, s in self.schedules.items()},
+            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+            "plateau_scales": list(self.plateau_scales),
+            "lr_multiplier": self.lr_multiplier,
+            "base_lrs": list(self.base_lrs),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        required = ("last_epoch", "schedules", "plateau", "plateau_scales", "lr_multiplier")
+        if not isinstance(state_dict, dict) or any(k not in state_dict for k in required):
+            raise ValueError("Scheduler.load_state_dict(): not an lrkit Scheduler state_dict "
+                             f"(needs keys {', '.join(required)})")
+        schedules = {k: from_config(c) for k, c in state_dict["schedules"].items()}
+        if schedules != self.schedules and self.schedules:
+            warnings.warn("Scheduler.load_state_dict(): the saved schedules differ from those "
+                          "this Scheduler was built with; resuming the saved ones", stacklevel=2)
+        if len(state_dict["plateau_scales"]) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"Scheduler.load_state_dict(): saved for {len(state_dict['plateau_scales'])} "
+                f"param groups, the optimizer has {len(self.optimizer.param_groups)}")
+        self.schedules = schedules
+        for key in schedules:
+            self._check_key(key)
+        if state_dict["plateau"] is None:
+            self.plateau = None
+        else:
+            self.plateau = self.plateau or Plateau()
+            self.plateau.load_state_dict(state_dict["plateau"])
+        self.plateau_scales = list(state_dict["plateau_scales"])
+        self.lr_multiplier = float(state_dict["lr_multiplier"])
+        self.base_lrs = list(state_dict.get("base_lrs", self.base_lrs))
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._apply()
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={s}" for k, s in self.schedules.items()]
+        if self.plateau is not None:
+            parts.append(f"plateau={self.plateau!r}")
+        return f"Scheduler({', '.join(parts)}, step={self.last_epoch})"
+
+
+def _schedule_arg(key: str, value: Any) -> Schedule:
+    try:
+        return as_schedule(value)
+    except TypeError:
+        raise TypeError(f"Scheduler(): {key} must be a Schedule, spec text or a number, "
+                        f"got {value!r}") from None
+
+
+def _as_float(v: Any) -> float:
+    return float(v.item()) if torch.is_tensor(v) else float(v)
+
+
+def _target(key: str, group: dict[str, Any]) -> tuple[str, int | None] | None:
+    """Where ``key`` lives in a param group: (group key, index into a tuple or None)."""
+    if key in ("beta1", "beta2"):
+        return ("betas", 0 if key == "beta1" else 1) if "betas" in group else None
+    if key == "momentum" and "momentum" not in group and "betas" in group:
+        return ("betas", 0)
+    if key in group and key != "params":
+        value = group[key]
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) or
+                                           torch.is_tensor(value)):
+            return None
+        return (key, None)
+    return None
+
+
+def _write(group: dict[str, Any], key: str, value: float) -> None:
+    current = group[key]
+    if torch.is_tensor(current):
+        current.fill_(value)
+    else:
+        group[key] = value
+
+
+def _write_target(key: str, group: dict[str, Any], value: float) -> None:
+    target = _target(key, group)
+    assert target is not None
+    name, index = target
+    if index is None:
+        _write(group, name, value)
+        return
+    items = list(group[name])
+    if torch.is_tensor(items[index]):
+        items[index].fill_(value)
+    else:
+        items[index] = value
+    group[name] = tuple(items)

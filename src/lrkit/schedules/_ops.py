@@ -1,0 +1,148 @@
+"""The few array operations schedules are written in, for numpy, jax.numpy and keras.ops.
+
+Every schedule's formula is written once against an ``Ops`` object, so the same definition
+evaluates on numpy float64 arrays (the library), on traced jax arrays (``s.optax()``, jit
+compatible) and on keras backend tensors (``s.keras()``). Only numpy is imported here; the
+other backends are built lazily by the adapters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+class Ops:
+    """Elementwise operations over one array library (``xp``)."""
+
+    def __init__(self, xp: Any, float_dtype: Any) -> None:
+        self.xp = xp
+        self.float_dtype = float_dtype
+
+    def asfloat(self, n: Any) -> Any:
+        return self.xp.asarray(n, dtype=self.float_dtype)
+
+    def full_like(self, n: Any, value: float) -> Any:
+        return self.xp.zeros_like(n) + value
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        return self.xp.where(cond, a, b)
+
+    def __getattr__(self, name: str) -> Any:
+        # cos, exp, log, log1p, sqrt, floor, minimum, maximum, power, ...
+        return getattr(self.xp, name)
+
+    def branch(self, cond: Any, x: Any, f: Any, g: Any, safe_f: float, safe_g: float) -> Any:
+        """``where(cond, f(x), g(x))``, each function fed only inputs of its own branch.
+
+        ``safe_f``/``safe_g`` stand in for the other branch's inputs, so neither function
+        sees an argument outside its domain (which would give NaN, or NaN gradients in jax).
+        """
+        return self.where(
+            cond, f(self.where(cond, x, safe_f)), g(self.where(cond, safe_g, x))
+        )
+
+    def floor_div(self, n: Any, d: float) -> Any:
+        """``floor(n / d)`` for integer-valued n and integer d, exact also in float32.
+
+        Adding one half keeps the quotient off the integer boundary, where float32
+        backends (which may divide by multiplying with ``1/d``) would round 41/41 below 1.
+        """
+        return self.floor((n + 0.5) / d)
+
+    def count_le(self, boundaries: list[float], n: Any) -> Any:
+        """Number of boundaries <= n, elementwise (boundaries sorted ascending)."""
+        out = self.full_like(n, 0.0)
+        for b in boundaries:
+            out = out + self.where(n >= b, 1.0, 0.0)
+        return out
+
+    def select(self, n: Any, boundaries: list[float], values: list[float]) -> Any:
+        """values[i] where boundaries[i-1] <= n < boundaries[i] (boundaries sorted)."""
+        out = self.full_like(n, values[0])
+        for b, v in zip(boundaries, values[1:]):
+            out = self.where(n >= b, v, out)
+        return out
+
+
+class NumpyOps(Ops):
+    """float64 numpy; uses searchsorted where the generic form would loop over boundaries."""
+
+    def __init__(self) -> None:
+        super().__init__(np, np.float64)
+
+    def branch(self, cond: Any, x: Any, f: Any, g: Any, safe_f: float, safe_g: float) -> Any:
+        cond = np.asarray(cond)
+        x = np.broadcast_to(np.asarray(x, dtype=np.float64), cond.shape)
+        if cond.all():
+            return f(x)
+        if not cond.any():
+            return g(x)
+        out = np.empty(cond.shape, dtype=np.float64)
+        out[cond] = f(x[cond])
+        out[~cond] = g(x[~cond])
+        return out
+
+    def count_le(self, boundaries: list[float], n: Any) -> Any:
+        return np.searchsorted(np.asarray(boundaries, dtype=np.float64), n, side="right").astype(
+            np.float64
+        )
+
+    def select(self, n: Any, boundaries: list[float], values: list[float]) -> Any:
+        idx = np.searchsorted(np.asarray(boundaries, dtype=np.float64), n, side="right")
+        return np.asarray(values, dtype=np.float64)[idx]
+
+
+NUMPY = NumpyOps()
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_STIRLING_SHIFT = 15  # below this argument, shift up by recurrence before the series
+
+
+def stirling_remainder(o: Ops, y: Any) -> Any:
+    """c(y) = lgamma(y) - [(y - 1/2) log y - y + log(2 pi)/2], for y > 0.
+
+    For y >= 15 from the asymptotic series (error below 2e-14); below, from
+    lgamma(y) = lgamma(y + 15) - sum_{j<15} log(y + j). Only log/where are needed, so
+    it evaluates on every backend (keras.ops has no lgamma).
+    """
+
+    def series(z: Any) -> Any:
+        iz = 1.0 / z
+        iz2 = iz * iz
+        return iz * (1 / 12 + iz2 * (-1 / 360 + iz2 * (1 / 1260 + iz2 * (-1 / 1680))))
+
+    def base(z: Any) -> Any:
+        return (z - 0.5) * o.log(z) - z + _HALF_LOG_2PI
+
+    def small(z: Any) -> Any:
+        shifted = z + _STIRLING_SHIFT
+        log_sum = o.log(z)
+        for j in range(1, _STIRLING_SHIFT):
+            log_sum = log_sum + o.log(z + j)
+        return base(shifted) + series(shifted) - log_sum - base(z)
+
+    return o.branch(y >= _STIRLING_SHIFT, y, series, small, 2.0 * _STIRLING_SHIFT, 1.0)
+
+
+def log1p_minus_x_over_x(o: Ops, t: Any) -> Any:
+    """``(log(1 + t) - t) / t`` for t >= 0 (0 at t = 0), free of cancellation near 0.
+
+    Near 0, with ``u = t / (2 + t)``, ``log1p(t) = 2 atanh(u) = 2 (u + u^3/3 + u^5/5 + ...)``
+    and ``2u - t = -t^2 / (2 + t)`` carries the cancellation exactly; dividing by t
+    leaves ``(2 (u^2/3 + u^4/5 + ...) - t) / (2 + t)`` (8 terms reach 1e-17 at t = 0.1).
+    """
+
+    def series(ts: Any) -> Any:
+        u = ts / (2.0 + ts)
+        u2 = u * u
+        acc = u2 * 0.0
+        for k in range(17, 1, -2):
+            acc = u2 * (1.0 / k + acc)
+        return (2.0 * acc - ts) / (2.0 + ts)
+
+    def direct(tb: Any) -> Any:
+        return (o.log1p(tb) - tb) / tb
+
+    return o.branch(t < 0.1, t, series, direct, 0.0, 1.0)

@@ -1,0 +1,206 @@
+"""The ``Schedule`` base class: a pure, vectorised function of the optimizer step.
+
+A schedule is defined by its constructor arguments alone. From them it derives its
+evaluation (``s(n)``), its JSON-able config (``s.to_config()``), its text form
+(``str(s)``, which ``S.parse`` reads back) and equality. Subclasses implement
+``_eval(n, o)``: the formula, written against the array operations ``o`` so the same
+code runs on numpy, jax and keras (see ``_ops``).
+"""
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from lrkit.errors import SpecError
+from lrkit.schedules._ops import NUMPY, Ops
+
+if TYPE_CHECKING:  # pragma: no cover
+    import matplotlib.axes
+
+REGISTRY: dict[str, type[Schedule]] = {}
+
+
+class Schedule:
+    """Base class of every schedule. ``s(n)`` is the learning rate used by update ``n``.
+
+    Steps count optimizer updates from 0. ``s(int)`` returns a float, ``s(array)`` a float64
+    numpy array of the same shape, computed without a Python loop over steps.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            REGISTRY[cls.name] = cls
+
+    # -- construction -------------------------------------------------------------
+    def _set(self, **params: Any) -> None:
+        """Store the validated constructor arguments, in signature order."""
+        self._params = params
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments (validated, canonical types)."""
+        return dict(self._params)
+
+    # -- evaluation ---------------------------------------------------------------
+    def _eval(self, n: Any, o: Ops) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def evaluate(self, n: Any, o: Ops) -> Any:
+        """The formula on an array of steps (float dtype) in the backend ``o``."""
+        return self._eval(n, o)
+
+    def __call__(self, step: Any) -> Any:
+        if isinstance(step, (numbers.Integral, float)) and not isinstance(step, bool):
+            return float(self._eval(_as_steps(np.asarray(step)), NUMPY))
+        if isinstance(step, bool) or isinstance(step, (str, bytes)):
+            raise TypeError(f"{self.name}(): step must be an integer or an array of integers,"
+                            f" got {step!r}")
+        arr = np.asarray(step)
+        if arr.ndim == 0:
+            return float(self._eval(_as_steps(arr), NUMPY))
+        return np.asarray(self._eval(_as_steps(arr), NUMPY), dtype=np.float64)
+
+    # -- config and text ----------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-able dict; ``S.from_config`` rebuilds an equal schedule."""
+        return {"name": self.name, **{k: _value_to_config(v) for k, v in self._params.items()}}
+
+    def __str__(self) -> str:
+        # the first argument positionally, the others by keyword, defaults left out
+        sig = inspect.signature(type(self).__init__)
+        parts = []
+        for i, (pname, p) in enumerate(list(sig.parameters.items())[1:]):
+            value = self._params[pname]
+            if i == 0:
+                parts.append(_value_to_text(value))
+            elif p.default is inspect.Parameter.empty or not _same(value, p.default):
+                parts.append(f"{pname}={_value_to_text(value)}")
+        return f"{self.name}({', '.join(parts)})"
+
+    def __repr__(self) -> str:
+        return f"S.{self}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return self.to_config() == other.to_config()
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __reduce__(self):
+        return (from_config, (self.to_config(),))
+
+    # -- composition --------------------------------------------------------------
+    def __mul__(self, other: Any) -> Schedule:
+        from lrkit.schedules.combinators import Product
+
+        return Product([self, other])
+
+    def __rmul__(self, other: Any) -> Schedule:
+        from lrkit.schedules.combinators import Product
+
+        return Product([other, self])
+
+    # -- use ----------------------------------------------------------------------
+    def peak(self, steps: int) -> float:
+        """The largest value over steps 0..steps-1."""
+        return float(np.max(self(np.arange(int(steps)))))
+
+    def plot(self, steps: int, ax: matplotlib.axes.Axes | None = None, **kwargs: Any):
+        """Draw the schedule over ``steps`` steps with matplotlib; returns the Axes."""
+        from lrkit.plot import plot_schedules
+
+        return plot_schedules([self], steps, ax=ax, **kwargs)
+
+    def torch(self, optimizer: Any, **kwargs: Any):
+        """``lrkit.Scheduler(optimizer, lr=self, **kwargs)``."""
+        from lrkit.scheduler import Scheduler
+
+        return Scheduler(optimizer, lr=self, **kwargs)
+
+    def keras(self):
+        """A ``keras.optimizers.schedules.LearningRateSchedule`` computing this schedule."""
+        from lrkit.adapters.keras import to_keras
+
+        return to_keras(self)
+
+    def optax(self):
+        """A jit-compatible optax schedule (a callable on jax integer arrays)."""
+        from lrkit.adapters.optax import to_optax
+
+        return to_optax(self)
+
+
+def _as_steps(arr: np.ndarray) -> np.ndarray:
+    """Validate an array of steps (non-negative integers) and convert it to float64."""
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise TypeError(f"step must be an integer or an array of integers, got dtype {arr.dtype}")
+    n = arr.astype(np.float64, copy=False)
+    if n.size:
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.floor(n) == n):
+            raise ValueError("step must be an integer (optimizer updates counted from 0)")
+        if n.min() < 0:
+            raise ValueError(f"step must be >= 0, got {arr.min()!r}")
+    return n
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a stored argument equals its default (so the text form may omit it)."""
+    return not isinstance(a, (list, tuple)) and type(a) is type(b) and a == b
+
+
+def _value_to_config(v: Any) -> Any:
+    if isinstance(v, Schedule):
+        return v.to_config()
+    if isinstance(v, (list, tuple)):
+        return [_value_to_config(x) for x in v]
+    return v
+
+
+def _value_to_text(v: Any) -> str:
+    if isinstance(v, Schedule):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value_to_text(x) for x in v) + "]"
+    return repr(v)
+
+
+def _value_from_config(v: Any, path: str) -> Any:
+    if isinstance(v, dict):
+        return from_config(v, _path=path)
+    if isinstance(v, list):
+        return [_value_from_config(x, f"{path}[{i}]") for i, x in enumerate(v)]
+    return v
+
+
+def from_config(config: Any, *, _path: str = "config") -> Schedule:
+    """Rebuild a schedule from ``s.to_config()``; raises ``SpecError`` on anything else."""
+    if not isinstance(config, dict):
+        raise SpecError(f"{_path}: a schedule config must be a dict, got {type(config).__name__}")
+    name = config.get("name")
+    if not isinstance(name, str) or name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise SpecError(f"{_path}: unknown schedule name {name!r}; known: {known}")
+    cls = REGISTRY[name]
+    args = {}
+    for key, value in config.items():
+        if key == "name":
+            continue
+        if not isinstance(key, str):
+            raise SpecError(f"{_path}: argument names must be strings, got {key!r}")
+        args[key] = _value_from_config(value, f"{_path}.{key}")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{_path}: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{_path}: config nested too deeply") from None

@@ -1,0 +1,129 @@
+"""Schedules built from schedules: warmup, join, products, clipping."""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from lrkit import _checks as C
+from lrkit.schedules._ops import Ops
+from lrkit.schedules.base import Schedule
+
+
+def _schedule(fn: str, name: str, value: Any) -> Schedule:
+    if not isinstance(value, Schedule):
+        raise TypeError(f"{fn}: {name} must be a Schedule, got {value!r}")
+    return value
+
+
+class Warmup(Schedule):
+    """Linear warmup in front of a schedule.
+
+    ``eta_n = start + (s(0) - start) * n / steps`` for n < steps, then ``s(n - steps)``:
+    ``warmup(cosine(peak, D - W, end), W, start=init)`` equals optax
+    ``warmup_cosine_decay_schedule(init, peak, W, D, end)``.
+    """
+
+    name = "warmup"
+
+    def __init__(self, s: Schedule, steps: int, start: float = 0.0) -> None:
+        fn = "warmup()"
+        self._set(
+            s=_schedule(fn, "s", s),
+            steps=C.nonnegative_int(fn, "steps", steps),
+            start=C.nonnegative(fn, "start", start),
+        )
+
+    def _eval(self, n: Any, o: Ops) -> Any:
+        s, steps, start = self._params["s"], self._params["steps"], self._params["start"]
+        after = s.evaluate(o.maximum(n - steps, 0.0), o)
+        if steps == 0:
+            return after
+        first = s.evaluate(o.full_like(n, 0.0), o)
+        return o.where(n < steps, start + (first - start) * (n / steps), after)
+
+
+class Join(Schedule):
+    """``schedules[i](n - boundaries[i-1])`` for ``boundaries[i-1] <= n < boundaries[i]``.
+
+    Each schedule restarts its own step count at its boundary (= optax ``join_schedules``).
+    """
+
+    name = "join"
+
+    def __init__(self, schedules: list[Schedule], boundaries: list[int]) -> None:
+        fn = "join()"
+        schedules = [
+            _schedule(fn, f"schedules[{i}]", s)
+            for i, s in enumerate(C.sequence(fn, "schedules", schedules, min_len=1))
+        ]
+        boundaries = C.increasing_ints(fn, "boundaries", boundaries, minimum=0, strict=False)
+        if len(boundaries) != len(schedules) - 1:
+            raise ValueError(
+                f"{fn}: boundaries must have one item fewer than schedules, got "
+                f"{len(boundaries)} boundaries for {len(schedules)} schedules"
+            )
+        self._set(schedules=schedules, boundaries=boundaries)
+
+    def _eval(self, n: Any, o: Ops) -> Any:
+        schedules, boundaries = self._params["schedules"], self._params["boundaries"]
+        out = schedules[0].evaluate(n, o)
+        for b, s in zip(boundaries, schedules[1:]):
+            out = o.where(n < b, out, s.evaluate(o.maximum(n - b, 0.0), o))
+        return out
+
+
+class Product(Schedule):
+    """The pointwise product of schedules and constants: ``s * 0.5``, ``s1 * s2``."""
+
+    name = "product"
+
+    def __init__(self, factors: list[Schedule | float]) -> None:
+        fn = "product()"
+        items: list[Schedule | float] = []
+        for i, f in enumerate(C.sequence(fn, "factors", factors, min_len=1)):
+            if isinstance(f, Product):
+                items.extend(f.params["factors"])
+            elif isinstance(f, Schedule):
+                items.append(f)
+            elif isinstance(f, numbers.Real) and not isinstance(f, bool):
+                items.append(C.nonnegative(fn, f"factors[{i}]", f))
+            else:
+                raise TypeError(f"{fn}: factors[{i}] must be a Schedule or a number, got {f!r}")
+        self._set(factors=items)
+
+    def _eval(self, n: Any, o: Ops) -> Any:
+        out = o.full_like(n, 1.0)
+        for f in self._params["factors"]:
+            out = out * (f.evaluate(n, o) if isinstance(f, Schedule) else f)
+        return out
+
+    def __str__(self) -> str:
+        return " * ".join(str(f) if isinstance(f, Schedule) else repr(f)
+                          for f in self._params["factors"])
+
+
+class Clip(Schedule):
+    """``min(max(s(n), low), high)``; ``high=None`` leaves the top open."""
+
+    name = "clip"
+
+    def __init__(self, s: Schedule, low: float = 0.0, high: float | None = None) -> None:
+        fn = "clip()"
+        s = _schedule(fn, "s", s)
+        low = C.nonnegative(fn, "low", low)
+        if high is not None:
+            high = C.nonnegative(fn, "high", high)
+        if high is not None and high < low:
+            raise ValueError(f"{fn}: high must be >= low, got low={low!r}, high={high!r}")
+        self._set(s=s, low=low, high=high)
+
+    def _eval(self, n: Any, o: Ops) -> Any:
+        p = self._params
+        out = o.maximum(p["s"].evaluate(n, o), p["low"])
+        return out if p["high"] is None else o.minimum(out, p["high"])
+
+
+warmup = Warmup
+join = Join
+product = Product
+clip = Clip

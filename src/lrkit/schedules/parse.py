@@ -1,0 +1,226 @@
+"""``S.parse``: schedules from text, in the vocabulary of the Python calls.
+
+Grammar (whitespace is free)::
+
+    expr  := factor ("*" factor)*
+    factor:= ["-" | "+"] atom
+    atom  := NUMBER | STRING | "True" | "False" | "None" | list | call | "(" expr ")"
+    list  := "[" [expr ("," expr)* [","]] "]"
+    call  := NAME "(" [arg ("," arg)* [","]] ")"
+    arg   := [NAME "="] expr
+
+``warmup(cosine(3e-4, total=10000), steps=500)``, ``one_cycle(0.1, total=5000)`` and
+``cosine(0.1, 1000) * 0.5`` are schedules; a bare number is ``constant(number)``.
+Every failure is a ``SpecError`` naming the position and what was expected.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from lrkit.errors import SpecError
+from lrkit.schedules.base import REGISTRY, Schedule
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<number>(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<string>'[^'\\\n]*'|"[^"\\\n]*")
+  | (?P<punct>[()\[\],=*+-])
+    """,
+    re.VERBOSE,
+)
+_CONSTANTS = {"True": True, "False": False, "None": None, "true": True, "false": False}
+MAX_DEPTH = 50
+
+
+@dataclass
+class _Tok:
+    kind: str  # number, name, string, punct, end
+    text: str
+    pos: int
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise _error(text, pos, f"unexpected character {text[pos]!r}")
+        if m.lastgroup != "ws":
+            tokens.append(_Tok(m.lastgroup or "", m.group(), pos))
+        pos = m.end()
+    tokens.append(_Tok("end", "", len(text)))
+    return tokens
+
+
+def _error(text: str, pos: int, message: str) -> SpecError:
+    line = text.replace("\n", " ").replace("\t", " ")
+    if len(line) > 120:  # keep the caret in view on long inputs
+        lo = max(0, pos - 60)
+        line, pos = line[lo:lo + 120], pos - lo
+    return SpecError(f"{message} at position {pos}\n  {line}\n  {' ' * pos}^")
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.i = 0
+        self.depth = 0
+
+    @property
+    def tok(self) -> _Tok:
+        return self.tokens[self.i]
+
+    def fail(self, expected: str, tok: _Tok | None = None) -> SpecError:
+        tok = tok or self.tok
+        got = "end of text" if tok.kind == "end" else repr(tok.text)
+        return _error(self.text, tok.pos, f"expected {expected}, got {got}")
+
+    def take(self, punct: str, expected: str) -> _Tok:
+        if self.tok.kind == "punct" and self.tok.text == punct:
+            self.i += 1
+            return self.tokens[self.i - 1]
+        raise self.fail(expected)
+
+    def at(self, punct: str) -> bool:
+        return self.tok.kind == "punct" and self.tok.text == punct
+
+    def expr(self) -> Any:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _error(self.text, self.tok.pos, f"nested deeper than {MAX_DEPTH} levels")
+        start = self.tok
+        factors = [self.factor()]
+        while self.at("*"):
+            self.i += 1
+            factors.append(self.factor())
+        self.depth -= 1
+        if len(factors) == 1:
+            return factors[0]
+        if all(_is_number(f) for f in factors):
+            out = 1
+            for f in factors:
+                out = out * f
+            return out
+        for f in factors:
+            if not (_is_number(f) or isinstance(f, Schedule)):
+                raise _error(self.text, start.pos, "'*' multiplies schedules and numbers only")
+        return self.build("product", start, [factors], {})
+
+    def factor(self) -> Any:
+        sign = 1
+        if self.at("-") or self.at("+"):
+            sign = -1 if self.tok.text == "-" else 1
+            self.i += 1
+            if self.tok.kind != "number":
+                raise self.fail("a number after the sign")
+        value = self.atom()
+        return -value if sign < 0 else value
+
+    def atom(self) -> Any:
+        tok = self.tok
+        if tok.kind == "number":
+            self.i += 1
+            return _number(tok.text)
+        if tok.kind == "string":
+            self.i += 1
+            return tok.text[1:-1]
+        if tok.kind == "name":
+            self.i += 1
+            if self.at("("):
+                return self.call(tok)
+            if tok.text in _CONSTANTS:
+                return _CONSTANTS[tok.text]
+            if tok.text in REGISTRY:
+                raise self.fail(f"'(' after the schedule name {tok.text!r}")
+            raise _error(self.text, tok.pos, f"unknown name {tok.text!r}; expected a schedule "
+                         f"({', '.join(sorted(REGISTRY))}), a number, a string or a list")
+        if self.at("["):
+            self.i += 1
+            items = []
+            while not self.at("]"):
+                items.append(self.expr())
+                if not self.at("]"):
+                    self.take(",", "',' or ']' in the list")
+            self.i += 1
+            return items
+        if self.at("("):
+            self.i += 1
+            value = self.expr()
+            self.take(")", "')'")
+            return value
+        raise self.fail("a schedule, a number, a string or a list")
+
+    def call(self, name_tok: _Tok) -> Any:
+        name = name_tok.text
+        if name not in REGISTRY:
+            raise _error(self.text, name_tok.pos,
+                         f"unknown schedule {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        self.take("(", "'('")
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        while not self.at(")"):
+            key_tok = self.tok
+            if key_tok.kind == "name" and self.tokens[self.i + 1].text == "=" and \
+                    self.tokens[self.i + 1].kind == "punct":
+                self.i += 2
+                if key_tok.text in kwargs:
+                    raise _error(self.text, key_tok.pos, f"argument {key_tok.text!r} given twice")
+                kwargs[key_tok.text] = self.expr()
+            else:
+                if kwargs:
+                    raise _error(self.text, key_tok.pos,
+                                 "a positional argument cannot follow a keyword argument")
+                args.append(self.expr())
+            if not self.at(")"):
+                self.take(",", f"',' or ')' in the arguments of {name}()")
+        self.i += 1
+        return self.build(name, name_tok, args, kwargs)
+
+    def build(self, name: str, tok: _Tok, args: list[Any], kwargs: dict[str, Any]) -> Schedule:
+        try:
+            return REGISTRY[name](*args, **kwargs)
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+            message = str(exc)
+            if isinstance(exc, TypeError) and "__init__()" in message:
+                message = message.replace("__init__()", f"{name}()")
+            raise _error(self.text, tok.pos, message) from None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(text: str) -> int | float:
+    if text.startswith("_") or "__" in text or text.endswith("_"):
+        raise SpecError(f"malformed number {text!r}")
+    if re.fullmatch(r"\d[\d_]*", text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        raise SpecError(f"malformed number {text!r}") from None
+
+
+def parse(text: str) -> Schedule:
+    """Read a schedule from text such as ``warmup(cosine(3e-4, total=10000), steps=500)``.
+
+    ``parse(str(s)) == s`` for every schedule ``s``. Raises ``SpecError`` (a ``ValueError``)
+    with the position and what was expected when the text is malformed or an argument is
+    invalid.
+    """
+    if not isinstance(text, str):
+        raise SpecError(f"parse(): text must be a string, got {type(text).__name__}")
+    parser = _Parser(text)
+    value = parser.expr()
+    if parser.tok.kind != "end":
+        raise parser.fail("end of text (or '*')")
+    if _is_number(value):
+        return parser.build("constant", parser.tokens[0], [value], {})
+    if not isinstance(value, Schedule):
+        raise _error(text, 0, f"expected a schedule, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,244 @@
+"""lrkit.Scheduler drives torch optimizers from schedules, resumes exactly, and composes."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lrkit
+from lrkit import Plateau, Scheduler
+from lrkit import schedules as S
+from strategies import any_schedule
+
+
+def make_opt(kind="sgd", lrs=(0.1,), **kw):
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in lrs]
+    groups = [{"params": [p], "lr": lr} for p, lr in zip(params, lrs)]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, momentum=kw.pop("momentum", 0.9), **kw)
+    return torch.optim.Adam(groups, **kw)
+
+
+def run(opt, sched, steps):
+    out = []
+    for _ in range(steps):
+        out.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    return np.asarray(out)
+
+
+def test_is_a_torch_lrscheduler_and_sets_lr_at_construction():
+    opt = make_opt()
+    sched = Scheduler(opt, lr=S.cosine(0.5, 10))
+    assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert sched.get_last_lr() == [0.5]
+    assert sched.last_epoch == 0
+
+
+@given(any_schedule)
+@settings(max_examples=30)
+def test_lr_is_schedule_times_group_scale(s):
+    opt = make_opt(lrs=(0.1, 0.1))
+    opt.param_groups[1]["lr_scale"] = 0.25
+    sched = Scheduler(opt, lr=s)
+    got = run(opt, sched, 60)
+    expected = s(np.arange(60))
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-15)
+    np.testing.assert_allclose(got[:, 1], 0.25 * expected, rtol=1e-15)
+
+
+def test_shorthand_and_spec_text():
+    opt = make_opt()
+    sched = S.cosine(0.3, 10).torch(opt)
+    assert isinstance(sched, Scheduler) and opt.param_groups[0]["lr"] == 0.3
+    opt2 = make_opt()
+    Scheduler(opt2, lr="warmup(cosine(0.3, total=10), steps=2)")
+    assert opt2.param_groups[0]["lr"] == 0.0
+
+
+def test_schedules_momentum_weight_decay_and_betas():
+    opt = make_opt(weight_decay=0.0)
+    sched = Scheduler(opt, lr=S.one_cycle(0.1, 50), momentum=S.cyclic(0.85, 0.95, 10),
+                      weight_decay=S.linear(0.0, 0.01, 50))
+    run(opt, sched, 7)
+    assert opt.param_groups[0]["momentum"] == pytest.approx(S.cyclic(0.85, 0.95, 10)(7))
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.0014)
+
+    adam = make_opt("adam", betas=(0.9, 0.999))
+    sched = Scheduler(adam, beta1=S.linear(0.95, 0.85, 10), beta2=0.98)
+    run(adam, sched, 5)
+    assert adam.param_groups[0]["betas"] == pytest.approx((0.9, 0.98))
+    adam2 = make_opt("adam")
+    Scheduler(adam2, momentum=0.8)  # momentum= on Adam schedules beta1, as torch OneCycleLR
+    assert adam2.param_groups[0]["betas"][0] == 0.8
+
+
+def test_unknown_hyperparameter_is_an_error():
+    with pytest.raises(ValueError, match="nesterov_gamma"):
+        Scheduler(make_opt(), nesterov_gamma=0.1)
+    with pytest.raises(TypeError, match="optimizer"):
+        Scheduler("not an optimizer", lr=0.1)
+    with pytest.raises(lrkit.SpecError):
+        Scheduler(make_opt(), lr="cosine(0.1")
+
+
+def test_tensor_lr_is_updated_in_place():
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = torch.optim.Adam([p], lr=torch.tensor(0.01))
+    lr_tensor = opt.param_groups[0]["lr"]
+    sched = Scheduler(opt, lr=S.cosine(0.01, 10))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] is lr_tensor
+    assert float(lr_tensor) == pytest.approx(S.cosine(0.01, 10)(3))
+
+
+ORDERS = ["opt_then_sched", "sched_then_opt", "build_sched_after_opt_load"]
+
+
+@given(any_schedule, st.integers(1, 60), st.sampled_from(ORDERS), st.booleans())
+@settings(max_examples=50)
+def test_resume_mid_run_gives_the_identical_sequence(s, k, order, with_plateau):
+    total = 80
+    torch.manual_seed(0)
+    metrics = list(np.random.default_rng(1).random(total))
+
+    def build():
+        torch.manual_seed(0)
+        opt = make_opt(lrs=(0.1, 0.2))
+        opt.param_groups[1]["lr_scale"] = 0.5
+        return opt
+
+    def make_sched(opt):
+        plateau = Plateau(patience=2, factor=0.5) if with_plateau else None
+        return Scheduler(opt, lr=s, momentum=S.linear(0.9, 0.8, 40), plateau=plateau)
+
+    def advance(opt, sched, steps, start):
+        out = []
+        for i in range(start, start + steps):
+            out.append([g["lr"] for g in opt.param_groups] + [opt.param_groups[0]["momentum"]])
+            opt.step()
+            sched.step(metrics[i]) if with_plateau else sched.step()
+        return out
+
+    opt = build()
+    sched = make_sched(opt)
+    straight = advance(opt, sched, total, 0)
+
+    opt = build()
+    sched = make_sched(opt)
+    first = advance(opt, sched, k, 0)
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+
+    opt = build()
+    if order == "opt_then_sched":
+        sched = make_sched(opt)
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+    elif order == "sched_then_opt":
+        sched = make_sched(opt)
+        sched.load_state_dict(saved["sched"])
+        opt.load_state_dict(saved["opt"])
+    else:
+        opt.load_state_dict(saved["opt"])
+        sched = make_sched(opt)
+        sched.load_state_dict(saved["sched"])
+    rest = advance(opt, sched, total - k, k)
+    assert first + rest == straight
+
+
+def test_load_state_dict_restores_saved_schedules_with_a_warning():
+    opt = make_opt()
+    sched = Scheduler(opt, lr=S.cosine(0.1, 100))
+    for _ in range(10):
+        sched.step()
+    state = sched.state_dict()
+    fresh = Scheduler(make_opt(), lr=S.constant(1.0))
+    with pytest.warns(UserWarning, match="differ"):
+        fresh.load_state_dict(state)
+    assert fresh.get_last_lr()[0] == pytest.approx(S.cosine(0.1, 100)(10))
+    with pytest.raises(ValueError, match="state_dict"):
+        fresh.load_state_dict({"bogus": 1})
+
+
+@given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=80),
+       st.floats(0.05, 0.9), st.integers(0, 5), st.sampled_from(["min", "max"]),
+       st.floats(0, 0.1), st.sampled_from(["rel", "abs"]), st.integers(0, 3),
+       st.floats(0, 1e-3))
+def test_plateau_with_constant_schedule_equals_torch(metrics, factor, patience, mode,
+                                                     threshold, threshold_mode, cooldown,
+                                                     min_lr):
+    kwargs = dict(factor=factor, patience=patience, mode=mode, threshold=threshold,
+                  threshold_mode=threshold_mode, cooldown=cooldown, min_lr=min_lr)
+    ref_opt = make_opt(lrs=(0.1, 0.03))
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, **kwargs)
+    ours_opt = make_opt(lrs=(0.1, 0.03))
+    ours = Scheduler(ours_opt, plateau=Plateau(**kwargs))
+    ours_const = Scheduler(make_opt(lrs=(0.1, 0.1)), lr=0.1, plateau=Plateau(**kwargs))
+    for m in metrics:
+        ref_opt.step()
+        ref.step(m)
+        ours.step(m)
+        ours_const.step(m)
+        np.testing.assert_allclose(ours.get_last_lr(), ref.get_last_lr(), rtol=1e-12)
+        assert ours_const.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], rel=1e-12)
+
+
+def test_plateau_composes_with_a_schedule():
+    opt = make_opt()
+    s = S.cosine(0.1, 100)
+    sched = Scheduler(opt, lr=s, plateau=Plateau(patience=0, factor=0.5))
+    sched.step(1.0)
+    sched.step(2.0)  # no improvement: halve
+    assert sched.get_last_lr()[0] == pytest.approx(0.5 * s(2))
+    for _ in range(3):
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.5 * s(5))
+    sched.report(3.0)  # a metric without advancing the step
+    assert sched.last_epoch == 5
+    assert sched.get_last_lr()[0] == pytest.approx(0.25 * s(5))
+
+
+def test_metric_without_plateau_is_an_error():
+    with pytest.raises(ValueError, match="plateau"):
+        Scheduler(make_opt(), lr=0.1).step(1.0)
+
+
+def test_scale_lr_keeps_the_shape():
+    opt = make_opt()
+    s = S.cosine(0.1, 100)
+    sched = Scheduler(opt, lr=s)
+    sched.step()
+    sched.scale_lr(0.5)
+    sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.5 * s(2))
+    state = sched.state_dict()
+    again = Scheduler(make_opt(), lr=s)
+    again.load_state_dict(state)
+    assert again.get_last_lr() == sched.get_last_lr()
+
+
+def test_works_with_torch_training_loop_and_no_warnings():
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = Scheduler(opt, lr=S.warmup(S.cosine(1e-3, 90), 10))
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(20):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            sched.step()
+    assert sched.last_epoch == 20
