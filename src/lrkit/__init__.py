@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Scheduler": "lrkit.scheduler",
     "Plateau": "lrkit.scheduler",
+    "DivergenceGuard": "lrkit.guard",
+    "DivergenceError": "lrkit.guard",
 }
 
 __all__ = ["SpecError", "schedules", "__version__", *_LAZY]

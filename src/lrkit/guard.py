@@ -1,0 +1,199 @@
+"""``lrkit.DivergenceGuard``: roll back and back off when the loss explodes.
+
+One bad batch, an over-eager learning rate or a numerical accident can turn the loss
+into NaN or a spike that wipes out hours of training. The guard watches the loss, keeps
+the last good state in memory, and on trouble restores it, multiplies the learning rate
+by ``backoff`` and lets training resume; if that keeps happening it stops the run with a
+summary instead of burning compute on a dead model.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lrkit import _checks as C
+
+log = logging.getLogger("lrkit.guard")
+
+
+class DivergenceError(RuntimeError):
+    """Raised when the guard has backed off ``max_retries`` times without recovering."""
+
+
+@dataclass
+class GuardEvent:
+    """One intervention of the guard."""
+
+    step: int  # the guard's count of checked losses when it happened
+    kind: str  # "nonfinite" or "spike"
+    loss: float
+    median: float  # the recent median the loss was compared with (nan when none yet)
+    restored_to: int  # the step whose state was restored
+    lr_factor: float  # the total factor on the learning rate after this event
+
+    def describe(self) -> str:
+        what = "non-finite loss" if self.kind == "nonfinite" else (
+            f"loss spike {self.loss:.4g} > {self.median:.4g} (recent median)")
+        return (f"step {self.step}: {what}; restored the state of step {self.restored_to}, "
+                f"learning rate x{self.lr_factor:.4g}")
+
+
+class DivergenceGuard:
+    """Watch the loss; on a non-finite loss or a spike, restore the last good state and back off.
+
+    Usage, in any training loop::
+
+        guard = lrkit.DivergenceGuard(model, optimizer, scheduler)
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            if not guard.check(loss):   # state restored and lr backed off: skip this batch
+                continue
+            optimizer.zero_grad(); loss.backward(); optimizer.step(); scheduler.step()
+
+    A loss is bad when it is not finite, or when it exceeds ``spike`` times the median of
+    the last ``window`` good losses (checked once ``min_history`` losses are known). Every
+    ``snapshot_every`` good losses (default ``window``) the guard copies the model, optimizer
+    and scheduler state in memory; that copy is the state it restores. After a restore the
+    learning rate is multiplied by ``backoff`` once more than the snapshot had it: through
+    ``lrkit.Scheduler.scale_lr`` when the scheduler is lrkit's (the schedule keeps its
+    shape), else by scaling every param group's lr (and a torch scheduler's ``base_lrs``).
+    ``max_retries`` consecutive interventions without a new good snapshot in between raise
+    ``DivergenceError`` with a summary. ``events`` and ``summary()`` report what it did.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        spike: float = 3.0,
+        window: int = 50,
+        backoff: float = 0.5,
+        max_retries: int = 3,
+        *,
+        min_history: int = 10,
+        snapshot_every: int | None = None,
+    ) -> None:
+        fn = "DivergenceGuard()"
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if scheduler is not None and not hasattr(scheduler, "state_dict"):
+            raise TypeError(f"{fn}: scheduler must have state_dict(), got {scheduler!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.spike = C.in_range(fn, "spike", spike, 1.0, math.inf, low_open=True)
+        self.window = C.positive_int(fn, "window", window)
+        self.backoff = C.in_range(fn, "backoff", backoff, 0.0, 1.0, low_open=True,
+                                  high_open=True)
+        self.max_retries = C.nonnegative_int(fn, "max_retries", max_retries)
+        self.min_history = C.positive_int(fn, "min_history", min_history)
+        self.snapshot_every = C.positive_int(
+            fn, "snapshot_every", self.window if snapshot_every is None else snapshot_every)
+        self.steps = 0
+        self.events: list[GuardEvent] = []
+        self.lr_factor = 1.0
+        self._losses: deque[float] = deque(maxlen=self.window)
+        self._retries = 0
+        self._since_snapshot = 0
+        self._snapshot: dict[str, Any] = {}
+        self._take_snapshot()
+
+    # -- public -----------------------------------------------------------------------
+    def check(self, loss: torch.Tensor | float) -> bool:
+        """True when ``loss`` is healthy (go on and step); False after a rollback."""
+        value = float(loss.detach().float().item()) if torch.is_tensor(loss) else float(loss)
+        self.steps += 1
+        median = statistics.median(self._losses) if self._losses else math.nan
+        if not math.isfinite(value):
+            self._intervene("nonfinite", value, median)
+            return False
+        if len(self._losses) >= self.min_history and value > self.spike * median and median > 0:
+            self._intervene("spike", value, median)
+            return False
+        self._losses.append(value)
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.snapshot_every:
+            self._take_snapshot()
+        return True
+
+    def summary(self) -> str:
+        if not self.events:
+            return f"DivergenceGuard: {self.steps} losses checked, no intervention"
+        lines = [f"DivergenceGuard: {len(self.events)} intervention(s) in {self.steps} losses; "
+                 f"learning rate now x{self.lr_factor:.4g}"]
+        lines += ["  " + e.describe() for e in self.events]
+        return "\n".join(lines)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's counters and history (not the snapshot), for checkpoints."""
+        return {"steps": self.steps, "lr_factor": self.lr_factor, "retries": self._retries,
+                "losses": list(self._losses), "events": [asdict(e) for e in self.events]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.lr_factor = float(state["lr_factor"])
+        self._losses = deque(state["losses"], maxlen=self.window)
+        self.events = [GuardEvent(**e) for e in state["events"]]
+        self._take_snapshot()
+        self._retries = int(state["retries"])
+
+    # -- internals --------------------------------------------------------------------
+    def _take_snapshot(self) -> None:
+        self._snapshot = {
+            "step": self.steps,
+            "lr_factor": self.lr_factor,
+            "model": _clone(self.model.state_dict()),
+            "optimizer": _clone(self.optimizer.state_dict()),
+            "scheduler": None if self.scheduler is None else _clone(self.scheduler.state_dict()),
+        }
+        self._since_snapshot = 0
+        self._retries = 0  # a good stretch since the last intervention: recovered
+
+    def _intervene(self, kind: str, loss: float, median: float) -> None:
+        self._retries += 1
+        snap = self._snapshot
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(_clone(snap["optimizer"]))
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(_clone(snap["scheduler"]))
+        self.lr_factor *= self.backoff
+        self._apply_lr_factor(self.lr_factor / snap["lr_factor"])
+        event = GuardEvent(self.steps, kind, loss, median, snap["step"], self.lr_factor)
+        self.events.append(event)
+        log.warning("%s", event.describe())
+        self._since_snapshot = 0
+        if self._retries > self.max_retries:
+            raise DivergenceError(
+                f"training kept diverging: {self._retries} interventions in a row without "
+                f"recovering (max_retries={self.max_retries})\n{self.summary()}")
+
+    def _apply_lr_factor(self, factor: float) -> None:
+        """Scale the learning rate by ``factor`` relative to the restored state."""
+        sched = self.scheduler
+        if sched is not None and hasattr(sched, "scale_lr"):
+            sched.scale_lr(factor)
+            return
+        for group in self.optimizer.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].mul_(factor)
+            else:
+                group["lr"] = group["lr"] * factor
+        if sched is not None and hasattr(sched, "base_lrs"):
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+
+
+def _clone(tree: Any) -> Any:
+    """A deep copy whose tensors are detached clones on their own device."""
+    return copy.deepcopy(tree, memo={}) if not isinstance(tree, dict) else {
+        k: (v.detach().clone() if torch.is_tensor(v) else _clone(v)) for k, v in tree.items()}

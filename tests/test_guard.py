@@ -1,0 +1,164 @@
+"""DivergenceGuard: restore, back off through the schedule, give up with a summary."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lrkit
+from lrkit import DivergenceError, DivergenceGuard, Scheduler
+from lrkit import schedules as S
+
+
+def setup(lr=0.05, sched="lrkit"):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    if sched == "lrkit":
+        scheduler = Scheduler(opt, lr=S.cosine(lr, 400))
+    elif sched == "torch":
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, 100, 0.5)
+    else:
+        scheduler = None
+    x = torch.randn(4096, 5)
+    y = torch.sin(x.sum(1, keepdim=True))
+    return model, opt, scheduler, x, y
+
+
+def train(model, opt, scheduler, guard, x, y, steps, poison=()):
+    losses = []
+    for i in range(steps):
+        idx = torch.arange(i * 64, i * 64 + 64) % 4096
+        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+        if i in poison:
+            loss = loss * poison[i]
+        if not guard.check(loss):
+            continue
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+    return losses
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_no_intervention_on_a_healthy_run():
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched)
+    train(model, opt, sched, guard, x, y, 100)
+    assert guard.events == [] and "no intervention" in guard.summary()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e4])
+def test_bad_loss_restores_the_last_snapshot_and_backs_off(bad):
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched, window=20)
+    train(model, opt, sched, guard, x, y, 39)
+    # the 40th healthy loss snapshots the state that produced it: this one
+    good = snapshot(model)
+    lr_before = opt.param_groups[0]["lr"]
+    step_before = sched.last_epoch
+    train(model, opt, sched, guard, x, y, 3)
+    loss = torch.tensor(bad)
+    assert guard.check(loss) is False
+    (event,) = guard.events
+    assert event.kind == ("nonfinite" if not math.isfinite(bad) else "spike")
+    assert event.restored_to == 40 and event.lr_factor == 0.5
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, good[k])
+    assert sched.last_epoch == step_before
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * lr_before)
+    # the schedule keeps its shape: later steps are the cosine times 0.5
+    train(model, opt, sched, guard, x, y, 5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * S.cosine(0.05, 400)(44))
+
+
+def test_restore_rolls_back_steps_taken_since_the_snapshot():
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched, window=10)
+    train(model, opt, sched, guard, x, y, 9)
+    at_snapshot = snapshot(model)
+    opt_state = {k: v["momentum_buffer"].clone() for k, v in opt.state_dict()["state"].items()}
+    train(model, opt, sched, guard, x, y, 6)
+    assert not guard.check(float("nan"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, at_snapshot[k])
+    for k, v in opt.state_dict()["state"].items():
+        assert torch.equal(v["momentum_buffer"], opt_state[k])
+    assert sched.last_epoch == 9
+
+
+def test_gives_up_after_max_retries_with_a_summary():
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched, max_retries=2)
+    train(model, opt, sched, guard, x, y, 20)
+    guard.check(float("nan"))
+    guard.check(float("nan"))
+    with pytest.raises(DivergenceError, match="max_retries=2") as info:
+        guard.check(float("nan"))
+    assert "3 intervention(s)" in str(info.value)
+
+
+def test_recovering_resets_the_retry_count():
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched, window=10, max_retries=1)
+    for _ in range(3):
+        train(model, opt, sched, guard, x, y, 10)
+        assert not guard.check(float("nan"))  # one retry each time, with recovery between
+    assert len(guard.events) == 3
+    assert guard.lr_factor == pytest.approx(0.125)
+
+
+def test_a_diverging_lr_is_tamed():
+    model, opt, sched, x, y = setup(lr=3.0)
+    guard = DivergenceGuard(model, opt, sched, window=10, max_retries=10, min_history=3)
+    losses = train(model, opt, sched, guard, x, y, 300)
+    assert guard.events, "lr=3 should diverge at first"
+    assert guard.lr_factor < 1
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 1.0
+
+
+@pytest.mark.parametrize("sched_kind", ["torch", None])
+def test_any_optimizer_and_scheduler(sched_kind):
+    model, opt, sched, x, y = setup(sched=sched_kind)
+    guard = DivergenceGuard(model, opt, sched, window=10)
+    train(model, opt, sched, guard, x, y, 10)
+    lr = opt.param_groups[0]["lr"]
+    assert not guard.check(float("inf"))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * lr)
+    if sched_kind == "torch":
+        assert sched.base_lrs[0] == pytest.approx(0.025)
+
+
+def test_state_dict_round_trip():
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched, window=10)
+    train(model, opt, sched, guard, x, y, 12)
+    guard.check(float("nan"))
+    again = DivergenceGuard(model, opt, sched, window=10)
+    again.load_state_dict(guard.state_dict())
+    assert again.events == guard.events and again.lr_factor == guard.lr_factor
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"spike": 1.0}, "spike"), ({"window": 0}, "window"), ({"backoff": 1.0}, "backoff"),
+    ({"backoff": 0}, "backoff"), ({"max_retries": -1}, "max_retries"),
+    ({"spike": float("nan")}, "spike"),
+])
+def test_invalid_arguments(kwargs, name):
+    model, opt, sched, _, _ = setup()
+    with pytest.raises(ValueError, match=name):
+        DivergenceGuard(model, opt, sched, **kwargs)
+    with pytest.raises(TypeError, match="optimizer"):
+        DivergenceGuard(model, "sgd")
+
+
+def test_exported_lazily():
+    assert lrkit.DivergenceGuard is DivergenceGuard
