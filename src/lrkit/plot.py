@@ -60,3 +60,30 @@ def save(fig: Any, path: str) -> str:
 
     plt.close(fig)
     return path
+
+
+def plot_lr_finder(result: Any, ax: Any = None):
+    """A range test: raw and smoothed loss against lr (log axis), each suggestion marked."""
+    if ax is None:
+        _, (ax,) = new_axes(figsize=(7.5, 4.5))
+    lrs, raw, smoothed = result.lrs, result.losses, result.smoothed_losses
+    ax.plot(lrs, raw, color="0.6", lw=0.8, alpha=0.7, label="loss")
+    ax.plot(lrs, smoothed, color="C0", lw=1.8, label="smoothed loss")
+    ax.set_xscale("log")
+    finite = smoothed[np.isfinite(smoothed)]
+    if finite.size:  # keep the blow-up from squashing the interesting part
+        low, first = float(finite.min()), float(finite[: max(1, finite.size // 10)].max())
+        top = max(first, low) + 0.1 * abs(max(first, low) - low) + 1e-12
+        ax.set_ylim(low - 0.05 * (top - low), top)
+    for i, (rule, lr) in enumerate(sorted(result.suggestions.items())):
+        if lr is None:
+            continue
+        default = rule == result.rule
+        ax.axvline(lr, color=f"C{i + 1}", ls="-" if default else "--", lw=2 if default else 1,
+                   label=f"{rule}: {lr:.3g}" + (" (suggestion)" if default else ""))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss" if result.settings.get("validation") else "training loss")
+    ax.set_title("Learning-rate range test")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
