@@ -12,9 +12,11 @@ import torch
 from lrkit.bench import TASKS, Batches, Run, get_task, train
 from lrkit.bench.tasks import warmup_cosine
 
-# Budgets for the target check: the full budget where a run takes about a second, less
-# where it takes longer (the known-good setting still reaches the target there).
-REDUCED_STEPS = {"mnist1d_mlp": 600, "mnist1d_cnn": 600, "char_lm": 250}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Budgets for the target check: the full budget where a run takes seconds, less for the
+# MNIST-1D models (the known-good setting reaches the target well before its budget).
+REDUCED_STEPS = {"mnist1d_mlp": 600, "mnist1d_cnn": 600}
 
 
 def first_batches(loader: Batches, k: int = 3):
@@ -52,7 +54,7 @@ def test_build_is_paired_by_seed_and_leaves_global_rng_alone(name):
     inputs, targets = ba[0]
     assert len(inputs) == task.batch_size
     loss = a.loss_fn(a.model(inputs), targets)
-    assert loss.ndim == 0 and math.isfinite(float(loss))
+    assert loss.ndim == 0 and math.isfinite(loss.item())
     value = a.evaluate(a.model)
     assert math.isfinite(value) and not task.reached(value)
     m, loader, loss_fn = a.as_target()

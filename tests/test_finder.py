@@ -461,3 +461,36 @@ def test_bad_objects_name_themselves():
         find_lr(model, other, data, mse)
     with pytest.raises(ValueError, match="suggest\\(\\): rule must be one of"):
         suggest([1, 2], [1, 2], rule="nope")
+
+
+# -- the rules on known curves --------------------------------------------------------------
+def run_curve(f, **kw):
+    """A sweep whose loss is exactly f(lr) (the model only carries the gradient)."""
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step_fn(m, batch):
+        lr = opt.param_groups[0]["lr"]
+        return m(batch).sum() * 0 + f(lr)
+
+    return find_lr(model, opt, [torch.zeros(1, 1)], step_fn=step_fn, **kw)
+
+
+def test_edge_is_where_the_loss_climbs_back_over_its_start_divided_by_8():
+    # falls from ~2 to ~1 around 1e-4, climbs back past 2 at lr = 0.1
+    r = run_curve(lambda lr: 1 + 1 / (1 + lr * 1e4) + (lr / 0.1) ** 2, diverge=math.inf)
+    step = (10 / 1e-7) ** (1 / 99)  # one step of the sweep
+    edge, found = finder.edge_of_progress(r.lrs, r.losses)
+    assert found and 0.1 / step <= edge <= 0.1 * step
+    assert r.suggestions["edge"] == edge / finder.EDGE_DIVISOR == r.suggestion
+    assert not r.warnings
+
+
+def test_warnings_for_curves_that_do_not_say_much():
+    r = run_curve(lambda lr: 1 + 1 / (1 + lr * 1e4) + lr / 20)  # rises, not back to 2
+    assert any("never climbed back" in w for w in r.warnings)
+    assert r.suggestions["edge"] == pytest.approx(10 / 8)
+    r = run_curve(lambda lr: 1 / (1 + lr), end=1e-3)  # still falling at the end
+    assert any("still falling" in w for w in r.warnings)
+    r = run_curve(lambda lr: 1 + lr, start=1e-3, end=1.0)  # never fell
+    assert any("never fell" in w for w in r.warnings)

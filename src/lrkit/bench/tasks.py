@@ -381,7 +381,7 @@ LM_VAL_WINDOWS = 128
 
 
 class CharGRU(nn.Module):
-    def __init__(self, vocab: int = len(D.VOCAB), embed: int = 32, hidden: int = 128) -> None:
+    def __init__(self, vocab: int = len(D.VOCAB), embed: int = 32, hidden: int = 64) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
         self.gru = nn.GRU(embed, hidden, batch_first=True)
