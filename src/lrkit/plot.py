@@ -63,23 +63,34 @@ def save(fig: Any, path: str) -> str:
 
 
 def plot_lr_finder(result: Any, ax: Any = None):
-    """A range test: raw and smoothed loss against lr (log axis), each suggestion marked."""
+    """A range test: raw loss, its EMA and its zero-lag smoothing (what the edge rule
+    reads) against lr on a log axis, each suggestion marked."""
+    from lrkit.finder import edge_of_progress, zero_lag
+
     if ax is None:
         _, (ax,) = new_axes(figsize=(7.5, 4.5))
-    lrs, raw, smoothed = result.lrs, result.losses, result.smoothed_losses
-    ax.plot(lrs, raw, color="0.6", lw=0.8, alpha=0.7, label="loss")
-    ax.plot(lrs, smoothed, color="C0", lw=1.8, label="smoothed loss")
+    lrs, raw, ema = result.lrs, result.losses, result.smoothed_losses
+    finite = np.isfinite(raw)
+    ax.plot(lrs, raw, color="0.65", lw=0.8, label="loss")
+    ax.plot(lrs, ema, color="C0", lw=1.6, label="EMA of the loss")
+    if finite.sum() >= 3:
+        z = zero_lag(raw[finite])
+        low, start = float(z.min()), float(np.median(z[: max(1, z.size // 10)]))
+        ax.plot(lrs[finite], z, color="C1", lw=1.6, ls=":", label="zero-lag smoothing")
+        edge, found = edge_of_progress(lrs[finite], raw[finite])
+        if found:  # where the smoothing climbs back over its starting level
+            ax.plot([edge], [start], "v", color="C1", ms=9, label=f"edge of progress: {edge:.3g}")
+        high = max(start, float(np.nanmax(ema[: max(1, ema.size // 10)])))
+        pad = 0.15 * (high - low) + 1e-12
+        ax.set_ylim(low - pad, high + pad)  # keep the blow-up from squashing the curve
     ax.set_xscale("log")
-    finite = smoothed[np.isfinite(smoothed)]
-    if finite.size:  # keep the blow-up from squashing the interesting part
-        low, first = float(finite.min()), float(finite[: max(1, finite.size // 10)].max())
-        top = max(first, low) + 0.1 * abs(max(first, low) - low) + 1e-12
-        ax.set_ylim(low - 0.05 * (top - low), top)
-    for i, (rule, lr) in enumerate(sorted(result.suggestions.items())):
+    styles = {"steep": "C3", "valley": "C4", "minimum": "C2", "edge": "C1"}
+    for i, (rule, lr) in enumerate(result.suggestions.items()):
         if lr is None:
             continue
         default = rule == result.rule
-        ax.axvline(lr, color=f"C{i + 1}", ls="-" if default else "--", lw=2 if default else 1,
+        ax.axvline(lr, color=styles.get(rule, f"C{5 + i}"), ls="-" if default else "--",
+                   lw=2 if default else 1,
                    label=f"{rule}: {lr:.3g}" + (" (suggestion)" if default else ""))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("validation loss" if result.settings.get("validation") else "training loss")

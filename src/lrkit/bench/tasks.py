@@ -77,6 +77,10 @@ class TaskInstance:
 
 @dataclass(frozen=True)
 class Task:
+    """A benchmark problem: train ``steps`` steps on batches of ``batch_size``, then score
+    ``metric`` (higher is better when ``higher_is_better``) against ``target``.
+    ``builder(task, seed)`` returns ``(model, loader, loss_fn, evaluate)``."""
+
     name: str
     description: str
     steps: int
@@ -347,12 +351,12 @@ def accuracy_of(x: torch.Tensor, y: torch.Tensor) -> Callable[[nn.Module], float
 class ConvNet1d(nn.Module):
     """The small 1-D CNN of the MNIST-1D paper: three strided convolutions, one linear."""
 
-    def __init__(self, channels: int = 25, length: int = 40, classes: int = 10) -> None:
+    def __init__(self, channels: int = 25, classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
         self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
         self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
-        self.linear = nn.Linear(channels * 5, classes)
+        self.linear = nn.Linear(channels * 5, classes)  # length 40 -> 19 -> 10 -> 5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.conv1(x.unsqueeze(1)))
