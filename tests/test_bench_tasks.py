@@ -123,3 +123,17 @@ def test_digits_optimum_is_exact():
     loss.backward()
     assert torch.cat([weight.grad.flatten(), bias.grad]).norm() < 1e-10
     assert inst.evaluate(inst.model) == pytest.approx(1.0)  # starts from zero
+
+
+def test_train_checks_its_arguments():
+    make = get_task("quadratic").reference.make_optimizer
+    with pytest.raises(TypeError, match="train\\(\\): task must be a Task or a task name"):
+        train(3, make)
+    with pytest.raises(ValueError, match="get_task\\(\\): name must be one of"):
+        train("nope", make)
+    with pytest.raises(TypeError, match="make_optimizer must be callable"):
+        train("quadratic", "adam")
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        train("quadratic", make, steps=0)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        train("quadratic", make, seed=-1)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit._rng import preserved_rng
 from lrkit.bench import data as D
@@ -110,7 +111,7 @@ class Task:
 
     def build(self, seed: int = 0) -> TaskInstance:
         """A fresh model (initialised from ``seed``), loader, loss and metric."""
-        seed = int(seed)
+        seed = C.nonnegative_int(f"{self.name}.build()", "seed", seed)
         with preserved_rng():
             torch.manual_seed(seed)
             model, loader, loss_fn, evaluate = self.builder(self, seed)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task, TaskInstance, get_task
 from lrkit.scheduler import Scheduler
@@ -61,8 +62,15 @@ def train(
     ``task.eval_every`` steps, at half the budget and at the end. ``callback(step, loss)``
     is called after every step.
     """
+    fn = "train()"
+    if not isinstance(task, (Task, str)):
+        raise TypeError(f"{fn}: task must be a Task or a task name, got {type(task).__name__}")
     task = get_task(task) if isinstance(task, str) else task
-    steps = task.steps if steps is None else int(steps)
+    if not callable(make_optimizer):
+        raise TypeError(f"{fn}: make_optimizer must be callable (params -> optimizer), got "
+                        f"{type(make_optimizer).__name__}")
+    steps = task.steps if steps is None else C.positive_int(fn, "steps", steps)
+    seed = C.nonnegative_int(fn, "seed", seed)
     inst = task.build(seed) if instance is None else instance
     model, loss_fn = inst.model, inst.loss_fn
     opt = make_optimizer(model.parameters())
