@@ -1,7 +1,8 @@
 """lrkit: everything about the learning rate of gradient-based training.
 
 ``from lrkit import schedules as S`` gives the schedule library (no torch needed);
-``lrkit.Scheduler`` drives any torch optimizer from it. Heavier parts are imported on
+``lrkit.Scheduler`` drives any torch optimizer from it; ``lrkit.find_lr`` runs the
+learning-rate range test. Heavier parts are imported on
 first use, so ``import lrkit`` stays light and never imports keras or jax.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ _LAZY = {
     "Plateau": "lrkit.scheduler",
     "DivergenceGuard": "lrkit.guard",
     "DivergenceError": "lrkit.guard",
+    "find_lr": "lrkit.finder",
+    "LRFinderResult": "lrkit.finder",
 }
 
 __all__ = ["SpecError", "schedules", "__version__", *_LAZY]
