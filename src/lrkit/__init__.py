@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Scheduler": "lrkit.scheduler",
     "Plateau": "lrkit.scheduler",
+    "optim": "lrkit.optim",
+    "NonFiniteGradientError": "lrkit.errors",
 }
 
 __all__ = ["SpecError", "schedules", "__version__", *_LAZY]
@@ -24,7 +26,8 @@ __all__ = ["SpecError", "schedules", "__version__", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        return module if module.__name__ == f"lrkit.{name}" else getattr(module, name)
     raise AttributeError(f"module 'lrkit' has no attribute {name!r}")
 
 

@@ -1,0 +1,219 @@
+"""Build and call lrkit's multi-tensor C++ kernels (``kernels.cpp``) through ctypes.
+
+The source is compiled once per machine with the system C++ compiler (``$CXX``, else
+g++/c++/clang++; no torch headers, about two seconds) into ``$LRKIT_CACHE_DIR`` (default
+``~/.cache/lrkit``), keyed by a hash of the source, the flags and the CPU. Without a
+compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is False and every optimizer
+runs torch's foreach path instead: slower, same results within rounding.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from array import array
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_SRC = Path(__file__).with_name("kernels.cpp")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
+          "-std=c++17", "-shared", "-fPIC"]
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_CHECK_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_lock = threading.Lock()
+_lib: Any = None
+_tried = False
+
+# flag bits, as in kernels.cpp
+F_MAXIMIZE, F_ZERO, F_DECOUPLED, F_AMSGRAD = 1, 2, 4, 8
+F_NESTEROV, F_CENTERED, F_MOMENTUM, F_WD = 16, 32, 64, 128
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_int64)] + [
+        (name, ctypes.c_void_p) for name in ("p", "g", "s1", "s2", "s3", "sc1", "sc2",
+                                             "size", "first")] + [
+        ("hp", ctypes.c_double * 12), ("flags", ctypes.c_int64),
+        ("nthreads", ctypes.c_int32), ("sc_f64", ctypes.c_int32)]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LRKIT_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lrkit"
+
+
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _build() -> Path | None:
+    compiler = os.environ.get("CXX") or next(
+        (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if compiler is None:
+        return None
+    key = hashlib.sha256("\0".join(
+        [_SRC.read_text(), " ".join(_FLAGS), compiler, platform.machine(), _cpu_id()]
+    ).encode()).hexdigest()[:16]
+    out = cache_dir() / f"lrkit_kernels_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *_FLAGS, str(_SRC), "-o", tmp], check=True,
+                       capture_output=True, text=True, timeout=300)
+        os.replace(tmp, out)  # atomic: concurrent builds (pytest -n) are harmless
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def library() -> Any:
+    """The loaded kernel library, building it on first use; None where unavailable."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        if os.environ.get("LRKIT_NO_KERNEL", "") not in ("", "0"):
+            _tried = True
+            return None
+        try:
+            path = _build()
+            if path is not None:
+                lib = ctypes.CDLL(str(path))
+                lib.lrk_first_nonfinite.restype = ctypes.c_int64
+                lib.lrk_first_nonfinite.argtypes = [
+                    ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                    ctypes.c_int32]
+                _lib = lib
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", "") or exc
+            warnings.warn(f"lrkit: could not build the optimizer kernels ({detail}); "
+                          "using torch's foreach path", RuntimeWarning, stacklevel=3)
+        _tried = True
+        return _lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def _ptrs(tensors: list[Tensor | None]) -> array:
+    return array("Q", [0 if t is None else t.data_ptr() for t in tensors])
+
+
+def _addr(a: array) -> int:
+    return a.buffer_info()[0]
+
+
+def first_nonfinite(grads: list[Tensor]) -> int:
+    """Index of the first gradient holding NaN or Inf, or -1: one pass over all of them."""
+    lib = library() if not torch.compiler.is_compiling() else None
+    if lib is not None and all(g.device.type == "cpu" and g.dtype in _CHECK_CODES
+                               and g.layout == torch.strided and g.is_contiguous()
+                               for g in grads):
+        ptrs, sizes = _ptrs(grads), array("q", [g.numel() for g in grads])
+        codes = array("i", [_CHECK_CODES[g.dtype] for g in grads])
+        return int(lib.lrk_first_nonfinite(len(grads), _addr(ptrs), _addr(sizes),
+                                           _addr(codes), torch.get_num_threads()))
+    found = []
+    by_key: dict[Any, list[int]] = {}
+    for i, g in enumerate(grads):
+        by_key.setdefault((g.device, g.dtype), []).append(i)
+    for idx in by_key.values():
+        group = [grads[i] for i in idx]
+        if group[0].is_complex():
+            group = [torch.view_as_real(g) for g in group]
+        norms = torch._foreach_norm(group, float("inf"))
+        bad = ~torch.isfinite(torch.stack([n.float() for n in norms]))
+        if bool(bad.any()):
+            found.append(idx[int(bad.nonzero()[0, 0])])
+    return min(found) if found else -1
+
+
+def eligible(p: Tensor, g: Tensor, state: dict[str, Any] | None) -> bool:
+    """Whether the kernel can update ``p`` (dense, contiguous CPU float32/float64)."""
+    if not (type(p) in (Tensor, torch.nn.Parameter) and p.device.type == "cpu"
+            and p.dtype in _DTYPES and g.dtype == p.dtype and p.is_contiguous()
+            and g.is_contiguous() and g.layout == torch.strided and g.shape == p.shape):
+        return False
+    for v in (state or {}).values():
+        if isinstance(v, Tensor) and v.dim() > 0 and not (
+                v.dtype == p.dtype and v.is_contiguous() and v.device.type == "cpu"):
+            return False
+    return True
+
+
+def run(opt: Any, group: dict[str, Any], params: list[Tensor],
+        grads: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """Update the params the kernel can take; return the others (params, grads)."""
+    lib = library()
+    state = opt.state
+    rest_p, rest_g = [], []
+    batches: dict[Any, tuple[list[Tensor], list[Tensor]]] = {}
+    for p, g in zip(params, grads):
+        if eligible(p, g, state.get(p)):
+            b = batches.setdefault(p.dtype, ([], []))
+            b[0].append(p)
+            b[1].append(g)
+        else:
+            rest_p.append(p)
+            rest_g.append(g)
+    spec = opt._kernel_args(group)
+    keys, scal, hp, flags = spec
+    if opt.nonfinite == "zero":
+        flags |= F_ZERO
+    for dtype, (ps, gs) in batches.items():
+        first = opt._kernel_prepare(group, ps)
+        sts = [state[p] for p in ps]
+        cols = [_ptrs([s[k] for s in sts]) if k else None for k in keys]
+        sc = [[s[k] for s in sts] if k else None for k in scal]
+        sc_f64 = 0
+        if sc[0] is not None:
+            dts = {t.dtype for t in sc[0]} | ({t.dtype for t in sc[1]} if sc[1] else set())
+            if dts - {torch.float32, torch.float64} or len(dts) > 1 or any(
+                    t.device.type != "cpu" for t in sc[0]):
+                rest_p += ps
+                rest_g += gs
+                continue
+            sc_f64 = int(torch.float64 in dts)
+        scp = [_ptrs(x) if x is not None else None for x in sc]
+        pp, gp = _ptrs(ps), _ptrs(gs)
+        sizes = array("q", [p.numel() for p in ps])
+        firsts = array("b", first if first is not None else [0] * len(ps))
+        args = _Args()
+        args.n = len(ps)
+        args.p, args.g, args.size, args.first = _addr(pp), _addr(gp), _addr(sizes), _addr(
+            firsts)
+        for name, col in zip(("s1", "s2", "s3"), cols):
+            setattr(args, name, _addr(col) if col is not None else None)
+        for name, col in zip(("sc1", "sc2"), scp):
+            setattr(args, name, _addr(col) if col is not None else None)
+        for i, v in enumerate(hp):
+            args.hp[i] = float(v)
+        args.flags = flags
+        args.nthreads = torch.get_num_threads()
+        args.sc_f64 = sc_f64
+        getattr(lib, f"lrk_{opt.kernel}_{_DTYPES[dtype]}")(ctypes.byref(args))
+    return rest_p, rest_g

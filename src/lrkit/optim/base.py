@@ -1,0 +1,445 @@
+"""``LrkitOptimizer``: the step template every lrkit optimizer shares.
+
+A subclass states its algorithm twice: once as a readable single-tensor reference
+(``_init_state`` + ``_reference_step``, the spec) and once through a fast path (lrkit's
+multi-tensor C kernel, or torch's own foreach/fused functional where the algorithm is
+identical). The base class owns everything around the arithmetic:
+
+* ``step(closure)``: the closure under ``torch.enable_grad()``, then one pass over all
+  gradients for non-finite values (``nonfinite=``), then the update;
+* ``impl=``: which implementation runs ("auto", "reference", "foreach", "fused",
+  "kernel"), with torch's ``foreach=``/``fused=`` switches mapped onto it;
+* ``effective_lr()``, ``explain()`` and ``lr_stats()``: the per-parameter learning rate
+  the last step applied, recomputed on demand from the state (no per-step cost);
+* ``state_dict()`` in torch's layout (plus ``skipped_steps``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from lrkit import _checks as C
+from lrkit.errors import NonFiniteGradientError
+from lrkit.optim import _kernel
+
+NONFINITE_MODES = ("raise", "skip", "zero")
+IMPLS = ("auto", "reference", "foreach", "fused", "kernel")
+_NOT_HYPERPARAMS = ("params", "param_names")
+
+
+class Explained(NamedTuple):
+    """What the last step did to one parameter: ``update = -eta * direction - decay``.
+
+    ``eta`` is the elementwise step-size multiplier (``effective_lr``), ``direction`` the
+    tensor it multiplied (the gradient, a momentum buffer, ...: see each optimizer's
+    docstring), ``decay`` the decoupled weight decay term (zero when there is none) and
+    ``update`` the change of the parameter, ``p_after - p_before``.
+    """
+
+    eta: Tensor
+    direction: Tensor
+    decay: Tensor | float
+    update: Tensor
+
+
+def scalar(x: float | Tensor) -> float | Tensor:
+    """A hyperparameter as the arithmetic uses it: 0-dim tensors are read as their value,
+    except while torch.compile traces (then they stay tensors, so changing one in place
+    never recompiles)."""
+    if isinstance(x, Tensor) and not torch.compiler.is_compiling():
+        return x.item()
+    return x
+
+
+def step_tensor(group: dict[str, Any], p: Tensor) -> Tensor:
+    """A fresh ``step`` counter where torch keeps it (CPU, unless capturable or fused)."""
+    if group.get("capturable") or group.get("fused"):
+        return torch.zeros((), dtype=torch.float32, device=p.device)
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return torch.tensor(0.0, dtype=dtype)
+
+
+# -- argument checks shared by the optimizers ---------------------------------------
+def check_lr(fn: str, lr: Any) -> float | Tensor:
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"{fn}: lr must be a number or a 1-element tensor, got a tensor "
+                             f"of shape {tuple(lr.shape)}")
+        C.nonnegative(fn, "lr", lr.detach().reshape(()).cpu())
+        return lr
+    return C.nonnegative(fn, "lr", lr)
+
+
+def check_betas(fn: str, betas: Any, names=("betas[0]", "betas[1]")) -> tuple:
+    items = C.sequence(fn, "betas", betas)
+    if len(items) != 2:
+        raise ValueError(f"{fn}: betas must be a pair (beta1, beta2), got {betas!r}")
+    for name, b in zip(names, items):
+        C.in_range(fn, name, b.detach().reshape(()).cpu() if isinstance(b, Tensor) else b,
+                   0.0, 1.0, high_open=True)
+    return tuple(items)
+
+
+class LrkitOptimizer(torch.optim.Optimizer):
+    """Base class of lrkit's optimizers (a ``torch.optim.Optimizer``).
+
+    Keyword arguments every subclass accepts besides its torch namesake's:
+
+    ``nonfinite="raise" | "skip" | "zero"``: what a step does when a gradient holds NaN
+    or Inf. "raise" raises :class:`lrkit.NonFiniteGradientError` naming the parameter
+    before anything changes; "skip" leaves parameters and state untouched and counts the
+    step in ``skipped_steps`` (saved in ``state_dict``); "zero" treats the non-finite
+    entries as zero. The check is one pass over the gradients (fused into lrkit's kernel
+    where it runs), so no NaN/Inf from a gradient ever reaches the state.
+
+    ``impl="auto" | "reference" | "foreach" | "fused" | "kernel"``: "reference" is the
+    readable single-tensor implementation (the spec every other path is tested against);
+    "kernel" is lrkit's multi-tensor C++ kernel for dense CPU float32/float64 tensors
+    (compiled on first use; tensors it cannot take go to "foreach"); "foreach" and
+    "fused" are torch's own multi-tensor and fused kernels where torch has the same
+    algorithm. "auto" picks the kernel for CPU float32/float64, the reference for other
+    CPU tensors (bfloat16...: torch's own CPU default, so results match it bit for bit),
+    and on CUDA torch's fused kernel where torch has one, else foreach.
+
+    torch's switches map onto ``impl``: ``fused=True`` is "fused", ``foreach=True``
+    "foreach", ``foreach=False`` "reference"; ``differentiable=True`` and
+    ``capturable=True`` run torch's own functional with those flags. While torch.compile
+    traces a step the reference path runs, with tensor hyperparameters kept as tensors
+    (so a Scheduler changing a tensor lr in place never recompiles).
+    """
+
+    #: the torch.optim class of the same algorithm (its functional runs foreach/fused)
+    torch_name: ClassVar[str | None] = None
+    #: torch has a fused kernel for this algorithm
+    torch_fused: ClassVar[bool] = False
+    #: lrkit kernel name (``None``: no C kernel)
+    kernel: ClassVar[str | None] = None
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise",
+                 impl: str = "auto") -> None:
+        fn = f"{type(self).__name__}()"
+        self.nonfinite = C.choice(fn, "nonfinite", nonfinite, NONFINITE_MODES)
+        impl = C.choice(fn, "impl", impl, IMPLS)
+        foreach, fused = defaults.get("foreach"), defaults.get("fused")
+        if fused and foreach:
+            raise ValueError(f"{fn}: fused=True and foreach=True cannot be used together")
+        if fused and defaults.get("differentiable"):
+            raise ValueError(f"{fn}: fused=True does not support differentiable=True")
+        if fused:
+            impl = "fused"
+        elif foreach:
+            impl = "foreach"
+        elif foreach is False and impl == "auto":
+            impl = "reference"
+        if impl == "fused" and not self.torch_fused:
+            raise ValueError(f"{fn}: impl must be one of 'auto', 'reference', 'foreach', "
+                             f"'kernel' ({type(self).__name__} has no fused torch kernel), "
+                             "got 'fused'")
+        if impl in ("foreach", "fused") and self.torch_name is None and not hasattr(
+                self, "_foreach"):
+            impl = "reference"
+        self.impl = impl
+        self.skipped_steps = 0
+        self._last: dict[int, dict[str, Any]] = {}
+        super().__init__(params, defaults)
+
+    # -- what a subclass provides ---------------------------------------------------
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
+                        state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _functional(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    **flags: Any) -> None:
+        """torch's functional of the same algorithm on these lists (foreach/fused...)."""
+        raise NotImplementedError
+
+    def _kernel_args(self, group: dict[str, Any]) -> tuple[list[str], list[float], int]:
+        """State keys the kernel reads, its float hyperparameters, its integer flags."""
+        raise NotImplementedError
+
+    def _kernel_prepare(self, group: dict[str, Any], params: list[Tensor]) -> list[int] | None:
+        """Create state the kernel needs; per tensor, 1 where a buffer starts from the grad."""
+        return None
+
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        raise NotImplementedError
+
+    def _reference(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
+        state = self.state[p]
+        if not torch.is_complex(p):
+            self._reference_step(group, p, grad, state)
+            return
+        real = {k: torch.view_as_real(v) if torch.is_tensor(v) and torch.is_complex(v) else v
+                for k, v in state.items()}
+        self._reference_step(group, torch.view_as_real(p), torch.view_as_real(grad), real)
+        for k, v in real.items():
+            if k not in state:
+                state[k] = torch.view_as_complex(v) if torch.is_tensor(v) and v.dim() else v
+
+    # -- the step template ----------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """One update; ``closure`` (re-evaluating the loss) runs with gradients enabled."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [(i, group, params, [p.grad for p in params])
+                for i, group in enumerate(self.param_groups)
+                for params in ([p for p in group["params"] if p.grad is not None],)
+                if params]
+        for _, _, _, grads in work:
+            for g in grads:
+                if g.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse "
+                                       "gradients")
+        work = self._screen(work)
+        if work is None:
+            self.skipped_steps += 1
+            return loss
+        for i, group, params, grads in work:
+            for p in params:
+                if not self.state.get(p):
+                    self.state[p].update(self._init_state(group, p))
+            self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
+                             for k, v in group.items() if k not in _NOT_HYPERPARAMS}
+            self._update(group, params, grads)
+        return loss
+
+    def _screen(self, work: list) -> list | None:
+        """Find non-finite gradients in one pass; raise, skip (None) or zero them."""
+        grads = [g for _, _, _, gs in work for g in gs]
+        if not grads:
+            return work
+        if self.nonfinite == "zero" and self._kernel_takes_all(work):
+            return work  # the kernel zeroes non-finite entries as it reads them
+        bad = _kernel.first_nonfinite(grads)
+        if bad < 0:
+            return work
+        if self.nonfinite == "skip":
+            return None
+        if self.nonfinite == "raise":
+            k = bad
+            for i, group, params, gs in work:
+                if k < len(gs):
+                    p = params[k]
+                    j = next(j for j, q in enumerate(group["params"]) if q is p)
+                    names = group.get("param_names")
+                    what = (repr(names[j]) if names else
+                            f"param_groups[{i}]['params'][{j}] of shape {tuple(p.shape)}")
+                    raise NonFiniteGradientError(
+                        f"{type(self).__name__}.step(): the gradient of {what} holds NaN or "
+                        "Inf; nothing was changed (pass nonfinite='skip' to skip such steps "
+                        "or nonfinite='zero' to treat those entries as zero)")
+                k -= len(gs)
+        return [(i, group, params,
+                 [g if bool(torch.isfinite(g).all()) else
+                  torch.where(torch.isfinite(g), g, torch.zeros((), dtype=g.dtype,
+                                                                device=g.device))
+                  for g in gs])
+                for i, group, params, gs in work]
+
+    def _kernel_takes_all(self, work: list) -> bool:
+        return (self.impl in ("auto", "kernel") and self.kernel is not None
+                and not torch.compiler.is_compiling() and _kernel.available()
+                and all(_kernel.eligible(p, g, self.state.get(p))
+                        for _, group, params, grads in work
+                        if not (group.get("differentiable") or group.get("capturable"))
+                        for p, g in zip(params, grads)))
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        impl = self.impl
+        if torch.compiler.is_compiling():
+            impl = "reference"
+        elif group.get("differentiable") or group.get("capturable"):
+            impl = "torch"
+        if impl in ("auto", "kernel") and self.kernel is not None and _kernel.available():
+            rest_p, rest_g = _kernel.run(self, group, params, grads)
+            if not rest_p:
+                return
+            params, grads = rest_p, rest_g
+            impl = "foreach" if impl == "kernel" else "auto"
+        if impl == "auto":  # as torch: single-tensor on CPU, fused or foreach elsewhere
+            impl = "reference"
+            if all(p.device.type != "cpu" for p in params):
+                impl = "fused" if self.torch_fused and all(
+                    p.device.type == "cuda" for p in params) else "foreach"
+        if impl == "reference" or (impl in ("foreach", "fused", "torch")
+                                   and self.torch_name is None
+                                   and not hasattr(self, "_foreach")):
+            for p, g in zip(params, grads):
+                self._reference(group, p, g)
+        elif impl == "torch":
+            self._functional(group, params, grads, foreach=False,
+                             differentiable=bool(group.get("differentiable")),
+                             capturable=bool(group.get("capturable")))
+        elif self.torch_name is None:
+            self._foreach(group, params, grads)  # type: ignore[attr-defined]
+        elif impl == "fused":
+            self._functional(group, params, grads, fused=True)
+        else:
+            self._functional(group, params, grads, foreach=True)
+
+    # -- the learning rate the last step applied --------------------------------------
+    def explain(self, param: Tensor) -> Explained:
+        """What the last step did to ``param``: ``eta``, ``direction``, ``decay``, ``update``.
+
+        Recomputed from the state after the step and the hyperparameters that step used;
+        algorithms whose state does not hold the direction (SGD without momentum,
+        Adagrad, Adadelta, RMSprop without momentum, Lion, Adafactor) read the last
+        gradient from ``param.grad``, so call it after ``step()`` and before
+        ``zero_grad()``. Exact up to rounding.
+        """
+        for i, group in enumerate(self.param_groups):
+            if any(q is param for q in group["params"]):
+                state = self.state.get(param)
+                if i not in self._last and not state:
+                    break
+                hp = self._last.get(i) or {k: v for k, v in group.items()
+                                           if k not in _NOT_HYPERPARAMS}
+                hp = {k: _as_number(v) for k, v in hp.items()}
+                return self._explain(hp, param, state)
+        raise ValueError(f"{type(self).__name__}.explain(): this parameter has not been "
+                         "updated by a step of this optimizer yet")
+
+    def _grad(self, p: Tensor, hp: dict[str, Any]) -> Tensor:
+        if p.grad is None:
+            raise ValueError(f"{type(self).__name__}: effective_lr()/explain() need the "
+                             "last gradient (p.grad) for this algorithm; call it after "
+                             "step() and before zero_grad()")
+        g = p.grad.detach()
+        return -g if hp.get("maximize") else g
+
+    def effective_lr(self, param: Tensor | None = None) -> Any:
+        """The elementwise step-size multiplier the last step applied.
+
+        For one parameter, a tensor shaped like it (``eta`` of :meth:`explain`); without
+        an argument, one list per param group with a tensor (or ``None`` for parameters
+        not stepped yet) per parameter. Adam: ``lr / (1 - beta1^t) / (sqrt(v_hat) + eps)``
+        on the first moment; SGD: ``lr``; each class documents its own.
+        """
+        if param is not None:
+            return self.explain(param).eta
+        out = []
+        for group in self.param_groups:
+            row = []
+            for p in group["params"]:
+                try:
+                    row.append(self.explain(p).eta)
+                except ValueError:
+                    row.append(None)
+            out.append(row)
+        return out
+
+    def lr_stats(self) -> list[dict[str, float]]:
+        """Per param group: min, median and max of the effective lr over all elements, and
+        ``update_ratio`` = ||update|| / ||w|| of the last step (norms over the group).
+
+        Nothing is kept per step beyond the hyperparameters the last step used (a few
+        floats per group); the numbers are recomputed from the optimizer state on call,
+        one pass over the group's parameters (plus a median over the concatenated
+        effective lrs, skipped when the effective lr is one number, as in SGD).
+        """
+        out = []
+        for group in self.param_groups:
+            etas, upd2, w2 = [], 0.0, 0.0
+            for p in group["params"]:
+                try:
+                    e = self.explain(p)
+                except ValueError:
+                    continue
+                etas.append(e.eta)
+                upd2 += float(e.update.double().square().sum())
+                w2 += float(p.detach().double().square().sum())
+            if not etas:
+                out.append({"min": math.nan, "median": math.nan, "max": math.nan,
+                            "update_ratio": math.nan})
+                continue
+            uniform = [t for t in etas if t.stride() == (0,) * t.dim()]
+            if len(uniform) == len(etas):
+                vals = torch.stack([t.reshape(-1)[0].double() if t.numel() else
+                                    torch.tensor(math.nan, dtype=torch.float64)
+                                    for t in etas])
+                lo, mid, hi = vals.min(), vals.median(), vals.max()
+            else:
+                flat = torch.cat([t.reshape(-1).double() for t in etas])
+                lo, mid, hi = flat.min(), flat.median(), flat.max()
+            out.append({"min": float(lo), "median": float(mid), "max": float(hi),
+                        "update_ratio": math.sqrt(upd2) / math.sqrt(w2) if w2 > 0
+                        else math.inf if upd2 > 0 else 0.0})
+        return out
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["skipped_steps"] = self.skipped_steps
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        skipped = int(state_dict.pop("skipped_steps", 0))
+        super().load_state_dict(state_dict)
+        self.skipped_steps = skipped
+        self._last = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        defaults = getattr(self, "defaults", {})
+        for group in self.param_groups:
+            for k, v in defaults.items():
+                group.setdefault(k, v)
+            for p in group["params"]:
+                s = self.state.get(p)
+                if s and "step" in s and not torch.is_tensor(s["step"]):
+                    s["step"] = step_tensor(group, p).fill_(float(s["step"]))
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        return text[:-1] + f"    nonfinite: {self.nonfinite}\n    impl: {self.impl}\n)"
+
+
+def _as_number(v: Any) -> Any:
+    if isinstance(v, Tensor) and v.numel() == 1:
+        return v.item()
+    if isinstance(v, tuple):
+        return tuple(_as_number(x) for x in v)
+    return v
+
+
+def uniform(value: float, like: Tensor) -> Tensor:
+    """``value`` broadcast to ``like``'s shape without allocating (stride 0)."""
+    return torch.tensor(value, dtype=like.dtype, device=like.device).expand_as(like)
+
+
+def value(x: float | Tensor) -> float | Tensor:
+    """A 0-dim state tensor (step, mu_product) as a Python number, except while compiling."""
+    return x if torch.compiler.is_compiling() else x.item()
+
+
+def addcdiv_(p: Tensor, a: Tensor, b: Tensor, v: float | Tensor) -> None:
+    """``p += v * a / b`` as torch's ``addcdiv_``; a tensor ``v`` (while compiling) too."""
+    if isinstance(v, Tensor):
+        p.add_((a / b) * v)
+    else:
+        p.addcdiv_(a, b, value=v)
+
+
+def add_(p: Tensor, a: Tensor, alpha: float | Tensor) -> None:
+    """``p += alpha * a`` as torch's ``add_``; a tensor ``alpha`` (while compiling) too."""
+    if isinstance(alpha, Tensor):
+        p.add_(a * alpha)
+    else:
+        p.add_(a, alpha=alpha)
+
+
+def functional_lr(group: dict[str, Any], flags: dict[str, Any]) -> float | Tensor:
+    """The lr handed to torch's functional: a tensor only where torch takes one."""
+    if flags.get("capturable") or flags.get("differentiable") or flags.get("fused"):
+        return group["lr"]
+    return scalar(group["lr"])

@@ -1,0 +1,421 @@
+// lrkit's multi-tensor optimizer kernels for dense CPU float32/float64 tensors.
+//
+// One call updates every tensor of a param group: per-tensor scalars (step counters,
+// bias corrections) are computed first, serially and in double precision as torch does
+// in Python; then all tensors are cut into chunks of CHUNK elements and one OpenMP
+// parallel loop runs over the chunks, so a thousand small tensors cost one parallel
+// region, not a thousand. Each element is read and written once. The arithmetic mirrors
+// the single-tensor reference in lrkit/optim operation by operation as ATen's vectorised
+// CPU kernels compute them (scalars cast to the tensor's type; add(alpha=), lerp and
+// addcmul as fused multiply-adds, addcdiv as a + (v * t1) / t2), so on x86-64 with FMA
+// the results equal torch's bit for bit. Built without other FP contraction, so results
+// do not depend on the thread count or the chunking.
+//
+// Plain C ABI, no torch headers: compiled on first use by lrkit/optim/_kernel.py.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+constexpr int64_t CHUNK = 1 << 14;
+
+struct Args {
+  int64_t n;                 // number of tensors
+  void** p;                  // params
+  void** g;                  // grads
+  void** s1;                 // state tensors (meaning per algorithm)
+  void** s2;
+  void** s3;
+  void** sc1;                // per-tensor 0-dim state (step), float or double
+  void** sc2;                // second per-tensor 0-dim state (NAdam mu_product)
+  const int64_t* size;       // numel of each tensor
+  const int8_t* first;       // per tensor: state buffer not yet initialised (SGD)
+  double hp[12];             // hyperparameters (meaning per algorithm)
+  int64_t flags;             // bit flags (meaning per algorithm, FLAG_* below)
+  int32_t nthreads;
+  int32_t sc_f64;            // sc1/sc2 hold doubles (default dtype float64)
+};
+
+enum : int64_t {
+  F_MAXIMIZE = 1, F_ZERO = 2, F_DECOUPLED = 4, F_AMSGRAD = 8, F_NESTEROV = 16,
+  F_CENTERED = 32, F_MOMENTUM = 64, F_WD = 128,
+};
+
+struct Chunk { int64_t t, lo, hi; };
+
+std::vector<Chunk> chunks(const Args* a) {
+  std::vector<Chunk> out;
+  for (int64_t t = 0; t < a->n; ++t)
+    for (int64_t lo = 0; lo < a->size[t]; lo += CHUNK)
+      out.push_back({t, lo, std::min(a->size[t], lo + CHUNK)});
+  return out;
+}
+
+// Read, increment and write back a per-tensor step counter; returns the new value.
+double bump(const Args* a, void** sc, int64_t t, double by = 1.0) {
+  if (a->sc_f64) { double* s = (double*)sc[t]; *s += by; return *s; }
+  float* s = (float*)sc[t]; *s += (float)by; return (double)*s;
+}
+
+template <typename T> inline T grad_of(const Args* a, const T* g, int64_t j) {
+  T x = g[j];
+  if (a->flags & F_MAXIMIZE) x = -x;
+  if (a->flags & F_ZERO) x = (std::fabs(x) <= std::numeric_limits<T>::max()) ? x : T(0);
+  return x;
+}
+
+// a * b + c rounded once where the CPU has FMA (as ATen's vectorised kernels compute it)
+template <typename T> inline T fma_(T a, T b, T c) {
+#ifdef __FMA__
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// torch.lerp(self, end, w) for a scalar weight, as ATen's lerp_vec
+template <typename T> inline T lerp(T self, T end, T w) {
+  return (std::fabs(w) < T(0.5)) ? fma_(w, end - self, self) : fma_(w - T(1), end - self, end);
+}
+
+template <typename T, typename Body>
+void for_chunks(const Args* a, const std::vector<Chunk>& cs, Body body) {
+  const int64_t nc = (int64_t)cs.size();
+#pragma omp parallel for schedule(static) num_threads(a->nthreads) if (nc > 1)
+  for (int64_t c = 0; c < nc; ++c) body(cs[c].t, cs[c].lo, cs[c].hi);
+}
+
+// ---------------------------------------------------------------- SGD
+// hp: lr, momentum, dampening, weight_decay.  s1: momentum_buffer
+template <typename T> void sgd(const Args* a) {
+  const T lr = (T)a->hp[0], mu = (T)a->hp[1], damp1 = (T)(1.0 - a->hp[2]), wd = (T)a->hp[3];
+  const bool mom = a->flags & F_MOMENTUM, nest = a->flags & F_NESTEROV, dec = a->flags & F_WD;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* b = mom ? (T*)a->s1[t] : nullptr;
+    const bool first = mom && a->first[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      if (dec) d = fma_(wd, p[j], d);
+      if (mom) {
+        T buf = first ? d : fma_(damp1, d, b[j] * mu);
+        b[j] = buf;
+        d = nest ? fma_(mu, buf, d) : buf;
+      }
+      p[j] = fma_(-lr, d, p[j]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- Adagrad
+// hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
+template <typename T> void adagrad(const Args* a) {
+  std::vector<T> clr(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    clr[t] = (T)(-(a->hp[0] / (1.0 + (step - 1.0) * a->hp[1])));
+  }
+  const T wd = (T)a->hp[2], eps = (T)a->hp[3];
+  const bool dec = a->flags & F_WD;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* s = (T*)a->s1[t];
+    const T c = clr[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      if (dec) d = fma_(wd, p[j], d);
+      T sum = fma_(d, d, s[j]);
+      s[j] = sum;
+      p[j] = p[j] + (c * d) / (std::sqrt(sum) + eps);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- Adadelta
+// hp: lr, rho, eps, weight_decay.  s1: square_avg, s2: acc_delta, sc1: step
+template <typename T> void adadelta(const Args* a) {
+  for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
+  const T lr = (T)a->hp[0], rho = (T)a->hp[1], rho1 = (T)(1.0 - a->hp[1]), eps = (T)a->hp[2],
+          wd = (T)a->hp[3];
+  const bool dec = a->flags & F_WD;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t];
+    T* sq = (T*)a->s1[t]; T* acc = (T*)a->s2[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      if (dec) d = fma_(wd, p[j], d);
+      T s = fma_(rho1 * d, d, sq[j] * rho);
+      sq[j] = s;
+      T std_ = std::sqrt(s + eps);
+      T delta = std::sqrt(acc[j] + eps) / std_ * d;
+      acc[j] = fma_(rho1 * delta, delta, acc[j] * rho);
+      p[j] = fma_(-lr, delta, p[j]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- RMSprop
+// hp: lr, alpha, eps, weight_decay, momentum.
+// s1: square_avg, s2: momentum_buffer, s3: grad_avg, sc1: step
+template <typename T> void rmsprop(const Args* a) {
+  for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
+  const T lr = (T)a->hp[0], alpha = (T)a->hp[1], alpha1 = (T)(1.0 - a->hp[1]),
+          eps = (T)a->hp[2], wd = (T)a->hp[3], mu = (T)a->hp[4];
+  const bool dec = a->flags & F_WD, mom = a->flags & F_MOMENTUM, cen = a->flags & F_CENTERED;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* sq = (T*)a->s1[t];
+    T* buf = mom ? (T*)a->s2[t] : nullptr; T* ga = cen ? (T*)a->s3[t] : nullptr;
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      if (dec) d = fma_(wd, p[j], d);
+      T s = fma_(alpha1 * d, d, sq[j] * alpha);
+      sq[j] = s;
+      T avg;
+      if (cen) {
+        T m = lerp(ga[j], d, alpha1);
+        ga[j] = m;
+        avg = std::sqrt(fma_(-m, m, s));
+      } else {
+        avg = std::sqrt(s);
+      }
+      avg = avg + eps;
+      if (mom) {
+        T b = buf[j] * mu + d / avg;
+        buf[j] = b;
+        p[j] = fma_(-lr, b, p[j]);
+      } else {
+        p[j] = p[j] + (-lr * d) / avg;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- Adam / AdamW
+// hp: lr, beta1, beta2, eps, weight_decay.  s1: exp_avg, s2: exp_avg_sq,
+// s3: max_exp_avg_sq, sc1: step
+template <typename T> void adam(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1], b2 = a->hp[2], wd = a->hp[4];
+  std::vector<T> neg_step(a->n), bc2s(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    neg_step[t] = (T)(-(lr / (1.0 - std::pow(b1, step))));
+    bc2s[t] = (T)std::pow(1.0 - std::pow(b2, step), 0.5);
+  }
+  const T w1 = (T)(1.0 - b1), tb2 = (T)b2, w2 = (T)(1.0 - b2), eps = (T)a->hp[3],
+          twd = (T)wd, decay = (T)(1.0 - lr * wd);
+  const bool dec = a->flags & F_WD, decoupled = a->flags & F_DECOUPLED,
+             ams = a->flags & F_AMSGRAD;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t];
+    T* m = (T*)a->s1[t]; T* v = (T*)a->s2[t]; T* vm = ams ? (T*)a->s3[t] : nullptr;
+    const T ns = neg_step[t], bc = bc2s[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      T w = p[j];
+      if (dec) {
+        if (decoupled) w = w * decay; else d = fma_(twd, w, d);
+      }
+      T mm = lerp(m[j], d, w1);
+      T vv = fma_(w2 * d, d, v[j] * tb2);
+      m[j] = mm;
+      v[j] = vv;
+      if (ams) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
+      T denom = std::sqrt(vv) / bc + eps;
+      p[j] = w + (ns * mm) / denom;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- NAdam
+// hp: lr, beta1, beta2, eps, weight_decay, momentum_decay.
+// s1: exp_avg, s2: exp_avg_sq, sc1: step, sc2: mu_product
+template <typename T> void nadam(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1], b2 = a->hp[2], wd = a->hp[4], md = a->hp[5];
+  std::vector<T> bc2(a->n), cg(a->n), cm(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    double mu = b1 * (1.0 - 0.5 * std::pow(0.96, step * md));
+    double mu_next = b1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * md));
+    double prod;
+    if (a->sc_f64) { double* s = (double*)a->sc2[t]; *s = *s * mu; prod = *s; }
+    else { float* s = (float*)a->sc2[t]; *s = *s * (float)mu; prod = (double)*s; }
+    bc2[t] = (T)(1.0 - std::pow(b2, step));
+    cg[t] = (T)(-lr * (1.0 - mu) / (1.0 - prod));
+    cm[t] = (T)((-lr * mu_next) / (1.0 - prod * mu_next));
+  }
+  const T w1 = (T)(1.0 - b1), tb2 = (T)b2, w2 = (T)(1.0 - b2), eps = (T)a->hp[3],
+          twd = (T)wd, decay = (T)(1.0 - lr * wd);
+  const bool dec = a->flags & F_WD, decoupled = a->flags & F_DECOUPLED;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
+    T* v = (T*)a->s2[t];
+    const T b = bc2[t], c1 = cg[t], c2 = cm[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      T w = p[j];
+      if (dec) {
+        if (decoupled) w = w * decay; else d = fma_(twd, w, d);
+      }
+      T mm = lerp(m[j], d, w1);
+      T vv = fma_(w2 * d, d, v[j] * tb2);
+      m[j] = mm;
+      v[j] = vv;
+      T denom = std::sqrt(vv / b) + eps;
+      w = w + (c1 * d) / denom;
+      p[j] = w + (c2 * mm) / denom;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- RAdam
+// hp: lr, beta1, beta2, eps, weight_decay.  s1: exp_avg, s2: exp_avg_sq, sc1: step
+template <typename T> void radam(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1], b2 = a->hp[2], wd = a->hp[4];
+  std::vector<T> bc1(a->n), rect(a->n), bc2s(a->n);
+  std::vector<int8_t> adaptive(a->n);
+  const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    double bc2 = 1.0 - std::pow(b2, step);
+    double rho_t = rho_inf - 2.0 * step * std::pow(b2, step) / bc2;
+    bc1[t] = (T)(1.0 - std::pow(b1, step));
+    adaptive[t] = rho_t > 5.0;
+    rect[t] = adaptive[t] ? (T)std::pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                                        ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5)
+                          : T(0);
+    bc2s[t] = (T)std::pow(bc2, 0.5);
+  }
+  const T w1 = (T)(1.0 - b1), tb2 = (T)b2, w2 = (T)(1.0 - b2), eps = (T)a->hp[3],
+          twd = (T)wd, decay = (T)(1.0 - lr * wd), tlr = (T)lr;
+  const bool dec = a->flags & F_WD, decoupled = a->flags & F_DECOUPLED;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
+    T* v = (T*)a->s2[t];
+    const T b1c = bc1[t], r = rect[t], b2s = bc2s[t];
+    const bool ad = adaptive[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      T w = p[j];
+      if (dec) {
+        if (decoupled) w = w * decay; else d = fma_(twd, w, d);
+      }
+      T mm = lerp(m[j], d, w1);
+      T vv = fma_(w2 * d, d, v[j] * tb2);
+      m[j] = mm;
+      v[j] = vv;
+      T u = mm / b1c * tlr;
+      // python float / tensor is tensor.reciprocal() * float in torch
+      if (ad) u = u * ((T(1) / (std::sqrt(vv) + eps)) * b2s) * r;
+      p[j] = w - u;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- Adamax
+// hp: lr, beta1, beta2, eps, weight_decay.  s1: exp_avg, s2: exp_inf, sc1: step
+template <typename T> void adamax(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1];
+  std::vector<T> nclr(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    nclr[t] = (T)(-(lr / (1.0 - std::pow(b1, step))));
+  }
+  const T w1 = (T)(1.0 - b1), tb2 = (T)a->hp[2], eps = (T)a->hp[3], wd = (T)a->hp[4];
+  const bool dec = a->flags & F_WD;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
+    T* u = (T*)a->s2[t];
+    const T c = nclr[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      if (dec) d = fma_(wd, p[j], d);
+      T mm = lerp(m[j], d, w1);
+      m[j] = mm;
+      T a_ = u[j] * tb2, b_ = std::fabs(d) + eps;
+      T uu = (a_ != a_ || b_ != b_) ? a_ + b_ : (a_ > b_ ? a_ : b_);
+      u[j] = uu;
+      p[j] = p[j] + (c * mm) / uu;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- Lion
+// hp: lr, beta1, beta2, weight_decay.  s1: exp_avg
+template <typename T> void lion(const Args* a) {
+  const double lr = a->hp[0], wd = a->hp[3];
+  const T tb1 = (T)a->hp[1], w1 = (T)(1.0 - a->hp[1]), tb2 = (T)a->hp[2],
+          w2 = (T)(1.0 - a->hp[2]), nlr = (T)(-lr), decay = (T)(1.0 - lr * wd);
+  const bool dec = a->flags & F_WD;
+  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad_of(a, g, j);
+      T w = dec ? p[j] * decay : p[j];
+      T c = fma_(w1, d, m[j] * tb1);
+      T s = (T)((c > T(0)) - (c < T(0)));
+      p[j] = fma_(nlr, s, w);
+      m[j] = fma_(w2, d, m[j] * tb2);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- non-finite check
+// Returns the smallest index of a tensor holding NaN or Inf, or -1. dtype codes:
+// 0 float32, 1 float64, 2 bfloat16, 3 float16. Integer bit tests, so it vectorises.
+template <typename U>
+bool any_nonfinite(const void* data, int64_t lo, int64_t hi, U expmask) {
+  const U* x = (const U*)data;
+  U acc = 0;
+  for (int64_t j = lo; j < hi; ++j) acc |= (U)((x[j] & expmask) == expmask);
+  return acc != 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+#define LRK_EXPORT(name)                                                      \
+  void lrk_##name##_f32(const Args* a) { name<float>(a); }                   \
+  void lrk_##name##_f64(const Args* a) { name<double>(a); }
+
+LRK_EXPORT(sgd)
+LRK_EXPORT(adagrad)
+LRK_EXPORT(adadelta)
+LRK_EXPORT(rmsprop)
+LRK_EXPORT(adam)
+LRK_EXPORT(nadam)
+LRK_EXPORT(radam)
+LRK_EXPORT(adamax)
+LRK_EXPORT(lion)
+
+int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
+                            const int32_t* dtype, int32_t nthreads) {
+  Args a{};
+  a.n = n;
+  a.size = size;
+  std::vector<Chunk> cs = chunks(&a);
+  const int64_t nc = (int64_t)cs.size();
+  int64_t first = n;
+#pragma omp parallel for schedule(static) num_threads(nthreads) reduction(min : first) \
+    if (nc > 1)
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk& k = cs[c];
+    if (k.t >= first) continue;
+    bool bad;
+    switch (dtype[k.t]) {
+      case 0: bad = any_nonfinite<uint32_t>(data[k.t], k.lo, k.hi, 0x7f800000u); break;
+      case 1: bad = any_nonfinite<uint64_t>(data[k.t], k.lo, k.hi, 0x7ff0000000000000ull);
+        break;
+      case 2: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, 0x7f80u); break;
+      default: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, 0x7c00u); break;
+    }
+    if (bad && k.t < first) first = k.t;
+  }
+  return first == n ? -1 : first;
+}
+
+int32_t lrk_abi_version() { return 1; }
+
+}  // extern "C"
