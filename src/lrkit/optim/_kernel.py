@@ -102,6 +102,7 @@ def library() -> Any:
             path = _build()
             if path is not None:
                 lib = ctypes.CDLL(str(path))
+                _match_torch_sqrt(lib)
                 lib.lrk_first_nonfinite.restype = ctypes.c_int64
                 lib.lrk_first_nonfinite.argtypes = [
                     ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -113,6 +114,26 @@ def library() -> Any:
                           "using torch's foreach path", RuntimeWarning, stacklevel=3)
         _tried = True
         return _lib
+
+
+def _match_torch_sqrt(lib: Any) -> None:
+    """Hand the kernels the square root torch's CPU ``Tensor.sqrt`` uses (MKL's
+    vsSqrt/vdSqrt inside libtorch on x86 builds) if it reproduces ``torch.sqrt`` exactly;
+    otherwise the kernels keep the correctly rounded ``std::sqrt``."""
+    path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        torch_lib = ctypes.CDLL(str(path))
+        vs, vd = torch_lib.vsSqrt, torch_lib.vdSqrt
+    except (OSError, AttributeError):
+        return
+    x = torch.rand(4099, generator=torch.Generator().manual_seed(0)) * 3
+    for fn, t in ((vs, x), (vd, x.double())):
+        out = torch.empty_like(t)
+        fn(ctypes.c_int(t.numel()), ctypes.c_void_p(t.data_ptr()),
+           ctypes.c_void_p(out.data_ptr()))
+        if not torch.equal(out, t.sqrt()):
+            return
+    lib.lrk_set_sqrt(ctypes.cast(vs, ctypes.c_void_p), ctypes.cast(vd, ctypes.c_void_p))
 
 
 def available() -> bool:

@@ -12,6 +12,7 @@
 // do not depend on the thread count or the chunking.
 //
 // Plain C ABI, no torch headers: compiled on first use by lrkit/optim/_kernel.py.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -110,6 +111,34 @@ template <typename T> void sgd(const Args* a) {
   });
 }
 
+// ---------------------------------------------------------------- elementwise sqrt
+// torch computes Tensor.sqrt() on CPU with MKL's vsSqrt/vdSqrt (not correctly rounded:
+// up to 0.75 ulp), so the kernels take square roots of blocks of BLOCK elements through
+// the same functions when lrkit finds them in libtorch (lrk_set_sqrt); else std::sqrt.
+// Each algorithm with a square root runs two loops per block: the first updates the
+// state and gathers what goes under the root, the second finishes the update.
+constexpr int64_t BLOCK = 512;
+typedef void (*vsqrt_f32)(int, const float*, float*);
+typedef void (*vsqrt_f64)(int, const double*, double*);
+vsqrt_f32 g_vs = nullptr;
+vsqrt_f64 g_vd = nullptr;
+
+inline void vsqrt(int n, float* x) {
+  if (g_vs) { g_vs(n, x, x); return; }
+  for (int i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
+}
+inline void vsqrt(int n, double* x) {
+  if (g_vd) { g_vd(n, x, x); return; }
+  for (int i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
+}
+
+// body(b0, b1, buf): the chunk [lo, hi) in blocks
+template <typename T, typename Body>
+inline void blocks(int64_t lo, int64_t hi, Body body) {
+  alignas(64) T buf[2 * BLOCK];
+  for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) body(b0, std::min(hi, b0 + BLOCK), buf);
+}
+
 // ---------------------------------------------------------------- Adagrad
 // hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
 template <typename T> void adagrad(const Args* a) {
@@ -123,13 +152,21 @@ template <typename T> void adagrad(const Args* a) {
   for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
     T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* s = (T*)a->s1[t];
     const T c = clr[t];
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      if (dec) d = fma_(wd, p[j], d);
-      T sum = fma_(d, d, s[j]);
-      s[j] = sum;
-      p[j] = p[j] + (c * d) / (std::sqrt(sum) + eps);
-    }
+    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
+      for (int64_t j = b0; j < b1; ++j) {
+        T d = grad_of(a, g, j);
+        if (dec) d = fma_(wd, p[j], d);
+        T sum = fma_(d, d, s[j]);
+        s[j] = sum;
+        r[j - b0] = sum;
+      }
+      vsqrt((int)(b1 - b0), r);
+      for (int64_t j = b0; j < b1; ++j) {
+        T d = grad_of(a, g, j);
+        if (dec) d = fma_(wd, p[j], d);
+        p[j] = p[j] + (c * d) / (r[j - b0] + eps);
+      }
+    });
   });
 }
 
@@ -143,16 +180,26 @@ template <typename T> void adadelta(const Args* a) {
   for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
     T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t];
     T* sq = (T*)a->s1[t]; T* acc = (T*)a->s2[t];
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      if (dec) d = fma_(wd, p[j], d);
-      T s = fma_(rho1 * d, d, sq[j] * rho);
-      sq[j] = s;
-      T std_ = std::sqrt(s + eps);
-      T delta = std::sqrt(acc[j] + eps) / std_ * d;
-      acc[j] = fma_(rho1 * delta, delta, acc[j] * rho);
-      p[j] = fma_(-lr, delta, p[j]);
-    }
+    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
+      T* std_ = r; T* delta = r + BLOCK;
+      for (int64_t j = b0; j < b1; ++j) {
+        T d = grad_of(a, g, j);
+        if (dec) d = fma_(wd, p[j], d);
+        T s = fma_(rho1 * d, d, sq[j] * rho);
+        sq[j] = s;
+        std_[j - b0] = s + eps;
+        delta[j - b0] = acc[j] + eps;
+      }
+      vsqrt((int)(b1 - b0), std_);
+      vsqrt((int)(b1 - b0), delta);
+      for (int64_t j = b0; j < b1; ++j) {
+        T d = grad_of(a, g, j);
+        if (dec) d = fma_(wd, p[j], d);
+        T dx = delta[j - b0] / std_[j - b0] * d;
+        acc[j] = fma_(rho1 * dx, dx, acc[j] * rho);
+        p[j] = fma_(-lr, dx, p[j]);
+      }
+    });
   });
 }
 
@@ -167,30 +214,58 @@ template <typename T> void rmsprop(const Args* a) {
   for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
     T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* sq = (T*)a->s1[t];
     T* buf = mom ? (T*)a->s2[t] : nullptr; T* ga = cen ? (T*)a->s3[t] : nullptr;
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      if (dec) d = fma_(wd, p[j], d);
-      T s = fma_(alpha1 * d, d, sq[j] * alpha);
-      sq[j] = s;
-      T avg;
-      if (cen) {
-        T m = lerp(ga[j], d, alpha1);
-        ga[j] = m;
-        avg = std::sqrt(fma_(-m, m, s));
-      } else {
-        avg = std::sqrt(s);
+    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
+      for (int64_t j = b0; j < b1; ++j) {
+        T d = grad_of(a, g, j);
+        if (dec) d = fma_(wd, p[j], d);
+        T s = fma_(alpha1 * d, d, sq[j] * alpha);
+        sq[j] = s;
+        if (cen) {
+          T m = lerp(ga[j], d, alpha1);
+          ga[j] = m;
+          s = fma_(-m, m, s);
+        }
+        r[j - b0] = s;
       }
-      avg = avg + eps;
-      if (mom) {
-        T b = buf[j] * mu + d / avg;
-        buf[j] = b;
-        p[j] = fma_(-lr, b, p[j]);
-      } else {
-        p[j] = p[j] + (-lr * d) / avg;
+      vsqrt((int)(b1 - b0), r);
+      for (int64_t j = b0; j < b1; ++j) {
+        T d = grad_of(a, g, j);
+        if (dec) d = fma_(wd, p[j], d);
+        T avg = r[j - b0] + eps;
+        if (mom) {
+          T b = buf[j] * mu + d / avg;
+          buf[j] = b;
+          p[j] = fma_(-lr, b, p[j]);
+        } else {
+          p[j] = p[j] + (-lr * d) / avg;
+        }
       }
-    }
+    });
   });
 }
+
+// The Adam family's first loop: weight decay, both moments; returns the decayed weight.
+template <typename T> struct AdamCommon {
+  T w1, tb2, w2, twd, decay;
+  bool dec, decoupled;
+  AdamCommon(const Args* a, double lr, double b1, double b2, double wd)
+      : w1((T)(1.0 - b1)), tb2((T)b2), w2((T)(1.0 - b2)), twd((T)wd), decay((T)(1.0 - lr * wd)),
+        dec(a->flags & F_WD), decoupled(a->flags & F_DECOUPLED) {}
+  // the gradient with coupled decay, and the weight with decoupled decay
+  inline void decay_(const Args* a, const T* g, const T* p, int64_t j, T& d, T& w) const {
+    d = grad_of(a, g, j);
+    w = p[j];
+    if (dec) {
+      if (decoupled) w = w * decay; else d = fma_(twd, w, d);
+    }
+  }
+  inline void moments(T d, T* m, T* v, int64_t j, T& mm, T& vv) const {
+    mm = lerp(m[j], d, w1);
+    vv = fma_(w2 * d, d, v[j] * tb2);
+    m[j] = mm;
+    v[j] = vv;
+  }
+};
 
 // ---------------------------------------------------------------- Adam / AdamW
 // hp: lr, beta1, beta2, eps, weight_decay.  s1: exp_avg, s2: exp_avg_sq,
@@ -203,28 +278,28 @@ template <typename T> void adam(const Args* a) {
     neg_step[t] = (T)(-(lr / (1.0 - std::pow(b1, step))));
     bc2s[t] = (T)std::pow(1.0 - std::pow(b2, step), 0.5);
   }
-  const T w1 = (T)(1.0 - b1), tb2 = (T)b2, w2 = (T)(1.0 - b2), eps = (T)a->hp[3],
-          twd = (T)wd, decay = (T)(1.0 - lr * wd);
-  const bool dec = a->flags & F_WD, decoupled = a->flags & F_DECOUPLED,
-             ams = a->flags & F_AMSGRAD;
+  const AdamCommon<T> k(a, lr, b1, b2, wd);
+  const T eps = (T)a->hp[3];
+  const bool ams = a->flags & F_AMSGRAD;
   for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
     T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t];
     T* m = (T*)a->s1[t]; T* v = (T*)a->s2[t]; T* vm = ams ? (T*)a->s3[t] : nullptr;
     const T ns = neg_step[t], bc = bc2s[t];
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      T w = p[j];
-      if (dec) {
-        if (decoupled) w = w * decay; else d = fma_(twd, w, d);
+    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
+      for (int64_t j = b0; j < b1; ++j) {
+        T d, w, mm, vv;
+        k.decay_(a, g, p, j, d, w);
+        k.moments(d, m, v, j, mm, vv);
+        if (ams) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
+        r[j - b0] = vv;
       }
-      T mm = lerp(m[j], d, w1);
-      T vv = fma_(w2 * d, d, v[j] * tb2);
-      m[j] = mm;
-      v[j] = vv;
-      if (ams) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
-      T denom = std::sqrt(vv) / bc + eps;
-      p[j] = w + (ns * mm) / denom;
-    }
+      vsqrt((int)(b1 - b0), r);
+      for (int64_t j = b0; j < b1; ++j) {
+        T d, w;
+        k.decay_(a, g, p, j, d, w);
+        p[j] = w + (ns * m[j]) / (r[j - b0] / bc + eps);
+      }
+    });
   });
 }
 
@@ -245,27 +320,28 @@ template <typename T> void nadam(const Args* a) {
     cg[t] = (T)(-lr * (1.0 - mu) / (1.0 - prod));
     cm[t] = (T)((-lr * mu_next) / (1.0 - prod * mu_next));
   }
-  const T w1 = (T)(1.0 - b1), tb2 = (T)b2, w2 = (T)(1.0 - b2), eps = (T)a->hp[3],
-          twd = (T)wd, decay = (T)(1.0 - lr * wd);
-  const bool dec = a->flags & F_WD, decoupled = a->flags & F_DECOUPLED;
+  const AdamCommon<T> k(a, lr, b1, b2, wd);
+  const T eps = (T)a->hp[3];
   for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
     T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
     T* v = (T*)a->s2[t];
     const T b = bc2[t], c1 = cg[t], c2 = cm[t];
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      T w = p[j];
-      if (dec) {
-        if (decoupled) w = w * decay; else d = fma_(twd, w, d);
+    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
+      for (int64_t j = b0; j < b1; ++j) {
+        T d, w, mm, vv;
+        k.decay_(a, g, p, j, d, w);
+        k.moments(d, m, v, j, mm, vv);
+        r[j - b0] = vv / b;
       }
-      T mm = lerp(m[j], d, w1);
-      T vv = fma_(w2 * d, d, v[j] * tb2);
-      m[j] = mm;
-      v[j] = vv;
-      T denom = std::sqrt(vv / b) + eps;
-      w = w + (c1 * d) / denom;
-      p[j] = w + (c2 * mm) / denom;
-    }
+      vsqrt((int)(b1 - b0), r);
+      for (int64_t j = b0; j < b1; ++j) {
+        T d, w;
+        k.decay_(a, g, p, j, d, w);
+        T denom = r[j - b0] + eps;
+        w = w + (c1 * d) / denom;
+        p[j] = w + (c2 * m[j]) / denom;
+      }
+    });
   });
 }
 
@@ -287,29 +363,30 @@ template <typename T> void radam(const Args* a) {
                           : T(0);
     bc2s[t] = (T)std::pow(bc2, 0.5);
   }
-  const T w1 = (T)(1.0 - b1), tb2 = (T)b2, w2 = (T)(1.0 - b2), eps = (T)a->hp[3],
-          twd = (T)wd, decay = (T)(1.0 - lr * wd), tlr = (T)lr;
-  const bool dec = a->flags & F_WD, decoupled = a->flags & F_DECOUPLED;
+  const AdamCommon<T> k(a, lr, b1, b2, wd);
+  const T eps = (T)a->hp[3], tlr = (T)lr;
   for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
     T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
     T* v = (T*)a->s2[t];
-    const T b1c = bc1[t], r = rect[t], b2s = bc2s[t];
+    const T b1c = bc1[t], rr = rect[t], b2s = bc2s[t];
     const bool ad = adaptive[t];
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      T w = p[j];
-      if (dec) {
-        if (decoupled) w = w * decay; else d = fma_(twd, w, d);
+    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
+      for (int64_t j = b0; j < b1; ++j) {
+        T d, w, mm, vv;
+        k.decay_(a, g, p, j, d, w);
+        k.moments(d, m, v, j, mm, vv);
+        r[j - b0] = vv;
       }
-      T mm = lerp(m[j], d, w1);
-      T vv = fma_(w2 * d, d, v[j] * tb2);
-      m[j] = mm;
-      v[j] = vv;
-      T u = mm / b1c * tlr;
-      // python float / tensor is tensor.reciprocal() * float in torch
-      if (ad) u = u * ((T(1) / (std::sqrt(vv) + eps)) * b2s) * r;
-      p[j] = w - u;
-    }
+      if (ad) vsqrt((int)(b1 - b0), r);
+      for (int64_t j = b0; j < b1; ++j) {
+        T d, w;
+        k.decay_(a, g, p, j, d, w);
+        T u = m[j] / b1c * tlr;
+        // python float / tensor is tensor.reciprocal() * float in torch
+        if (ad) u = u * ((T(1) / (r[j - b0] + eps)) * b2s) * rr;
+        p[j] = w - u;
+      }
+    });
   });
 }
 
@@ -416,6 +493,11 @@ int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
   return first == n ? -1 : first;
 }
 
-int32_t lrk_abi_version() { return 1; }
+void lrk_set_sqrt(void* vs, void* vd) {
+  g_vs = (vsqrt_f32)vs;
+  g_vd = (vsqrt_f64)vd;
+}
+
+int32_t lrk_abi_version() { return 2; }
 
 }  // extern "C"
