@@ -81,7 +81,7 @@ def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """max over tensors of max|a - b| / max|b|."""
     out = 0.0
     for x, y in zip(a, b):
-        x, y = x.double(), y.double()
+        x, y = x.detach().double(), y.detach().double()
         out = max(out, float((x - y).abs().max() / y.abs().max().clamp(min=1e-30)))
     return out
 

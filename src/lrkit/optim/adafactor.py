@@ -16,6 +16,7 @@ from lrkit.optim.base import (
     functional_lr,
     scalar,
     step_tensor,
+    value,
 )
 
 
@@ -88,10 +89,15 @@ class Adafactor(LrkitOptimizer):
         if group["maximize"]:
             grad = -grad
         state["step"] += 1
-        step = state["step"].item()
+        step = value(state["step"])
         one_minus_beta2_t = step ** group["beta2_decay"]
-        rho_t = min(lr, 1 / (step**0.5))
-        alpha = max(eps2, p.norm(2).item() / (p.numel() ** 0.5)) * rho_t
+        compiling = isinstance(step, Tensor)  # while torch.compile traces: no .item()
+        if compiling:
+            rho_t = torch.minimum(torch.as_tensor(lr), 1 / step.sqrt())
+            alpha = (p.norm(2) / (p.numel() ** 0.5)).clamp(min=eps2) * rho_t
+        else:
+            rho_t = min(lr, 1 / (step**0.5))
+            alpha = max(eps2, p.norm(2).item() / (p.numel() ** 0.5)) * rho_t
         if wd != 0:
             p.mul_(1 - lr * wd)
         if grad.dim() > 1:
@@ -103,7 +109,9 @@ class Adafactor(LrkitOptimizer):
             state["variance"].lerp_(grad * grad, one_minus_beta2_t)
         update = self._variance(state, eps1).clamp_(min=eps1 * eps1).rsqrt_()
         update.mul_(grad)
-        denom = max(1.0, update.norm(2).item() / ((update.numel() ** 0.5) * group["d"]))
+        size = (update.numel() ** 0.5) * group["d"]
+        denom = ((update.norm(2) / size).clamp(min=1.0) if compiling
+                 else max(1.0, update.norm(2).item() / size))
         add_(p, update, -alpha / denom)
 
     def _functional(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

@@ -117,7 +117,7 @@ register(OptimizerInfo(
 register(OptimizerInfo(
     "Adadelta", "torch.optim:Adadelta",
     configs=({}, {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1},
-             {"lr": 2.0, "eps": 1e-4, "maximize": True}),
+             {"lr": 0.5, "eps": 1e-4, "maximize": True}),
     space={"lr": (0.1, 1.0), "rho": (0.5, 0.9, 0.99), "eps": (1e-6, 1e-4),
            "weight_decay": (0.0, 0.01), "maximize": (False, True)},
     invalid=_BAD_LR + _BAD_EPS + _BAD_WD + (({"rho": 1.5}, "rho"),),
