@@ -136,7 +136,7 @@ class Adafactor(LrkitOptimizer):
         denom = max(1.0, (u * g).norm(2).item() / ((g.numel() ** 0.5) * hp["d"]))
         rho_t = min(lr, 1 / (t**0.5))
         prev = w
-        for _ in range(4 if wd != 0 else 1):  # alpha needs RMS(w_{t-1}): a fixed point
+        for _ in range(6):  # alpha needs RMS(w_{t-1}): a fixed point
             alpha = max(eps2, prev.norm(2).item() / (p.numel() ** 0.5)) * rho_t
             eta = (alpha / denom) * u
             prev = (w + eta * g) / (1 - lr * wd)

@@ -183,13 +183,20 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 state[k] = torch.view_as_complex(v) if torch.is_tensor(v) and v.dim() else v
 
     # -- the step template ----------------------------------------------------------
-    @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        """One update; ``closure`` (re-evaluating the loss) runs with gradients enabled."""
+        """One update; ``closure`` (re-evaluating the loss) runs with gradients enabled.
+
+        The update runs without autograd, except with ``differentiable=True`` (as torch).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
+            self._step()
+        return loss
+
+    def _step(self) -> None:
         work = [(i, group, params, [p.grad for p in params])
                 for i, group in enumerate(self.param_groups)
                 for params in ([p for p in group["params"] if p.grad is not None],)
@@ -202,7 +209,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
         work = self._screen(work)
         if work is None:
             self.skipped_steps += 1
-            return loss
+            return
         for i, group, params, grads in work:
             for p in params:
                 if not self.state.get(p):
@@ -210,7 +217,6 @@ class LrkitOptimizer(torch.optim.Optimizer):
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}
             self._update(group, params, grads)
-        return loss
 
     def _screen(self, work: list) -> list | None:
         """Find non-finite gradients in one pass; raise, skip (None) or zero them."""

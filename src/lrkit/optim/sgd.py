@@ -58,8 +58,9 @@ class SGD(LrkitOptimizer):
         C.real(fn, "dampening", dampening)
         C.nonnegative(fn, "weight_decay", scalar(weight_decay))
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError(f"{fn}: nesterov=True needs momentum > 0 and dampening = 0, got "
-                             f"momentum={momentum!r}, dampening={dampening!r}")
+            raise ValueError(f"{fn}: nesterov must be False unless momentum > 0 and dampening "
+                             f"= 0, got nesterov=True with momentum={momentum!r}, "
+                             f"dampening={dampening!r}")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
