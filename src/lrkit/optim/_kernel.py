@@ -173,68 +173,113 @@ def first_nonfinite(grads: list[Tensor]) -> int:
     return min(found) if found else -1
 
 
-def eligible(p: Tensor, g: Tensor, state: dict[str, Any] | None) -> bool:
-    """Whether the kernel can update ``p`` (dense, contiguous CPU float32/float64)."""
-    if not (type(p) in (Tensor, torch.nn.Parameter) and p.device.type == "cpu"
-            and p.dtype in _DTYPES and g.dtype == p.dtype and p.is_contiguous()
-            and g.is_contiguous() and g.layout == torch.strided and g.shape == p.shape):
-        return False
-    for v in (state or {}).values():
-        if isinstance(v, Tensor) and v.dim() > 0 and not (
-                v.dtype == p.dtype and v.is_contiguous() and v.device.type == "cpu"):
-            return False
-    return True
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def run(opt: Any, group: dict[str, Any], params: list[Tensor],
-        grads: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """Update the params the kernel can take; return the others (params, grads)."""
-    lib = library()
-    state = opt.state
+class Batch:
+    """Tensors of one dtype that one kernel call updates, with their gradient pointers."""
+
+    __slots__ = ("dtype", "params", "grads", "gp", "sizes")
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype, self.params, self.grads = dtype, [], []
+
+    def seal(self) -> Batch:
+        self.gp = _ptrs(self.grads)
+        self.sizes = array("q", [p.numel() for p in self.params])
+        return self
+
+
+def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list, list]:
+    """Per-dtype batches the kernel can update (dense contiguous CPU float32/float64,
+    plain tensors), and the other (params, grads)."""
+    batches: dict[torch.dtype, Batch] = {}
     rest_p, rest_g = [], []
-    batches: dict[Any, tuple[list[Tensor], list[Tensor]]] = {}
+    f32, f64 = torch.float32, torch.float64
     for p, g in zip(params, grads):
-        if eligible(p, g, state.get(p)):
-            b = batches.setdefault(p.dtype, ([], []))
-            b[0].append(p)
-            b[1].append(g)
+        dt = p.dtype
+        if ((dt is f32 or dt is f64) and p.is_cpu and type(p) in _PLAIN
+                and p.is_contiguous() and g.is_contiguous()):
+            b = batches.get(dt)
+            if b is None:
+                b = batches[dt] = Batch(dt)
+            b.params.append(p)
+            b.grads.append(g)
         else:
             rest_p.append(p)
             rest_g.append(g)
-    spec = opt._kernel_args(group)
-    keys, scal, hp, flags = spec
+    return [b.seal() for b in batches.values()], rest_p, rest_g
+
+
+def first_nonfinite_in(batches: list[Batch]) -> tuple[Batch, int] | None:
+    """The first gradient holding NaN or Inf over all batches, in one pass, or None."""
+    if not batches:
+        return None
+    ptrs, sizes, codes = array("Q"), array("q"), array("i")
+    for b in batches:
+        ptrs += b.gp
+        sizes += b.sizes
+        codes += array("i", [_CHECK_CODES[b.dtype]]) * len(b.params)
+    k = int(library().lrk_first_nonfinite(len(ptrs), _addr(ptrs), _addr(sizes), _addr(codes),
+                                          torch.get_num_threads()))
+    if k < 0:
+        return None
+    for b in batches:
+        if k < len(b.params):
+            return b, k
+        k -= len(b.params)
+    return None
+
+
+def launch(opt: Any, group: dict[str, Any], batch: Batch) -> None:
+    """One kernel call updating every tensor of ``batch`` (state already initialised)."""
+    state = opt.state
+    keys, scal, hp, flags = opt._kernel_args(group)
     if opt.nonfinite == "zero":
         flags |= F_ZERO
-    for dtype, (ps, gs) in batches.items():
-        first = opt._kernel_prepare(group, ps)
-        sts = [state[p] for p in ps]
-        cols = [_ptrs([s[k] for s in sts]) if k else None for k in keys]
-        sc = [[s[k] for s in sts] if k else None for k in scal]
-        sc_f64 = 0
-        if sc[0] is not None:
-            dts = {t.dtype for t in sc[0]} | ({t.dtype for t in sc[1]} if sc[1] else set())
-            if dts - {torch.float32, torch.float64} or len(dts) > 1 or any(
-                    t.device.type != "cpu" for t in sc[0]):
-                rest_p += ps
-                rest_g += gs
-                continue
-            sc_f64 = int(torch.float64 in dts)
-        scp = [_ptrs(x) if x is not None else None for x in sc]
-        pp, gp = _ptrs(ps), _ptrs(gs)
-        sizes = array("q", [p.numel() for p in ps])
-        firsts = array("b", first if first is not None else [0] * len(ps))
-        args = _Args()
-        args.n = len(ps)
-        args.p, args.g, args.size, args.first = _addr(pp), _addr(gp), _addr(sizes), _addr(
-            firsts)
-        for name, col in zip(("s1", "s2", "s3"), cols):
-            setattr(args, name, _addr(col) if col is not None else None)
-        for name, col in zip(("sc1", "sc2"), scp):
-            setattr(args, name, _addr(col) if col is not None else None)
-        for i, v in enumerate(hp):
-            args.hp[i] = float(v)
-        args.flags = flags
-        args.nthreads = torch.get_num_threads()
-        args.sc_f64 = sc_f64
-        getattr(lib, f"lrk_{opt.kernel}_{_DTYPES[dtype]}")(ctypes.byref(args))
-    return rest_p, rest_g
+    ps = batch.params
+    first = opt._kernel_prepare(group, ps)
+    sts = [state[p] for p in ps]
+    cols = []
+    for k in keys:
+        if k is None:
+            cols.append(None)
+            continue
+        col = []
+        for st in sts:
+            t = st[k]
+            if not t.is_contiguous():  # a loaded state of another layout: ours from now on
+                t = st[k] = t.contiguous()
+            col.append(t)
+        cols.append(_ptrs(col))
+    sc = [[st[k] for st in sts] if k else None for k in scal]
+    sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
+    args = _Args()
+    args.n = len(ps)
+    pp = _ptrs(ps)
+    firsts = array("b", first) if first is not None else None
+    scp = [_ptrs(x) if x is not None else None for x in sc]
+    args.p, args.g, args.size = _addr(pp), _addr(batch.gp), _addr(batch.sizes)
+    args.first = _addr(firsts) if firsts is not None else None
+    args.s1, args.s2, args.s3 = (_addr(c) if c is not None else None for c in cols)
+    args.sc1, args.sc2 = (_addr(c) if c is not None else None for c in scp)
+    for i, v in enumerate(hp):
+        args.hp[i] = float(v)
+    args.flags = flags
+    args.nthreads = torch.get_num_threads()
+    args.sc_f64 = sc_f64
+    getattr(library(), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(ctypes.byref(args))
+
+
+def scalar_state_ok(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
+    """The kernel reads 0-dim state (step...) as CPU float32 or float64, all alike."""
+    scal = opt._kernel_args(group)[1]
+    dtypes = set()
+    for k in scal:
+        if k:
+            for p in batch.params:
+                t = opt.state[p][k]
+                if not t.is_cpu:
+                    return False
+                dtypes.add(t.dtype)
+    return dtypes <= {torch.float32, torch.float64} and len(dtypes) <= 1

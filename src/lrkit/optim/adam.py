@@ -330,6 +330,15 @@ class RAdam(_AdamLike):
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bias_corrected_exp_avg = exp_avg / (1 - beta1**step)
+        if isinstance(step, Tensor):  # while compiling: no data-dependent branch
+            rho_inf = 2 / (1 - beta2) - 1
+            rho_t = rho_inf - 2 * step * (beta2**step) / (1 - beta2**step)
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+                    / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).clamp(min=0).sqrt()
+            adaptive = (1 - beta2**step).sqrt() / exp_avg_sq.sqrt().add_(eps)
+            update = torch.where(rho_t > 5.0, rect * adaptive, 1.0)
+            add_(p, bias_corrected_exp_avg * lr * update, -1.0)
+            return
         rect = self._rect(beta2, step)
         if rect is not None:
             adaptive = (1 - beta2**step) ** 0.5 / exp_avg_sq.sqrt().add_(eps)

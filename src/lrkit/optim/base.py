@@ -206,74 +206,78 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 if g.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse "
                                        "gradients")
-        work = self._screen(work)
-        if work is None:
+        kernel = self._kernel_on()
+        plans = []  # (index, group, kernel batches, other params, their grads)
+        for i, group, params, grads in work:
+            if kernel and not (group.get("differentiable") or group.get("capturable")):
+                plans.append((i, group, *_kernel.split(params, grads)))
+            else:
+                plans.append((i, group, [], params, grads))
+        plans = self._screen(plans)
+        if plans is None:
             self.skipped_steps += 1
             return
-        for i, group, params, grads in work:
-            for p in params:
-                if not self.state.get(p):
-                    self.state[p].update(self._init_state(group, p))
+        state = self.state
+        for i, group, batches, params, grads in plans:
+            for p in [q for b in batches for q in b.params] + params:
+                if not state.get(p):
+                    state[p].update(self._init_state(group, p))
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}
-            self._update(group, params, grads)
+            for b in batches:
+                if _kernel.scalar_state_ok(self, group, b):
+                    _kernel.launch(self, group, b)
+                else:
+                    params, grads = params + b.params, grads + b.grads
+            if params:
+                self._update(group, params, grads)
 
-    def _screen(self, work: list) -> list | None:
+    def _kernel_on(self) -> bool:
+        return (self.impl in ("auto", "kernel") and self.kernel is not None
+                and not torch.compiler.is_compiling() and _kernel.available())
+
+    def _screen(self, plans: list) -> list | None:
         """Find non-finite gradients in one pass; raise, skip (None) or zero them."""
-        grads = [g for _, _, _, gs in work for g in gs]
-        if not grads:
-            return work
-        if self.nonfinite == "zero" and self._kernel_takes_all(work):
-            return work  # the kernel zeroes non-finite entries as it reads them
-        bad = _kernel.first_nonfinite(grads)
-        if bad < 0:
-            return work
+        if self.nonfinite == "zero":  # the kernel zeroes them as it reads; the rest here
+            rest = [g for plan in plans for g in plan[4]]
+            if not rest or _kernel.first_nonfinite(rest) < 0:
+                return plans
+            return [(i, group, batches, params, [_finite(g) for g in grads])
+                    for i, group, batches, params, grads in plans]
+        found = _kernel.first_nonfinite_in([b for plan in plans for b in plan[2]])
+        if found is not None:
+            bad = found[0].params[found[1]]
+        else:
+            rest = [(p, g) for plan in plans for p, g in zip(plan[3], plan[4])]
+            k = _kernel.first_nonfinite([g for _, g in rest]) if rest else -1
+            if k < 0:
+                return plans
+            bad = rest[k][0]
         if self.nonfinite == "skip":
             return None
-        if self.nonfinite == "raise":
-            k = bad
-            for i, group, params, gs in work:
-                if k < len(gs):
-                    p = params[k]
-                    j = next(j for j, q in enumerate(group["params"]) if q is p)
+        for i, group in enumerate(self.param_groups):
+            for j, q in enumerate(group["params"]):
+                if q is bad:
                     names = group.get("param_names")
                     what = (repr(names[j]) if names else
-                            f"param_groups[{i}]['params'][{j}] of shape {tuple(p.shape)}")
-                    raise NonFiniteGradientError(
-                        f"{type(self).__name__}.step(): the gradient of {what} holds NaN or "
-                        "Inf; nothing was changed (pass nonfinite='skip' to skip such steps "
-                        "or nonfinite='zero' to treat those entries as zero)")
-                k -= len(gs)
-        return [(i, group, params,
-                 [g if bool(torch.isfinite(g).all()) else
-                  torch.where(torch.isfinite(g), g, torch.zeros((), dtype=g.dtype,
-                                                                device=g.device))
-                  for g in gs])
-                for i, group, params, gs in work]
-
-    def _kernel_takes_all(self, work: list) -> bool:
-        return (self.impl in ("auto", "kernel") and self.kernel is not None
-                and not torch.compiler.is_compiling() and _kernel.available()
-                and all(_kernel.eligible(p, g, self.state.get(p))
-                        for _, group, params, grads in work
-                        if not (group.get("differentiable") or group.get("capturable"))
-                        for p, g in zip(params, grads)))
+                            f"param_groups[{i}]['params'][{j}] of shape {tuple(q.shape)}")
+        raise NonFiniteGradientError(
+            f"{type(self).__name__}.step(): the gradient of {what} holds NaN or Inf; "
+            "nothing was changed (pass nonfinite='skip' to skip such steps or "
+            "nonfinite='zero' to treat those entries as zero)")
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """Every implementation but the kernel (the step template runs that)."""
         impl = self.impl
         if torch.compiler.is_compiling():
             impl = "reference"
         elif group.get("differentiable") or group.get("capturable"):
             impl = "torch"
-        if impl in ("auto", "kernel") and self.kernel is not None and _kernel.available():
-            rest_p, rest_g = _kernel.run(self, group, params, grads)
-            if not rest_p:
-                return
-            params, grads = rest_p, rest_g
-            impl = "foreach" if impl == "kernel" else "auto"
+        elif impl == "kernel":
+            impl = "foreach"
         if impl == "auto":  # as torch: single-tensor on CPU, fused or foreach elsewhere
             impl = "reference"
-            if all(p.device.type != "cpu" for p in params):
+            if all(not p.is_cpu for p in params):
                 impl = "fused" if self.torch_fused and all(
                     p.device.type == "cuda" for p in params) else "foreach"
         if impl == "reference" or (impl in ("foreach", "fused", "torch")
@@ -408,6 +412,13 @@ class LrkitOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         text = super().__repr__()
         return text[:-1] + f"    nonfinite: {self.nonfinite}\n    impl: {self.impl}\n)"
+
+
+def _finite(g: Tensor) -> Tensor:
+    """``g`` with NaN/Inf entries as zeros (a copy, only where there are any)."""
+    ok = torch.isfinite(g)
+    return g if bool(ok.all()) else torch.where(ok, g, torch.zeros((), dtype=g.dtype,
+                                                                   device=g.device))
 
 
 def _as_number(v: Any) -> Any:
