@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 #include <omp.h>
 
@@ -62,11 +63,22 @@ double bump(const Args* a, void** sc, int64_t t, double by = 1.0) {
   float* s = (float*)sc[t]; *s += (float)by; return (double)*s;
 }
 
-template <typename T> inline T grad_of(const Args* a, const T* g, int64_t j) {
-  T x = g[j];
-  if (a->flags & F_MAXIMIZE) x = -x;
-  if (a->flags & F_ZERO) x = (std::fabs(x) <= std::numeric_limits<T>::max()) ? x : T(0);
-  return x;
+// The gradient as the update reads it, without branches (so loops vectorise): negated
+// for maximize (times -1: exact), NaN/Inf as zero. The latter is nonfinite="zero"; in the
+// other modes the gradients were checked finite before, so it changes nothing.
+template <typename T> struct Grad {
+  T sign;
+  explicit Grad(const Args* a) : sign((a->flags & F_MAXIMIZE) ? T(-1) : T(1)) {}
+  inline T operator()(const T* __restrict__ g, int64_t j) const {
+    T x = g[j] * sign;
+    return (std::fabs(x) <= std::numeric_limits<T>::max()) ? x : T(0);
+  }
+};
+
+// Run f(std::bool_constant<b>{}): loops are compiled once per value of the flags that
+// decide which arrays they store to, with no branch inside.
+template <typename F> inline void with(bool b, F&& f) {
+  if (b) f(std::true_type{}); else f(std::false_type{});
 }
 
 // a * b + c rounded once where the CPU has FMA (as ATen's vectorised kernels compute it)
@@ -78,10 +90,14 @@ template <typename T> inline T fma_(T a, T b, T c) {
 #endif
 }
 
-// torch.lerp(self, end, w) for a scalar weight, as ATen's lerp_vec
-template <typename T> inline T lerp(T self, T end, T w) {
-  return (std::fabs(w) < T(0.5)) ? fma_(w, end - self, self) : fma_(w - T(1), end - self, end);
-}
+// torch.lerp(self, end, w) for a scalar weight, as ATen's lerp_vec: fma(c, end - self,
+// base) with (c, base) = (w, self) for |w| < 0.5, else (w - 1, end)
+template <typename T> struct Lerp {
+  T c;
+  bool small;
+  explicit Lerp(T w) : c(std::fabs(w) < T(0.5) ? w : w - T(1)), small(std::fabs(w) < T(0.5)) {}
+  inline T operator()(T self, T end) const { return fma_(c, end - self, small ? self : end); }
+};
 
 template <typename T, typename Body>
 void for_chunks(const Args* a, const std::vector<Chunk>& cs, Body body) {
@@ -94,20 +110,35 @@ void for_chunks(const Args* a, const std::vector<Chunk>& cs, Body body) {
 // hp: lr, momentum, dampening, weight_decay.  s1: momentum_buffer
 template <typename T> void sgd(const Args* a) {
   const T lr = (T)a->hp[0], mu = (T)a->hp[1], damp1 = (T)(1.0 - a->hp[2]), wd = (T)a->hp[3];
-  const bool mom = a->flags & F_MOMENTUM, nest = a->flags & F_NESTEROV, dec = a->flags & F_WD;
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* b = mom ? (T*)a->s1[t] : nullptr;
-    const bool first = mom && a->first[t];
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      if (dec) d = fma_(wd, p[j], d);
-      if (mom) {
-        T buf = first ? d : fma_(damp1, d, b[j] * mu);
-        b[j] = buf;
-        d = nest ? fma_(mu, buf, d) : buf;
-      }
-      p[j] = fma_(-lr, d, p[j]);
-    }
+  const bool nest = a->flags & F_NESTEROV;
+  const Grad<T> grad(a);
+  with(a->flags & F_MOMENTUM, [&](auto MOM) {
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto lr_ = lr;
+      const auto mu_ = mu;
+      const auto damp1_ = damp1;
+      const auto wd_ = wd;
+      const auto nest_ = nest;
+      const auto grad_ = grad;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ b = MOM ? (T*)a->s1[t] : nullptr;
+      with(MOM && a->first[t], [&](auto FIRST) {
+        for (int64_t j = lo; j < hi; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          if constexpr (MOM) {
+            T buf;
+            if constexpr (FIRST) buf = d; else buf = fma_(damp1_, d, b[j] * mu_);
+            b[j] = buf;
+            d = nest_ ? fma_(mu_, buf, d) : buf;
+          }
+          p[j] = fma_(-lr_, d, p[j]);
+        }
+      });
+    });
+  });
   });
 }
 
@@ -141,6 +172,8 @@ inline void blocks(int64_t lo, int64_t hi, Body body) {
 
 // ---------------------------------------------------------------- Adagrad
 // hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
+// ---------------------------------------------------------------- Adagrad
+// hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
 template <typename T> void adagrad(const Args* a) {
   std::vector<T> clr(a->n);
   for (int64_t t = 0; t < a->n; ++t) {
@@ -148,24 +181,31 @@ template <typename T> void adagrad(const Args* a) {
     clr[t] = (T)(-(a->hp[0] / (1.0 + (step - 1.0) * a->hp[1])));
   }
   const T wd = (T)a->hp[2], eps = (T)a->hp[3];
-  const bool dec = a->flags & F_WD;
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* s = (T*)a->s1[t];
-    const T c = clr[t];
-    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
-      for (int64_t j = b0; j < b1; ++j) {
-        T d = grad_of(a, g, j);
-        if (dec) d = fma_(wd, p[j], d);
-        T sum = fma_(d, d, s[j]);
-        s[j] = sum;
-        r[j - b0] = sum;
-      }
-      vsqrt((int)(b1 - b0), r);
-      for (int64_t j = b0; j < b1; ++j) {
-        T d = grad_of(a, g, j);
-        if (dec) d = fma_(wd, p[j], d);
-        p[j] = p[j] + (c * d) / (r[j - b0] + eps);
-      }
+  const Grad<T> grad(a);
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto wd_ = wd;
+      const auto eps_ = eps;
+      const auto grad_ = grad;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ s = (T*)a->s1[t];
+      const T c = clr[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T sum = fma_(d, d, s[j]);
+          s[j] = sum;
+          r[j - b0] = sum;
+        }
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          p[j] = p[j] + (c * d) / (r[j - b0] + eps_);
+        }
+      });
     });
   });
 }
@@ -176,29 +216,40 @@ template <typename T> void adadelta(const Args* a) {
   for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
   const T lr = (T)a->hp[0], rho = (T)a->hp[1], rho1 = (T)(1.0 - a->hp[1]), eps = (T)a->hp[2],
           wd = (T)a->hp[3];
-  const bool dec = a->flags & F_WD;
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t];
-    T* sq = (T*)a->s1[t]; T* acc = (T*)a->s2[t];
-    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
-      T* std_ = r; T* delta = r + BLOCK;
-      for (int64_t j = b0; j < b1; ++j) {
-        T d = grad_of(a, g, j);
-        if (dec) d = fma_(wd, p[j], d);
-        T s = fma_(rho1 * d, d, sq[j] * rho);
-        sq[j] = s;
-        std_[j - b0] = s + eps;
-        delta[j - b0] = acc[j] + eps;
-      }
-      vsqrt((int)(b1 - b0), std_);
-      vsqrt((int)(b1 - b0), delta);
-      for (int64_t j = b0; j < b1; ++j) {
-        T d = grad_of(a, g, j);
-        if (dec) d = fma_(wd, p[j], d);
-        T dx = delta[j - b0] / std_[j - b0] * d;
-        acc[j] = fma_(rho1 * dx, dx, acc[j] * rho);
-        p[j] = fma_(-lr, dx, p[j]);
-      }
+  const Grad<T> grad(a);
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto lr_ = lr;
+      const auto rho_ = rho;
+      const auto rho1_ = rho1;
+      const auto eps_ = eps;
+      const auto wd_ = wd;
+      const auto grad_ = grad;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ sq = (T*)a->s1[t];
+      T* __restrict__ acc = (T*)a->s2[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        T* __restrict__ std_ = r;
+        T* __restrict__ delta = r + BLOCK;
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T s = fma_(rho1_ * d, d, sq[j] * rho_);
+          sq[j] = s;
+          std_[j - b0] = s + eps_;
+          delta[j - b0] = acc[j] + eps_;
+        }
+        vsqrt((int)(b1 - b0), std_);
+        vsqrt((int)(b1 - b0), delta);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T dx = delta[j - b0] / std_[j - b0] * d;
+          acc[j] = fma_(rho1_ * dx, dx, acc[j] * rho_);
+          p[j] = fma_(-lr_, dx, p[j]);
+        }
+      });
     });
   });
 }
@@ -210,57 +261,70 @@ template <typename T> void rmsprop(const Args* a) {
   for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
   const T lr = (T)a->hp[0], alpha = (T)a->hp[1], alpha1 = (T)(1.0 - a->hp[1]),
           eps = (T)a->hp[2], wd = (T)a->hp[3], mu = (T)a->hp[4];
-  const bool dec = a->flags & F_WD, mom = a->flags & F_MOMENTUM, cen = a->flags & F_CENTERED;
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* sq = (T*)a->s1[t];
-    T* buf = mom ? (T*)a->s2[t] : nullptr; T* ga = cen ? (T*)a->s3[t] : nullptr;
-    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
-      for (int64_t j = b0; j < b1; ++j) {
-        T d = grad_of(a, g, j);
-        if (dec) d = fma_(wd, p[j], d);
-        T s = fma_(alpha1 * d, d, sq[j] * alpha);
-        sq[j] = s;
-        if (cen) {
-          T m = lerp(ga[j], d, alpha1);
-          ga[j] = m;
-          s = fma_(-m, m, s);
+  const Grad<T> grad(a);
+  const Lerp<T> lerp(alpha1);
+  with(a->flags & F_WD, [&](auto DEC) {
+  with(a->flags & F_MOMENTUM, [&](auto MOM) {
+  with(a->flags & F_CENTERED, [&](auto CEN) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto lr_ = lr;
+      const auto alpha_ = alpha;
+      const auto alpha1_ = alpha1;
+      const auto eps_ = eps;
+      const auto wd_ = wd;
+      const auto mu_ = mu;
+      const auto grad_ = grad;
+      const auto lerp_ = lerp;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ sq = (T*)a->s1[t];
+      T* __restrict__ buf = MOM ? (T*)a->s2[t] : nullptr;
+      T* __restrict__ ga = CEN ? (T*)a->s3[t] : nullptr;
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T s = fma_(alpha1_ * d, d, sq[j] * alpha_);
+          sq[j] = s;
+          if constexpr (CEN) {
+            T m = lerp_(ga[j], d);
+            ga[j] = m;
+            s = fma_(-m, m, s);
+          }
+          r[j - b0] = s;
         }
-        r[j - b0] = s;
-      }
-      vsqrt((int)(b1 - b0), r);
-      for (int64_t j = b0; j < b1; ++j) {
-        T d = grad_of(a, g, j);
-        if (dec) d = fma_(wd, p[j], d);
-        T avg = r[j - b0] + eps;
-        if (mom) {
-          T b = buf[j] * mu + d / avg;
-          buf[j] = b;
-          p[j] = fma_(-lr, b, p[j]);
-        } else {
-          p[j] = p[j] + (-lr * d) / avg;
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T avg = r[j - b0] + eps_;
+          if constexpr (MOM) {
+            T b = buf[j] * mu_ + d / avg;
+            buf[j] = b;
+            p[j] = fma_(-lr_, b, p[j]);
+          } else {
+            p[j] = p[j] + (-lr_ * d) / avg;
+          }
         }
-      }
+      });
     });
+  });
+  });
   });
 }
 
-// The Adam family's first loop: weight decay, both moments; returns the decayed weight.
-template <typename T> struct AdamCommon {
-  T w1, tb2, w2, twd, decay;
-  bool dec, decoupled;
-  AdamCommon(const Args* a, double lr, double b1, double b2, double wd)
-      : w1((T)(1.0 - b1)), tb2((T)b2), w2((T)(1.0 - b2)), twd((T)wd), decay((T)(1.0 - lr * wd)),
-        dec(a->flags & F_WD), decoupled(a->flags & F_DECOUPLED) {}
-  // the gradient with coupled decay, and the weight with decoupled decay
-  inline void decay_(const Args* a, const T* g, const T* p, int64_t j, T& d, T& w) const {
-    d = grad_of(a, g, j);
-    w = p[j];
-    if (dec) {
-      if (decoupled) w = w * decay; else d = fma_(twd, w, d);
-    }
-  }
-  inline void moments(T d, T* m, T* v, int64_t j, T& mm, T& vv) const {
-    mm = lerp(m[j], d, w1);
+// The Adam family: weight decay (coupled into the gradient, or decoupled: w * (1 - lr wd),
+// a multiplication by 1 when there is none) and both moments.
+template <typename T> struct Moments {
+  Lerp<T> lerp;
+  T tb2, w2, twd, decay;
+  Moments(const Args* a, double lr, double b1, double b2, double wd)
+      : lerp((T)(1.0 - b1)), tb2((T)b2), w2((T)(1.0 - b2)), twd((T)wd),
+        decay((a->flags & F_DECOUPLED) && (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1)) {}
+  inline T coupled(T d, T w) const { return fma_(twd, w, d); }
+  inline void update(T d, T* __restrict__ m, T* __restrict__ v, int64_t j, T& mm,
+                     T& vv) const {
+    mm = lerp(m[j], d);
     vv = fma_(w2 * d, d, v[j] * tb2);
     m[j] = mm;
     v[j] = vv;
@@ -278,28 +342,36 @@ template <typename T> void adam(const Args* a) {
     neg_step[t] = (T)(-(lr / (1.0 - std::pow(b1, step))));
     bc2s[t] = (T)std::pow(1.0 - std::pow(b2, step), 0.5);
   }
-  const AdamCommon<T> k(a, lr, b1, b2, wd);
+  const Moments<T> k(a, lr, b1, b2, wd);
   const T eps = (T)a->hp[3];
-  const bool ams = a->flags & F_AMSGRAD;
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t];
-    T* m = (T*)a->s1[t]; T* v = (T*)a->s2[t]; T* vm = ams ? (T*)a->s3[t] : nullptr;
-    const T ns = neg_step[t], bc = bc2s[t];
-    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
-      for (int64_t j = b0; j < b1; ++j) {
-        T d, w, mm, vv;
-        k.decay_(a, g, p, j, d, w);
-        k.moments(d, m, v, j, mm, vv);
-        if (ams) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
-        r[j - b0] = vv;
-      }
-      vsqrt((int)(b1 - b0), r);
-      for (int64_t j = b0; j < b1; ++j) {
-        T d, w;
-        k.decay_(a, g, p, j, d, w);
-        p[j] = w + (ns * m[j]) / (r[j - b0] / bc + eps);
-      }
+  const Grad<T> grad(a);
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  with(coupled, [&](auto DEC) {
+  with(a->flags & F_AMSGRAD, [&](auto AMS) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto k_ = k;
+      const auto eps_ = eps;
+      const auto grad_ = grad;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ v = (T*)a->s2[t];
+      T* __restrict__ vm = AMS ? (T*)a->s3[t] : nullptr;
+      const T ns = neg_step[t], bc = bc2s[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j), mm, vv;
+          if constexpr (DEC) d = k_.coupled(d, p[j]);
+          k_.update(d, m, v, j, mm, vv);
+          if constexpr (AMS) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
+          r[j - b0] = vv;
+        }
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j)
+          p[j] = p[j] * k_.decay + (ns * m[j]) / (r[j - b0] / bc + eps_);
+      });
     });
+  });
   });
 }
 
@@ -320,27 +392,36 @@ template <typename T> void nadam(const Args* a) {
     cg[t] = (T)(-lr * (1.0 - mu) / (1.0 - prod));
     cm[t] = (T)((-lr * mu_next) / (1.0 - prod * mu_next));
   }
-  const AdamCommon<T> k(a, lr, b1, b2, wd);
+  const Moments<T> k(a, lr, b1, b2, wd);
   const T eps = (T)a->hp[3];
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
-    T* v = (T*)a->s2[t];
-    const T b = bc2[t], c1 = cg[t], c2 = cm[t];
-    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
-      for (int64_t j = b0; j < b1; ++j) {
-        T d, w, mm, vv;
-        k.decay_(a, g, p, j, d, w);
-        k.moments(d, m, v, j, mm, vv);
-        r[j - b0] = vv / b;
-      }
-      vsqrt((int)(b1 - b0), r);
-      for (int64_t j = b0; j < b1; ++j) {
-        T d, w;
-        k.decay_(a, g, p, j, d, w);
-        T denom = r[j - b0] + eps;
-        w = w + (c1 * d) / denom;
-        p[j] = w + (c2 * m[j]) / denom;
-      }
+  const Grad<T> grad(a);
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  with(coupled, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto k_ = k;
+      const auto eps_ = eps;
+      const auto grad_ = grad;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ v = (T*)a->s2[t];
+      const T b = bc2[t], c1 = cg[t], c2 = cm[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j), mm, vv;
+          if constexpr (DEC) d = k_.coupled(d, p[j]);
+          k_.update(d, m, v, j, mm, vv);
+          r[j - b0] = vv / b;
+        }
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad_(g, j);
+          if constexpr (DEC) d = k_.coupled(d, p[j]);
+          T denom = r[j - b0] + eps_;
+          T w = p[j] * k_.decay + (c1 * d) / denom;
+          p[j] = w + (c2 * m[j]) / denom;
+        }
+      });
     });
   });
 }
@@ -363,29 +444,38 @@ template <typename T> void radam(const Args* a) {
                           : T(0);
     bc2s[t] = (T)std::pow(bc2, 0.5);
   }
-  const AdamCommon<T> k(a, lr, b1, b2, wd);
+  const Moments<T> k(a, lr, b1, b2, wd);
   const T eps = (T)a->hp[3], tlr = (T)lr;
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
-    T* v = (T*)a->s2[t];
-    const T b1c = bc1[t], rr = rect[t], b2s = bc2s[t];
-    const bool ad = adaptive[t];
-    blocks<T>(lo, hi, [&](int64_t b0, int64_t b1, T* r) {
-      for (int64_t j = b0; j < b1; ++j) {
-        T d, w, mm, vv;
-        k.decay_(a, g, p, j, d, w);
-        k.moments(d, m, v, j, mm, vv);
-        r[j - b0] = vv;
-      }
-      if (ad) vsqrt((int)(b1 - b0), r);
-      for (int64_t j = b0; j < b1; ++j) {
-        T d, w;
-        k.decay_(a, g, p, j, d, w);
-        T u = m[j] / b1c * tlr;
-        // python float / tensor is tensor.reciprocal() * float in torch
-        if (ad) u = u * ((T(1) / (r[j - b0] + eps)) * b2s) * rr;
-        p[j] = w - u;
-      }
+  const Grad<T> grad(a);
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  with(coupled, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto k_ = k;
+      const auto eps_ = eps;
+      const auto tlr_ = tlr;
+      const auto grad_ = grad;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ v = (T*)a->s2[t];
+      const T b1c = bc1[t], rr = rect[t], b2s = bc2s[t];
+      with(adaptive[t] != 0, [&](auto AD) {
+        blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+          for (int64_t j = b0; j < b1; ++j) {
+            T d = grad_(g, j), mm, vv;
+            if constexpr (DEC) d = k_.coupled(d, p[j]);
+            k_.update(d, m, v, j, mm, vv);
+            r[j - b0] = vv;
+          }
+          if constexpr (AD) vsqrt((int)(b1 - b0), r);
+          for (int64_t j = b0; j < b1; ++j) {
+            T u = m[j] / b1c * tlr_;
+            // python float / tensor is tensor.reciprocal() * float in torch
+            if constexpr (AD) u = u * ((T(1) / (r[j - b0] + eps_)) * b2s) * rr;
+            p[j] = p[j] * k_.decay - u;
+          }
+        });
+      });
     });
   });
 }
@@ -399,22 +489,32 @@ template <typename T> void adamax(const Args* a) {
     double step = bump(a, a->sc1, t);
     nclr[t] = (T)(-(lr / (1.0 - std::pow(b1, step))));
   }
-  const T w1 = (T)(1.0 - b1), tb2 = (T)a->hp[2], eps = (T)a->hp[3], wd = (T)a->hp[4];
-  const bool dec = a->flags & F_WD;
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
-    T* u = (T*)a->s2[t];
-    const T c = nclr[t];
-    for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      if (dec) d = fma_(wd, p[j], d);
-      T mm = lerp(m[j], d, w1);
-      m[j] = mm;
-      T a_ = u[j] * tb2, b_ = std::fabs(d) + eps;
-      T uu = (a_ != a_ || b_ != b_) ? a_ + b_ : (a_ > b_ ? a_ : b_);
-      u[j] = uu;
-      p[j] = p[j] + (c * mm) / uu;
-    }
+  const Lerp<T> lerp((T)(1.0 - b1));
+  const T tb2 = (T)a->hp[2], eps = (T)a->hp[3], wd = (T)a->hp[4];
+  const Grad<T> grad(a);
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
+      const auto lerp_ = lerp;
+      const auto tb2_ = tb2;
+      const auto eps_ = eps;
+      const auto wd_ = wd;
+      const auto grad_ = grad;
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ u = (T*)a->s2[t];
+      const T c = nclr[t];
+      for (int64_t j = lo; j < hi; ++j) {
+        T d = grad_(g, j);
+        if constexpr (DEC) d = fma_(wd_, p[j], d);
+        T mm = lerp_(m[j], d);
+        m[j] = mm;
+        T x = u[j] * tb2_, y = std::fabs(d) + eps_;
+        T uu = x > y ? x : y;  // torch.maximum (no NaN here: the gradients are finite)
+        u[j] = uu;
+        p[j] = p[j] + (c * mm) / uu;
+      }
+    });
   });
 }
 
@@ -423,17 +523,26 @@ template <typename T> void adamax(const Args* a) {
 template <typename T> void lion(const Args* a) {
   const double lr = a->hp[0], wd = a->hp[3];
   const T tb1 = (T)a->hp[1], w1 = (T)(1.0 - a->hp[1]), tb2 = (T)a->hp[2],
-          w2 = (T)(1.0 - a->hp[2]), nlr = (T)(-lr), decay = (T)(1.0 - lr * wd);
-  const bool dec = a->flags & F_WD;
+          w2 = (T)(1.0 - a->hp[2]), nlr = (T)(-lr),
+          decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
+  const Grad<T> grad(a);
   for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    T* p = (T*)a->p[t]; const T* g = (const T*)a->g[t]; T* m = (T*)a->s1[t];
+    const auto tb1_ = tb1;
+    const auto w1_ = w1;
+    const auto tb2_ = tb2;
+    const auto w2_ = w2;
+    const auto nlr_ = nlr;
+    const auto decay_ = decay;
+    const auto grad_ = grad;
+    T* __restrict__ p = (T*)a->p[t];
+    const T* __restrict__ g = (const T*)a->g[t];
+    T* __restrict__ m = (T*)a->s1[t];
     for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_of(a, g, j);
-      T w = dec ? p[j] * decay : p[j];
-      T c = fma_(w1, d, m[j] * tb1);
-      T s = (T)((c > T(0)) - (c < T(0)));
-      p[j] = fma_(nlr, s, w);
-      m[j] = fma_(w2, d, m[j] * tb2);
+      T d = grad_(g, j);
+      T c = fma_(w1_, d, m[j] * tb1_);
+      T s = (c > T(0)) ? T(1) : ((c < T(0)) ? T(-1) : T(0));
+      p[j] = fma_(nlr_, s, p[j] * decay_);
+      m[j] = fma_(w2_, d, m[j] * tb2_);
     }
   });
 }
