@@ -57,6 +57,11 @@ def timed(fn, warmup, reps):
     return out
 
 
+def copy_time(count, shape, warmup, reps):
+    src, dst = tensors(count, shape, 2), [torch.empty(shape) for _ in range(count)]
+    return statistics.median(timed(lambda: torch._foreach_copy_(dst, src), warmup, reps))
+
+
 def reference_step(info, count, shape):
     """The reference's fastest mode here: (label, step function)."""
     cls = info.reference_cls()
@@ -79,9 +84,7 @@ def reference_step(info, count, shape):
 def bench(names, case, warmup, reps):
     count, shape = CASES[case]
     n = count * shape[0] * shape[1]
-    src, dst = tensors(count, shape, 2), [torch.empty(shape) for _ in range(count)]
-    copy = statistics.median(timed(lambda: torch._foreach_copy_(dst, src), warmup, reps))
-    del src, dst
+    copy = copy_time(count, shape, warmup, reps)
     rows = []
     adam_gbs = None
     for name in names:
@@ -96,7 +99,7 @@ def bench(names, case, warmup, reps):
         for _ in range(reps):  # interleaved, so drifting machine load hits both alike
             t_ours += timed(ours.step, 0, 1)
             t_ref += timed(theirs, 0, 1)
-        check = statistics.median(timed(lambda: _kernel.first_nonfinite(grads), 1, reps))
+        check = statistics.median(timed(lambda g=grads: _kernel.first_nonfinite(g), 1, reps))
         mo, mr = statistics.median(t_ours), statistics.median(t_ref)
         gbs = BYTES[name] * n / mo / 1e9
         ref_gbs = BYTES[name] * n / mr / 1e9

@@ -45,6 +45,26 @@ class _AdamLike(LrkitOptimizer):
         return {"step": step_tensor(group, p), "exp_avg": zeros,
                 self.second: torch.zeros_like(p, memory_format=torch.preserve_format)}
 
+    def _moments(self, group: dict[str, Any], p: Tensor, grad: Tensor,
+                 state: dict[str, Any]) -> tuple:
+        """The family's first half, as torch orders it: count the step, weight decay
+        (coupled into the gradient or decoupled), first moment, and the second moment
+        (Adamax's differs: it does its own). Returns lr, beta1, beta2, step, gradient."""
+        lr, wd = scalar(group["lr"]), group["weight_decay"]
+        beta1, beta2 = (scalar(b) for b in group["betas"])
+        if group["maximize"]:
+            grad = -grad
+        state["step"] += 1
+        if wd != 0:
+            if group.get("decoupled_weight_decay"):
+                p.mul_(1 - lr * wd)
+            else:
+                grad = grad.add(p, alpha=wd)
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        if self.second == "exp_avg_sq":
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        return lr, beta1, beta2, value(state["step"]), grad
+
     def _lists(self, params: list[Tensor], *keys: str) -> list[list[Tensor]]:
         return [[self.state[p][k] for p in params] for k in keys]
 
@@ -110,20 +130,8 @@ class Adam(_AdamLike):
 
     def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
                         state: dict[str, Any]) -> None:
-        lr, wd, eps = scalar(group["lr"]), group["weight_decay"], group["eps"]
-        beta1, beta2 = (scalar(b) for b in group["betas"])
-        if group["maximize"]:
-            grad = -grad
-        state["step"] += 1
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * wd)
-            else:
-                grad = grad.add(p, alpha=wd)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step = value(state["step"])
+        lr, beta1, beta2, step, grad = self._moments(group, p, grad, state)
+        exp_avg, exp_avg_sq, eps = state["exp_avg"], state["exp_avg_sq"], group["eps"]
         step_size = lr / (1 - beta1**step)
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         if group["amsgrad"]:
@@ -223,24 +231,12 @@ class NAdam(_AdamLike):
 
     def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
                         state: dict[str, Any]) -> None:
-        lr, wd, eps = scalar(group["lr"]), group["weight_decay"], group["eps"]
-        beta1, beta2 = (scalar(b) for b in group["betas"])
-        if group["maximize"]:
-            grad = -grad
-        state["step"] += 1
-        step = value(state["step"])
+        lr, beta1, beta2, step, grad = self._moments(group, p, grad, state)
+        exp_avg, exp_avg_sq, eps = state["exp_avg"], state["exp_avg_sq"], group["eps"]
         bias_correction2 = 1 - beta2**step
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * wd)
-            else:
-                grad = grad.add(p, alpha=wd)
         mu, mu_next = self._mus({"betas": (beta1, beta2),
                                  "momentum_decay": group["momentum_decay"]}, step)
         state["mu_product"] *= mu
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.div(bias_correction2).sqrt()
         mu_product = value(state["mu_product"])
         mu_product_next = mu_product * mu_next
@@ -315,20 +311,8 @@ class RAdam(_AdamLike):
 
     def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
                         state: dict[str, Any]) -> None:
-        lr, wd, eps = scalar(group["lr"]), group["weight_decay"], group["eps"]
-        beta1, beta2 = (scalar(b) for b in group["betas"])
-        if group["maximize"]:
-            grad = -grad
-        state["step"] += 1
-        step = value(state["step"])
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * wd)
-            else:
-                grad = grad.add(p, alpha=wd)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        lr, beta1, beta2, step, grad = self._moments(group, p, grad, state)
+        exp_avg, exp_avg_sq, eps = state["exp_avg"], state["exp_avg_sq"], group["eps"]
         bias_corrected_exp_avg = exp_avg / (1 - beta1**step)
         if isinstance(step, Tensor):  # while compiling: no data-dependent branch
             rho_inf = 2 / (1 - beta2) - 1
@@ -398,17 +382,10 @@ class Adamax(_AdamLike):
 
     def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
                         state: dict[str, Any]) -> None:
-        lr, wd, eps = scalar(group["lr"]), group["weight_decay"], group["eps"]
-        beta1, beta2 = (scalar(b) for b in group["betas"])
-        if group["maximize"]:
-            grad = -grad
-        state["step"] += 1
-        if wd != 0:
-            grad = grad.add(p, alpha=wd)
+        lr, beta1, beta2, step, grad = self._moments(group, p, grad, state)
         exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
-        clr = lr / (1 - beta1 ** value(state["step"]))
+        torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(group["eps"]), out=exp_inf)
+        clr = lr / (1 - beta1**step)
         addcdiv_(p, exp_avg, exp_inf, -clr)
 
     def _functional(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

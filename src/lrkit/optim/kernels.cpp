@@ -114,27 +114,21 @@ template <typename T> void sgd(const Args* a) {
   const Grad<T> grad(a);
   with(a->flags & F_MOMENTUM, [&](auto MOM) {
   with(a->flags & F_WD, [&](auto DEC) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto lr_ = lr;
-      const auto mu_ = mu;
-      const auto damp1_ = damp1;
-      const auto wd_ = wd;
-      const auto nest_ = nest;
-      const auto grad_ = grad;
+    for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ b = MOM ? (T*)a->s1[t] : nullptr;
       with(MOM && a->first[t], [&](auto FIRST) {
         for (int64_t j = lo; j < hi; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
           if constexpr (MOM) {
             T buf;
-            if constexpr (FIRST) buf = d; else buf = fma_(damp1_, d, b[j] * mu_);
+            if constexpr (FIRST) buf = d; else buf = fma_(damp1, d, b[j] * mu);
             b[j] = buf;
-            d = nest_ ? fma_(mu_, buf, d) : buf;
+            d = nest ? fma_(mu, buf, d) : buf;
           }
-          p[j] = fma_(-lr_, d, p[j]);
+          p[j] = fma_(-lr, d, p[j]);
         }
       });
     });
@@ -163,7 +157,9 @@ inline void vsqrt(int n, double* x) {
   for (int i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
 }
 
-// body(b0, b1, buf): the chunk [lo, hi) in blocks
+// body(b0, b1, buf): the chunk [lo, hi) in blocks. The loop bodies capture constants by
+// value ([=]): read through a reference they could alias the arrays being written, and
+// the loops would not vectorise.
 template <typename T, typename Body>
 inline void blocks(int64_t lo, int64_t hi, Body body) {
   alignas(64) T buf[2 * BLOCK];
@@ -183,27 +179,24 @@ template <typename T> void adagrad(const Args* a) {
   const T wd = (T)a->hp[2], eps = (T)a->hp[3];
   const Grad<T> grad(a);
   with(a->flags & F_WD, [&](auto DEC) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto wd_ = wd;
-      const auto eps_ = eps;
-      const auto grad_ = grad;
+    for_chunks<T>(a, chunks(a), [=, &clr](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ s = (T*)a->s1[t];
       const T c = clr[t];
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
           T sum = fma_(d, d, s[j]);
           s[j] = sum;
           r[j - b0] = sum;
         }
         vsqrt((int)(b1 - b0), r);
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = fma_(wd_, p[j], d);
-          p[j] = p[j] + (c * d) / (r[j - b0] + eps_);
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          p[j] = p[j] + (c * d) / (r[j - b0] + eps);
         }
       });
     });
@@ -218,13 +211,7 @@ template <typename T> void adadelta(const Args* a) {
           wd = (T)a->hp[3];
   const Grad<T> grad(a);
   with(a->flags & F_WD, [&](auto DEC) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto lr_ = lr;
-      const auto rho_ = rho;
-      const auto rho1_ = rho1;
-      const auto eps_ = eps;
-      const auto wd_ = wd;
-      const auto grad_ = grad;
+    for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ sq = (T*)a->s1[t];
@@ -233,21 +220,21 @@ template <typename T> void adadelta(const Args* a) {
         T* __restrict__ std_ = r;
         T* __restrict__ delta = r + BLOCK;
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = fma_(wd_, p[j], d);
-          T s = fma_(rho1_ * d, d, sq[j] * rho_);
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T s = fma_(rho1 * d, d, sq[j] * rho);
           sq[j] = s;
-          std_[j - b0] = s + eps_;
-          delta[j - b0] = acc[j] + eps_;
+          std_[j - b0] = s + eps;
+          delta[j - b0] = acc[j] + eps;
         }
         vsqrt((int)(b1 - b0), std_);
         vsqrt((int)(b1 - b0), delta);
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = fma_(wd_, p[j], d);
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
           T dx = delta[j - b0] / std_[j - b0] * d;
-          acc[j] = fma_(rho1_ * dx, dx, acc[j] * rho_);
-          p[j] = fma_(-lr_, dx, p[j]);
+          acc[j] = fma_(rho1 * dx, dx, acc[j] * rho);
+          p[j] = fma_(-lr, dx, p[j]);
         }
       });
     });
@@ -266,15 +253,7 @@ template <typename T> void rmsprop(const Args* a) {
   with(a->flags & F_WD, [&](auto DEC) {
   with(a->flags & F_MOMENTUM, [&](auto MOM) {
   with(a->flags & F_CENTERED, [&](auto CEN) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto lr_ = lr;
-      const auto alpha_ = alpha;
-      const auto alpha1_ = alpha1;
-      const auto eps_ = eps;
-      const auto wd_ = wd;
-      const auto mu_ = mu;
-      const auto grad_ = grad;
-      const auto lerp_ = lerp;
+    for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ sq = (T*)a->s1[t];
@@ -282,12 +261,12 @@ template <typename T> void rmsprop(const Args* a) {
       T* __restrict__ ga = CEN ? (T*)a->s3[t] : nullptr;
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = fma_(wd_, p[j], d);
-          T s = fma_(alpha1_ * d, d, sq[j] * alpha_);
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T s = fma_(alpha1 * d, d, sq[j] * alpha);
           sq[j] = s;
           if constexpr (CEN) {
-            T m = lerp_(ga[j], d);
+            T m = lerp(ga[j], d);
             ga[j] = m;
             s = fma_(-m, m, s);
           }
@@ -295,15 +274,15 @@ template <typename T> void rmsprop(const Args* a) {
         }
         vsqrt((int)(b1 - b0), r);
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = fma_(wd_, p[j], d);
-          T avg = r[j - b0] + eps_;
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T avg = r[j - b0] + eps;
           if constexpr (MOM) {
-            T b = buf[j] * mu_ + d / avg;
+            T b = buf[j] * mu + d / avg;
             buf[j] = b;
-            p[j] = fma_(-lr_, b, p[j]);
+            p[j] = fma_(-lr, b, p[j]);
           } else {
-            p[j] = p[j] + (-lr_ * d) / avg;
+            p[j] = p[j] + (-lr * d) / avg;
           }
         }
       });
@@ -348,10 +327,7 @@ template <typename T> void adam(const Args* a) {
   const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
   with(coupled, [&](auto DEC) {
   with(a->flags & F_AMSGRAD, [&](auto AMS) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto k_ = k;
-      const auto eps_ = eps;
-      const auto grad_ = grad;
+    for_chunks<T>(a, chunks(a), [=, &neg_step, &bc2s](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ m = (T*)a->s1[t];
@@ -360,15 +336,15 @@ template <typename T> void adam(const Args* a) {
       const T ns = neg_step[t], bc = bc2s[t];
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j), mm, vv;
-          if constexpr (DEC) d = k_.coupled(d, p[j]);
-          k_.update(d, m, v, j, mm, vv);
+          T d = grad(g, j), mm, vv;
+          if constexpr (DEC) d = k.coupled(d, p[j]);
+          k.update(d, m, v, j, mm, vv);
           if constexpr (AMS) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
           r[j - b0] = vv;
         }
         vsqrt((int)(b1 - b0), r);
         for (int64_t j = b0; j < b1; ++j)
-          p[j] = p[j] * k_.decay + (ns * m[j]) / (r[j - b0] / bc + eps_);
+          p[j] = p[j] * k.decay + (ns * m[j]) / (r[j - b0] / bc + eps);
       });
     });
   });
@@ -397,10 +373,7 @@ template <typename T> void nadam(const Args* a) {
   const Grad<T> grad(a);
   const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
   with(coupled, [&](auto DEC) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto k_ = k;
-      const auto eps_ = eps;
-      const auto grad_ = grad;
+    for_chunks<T>(a, chunks(a), [=, &bc2, &cg, &cm](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ m = (T*)a->s1[t];
@@ -408,17 +381,17 @@ template <typename T> void nadam(const Args* a) {
       const T b = bc2[t], c1 = cg[t], c2 = cm[t];
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j), mm, vv;
-          if constexpr (DEC) d = k_.coupled(d, p[j]);
-          k_.update(d, m, v, j, mm, vv);
+          T d = grad(g, j), mm, vv;
+          if constexpr (DEC) d = k.coupled(d, p[j]);
+          k.update(d, m, v, j, mm, vv);
           r[j - b0] = vv / b;
         }
         vsqrt((int)(b1 - b0), r);
         for (int64_t j = b0; j < b1; ++j) {
-          T d = grad_(g, j);
-          if constexpr (DEC) d = k_.coupled(d, p[j]);
-          T denom = r[j - b0] + eps_;
-          T w = p[j] * k_.decay + (c1 * d) / denom;
+          T d = grad(g, j);
+          if constexpr (DEC) d = k.coupled(d, p[j]);
+          T denom = r[j - b0] + eps;
+          T w = p[j] * k.decay + (c1 * d) / denom;
           p[j] = w + (c2 * m[j]) / denom;
         }
       });
@@ -449,11 +422,7 @@ template <typename T> void radam(const Args* a) {
   const Grad<T> grad(a);
   const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
   with(coupled, [&](auto DEC) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto k_ = k;
-      const auto eps_ = eps;
-      const auto tlr_ = tlr;
-      const auto grad_ = grad;
+    for_chunks<T>(a, chunks(a), [=, &bc1, &rect, &bc2s, &adaptive](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ m = (T*)a->s1[t];
@@ -462,17 +431,17 @@ template <typename T> void radam(const Args* a) {
       with(adaptive[t] != 0, [&](auto AD) {
         blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
           for (int64_t j = b0; j < b1; ++j) {
-            T d = grad_(g, j), mm, vv;
-            if constexpr (DEC) d = k_.coupled(d, p[j]);
-            k_.update(d, m, v, j, mm, vv);
+            T d = grad(g, j), mm, vv;
+            if constexpr (DEC) d = k.coupled(d, p[j]);
+            k.update(d, m, v, j, mm, vv);
             r[j - b0] = vv;
           }
           if constexpr (AD) vsqrt((int)(b1 - b0), r);
           for (int64_t j = b0; j < b1; ++j) {
-            T u = m[j] / b1c * tlr_;
+            T u = m[j] / b1c * tlr;
             // python float / tensor is tensor.reciprocal() * float in torch
-            if constexpr (AD) u = u * ((T(1) / (r[j - b0] + eps_)) * b2s) * rr;
-            p[j] = p[j] * k_.decay - u;
+            if constexpr (AD) u = u * ((T(1) / (r[j - b0] + eps)) * b2s) * rr;
+            p[j] = p[j] * k.decay - u;
           }
         });
       });
@@ -493,23 +462,18 @@ template <typename T> void adamax(const Args* a) {
   const T tb2 = (T)a->hp[2], eps = (T)a->hp[3], wd = (T)a->hp[4];
   const Grad<T> grad(a);
   with(a->flags & F_WD, [&](auto DEC) {
-    for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-      const auto lerp_ = lerp;
-      const auto tb2_ = tb2;
-      const auto eps_ = eps;
-      const auto wd_ = wd;
-      const auto grad_ = grad;
+    for_chunks<T>(a, chunks(a), [=, &nclr](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ m = (T*)a->s1[t];
       T* __restrict__ u = (T*)a->s2[t];
       const T c = nclr[t];
       for (int64_t j = lo; j < hi; ++j) {
-        T d = grad_(g, j);
-        if constexpr (DEC) d = fma_(wd_, p[j], d);
-        T mm = lerp_(m[j], d);
+        T d = grad(g, j);
+        if constexpr (DEC) d = fma_(wd, p[j], d);
+        T mm = lerp(m[j], d);
         m[j] = mm;
-        T x = u[j] * tb2_, y = std::fabs(d) + eps_;
+        T x = u[j] * tb2, y = std::fabs(d) + eps;
         T uu = x > y ? x : y;  // torch.maximum (no NaN here: the gradients are finite)
         u[j] = uu;
         p[j] = p[j] + (c * mm) / uu;
@@ -526,23 +490,16 @@ template <typename T> void lion(const Args* a) {
           w2 = (T)(1.0 - a->hp[2]), nlr = (T)(-lr),
           decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
   const Grad<T> grad(a);
-  for_chunks<T>(a, chunks(a), [&](int64_t t, int64_t lo, int64_t hi) {
-    const auto tb1_ = tb1;
-    const auto w1_ = w1;
-    const auto tb2_ = tb2;
-    const auto w2_ = w2;
-    const auto nlr_ = nlr;
-    const auto decay_ = decay;
-    const auto grad_ = grad;
+  for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
     T* __restrict__ p = (T*)a->p[t];
     const T* __restrict__ g = (const T*)a->g[t];
     T* __restrict__ m = (T*)a->s1[t];
     for (int64_t j = lo; j < hi; ++j) {
-      T d = grad_(g, j);
-      T c = fma_(w1_, d, m[j] * tb1_);
+      T d = grad(g, j);
+      T c = fma_(w1, d, m[j] * tb1);
       T s = (c > T(0)) ? T(1) : ((c < T(0)) ? T(-1) : T(0));
-      p[j] = fma_(nlr_, s, p[j] * decay_);
-      m[j] = fma_(w2_, d, m[j] * tb2_);
+      p[j] = fma_(nlr, s, p[j] * decay);
+      m[j] = fma_(w2, d, m[j] * tb2);
     }
   });
 }
