@@ -25,7 +25,7 @@ def test_fast_path_equals_reference(info, cfg, impl, dtype):
         pytest.skip("no C++ compiler: the kernel is not built")
     ref = run(info.cls, cfg, dtype, True, 30, impl="reference")
     fast = run(info.cls, cfg, dtype, True, 30, impl=impl)
-    if impl == "kernel" and EXACT:
+    if impl == "kernel" and EXACT and info.cls.kernel_exact:
         assert all(torch.equal(a, b) for a, b in zip(fast, ref))
     else:  # torch's own foreach/fused kernels differ from its single-tensor path by ~1e-6
         assert rel_err(fast, ref) <= (5e-6 if dtype == torch.float32 else 1e-12)

@@ -43,7 +43,8 @@ class _Args(ctypes.Structure):
         (name, ctypes.c_void_p) for name in ("p", "g", "s1", "s2", "s3", "sc1", "sc2",
                                              "size", "first")] + [
         ("hp", ctypes.c_double * 12), ("flags", ctypes.c_int64),
-        ("nthreads", ctypes.c_int32), ("sc_f64", ctypes.c_int32)]
+        ("nthreads", ctypes.c_int32), ("sc_f64", ctypes.c_int32),
+        ("rows", ctypes.c_void_p), ("cols", ctypes.c_void_p)]
 
 
 def cache_dir() -> Path:
@@ -247,9 +248,10 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> None:
             continue
         col = []
         for st in sts:
-            t = st[k]
-            if not t.is_contiguous():  # a loaded state of another layout: ours from now on
-                t = st[k] = t.contiguous()
+            name = k if isinstance(k, str) else next((x for x in k if x in st), None)
+            t = st[name] if name else None
+            if t is not None and not t.is_contiguous():  # loaded in another layout
+                t = st[name] = t.contiguous()
             col.append(t)
         cols.append(_ptrs(col))
     sc = [[st[k] for st in sts] if k else None for k in scal]
@@ -265,6 +267,10 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> None:
     args.sc1, args.sc2 = (_addr(c) if c is not None else None for c in scp)
     for i, v in enumerate(hp):
         args.hp[i] = float(v)
+    if opt.kernel == "adafactor":  # the matrix shape of each tensor (rows 0: a vector)
+        nrows = array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps])
+        ncols = array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps])
+        args.rows, args.cols = _addr(nrows), _addr(ncols)
     args.flags = flags
     args.nthreads = torch.get_num_threads()
     args.sc_f64 = sc_f64

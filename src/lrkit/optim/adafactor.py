@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.optim._adafactor import adafactor as _torch_adafactor
 
 from lrkit import _checks as C
+from lrkit.optim import _kernel as K
 from lrkit.optim.base import (
     Explained,
     LrkitOptimizer,
@@ -33,11 +34,14 @@ class Adafactor(LrkitOptimizer):
         U_t = g / sqrt(max(V_t, eps1^2)),  w_t = w - alpha_t U_t / max(1, RMS(U_t) / d)
 
     ``effective_lr()`` is ``alpha_t / max(1, RMS(U_t)/d) / sqrt(max(V_t, eps1^2))`` on
-    the direction ``g_t`` (``explain()`` reads ``p.grad``). There is no lrkit kernel
-    (the update needs reductions over each tensor): the fast path is torch's foreach.
+    the direction ``g_t`` (``explain()`` reads ``p.grad``). lrkit's kernel gives each
+    tensor to one thread, which makes its three reductions while the tensor is in cache
+    (sums in double precision, so it equals the reference to rounding, not bit for bit).
     """
 
     torch_name = "Adafactor"
+    kernel = "adafactor"
+    kernel_exact = False  # its reductions differ from torch's in rounding
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
@@ -124,6 +128,14 @@ class Adafactor(LrkitOptimizer):
             foreach=flags.get("foreach", False), d=group["d"], lr=functional_lr(group, flags),
             beta2_decay=group["beta2_decay"], weight_decay=group["weight_decay"], eps1=eps1,
             eps2=eps2, maximize=group["maximize"])
+
+    def _kernel_args(self, group: dict[str, Any]):
+        eps1, eps2 = group["eps"]
+        wd = group["weight_decay"]
+        hp = [scalar(group["lr"]), group["beta2_decay"], -1.0 if eps1 is None else eps1, eps2,
+              group["d"], wd]
+        return ((("row_var", "variance"), ("col_var",), None), ("step", None),
+                hp, K.F_MAXIMIZE * group["maximize"] | K.F_WD * (wd != 0))
 
     def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
         lr, wd = hp["lr"], hp["weight_decay"]

@@ -117,6 +117,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
     torch_fused: ClassVar[bool] = False
     #: lrkit kernel name (``None``: no C kernel)
     kernel: ClassVar[str | None] = None
+    #: the kernel runs the reference's operations in its order (bit for bit on x86-64)
+    kernel_exact: ClassVar[bool] = True
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise",
                  impl: str = "auto") -> None:

@@ -40,6 +40,8 @@ struct Args {
   int64_t flags;             // bit flags (meaning per algorithm, FLAG_* below)
   int32_t nthreads;
   int32_t sc_f64;            // sc1/sc2 hold doubles (default dtype float64)
+  const int64_t* rows;       // Adafactor: size of the second-last dim (0: a vector)
+  const int64_t* cols;       // Adafactor: size of the last dim
 };
 
 enum : int64_t {
@@ -504,6 +506,112 @@ template <typename T> void lion(const Args* a) {
   });
 }
 
+// ---------------------------------------------------------------- Adafactor
+// hp: lr, beta2_decay, eps1 (< 0: the dtype's epsilon), eps2, d, weight_decay.
+// s1: row_var (or variance for vectors), s2: col_var, sc1: step.
+// Each tensor needs three reductions (RMS of the weight, row/column means of g^2, RMS of
+// the update) before its weights change, so one thread takes a whole tensor (dynamic
+// schedule) and makes three passes over it while it sits in its cache: the memory
+// traffic stays near the minimum (read w and g, write w), not three times it. Sums are
+// accumulated in double.
+template <typename T>
+void adafactor_one(const Args* a, int64_t t, double step, std::vector<double>& colsum) {
+  const double lr = a->hp[0], eps2 = a->hp[3], dd = a->hp[4], wd = a->hp[5];
+  const T eps1 = a->hp[2] < 0 ? std::numeric_limits<T>::epsilon() : (T)a->hp[2];
+  const T w = (T)std::pow(step, a->hp[1]);
+  const Lerp<T> lerp(w);
+  const Grad<T> grad(a);
+  T* __restrict__ p = (T*)a->p[t];
+  const T* __restrict__ g = (const T*)a->g[t];
+  const int64_t n = a->size[t], R = a->rows[t], C = a->cols[t];
+  const double rho = std::min(lr, 1.0 / std::pow(step, 0.5));
+  double sp = 0;
+  for (int64_t j = 0; j < n; ++j) sp += (double)p[j] * (double)p[j];
+  const double alpha = std::max(eps2, std::sqrt(sp) / std::pow((double)n, 0.5)) * rho;
+  const T e2 = eps1 * eps1;
+  double su = 0;
+  if (R == 0) {  // a vector: the full second moment
+    T* __restrict__ v = (T*)a->s1[t];
+    for (int64_t j = 0; j < n; ++j) {
+      T x = grad(g, j);
+      T vv = lerp(v[j], x * x);
+      v[j] = vv;
+      T u = x * (T(1) / std::sqrt(std::max(vv, e2)));
+      su += (double)u * (double)u;
+    }
+  } else {  // a batch of R x C matrices: row and column factors
+    T* __restrict__ rv = (T*)a->s1[t];
+    T* __restrict__ cv = (T*)a->s2[t];
+    const int64_t B = n / (R * C);
+    colsum.assign(C, 0.0);
+    for (int64_t b = 0; b < B; ++b) {
+      const T* __restrict__ gb = g + b * R * C;
+      std::fill(colsum.begin(), colsum.end(), 0.0);
+      double* __restrict__ cs = colsum.data();
+      double rsum = 0;
+      for (int64_t i = 0; i < R; ++i) {
+        double rs = 0;
+        for (int64_t j = 0; j < C; ++j) {
+          double x = (double)grad(gb, i * C + j);
+          rs += x * x;
+          cs[j] += x * x;
+        }
+        T r = lerp(rv[b * R + i], (T)(rs / (double)C));
+        rv[b * R + i] = r;
+        rsum += r;
+      }
+      for (int64_t j = 0; j < C; ++j) cv[b * C + j] = lerp(cv[b * C + j], (T)(cs[j] / (double)R));
+      const T rmean = std::max((T)(rsum / (double)R), eps1);
+      for (int64_t i = 0; i < R; ++i) {
+        const T ri = rv[b * R + i];
+        for (int64_t j = 0; j < C; ++j) {
+          T u = grad(gb, i * C + j) * (T(1) / std::sqrt(std::max(ri * cv[b * C + j] / rmean, e2)));
+          su += (double)u * (double)u;
+        }
+      }
+    }
+  }
+  const double denom = std::max(1.0, std::sqrt(su) / (std::pow((double)n, 0.5) * dd));
+  const T scale = (T)(-alpha / denom);
+  const T decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
+  if (R == 0) {
+    const T* __restrict__ v = (const T*)a->s1[t];
+    for (int64_t j = 0; j < n; ++j) {
+      T u = grad(g, j) * (T(1) / std::sqrt(std::max(v[j], e2)));
+      p[j] = fma_(scale, u, p[j] * decay);
+    }
+  } else {
+    const T* __restrict__ rv = (const T*)a->s1[t];
+    const T* __restrict__ cv = (const T*)a->s2[t];
+    for (int64_t b = 0; b < n / (R * C); ++b) {
+      double rsum = 0;
+      for (int64_t i = 0; i < R; ++i) rsum += rv[b * R + i];
+      const T rmean = std::max((T)(rsum / (double)R), eps1);
+      for (int64_t i = 0; i < R; ++i) {
+        const T ri = rv[b * R + i];
+        T* __restrict__ pb = p + (b * R + i) * C;
+        const T* __restrict__ gb = g + (b * R + i) * C;
+        const T* __restrict__ cb = cv + b * C;
+        for (int64_t j = 0; j < C; ++j) {
+          T u = grad(gb, j) * (T(1) / std::sqrt(std::max(ri * cb[j] / rmean, e2)));
+          pb[j] = fma_(scale, u, pb[j] * decay);
+        }
+      }
+    }
+  }
+}
+
+template <typename T> void adafactor(const Args* a) {
+  std::vector<double> steps(a->n);
+  for (int64_t t = 0; t < a->n; ++t) steps[t] = bump(a, a->sc1, t);
+#pragma omp parallel num_threads(a->nthreads) if (a->n > 1)
+  {
+    std::vector<double> colsum;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < a->n; ++t) adafactor_one<T>(a, t, steps[t], colsum);
+  }
+}
+
 // ---------------------------------------------------------------- non-finite check
 // Returns the smallest index of a tensor holding NaN or Inf, or -1. dtype codes:
 // 0 float32, 1 float64, 2 bfloat16, 3 float16. Integer bit tests, so it vectorises.
@@ -532,6 +640,7 @@ LRK_EXPORT(nadam)
 LRK_EXPORT(radam)
 LRK_EXPORT(adamax)
 LRK_EXPORT(lion)
+LRK_EXPORT(adafactor)
 
 int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
                             const int32_t* dtype, int32_t nthreads) {
@@ -564,6 +673,6 @@ void lrk_set_sqrt(void* vs, void* vd) {
   g_vd = (vsqrt_f64)vd;
 }
 
-int32_t lrk_abi_version() { return 2; }
+int32_t lrk_abi_version() { return 3; }
 
 }  // extern "C"
