@@ -25,7 +25,7 @@ def test_fast_path_equals_reference(info, cfg, impl, dtype):
         pytest.skip("no C++ compiler: the kernel is not built")
     ref = run(info.cls, cfg, dtype, True, 30, impl="reference")
     fast = run(info.cls, cfg, dtype, True, 30, impl=impl)
-    if impl == "kernel" and EXACT and info.cls.kernel_exact:
+    if impl == "kernel" and EXACT and _kernel.TORCH_SQRT and info.cls.kernel_exact:
         assert all(torch.equal(a, b) for a, b in zip(fast, ref))
     else:  # torch's own foreach/fused kernels differ from its single-tensor path by ~1e-6
         assert rel_err(fast, ref) <= (5e-6 if dtype == torch.float32 else 1e-12)
@@ -77,7 +77,7 @@ def test_kernel_takes_large_and_many_tensors_across_threads():
                 out[impl, nt] = ps
             for key in (("kernel", 1), ("kernel", 2)):
                 same = all(torch.equal(a, b) for a, b in zip(out[key], out["reference", 1]))
-                assert same or not EXACT, (name, key)
+                assert same or not (EXACT and _kernel.TORCH_SQRT), (name, key)
                 assert rel_err(out[key], out["reference", 1]) <= 1e-6
     finally:
         torch.set_num_threads(threads)

@@ -1,10 +1,11 @@
 """Build and call lrkit's multi-tensor C++ kernels (``kernels.cpp``) through ctypes.
 
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else
-g++/c++/clang++; no torch headers, about two seconds) into ``$LRKIT_CACHE_DIR`` (default
-``~/.cache/lrkit``), keyed by a hash of the source, the flags and the CPU. Without a
-compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is False and every optimizer
-runs torch's foreach path instead: slower, same results within rounding.
+g++/c++/clang++; no torch headers; 10-20 seconds on two cores, once) into
+``$LRKIT_CACHE_DIR`` (default ``~/.cache/lrkit``), keyed by a hash of the source, the
+flags and the CPU. Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
+False and the optimizers run their reference path on CPU (torch's own CPU default):
+slower, same results.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ _CHECK_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.flo
 _lock = threading.Lock()
 _lib: Any = None
 _tried = False
+TORCH_SQRT = False  # the kernels take square roots as torch's CPU Tensor.sqrt does
 
 # flag bits, as in kernels.cpp
 F_MAXIMIZE, F_ZERO, F_DECOUPLED, F_AMSGRAD = 1, 2, 4, 8
@@ -103,7 +105,8 @@ def library() -> Any:
             path = _build()
             if path is not None:
                 lib = ctypes.CDLL(str(path))
-                _match_torch_sqrt(lib)
+                if os.environ.get("LRKIT_KERNEL_SQRT", "torch") != "std":
+                    _match_torch_sqrt(lib)
                 lib.lrk_first_nonfinite.restype = ctypes.c_int64
                 lib.lrk_first_nonfinite.argtypes = [
                     ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -119,8 +122,10 @@ def library() -> Any:
 
 def _match_torch_sqrt(lib: Any) -> None:
     """Hand the kernels the square root torch's CPU ``Tensor.sqrt`` uses (MKL's
-    vsSqrt/vdSqrt inside libtorch on x86 builds) if it reproduces ``torch.sqrt`` exactly;
-    otherwise the kernels keep the correctly rounded ``std::sqrt``."""
+    vsSqrt/vdSqrt inside libtorch on x86 builds) if it reproduces ``torch.sqrt`` exactly,
+    so the kernels equal torch's single-tensor optimizers bit for bit; otherwise, or with
+    ``LRKIT_KERNEL_SQRT=std``, they keep the correctly rounded ``std::sqrt`` (a little
+    faster where the step is compute-bound: small tensors in cache)."""
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
         torch_lib = ctypes.CDLL(str(path))
@@ -135,6 +140,8 @@ def _match_torch_sqrt(lib: Any) -> None:
         if not torch.equal(out, t.sqrt()):
             return
     lib.lrk_set_sqrt(ctypes.cast(vs, ctypes.c_void_p), ctypes.cast(vd, ctypes.c_void_p))
+    global TORCH_SQRT
+    TORCH_SQRT = True
 
 
 def available() -> bool:

@@ -51,11 +51,14 @@ enum : int64_t {
 
 struct Chunk { int64_t t, lo, hi; };
 
-std::vector<Chunk> chunks(const Args* a) {
+std::vector<Chunk> chunks(const Args* a, bool reverse = true) {
   std::vector<Chunk> out;
   for (int64_t t = 0; t < a->n; ++t)
     for (int64_t lo = 0; lo < a->size[t]; lo += CHUNK)
       out.push_back({t, lo, std::min(a->size[t], lo + CHUNK)});
+  // The updates walk the tensors backwards: the non-finite check has just read the
+  // gradients forwards, so the last of them are still in the cache when the update starts.
+  if (reverse) std::reverse(out.begin(), out.end());
   return out;
 }
 
@@ -81,6 +84,24 @@ template <typename T> struct Grad {
 // decide which arrays they store to, with no branch inside.
 template <typename F> inline void with(bool b, F&& f) {
   if (b) f(std::true_type{}); else f(std::false_type{});
+}
+
+// The same gradient with maximize and zero as compile-time switches (no work when off).
+template <typename T, bool MAX, bool ZERO> struct GradT {
+  inline T operator()(const T* __restrict__ g, int64_t j) const {
+    T x = g[j];
+    if constexpr (MAX) x = -x;
+    if constexpr (ZERO) x = (std::fabs(x) <= std::numeric_limits<T>::max()) ? x : T(0);
+    return x;
+  }
+};
+
+template <typename T, typename F> inline void with_grad(const Args* a, F&& f) {
+  with(a->flags & F_MAXIMIZE, [&](auto MAX) {
+    with(a->flags & F_ZERO, [&](auto ZERO) {
+      f(GradT<T, decltype(MAX)::value, decltype(ZERO)::value>{});
+    });
+  });
 }
 
 // a * b + c rounded once where the CPU has FMA (as ATen's vectorised kernels compute it)
@@ -113,7 +134,7 @@ void for_chunks(const Args* a, const std::vector<Chunk>& cs, Body body) {
 template <typename T> void sgd(const Args* a) {
   const T lr = (T)a->hp[0], mu = (T)a->hp[1], damp1 = (T)(1.0 - a->hp[2]), wd = (T)a->hp[3];
   const bool nest = a->flags & F_NESTEROV;
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   with(a->flags & F_MOMENTUM, [&](auto MOM) {
   with(a->flags & F_WD, [&](auto DEC) {
     for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
@@ -134,6 +155,7 @@ template <typename T> void sgd(const Args* a) {
         }
       });
     });
+  });
   });
   });
 }
@@ -179,7 +201,7 @@ template <typename T> void adagrad(const Args* a) {
     clr[t] = (T)(-(a->hp[0] / (1.0 + (step - 1.0) * a->hp[1])));
   }
   const T wd = (T)a->hp[2], eps = (T)a->hp[3];
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   with(a->flags & F_WD, [&](auto DEC) {
     for_chunks<T>(a, chunks(a), [=, &clr](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
@@ -203,6 +225,7 @@ template <typename T> void adagrad(const Args* a) {
       });
     });
   });
+  });
 }
 
 // ---------------------------------------------------------------- Adadelta
@@ -211,7 +234,7 @@ template <typename T> void adadelta(const Args* a) {
   for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
   const T lr = (T)a->hp[0], rho = (T)a->hp[1], rho1 = (T)(1.0 - a->hp[1]), eps = (T)a->hp[2],
           wd = (T)a->hp[3];
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   with(a->flags & F_WD, [&](auto DEC) {
     for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
@@ -241,6 +264,7 @@ template <typename T> void adadelta(const Args* a) {
       });
     });
   });
+  });
 }
 
 // ---------------------------------------------------------------- RMSprop
@@ -250,7 +274,7 @@ template <typename T> void rmsprop(const Args* a) {
   for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
   const T lr = (T)a->hp[0], alpha = (T)a->hp[1], alpha1 = (T)(1.0 - a->hp[1]),
           eps = (T)a->hp[2], wd = (T)a->hp[3], mu = (T)a->hp[4];
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   const Lerp<T> lerp(alpha1);
   with(a->flags & F_WD, [&](auto DEC) {
   with(a->flags & F_MOMENTUM, [&](auto MOM) {
@@ -292,6 +316,7 @@ template <typename T> void rmsprop(const Args* a) {
   });
   });
   });
+  });
 }
 
 // The Adam family: weight decay (coupled into the gradient, or decoupled: w * (1 - lr wd),
@@ -325,7 +350,7 @@ template <typename T> void adam(const Args* a) {
   }
   const Moments<T> k(a, lr, b1, b2, wd);
   const T eps = (T)a->hp[3];
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
   with(coupled, [&](auto DEC) {
   with(a->flags & F_AMSGRAD, [&](auto AMS) {
@@ -351,6 +376,7 @@ template <typename T> void adam(const Args* a) {
     });
   });
   });
+  });
 }
 
 // ---------------------------------------------------------------- NAdam
@@ -372,7 +398,7 @@ template <typename T> void nadam(const Args* a) {
   }
   const Moments<T> k(a, lr, b1, b2, wd);
   const T eps = (T)a->hp[3];
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
   with(coupled, [&](auto DEC) {
     for_chunks<T>(a, chunks(a), [=, &bc2, &cg, &cm](int64_t t, int64_t lo, int64_t hi) {
@@ -399,6 +425,7 @@ template <typename T> void nadam(const Args* a) {
       });
     });
   });
+  });
 }
 
 // ---------------------------------------------------------------- RAdam
@@ -421,7 +448,7 @@ template <typename T> void radam(const Args* a) {
   }
   const Moments<T> k(a, lr, b1, b2, wd);
   const T eps = (T)a->hp[3], tlr = (T)lr;
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
   with(coupled, [&](auto DEC) {
     for_chunks<T>(a, chunks(a), [=, &bc1, &rect, &bc2s, &adaptive](int64_t t, int64_t lo, int64_t hi) {
@@ -449,6 +476,7 @@ template <typename T> void radam(const Args* a) {
       });
     });
   });
+  });
 }
 
 // ---------------------------------------------------------------- Adamax
@@ -462,7 +490,7 @@ template <typename T> void adamax(const Args* a) {
   }
   const Lerp<T> lerp((T)(1.0 - b1));
   const T tb2 = (T)a->hp[2], eps = (T)a->hp[3], wd = (T)a->hp[4];
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   with(a->flags & F_WD, [&](auto DEC) {
     for_chunks<T>(a, chunks(a), [=, &nclr](int64_t t, int64_t lo, int64_t hi) {
       T* __restrict__ p = (T*)a->p[t];
@@ -482,6 +510,7 @@ template <typename T> void adamax(const Args* a) {
       }
     });
   });
+  });
 }
 
 // ---------------------------------------------------------------- Lion
@@ -491,7 +520,7 @@ template <typename T> void lion(const Args* a) {
   const T tb1 = (T)a->hp[1], w1 = (T)(1.0 - a->hp[1]), tb2 = (T)a->hp[2],
           w2 = (T)(1.0 - a->hp[2]), nlr = (T)(-lr),
           decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
-  const Grad<T> grad(a);
+  with_grad<T>(a, [&](auto grad) {
   for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
     T* __restrict__ p = (T*)a->p[t];
     const T* __restrict__ g = (const T*)a->g[t];
@@ -503,6 +532,7 @@ template <typename T> void lion(const Args* a) {
       p[j] = fma_(nlr, s, p[j] * decay);
       m[j] = fma_(w2, d, m[j] * tb2);
     }
+  });
   });
 }
 
@@ -647,7 +677,7 @@ int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
   Args a{};
   a.n = n;
   a.size = size;
-  std::vector<Chunk> cs = chunks(&a);
+  std::vector<Chunk> cs = chunks(&a, false);
   const int64_t nc = (int64_t)cs.size();
   int64_t first = n;
 #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(min : first) \
