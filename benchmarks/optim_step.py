@@ -3,6 +3,7 @@ fastest mode on this machine, in one process.
 
     python benchmarks/optim_step.py            # full: median of 15 steps after 3 warm-up
     python benchmarks/optim_step.py --quick    # median of 9 steps after 2 warm-up
+    python benchmarks/optim_step.py --std-sqrt # kernels with std::sqrt instead of torch's
 
 Cases: (a) 10M float32 parameters in 100 tensors of 400x250, (b) 1M in 1000 tensors of
 40x25. Gradients are fixed random tensors (no backward pass is timed). Each lrkit
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import os
 import platform
 import statistics
 import sys
@@ -28,6 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if "--std-sqrt" in sys.argv:
+    os.environ["LRKIT_KERNEL_SQRT"] = "std"
 
 from lrkit.optim import REGISTRY, _kernel  # noqa: E402
 
@@ -117,13 +121,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="median of 9 steps, 2 warm-up")
     ap.add_argument("--only", nargs="*", help="optimizer names (default: all)")
     ap.add_argument("--case", choices=["a", "b", "both"], default="both")
+    ap.add_argument("--std-sqrt", action="store_true",
+                    help="kernels take std::sqrt (correctly rounded) instead of torch's")
     args = ap.parse_args(argv)
     warmup, reps = (2, 9) if args.quick else (3, 15)
     names = args.only or list(REGISTRY)
     _kernel.library()  # build outside the timings
-    print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, kernel "
-          f"{'on' if _kernel.available() else 'OFF'}; median of {reps} steps")
+    sqrt = "torch's sqrt" if _kernel.TORCH_SQRT else "std::sqrt"
+    print(f"# {datetime.date.today()}  {cpu_name()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, kernel {'on' if _kernel.available() else 'OFF'} "
+          f"({sqrt}); median of {reps} steps; load average {os.getloadavg()[0]:.2f}")
     for case in (["a", "b"] if args.case == "both" else [args.case]):
         n, copy, rows, adam_gbs = bench(names, case, warmup, reps)
         count, shape = CASES[case]
@@ -140,7 +147,18 @@ def main(argv=None) -> int:
             print(f"\ntorch Adam ({next(r[1] for r in rows if r[0] == 'Adam')}) reaches "
                   f"{adam_gbs:.1f} GB/s; slowest lrkit optimizer {worst:.1f} GB/s "
                   f"({worst / adam_gbs:.2f}x of it)")
+    print(f"\n# load average at the end {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

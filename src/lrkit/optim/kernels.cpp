@@ -68,18 +68,6 @@ double bump(const Args* a, void** sc, int64_t t, double by = 1.0) {
   float* s = (float*)sc[t]; *s += (float)by; return (double)*s;
 }
 
-// The gradient as the update reads it, without branches (so loops vectorise): negated
-// for maximize (times -1: exact), NaN/Inf as zero. The latter is nonfinite="zero"; in the
-// other modes the gradients were checked finite before, so it changes nothing.
-template <typename T> struct Grad {
-  T sign;
-  explicit Grad(const Args* a) : sign((a->flags & F_MAXIMIZE) ? T(-1) : T(1)) {}
-  inline T operator()(const T* __restrict__ g, int64_t j) const {
-    T x = g[j] * sign;
-    return (std::fabs(x) <= std::numeric_limits<T>::max()) ? x : T(0);
-  }
-};
-
 // Run f(std::bool_constant<b>{}): loops are compiled once per value of the flags that
 // decide which arrays they store to, with no branch inside.
 template <typename F> inline void with(bool b, F&& f) {
@@ -541,91 +529,130 @@ template <typename T> void lion(const Args* a) {
 // s1: row_var (or variance for vectors), s2: col_var, sc1: step.
 // Each tensor needs three reductions (RMS of the weight, row/column means of g^2, RMS of
 // the update) before its weights change, so one thread takes a whole tensor (dynamic
-// schedule) and makes three passes over it while it sits in its cache: the memory
-// traffic stays near the minimum (read w and g, write w), not three times it. Sums are
-// accumulated in double.
-template <typename T>
-void adafactor_one(const Args* a, int64_t t, double step, std::vector<double>& colsum) {
+// schedule) and makes its passes while the tensor sits in its cache: the memory traffic
+// stays near the minimum (read w and g, write w). Sums are accumulated in double, in
+// LANES partial sums so the loops vectorise. For matrices the update is
+// g / sqrt(max(r_i c_j / mean(r), eps1^2)) = g * a_i * b_j with a_i = 1 / sqrt(r_i /
+// mean(r)) and b_j = 1 / sqrt(c_j) wherever the clamp does not bite (no square root per
+// element): equal to the reference to rounding, not bit for bit.
+constexpr int LANES = 8;
+
+template <typename T> inline double sumsq(const T* __restrict__ x, int64_t n) {
+  double acc[LANES] = {0};
+  int64_t j = 0;
+  for (; j + LANES <= n; j += LANES)
+    for (int l = 0; l < LANES; ++l) acc[l] += (double)x[j + l] * (double)x[j + l];
+  double s = 0;
+  for (; j < n; ++j) s += (double)x[j] * (double)x[j];
+  for (int l = 0; l < LANES; ++l) s += acc[l];
+  return s;
+}
+
+template <typename T, typename G>
+void adafactor_one(const Args* a, const G& grad, int64_t t, double step,
+                   std::vector<double>& colsum, std::vector<T>& scratch) {
   const double lr = a->hp[0], eps2 = a->hp[3], dd = a->hp[4], wd = a->hp[5];
   const T eps1 = a->hp[2] < 0 ? std::numeric_limits<T>::epsilon() : (T)a->hp[2];
-  const T w = (T)std::pow(step, a->hp[1]);
-  const Lerp<T> lerp(w);
-  const Grad<T> grad(a);
+  const Lerp<T> lerp((T)std::pow(step, a->hp[1]));
   T* __restrict__ p = (T*)a->p[t];
   const T* __restrict__ g = (const T*)a->g[t];
   const int64_t n = a->size[t], R = a->rows[t], C = a->cols[t];
   const double rho = std::min(lr, 1.0 / std::pow(step, 0.5));
-  double sp = 0;
-  for (int64_t j = 0; j < n; ++j) sp += (double)p[j] * (double)p[j];
-  const double alpha = std::max(eps2, std::sqrt(sp) / std::pow((double)n, 0.5)) * rho;
-  const T e2 = eps1 * eps1;
+  const double alpha = std::max(eps2, std::sqrt(sumsq(p, n)) / std::pow((double)n, 0.5)) * rho;
+  const T e2 = eps1 * eps1, inv_e = T(1) / std::sqrt(e2);
+  const T decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
   double su = 0;
   if (R == 0) {  // a vector: the full second moment
     T* __restrict__ v = (T*)a->s1[t];
+    scratch.resize(n);
+    T* __restrict__ f = scratch.data();
     for (int64_t j = 0; j < n; ++j) {
       T x = grad(g, j);
       T vv = lerp(v[j], x * x);
       v[j] = vv;
-      T u = x * (T(1) / std::sqrt(std::max(vv, e2)));
-      su += (double)u * (double)u;
+      f[j] = T(1) / std::sqrt(std::max(vv, e2));
     }
-  } else {  // a batch of R x C matrices: row and column factors
-    T* __restrict__ rv = (T*)a->s1[t];
-    T* __restrict__ cv = (T*)a->s2[t];
-    const int64_t B = n / (R * C);
-    colsum.assign(C, 0.0);
-    for (int64_t b = 0; b < B; ++b) {
-      const T* __restrict__ gb = g + b * R * C;
-      std::fill(colsum.begin(), colsum.end(), 0.0);
-      double* __restrict__ cs = colsum.data();
-      double rsum = 0;
-      for (int64_t i = 0; i < R; ++i) {
-        double rs = 0;
-        for (int64_t j = 0; j < C; ++j) {
-          double x = (double)grad(gb, i * C + j);
-          rs += x * x;
-          cs[j] += x * x;
-        }
-        T r = lerp(rv[b * R + i], (T)(rs / (double)C));
-        rv[b * R + i] = r;
-        rsum += r;
+    double acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+      for (int l = 0; l < LANES; ++l) {
+        double u = (double)(grad(g, j + l) * f[j + l]);
+        acc[l] += u * u;
       }
-      for (int64_t j = 0; j < C; ++j) cv[b * C + j] = lerp(cv[b * C + j], (T)(cs[j] / (double)R));
-      const T rmean = std::max((T)(rsum / (double)R), eps1);
-      for (int64_t i = 0; i < R; ++i) {
-        const T ri = rv[b * R + i];
-        for (int64_t j = 0; j < C; ++j) {
-          T u = grad(gb, i * C + j) * (T(1) / std::sqrt(std::max(ri * cv[b * C + j] / rmean, e2)));
-          su += (double)u * (double)u;
+    for (; j < n; ++j) { double u = (double)(grad(g, j) * f[j]); su += u * u; }
+    for (int l = 0; l < LANES; ++l) su += acc[l];
+    const T scale = (T)(-alpha / std::max(1.0, std::sqrt(su) / (std::pow((double)n, 0.5) * dd)));
+    for (int64_t j2 = 0; j2 < n; ++j2) p[j2] = fma_(scale, grad(g, j2) * f[j2], p[j2] * decay);
+    return;
+  }
+  // a batch of R x C matrices: row and column factors
+  T* __restrict__ rv = (T*)a->s1[t];
+  T* __restrict__ cv = (T*)a->s2[t];
+  const int64_t B = n / (R * C);
+  colsum.assign(C, 0.0);
+  scratch.resize(R + C);
+  T* __restrict__ ra = scratch.data();      // a_i
+  T* __restrict__ cb = scratch.data() + R;  // b_j
+  std::vector<T> rinv(B);                   // 1 / mean(r) of each matrix
+  for (int64_t b = 0; b < B; ++b) {
+    const T* __restrict__ gb = g + b * R * C;
+    double* __restrict__ cs = colsum.data();
+    std::fill(cs, cs + C, 0.0);
+    double rsum = 0;
+    for (int64_t i = 0; i < R; ++i) {
+      double acc[LANES] = {0}, rs = 0;
+      int64_t j = 0;
+      const T* __restrict__ gi = gb + i * C;
+      for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; ++l) {
+          double x = (double)grad(gi, j + l);
+          acc[l] += x * x;
+          cs[j + l] += x * x;
         }
+      for (; j < C; ++j) { double x = (double)grad(gi, j); rs += x * x; cs[j] += x * x; }
+      for (int l = 0; l < LANES; ++l) rs += acc[l];
+      T r = lerp(rv[b * R + i], (T)(rs / (double)C));
+      rv[b * R + i] = r;
+      rsum += r;
+    }
+    for (int64_t j = 0; j < C; ++j) cv[b * C + j] = lerp(cv[b * C + j], (T)(cs[j] / (double)R));
+    const T rmean = std::max((T)(rsum / (double)R), eps1);
+    rinv[b] = T(1) / rmean;
+    for (int64_t i = 0; i < R; ++i) ra[i] = T(1) / std::sqrt(rv[b * R + i] * rinv[b]);
+    for (int64_t j = 0; j < C; ++j) cb[j] = T(1) / std::sqrt(cv[b * C + j]);
+    for (int64_t i = 0; i < R; ++i) {
+      const T ri = rv[b * R + i] * rinv[b], ai = ra[i];
+      const T* __restrict__ gi = gb + i * C;
+      const T* __restrict__ cvb = cv + b * C;
+      double acc[LANES] = {0};
+      int64_t j = 0;
+      for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; ++l) {
+          T x = grad(gi, j + l);
+          double u = (double)(ri * cvb[j + l] >= e2 ? x * ai * cb[j + l] : x * inv_e);
+          acc[l] += u * u;
+        }
+      for (; j < C; ++j) {
+        T x = grad(gi, j);
+        double u = (double)(ri * cvb[j] >= e2 ? x * ai * cb[j] : x * inv_e);
+        su += u * u;
       }
+      for (int l = 0; l < LANES; ++l) su += acc[l];
     }
   }
-  const double denom = std::max(1.0, std::sqrt(su) / (std::pow((double)n, 0.5) * dd));
-  const T scale = (T)(-alpha / denom);
-  const T decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
-  if (R == 0) {
-    const T* __restrict__ v = (const T*)a->s1[t];
-    for (int64_t j = 0; j < n; ++j) {
-      T u = grad(g, j) * (T(1) / std::sqrt(std::max(v[j], e2)));
-      p[j] = fma_(scale, u, p[j] * decay);
-    }
-  } else {
-    const T* __restrict__ rv = (const T*)a->s1[t];
-    const T* __restrict__ cv = (const T*)a->s2[t];
-    for (int64_t b = 0; b < n / (R * C); ++b) {
-      double rsum = 0;
-      for (int64_t i = 0; i < R; ++i) rsum += rv[b * R + i];
-      const T rmean = std::max((T)(rsum / (double)R), eps1);
-      for (int64_t i = 0; i < R; ++i) {
-        const T ri = rv[b * R + i];
-        T* __restrict__ pb = p + (b * R + i) * C;
-        const T* __restrict__ gb = g + (b * R + i) * C;
-        const T* __restrict__ cb = cv + b * C;
-        for (int64_t j = 0; j < C; ++j) {
-          T u = grad(gb, j) * (T(1) / std::sqrt(std::max(ri * cb[j] / rmean, e2)));
-          pb[j] = fma_(scale, u, pb[j] * decay);
-        }
+  const T scale = (T)(-alpha / std::max(1.0, std::sqrt(su) / (std::pow((double)n, 0.5) * dd)));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < R; ++i) ra[i] = T(1) / std::sqrt(rv[b * R + i] * rinv[b]);
+    for (int64_t j = 0; j < C; ++j) cb[j] = T(1) / std::sqrt(cv[b * C + j]);
+    for (int64_t i = 0; i < R; ++i) {
+      const T ri = rv[b * R + i] * rinv[b], ai = ra[i];
+      T* __restrict__ pi = p + (b * R + i) * C;
+      const T* __restrict__ gi = g + (b * R + i) * C;
+      const T* __restrict__ cvb = cv + b * C;
+      for (int64_t j = 0; j < C; ++j) {
+        T x = grad(gi, j);
+        T u = ri * cvb[j] >= e2 ? x * ai * cb[j] : x * inv_e;
+        pi[j] = fma_(scale, u, pi[j] * decay);
       }
     }
   }
@@ -634,12 +661,15 @@ void adafactor_one(const Args* a, int64_t t, double step, std::vector<double>& c
 template <typename T> void adafactor(const Args* a) {
   std::vector<double> steps(a->n);
   for (int64_t t = 0; t < a->n; ++t) steps[t] = bump(a, a->sc1, t);
+  with_grad<T>(a, [&](auto grad) {
 #pragma omp parallel num_threads(a->nthreads) if (a->n > 1)
-  {
-    std::vector<double> colsum;
+    {
+      std::vector<double> colsum;
+      std::vector<T> scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < a->n; ++t) adafactor_one<T>(a, t, steps[t], colsum);
-  }
+      for (int64_t t = 0; t < a->n; ++t) adafactor_one<T>(a, grad, t, steps[t], colsum, scratch);
+    }
+  });
 }
 
 // ---------------------------------------------------------------- non-finite check
@@ -647,10 +677,15 @@ template <typename T> void adafactor(const Args* a) {
 // 0 float32, 1 float64, 2 bfloat16, 3 float16. Integer bit tests, so it vectorises.
 template <typename U>
 bool any_nonfinite(const void* data, int64_t lo, int64_t hi, U expmask) {
-  const U* x = (const U*)data;
-  U acc = 0;
-  for (int64_t j = lo; j < hi; ++j) acc |= (U)((x[j] & expmask) == expmask);
-  return acc != 0;
+  // |x| as bits: NaN or Inf iff it is at least the all-ones exponent (a max: vectorises)
+  const U* __restrict__ x = (const U*)data;
+  const U abs = (U)~((U)1 << (8 * sizeof(U) - 1));
+  U m = 0;
+  for (int64_t j = lo; j < hi; ++j) {
+    U v = x[j] & abs;
+    m = v > m ? v : m;
+  }
+  return m >= expmask;
 }
 
 }  // namespace
