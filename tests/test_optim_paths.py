@@ -101,3 +101,18 @@ def test_kernel_falls_back_per_tensor():
         a.step()
         b.step()
     assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "Adagrad"])
+def test_kernel_reads_float64_step_counters(name):
+    """With float64 as the default dtype torch keeps ``step`` (and NAdam's mu_product) in
+    float64; the kernel reads them as such."""
+    info = next(i for i in INFOS if i.name == name)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ref = run(info.cls, info.configs[-1], torch.float64, False, 10, impl="reference")
+        fast = run(info.cls, info.configs[-1], torch.float64, False, 10, impl="auto")
+    finally:
+        torch.set_default_dtype(old)
+    assert rel_err(fast, ref) <= 1e-12

@@ -239,15 +239,23 @@ def first_nonfinite_in(batches: list[Batch]) -> tuple[Batch, int] | None:
     return None
 
 
-def launch(opt: Any, group: dict[str, Any], batch: Batch) -> None:
-    """One kernel call updating every tensor of ``batch`` (state already initialised)."""
+def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
+    """One kernel call updating every tensor of ``batch`` (state already initialised).
+    False, changing nothing, where the kernel cannot read the 0-dim state (step...): it
+    takes CPU float32 or float64, all alike."""
     state = opt.state
     keys, scal, hp, flags = opt._kernel_args(group)
+    sts = [state[p] for p in batch.params]
+    sc = [[st[k] for st in sts] if k else None for k in scal]
+    if sc[0] is not None:
+        dtypes = {t.dtype for col in sc if col is not None for t in col}
+        if len(dtypes) > 1 or not dtypes <= {torch.float32, torch.float64} or not all(
+                t.is_cpu for col in sc if col is not None for t in col):
+            return False
     if opt.nonfinite == "zero":
         flags |= F_ZERO
     ps = batch.params
     first = opt._kernel_prepare(group, ps)
-    sts = [state[p] for p in ps]
     cols = []
     for k in keys:
         if k is None:
@@ -261,7 +269,6 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> None:
                 t = st[name] = t.contiguous()
             col.append(t)
         cols.append(_ptrs(col))
-    sc = [[st[k] for st in sts] if k else None for k in scal]
     sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
     args = _Args()
     args.n = len(ps)
@@ -282,17 +289,6 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> None:
     args.nthreads = torch.get_num_threads()
     args.sc_f64 = sc_f64
     getattr(library(), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(ctypes.byref(args))
+    return True
 
 
-def scalar_state_ok(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
-    """The kernel reads 0-dim state (step...) as CPU float32 or float64, all alike."""
-    scal = opt._kernel_args(group)[1]
-    dtypes = set()
-    for k in scal:
-        if k:
-            for p in batch.params:
-                t = opt.state[p][k]
-                if not t.is_cpu:
-                    return False
-                dtypes.add(t.dtype)
-    return dtypes <= {torch.float32, torch.float64} and len(dtypes) <= 1

@@ -227,9 +227,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}
             for b in batches:
-                if _kernel.scalar_state_ok(self, group, b):
-                    _kernel.launch(self, group, b)
-                else:
+                if not _kernel.launch(self, group, b):
                     params, grads = params + b.params, grads + b.grads
             if params:
                 self._update(group, params, grads)
