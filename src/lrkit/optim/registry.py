@@ -7,10 +7,21 @@ Scheduler). An entry names its reference by import path (``"torch.optim:Adam"``,
 ``"lion_pytorch:Lion"``, an author's package for the learning-rate-free methods) so
 that reading the registry imports nothing.
 
-Adding an optimizer (issue 4 and later): write the class on ``LrkitOptimizer``, then
-``register(OptimizerInfo(...))`` in this file with ``configs`` covering every option,
-``rtol`` for a reference that is an independent implementation, ``unsupported`` for
-keys the reference lacks, and ``tags`` (e.g. ``"lr_free"``, ``"needs_closure"``).
+Adding an optimizer (issue 4 and later):
+
+1. write the class on ``LrkitOptimizer`` in its family's file: ``_init_state`` (torch's
+   or the author's state keys), ``_reference_step`` (the readable spec), ``_explain``
+   (its effective lr and direction), ``torch_name = None``; a fast path is optional:
+   ``_foreach`` (see Lion) or a kernel in kernels.cpp with ``kernel``/``_kernel_args``;
+2. ``register(OptimizerInfo(...))`` here: ``reference="prodigyopt:Prodigy"`` (any
+   ``module:Class`` taking the same arguments), ``configs`` covering every option,
+   ``rtol`` loosened where the reference is an independent implementation,
+   ``unsupported`` for argument names the reference lacks, ``invalid`` and
+   ``schedulable``, and ``tags`` (``"lr_free"``, ``"needs_closure"``...) for generic
+   tests to select on.
+
+Every test in tests/test_optim_*.py then covers it: parity, fast paths, exact resume,
+state dicts, nonfinite modes, effective lr, bad arguments, Scheduler, torch.compile.
 """
 from __future__ import annotations
 
