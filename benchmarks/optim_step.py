@@ -9,11 +9,13 @@ Cases: (a) 10M float32 parameters in 100 tensors of 400x250, (b) 1M in 1000 tens
 40x25. Gradients are fixed random tensors (no backward pass is timed). Each lrkit
 optimizer runs as a user gets it: impl="auto", nonfinite="raise" (so every step includes
 the pass over the gradients that looks for NaN/Inf); the "check" column is that pass
-alone. The reference is the torch.optim namesake with fused=True where torch has a fused
-CPU kernel, else foreach=True, whichever is faster; for Lion, lion-pytorch (the only mode
-it has on CPU). Effective GB/s counts the minimal bytes each algorithm must move per
-parameter (e.g. 28 for Adam: read p, g, m, v; write p, m, v); "copy" is
-torch._foreach_copy_ over the same tensors (8 bytes per element), the ceiling.
+alone, and the "zero" columns the same optimizer with nonfinite="zero", which needs no
+separate pass (the kernel zeroes NaN/Inf entries as it reads them). The reference is the
+torch.optim namesake with fused=True where torch has a fused CPU kernel, else
+foreach=True, whichever is faster; for Lion, lion-pytorch (the only mode it has).
+Effective GB/s counts the minimal bytes each algorithm must move per parameter (e.g. 28
+for Adam: read p, g, m, v; write p, m, v); "copy" is torch._foreach_copy_ over the same
+tensors (8 bytes per element), the ceiling.
 """
 from __future__ import annotations
 
@@ -96,21 +98,25 @@ def bench(names, case, warmup, reps):
         ours = info.cls(tensors(count, shape, 1), **CONFIG.get(name, {}))
         grads = [p.grad for g in ours.param_groups for p in g["params"]]
         label, theirs = reference_step(info, count, shape)
-        t_ours, t_ref = [], []
+        t_ours, t_ref, t_zero = [], [], []
         for _ in range(warmup):
             ours.step()
             theirs()
-        for _ in range(reps):  # interleaved, so drifting machine load hits both alike
+        for _ in range(reps):  # interleaved, so drifting machine load hits all alike
             t_ours += timed(ours.step, 0, 1)
             t_ref += timed(theirs, 0, 1)
+            ours.nonfinite = "zero"  # no separate pass: the kernel zeroes NaN/Inf as it reads
+            t_zero += timed(ours.step, 0, 1)
+            ours.nonfinite = "raise"
         check = statistics.median(timed(lambda g=grads: _kernel.first_nonfinite(g), 1, reps))
         mo, mr = statistics.median(t_ours), statistics.median(t_ref)
         gbs = BYTES[name] * n / mo / 1e9
         ref_gbs = BYTES[name] * n / mr / 1e9
         if name == "Adam":
             adam_gbs = ref_gbs
+        mz = statistics.median(t_zero)
         rows.append((name, label, n / mo / 1e6, gbs, n / mr / 1e6, ref_gbs, mr / mo,
-                     check * 1e3, check / mo))
+                     check * 1e3, check / mo, n / mz / 1e6, mr / mz))
         del ours, theirs, grads
         gc.collect()
     return n, copy, rows, adam_gbs
@@ -137,11 +143,12 @@ def main(argv=None) -> int:
         print(f"\n## case ({case}): {n / 1e6:g}M float32 params in {count} tensors of "
               f"{shape[0]}x{shape[1]}; copy ceiling {8 * n / copy / 1e9:.1f} GB/s")
         print("| optimizer | reference mode | lrkit Mparam/s | lrkit GB/s | ref Mparam/s | "
-              "ref GB/s | lrkit / ref | check ms | check / step |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-        for name, label, mo, gbs, mr, rgbs, ratio, check, frac in rows:
+              "ref GB/s | lrkit / ref | check ms | check / step | zero: Mparam/s | "
+              "zero / ref |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, label, mo, gbs, mr, rgbs, ratio, check, frac, mz, rz in rows:
             print(f"| {name} | {label} | {mo:.0f} | {gbs:.1f} | {mr:.0f} | {rgbs:.1f} | "
-                  f"{ratio:.2f}x | {check:.2f} | {frac:.0%} |")
+                  f"{ratio:.2f}x | {check:.2f} | {frac:.0%} | {mz:.0f} | {rz:.2f}x |")
         if adam_gbs:
             worst = min(r[3] for r in rows)
             print(f"\ntorch Adam ({next(r[1] for r in rows if r[0] == 'Adam')}) reaches "
