@@ -116,3 +116,18 @@ def test_kernel_reads_float64_step_counters(name):
     finally:
         torch.set_default_dtype(old)
     assert rel_err(fast, ref) <= 1e-12
+
+
+def test_kernel_bumps_version_counters_like_inplace_ops():
+    """Autograd still notices that a step changed a tensor saved for backward."""
+    info = next(i for i in INFOS if i.name == "Adam")
+    for impl in ("reference", "kernel"):
+        w = torch.nn.Parameter(torch.randn(5))
+        opt = info.cls([w], lr=0.1, impl=impl)
+        loss = (w * w).sum()  # saves w for backward
+        w.grad = torch.ones(5)
+        before = w._version
+        opt.step()
+        assert w._version > before
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()

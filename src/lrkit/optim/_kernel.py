@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 _SRC = Path(__file__).with_name("kernels.cpp")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
@@ -256,7 +257,7 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
         flags |= F_ZERO
     ps = batch.params
     first = opt._kernel_prepare(group, ps)
-    cols = []
+    cols, written = [], list(ps)
     for k in keys:
         if k is None:
             cols.append(None)
@@ -269,6 +270,7 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
                 t = st[name] = t.contiguous()
             col.append(t)
         cols.append(_ptrs(col))
+        written += [t for t in col if t is not None]
     sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
     args = _Args()
     args.n = len(ps)
@@ -289,6 +291,8 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     args.nthreads = torch.get_num_threads()
     args.sc_f64 = sc_f64
     getattr(library(), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(ctypes.byref(args))
+    # writes through data pointers: tell autograd, as torch's in-place ops do
+    increment_version(written + [t for col in sc if col is not None for t in col])
     return True
 
 
