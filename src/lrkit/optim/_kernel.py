@@ -257,7 +257,7 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
         flags |= F_ZERO
     ps = batch.params
     first = opt._kernel_prepare(group, ps)
-    cols, written = [], list(ps)
+    cols = []
     for k in keys:
         if k is None:
             cols.append(None)
@@ -270,7 +270,6 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
                 t = st[name] = t.contiguous()
             col.append(t)
         cols.append(_ptrs(col))
-        written += [t for t in col if t is not None]
     sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
     args = _Args()
     args.n = len(ps)
@@ -291,8 +290,9 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     args.nthreads = torch.get_num_threads()
     args.sc_f64 = sc_f64
     getattr(library(), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(ctypes.byref(args))
-    # writes through data pointers: tell autograd, as torch's in-place ops do
-    increment_version(written + [t for col in sc if col is not None for t in col])
+    # it wrote through data pointers: tell autograd about the parameters, as torch's
+    # in-place ops would (the state never takes part in a graph)
+    increment_version(ps)
     return True
 
 
