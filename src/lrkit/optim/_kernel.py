@@ -1,9 +1,9 @@
 """Build and call lrkit's multi-tensor C++ kernels (``kernels.cpp``) through ctypes.
 
-The source is compiled once per machine with the system C++ compiler (``$CXX``, else
-g++/c++/clang++; no torch headers; 10-20 seconds on two cores, once) into
-``$LRKIT_CACHE_DIR`` (default ``~/.cache/lrkit``), keyed by a hash of the source, the
-flags and the CPU. Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
+The source is compiled with the system C++ compiler (``$CXX``, else g++/c++/clang++; no
+torch headers), one library per algorithm on its first use (2-4 seconds each, once per
+machine), into ``$LRKIT_CACHE_DIR`` (default ``~/.cache/lrkit``), keyed by a hash of the
+source, the flags and the CPU. Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
 False and the optimizers run their reference path on CPU (torch's own CPU default):
 slower, same results.
 """
@@ -31,9 +31,7 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-er
           "-std=c++17", "-shared", "-fPIC"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _CHECK_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-_lock = threading.Lock()
-_lib: Any = None
-_tried = False
+_lock = threading.RLock()
 TORCH_SQRT = False  # the kernels take square roots as torch's CPU Tensor.sqrt does
 
 # flag bits, as in kernels.cpp
@@ -67,22 +65,28 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def _build() -> Path | None:
-    compiler = os.environ.get("CXX") or next(
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or next(
         (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+
+
+def _build(algo: str) -> Path | None:
+    """The library of one algorithm ("check": only the non-finite check), built once."""
+    compiler = _compiler()
     if compiler is None:
         return None
+    flags = [*_FLAGS, f"-DLRK_ONLY_{algo}"]
     key = hashlib.sha256("\0".join(
-        [_SRC.read_text(), " ".join(_FLAGS), compiler, platform.machine(), _cpu_id()]
+        [_SRC.read_text(), " ".join(flags), compiler, platform.machine(), _cpu_id()]
     ).encode()).hexdigest()[:16]
-    out = cache_dir() / f"lrkit_kernels_{key}.so"
+    out = cache_dir() / f"lrkit_{algo}_{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *_FLAGS, str(_SRC), "-o", tmp], check=True,
+        subprocess.run([compiler, *flags, str(_SRC), "-o", tmp], check=True,
                        capture_output=True, text=True, timeout=300)
         os.replace(tmp, out)  # atomic: concurrent builds (pytest -n) are harmless
     finally:
@@ -91,42 +95,46 @@ def _build() -> Path | None:
     return out
 
 
-def library() -> Any:
-    """The loaded kernel library, building it on first use; None where unavailable."""
-    global _lib, _tried
-    if _tried:
-        return _lib
+_libs: dict[str, Any] = {}
+
+
+def library(algo: str = "check") -> Any:
+    """The loaded library of one algorithm's kernels (default: the check every library
+    has), built on first use; None where there is no compiler or LRKIT_NO_KERNEL=1."""
+    if algo in _libs:
+        return _libs[algo]
     with _lock:
-        if _tried:
-            return _lib
-        if os.environ.get("LRKIT_NO_KERNEL", "") not in ("", "0"):
-            _tried = True
-            return None
-        try:
-            path = _build()
-            if path is not None:
-                lib = ctypes.CDLL(str(path))
-                if os.environ.get("LRKIT_KERNEL_SQRT", "torch") != "std":
-                    _match_torch_sqrt(lib)
-                lib.lrk_first_nonfinite.restype = ctypes.c_int64
-                lib.lrk_first_nonfinite.argtypes = [
-                    ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                    ctypes.c_int32]
-                _lib = lib
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", "") or exc
-            warnings.warn(f"lrkit: could not build the optimizer kernels ({detail}); "
-                          "using torch's foreach path", RuntimeWarning, stacklevel=3)
-        _tried = True
-        return _lib
+        if algo in _libs:
+            return _libs[algo]
+        lib = None
+        if os.environ.get("LRKIT_NO_KERNEL", "") in ("", "0") and (
+                algo == "check" or library("check") is not None):
+            try:
+                path = _build(algo)
+                if path is not None:
+                    lib = ctypes.CDLL(str(path))
+                    if os.environ.get("LRKIT_KERNEL_SQRT", "torch") != "std":
+                        _match_torch_sqrt(lib)
+                    lib.lrk_first_nonfinite.restype = ctypes.c_int64
+                    lib.lrk_first_nonfinite.argtypes = [
+                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_int32]
+            except (OSError, subprocess.SubprocessError) as exc:
+                detail = getattr(exc, "stderr", "") or exc
+                warnings.warn(f"lrkit: could not build the optimizer kernels ({detail}); "
+                              "the optimizers run their reference path", RuntimeWarning,
+                              stacklevel=3)
+                lib = None
+        _libs[algo] = lib
+        return lib
 
 
 def _match_torch_sqrt(lib: Any) -> None:
     """Hand the kernels the square root torch's CPU ``Tensor.sqrt`` uses (MKL's
     vsSqrt/vdSqrt inside libtorch on x86 builds) if it reproduces ``torch.sqrt`` exactly,
     so the kernels equal torch's single-tensor optimizers bit for bit; otherwise, or with
-    ``LRKIT_KERNEL_SQRT=std``, they keep the correctly rounded ``std::sqrt`` (a little
-    faster where the step is compute-bound: small tensors in cache)."""
+    ``LRKIT_KERNEL_SQRT=std``, they keep the correctly rounded ``std::sqrt`` (faster where
+    the step is compute-bound, see benchmarks/README.md)."""
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
         torch_lib = ctypes.CDLL(str(path))
@@ -289,7 +297,8 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     args.flags = flags
     args.nthreads = torch.get_num_threads()
     args.sc_f64 = sc_f64
-    getattr(library(), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(ctypes.byref(args))
+    getattr(library(opt.kernel), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(
+        ctypes.byref(args))
     # it wrote through data pointers: tell autograd about the parameters, as torch's
     # in-place ops would (the state never takes part in a graph)
     increment_version(ps)

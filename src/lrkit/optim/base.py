@@ -234,7 +234,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
 
     def _kernel_on(self) -> bool:
         return (self.impl in ("auto", "kernel") and self.kernel is not None
-                and not torch.compiler.is_compiling() and _kernel.available())
+                and not torch.compiler.is_compiling()
+                and _kernel.library(self.kernel) is not None)
 
     def _screen(self, plans: list) -> list | None:
         """Find non-finite gradients in one pass; raise, skip (None) or zero them."""

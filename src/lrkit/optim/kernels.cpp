@@ -11,7 +11,8 @@
 // the results equal torch's bit for bit. Built without other FP contraction, so results
 // do not depend on the thread count or the chunking.
 //
-// Plain C ABI, no torch headers: compiled on first use by lrkit/optim/_kernel.py.
+// Plain C ABI, no torch headers: compiled on first use by lrkit/optim/_kernel.py, one
+// library per algorithm (-DLRK_ONLY_adam ...) plus one with only the check.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -692,20 +693,32 @@ bool any_nonfinite(const void* data, int64_t lo, int64_t hi, U expmask) {
 
 extern "C" {
 
+// Each algorithm is built into its own library on first use (-DLRK_ONLY_<name>: a few
+// seconds each, not the whole file's twenty); every library has the check below.
 #define LRK_EXPORT(name)                                                      \
   void lrk_##name##_f32(const Args* a) { name<float>(a); }                   \
   void lrk_##name##_f64(const Args* a) { name<double>(a); }
-
+#if defined(LRK_ONLY_sgd)
 LRK_EXPORT(sgd)
+#elif defined(LRK_ONLY_adagrad)
 LRK_EXPORT(adagrad)
+#elif defined(LRK_ONLY_adadelta)
 LRK_EXPORT(adadelta)
+#elif defined(LRK_ONLY_rmsprop)
 LRK_EXPORT(rmsprop)
+#elif defined(LRK_ONLY_adam)
 LRK_EXPORT(adam)
+#elif defined(LRK_ONLY_nadam)
 LRK_EXPORT(nadam)
+#elif defined(LRK_ONLY_radam)
 LRK_EXPORT(radam)
+#elif defined(LRK_ONLY_adamax)
 LRK_EXPORT(adamax)
+#elif defined(LRK_ONLY_lion)
 LRK_EXPORT(lion)
+#elif defined(LRK_ONLY_adafactor)
 LRK_EXPORT(adafactor)
+#endif
 
 int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
                             const int32_t* dtype, int32_t nthreads) {
@@ -738,6 +751,6 @@ void lrk_set_sqrt(void* vs, void* vd) {
   g_vd = (vsqrt_f64)vd;
 }
 
-int32_t lrk_abi_version() { return 3; }
+int32_t lrk_abi_version() { return 4; }
 
 }  // extern "C"
