@@ -22,6 +22,8 @@ _LAZY = {
     "DivergenceError": "lrkit.guard",
     "find_lr": "lrkit.finder",
     "LRFinderResult": "lrkit.finder",
+    "optim": "lrkit.optim",
+    "NonFiniteGradientError": "lrkit.errors",
 }
 
 __all__ = ["SpecError", "schedules", "__version__", *_LAZY]
@@ -29,7 +31,8 @@ __all__ = ["SpecError", "schedules", "__version__", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        return module if module.__name__ == f"lrkit.{name}" else getattr(module, name)
     raise AttributeError(f"module 'lrkit' has no attribute {name!r}")
 
 
