@@ -24,6 +24,8 @@ _LAZY = {
     "LRFinderResult": "lrkit.finder",
     "optim": "lrkit.optim",
     "NonFiniteGradientError": "lrkit.errors",
+    "tune": "lrkit.tuning",
+    "TuneResult": "lrkit.tuning",
 }
 
 __all__ = ["SpecError", "schedules", "__version__", *_LAZY]

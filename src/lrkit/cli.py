@@ -239,5 +239,63 @@ def _print_suggestions(result) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
+@main.command()
+@click.argument("target")
+@click.option("--trials", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Finished trials to reach in the study (a rerun resumes up to it).")
+@click.option("--storage", default=None,
+              help="sqlite:///FILE, postgresql://USER@HOST/DB or journal:FILE "
+                   "[default: lrkit-tune.db here; lrkit-tune.journal with --workers > 1].")
+@click.option("--study", default=None, help="Study name [default: lrkit-TARGET].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine.")
+@click.option("--optimizer", default=None,
+              help="Optimizer, e.g. adam or \"sgd(nesterov=True)\" [default: the task's].")
+@click.option("--steps", type=click.IntRange(min=2), default=None,
+              help="Training steps per trial [default: the task's budget; 300 for a "
+                   "module:function TARGET].")
+@click.option("--pruner", type=click.Choice(["asha", "median", "hyperband", "none"]),
+              default="asha", show_default=True)
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe",
+              show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of the sampler and of the task.")
+@click.option("--out", type=click.Path(dir_okay=False), default="tune-report.html",
+              show_default=True, help="Where to write the HTML report.")
+def tune(target: str, trials: int, storage: str | None, study: str | None, workers: int,
+         optimizer: str | None, steps: int | None, pruner: str, sampler: str,
+         seed: int | None, out: str) -> None:
+    """Search the learning rate and schedule of TARGET with Optuna.
+
+    TARGET is a built-in task (quadratic, noisy_quadratic, mnist1d_mlp, mnist1d_cnn,
+    digits_softmax, rosenbrock, char_lm) or package.module:function returning (model,
+    loader, loss_fn). Every machine of a multi-machine search runs the same command with
+    the same --storage (PostgreSQL or a journal file on shared storage).
+    """
+    from lrkit.targets import TargetError
+    from lrkit.tuning import StorageError
+    from lrkit.tuning import tune as run_tune
+
+    try:
+        result = run_tune(target, trials=trials, storage=storage, study=study,
+                          workers=workers, optimizer=optimizer, steps=steps, pruner=pruner,
+                          sampler=sampler, seed=seed, report=out, progress=True)
+    except (TargetError, StorageError) as exc:
+        raise click.ClickException(str(exc)) from None
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts().items()))
+    click.echo(f"trials: {counts}")
+    try:
+        best = result.best_trial
+    except ValueError:
+        raise click.ClickException("no trial completed; see the report") from None
+    click.echo(f"best value {result.best_value:.6g} (trial #{best.number})")
+    if result.best_schedule is not None:
+        click.echo(f"best schedule: {result.best_schedule}")
+    for key, value in best.params.items():
+        if key not in ("lr", "schedule", "warmup"):
+            click.echo(f"best {key}: {value:.4g}" if isinstance(value, float)
+                       else f"best {key}: {value}")
+    click.echo(f"report written to {result.report_path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -99,10 +99,24 @@ def _check_shape(text: str, value: Any) -> tuple[Any, Any, Any]:
     return model, loader, loss_fn
 
 
+def optimizer_classes() -> dict[str, type]:
+    """Optimizer classes by lower-case name: lrkit.optim's, then torch.optim's others."""
+    import torch
+
+    import lrkit.optim
+
+    def found(module: Any, names: Iterable[str]) -> dict[str, type]:
+        return {n.lower(): getattr(module, n) for n in names
+                if isinstance(getattr(module, n, None), type)
+                and issubclass(getattr(module, n), torch.optim.Optimizer)
+                and n not in ("Optimizer", "LrkitOptimizer")}
+
+    return {**found(torch.optim, dir(torch.optim)), **found(lrkit.optim, lrkit.optim.__all__)}
+
+
 def optimizer_factory(text: str) -> Callable[..., Any]:
     """``params, **defaults -> optimizer`` for an optimizer text such as
     ``"sgd(momentum=0.9)"``; the text's own arguments win over ``defaults``."""
-    import torch
 
     source = text.strip() if isinstance(text, str) else ""
     try:
@@ -118,16 +132,13 @@ def optimizer_factory(text: str) -> Callable[..., Any]:
         except ValueError:
             raise TargetError(f"optimizer {text!r}: arguments must be literal values") from None
     else:
-        raise TargetError(f"optimizer must be a torch.optim class name with optional keyword "
+        raise TargetError(f"optimizer must be an optimizer class name with optional keyword "
                           f"arguments, e.g. 'adam' or 'sgd(momentum=0.9)', got {text!r}")
-    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
-               if isinstance(getattr(torch.optim, n), type)
-               and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
-               and n != "Optimizer"}
+    classes = optimizer_classes()
     cls = classes.get(name.lower())
     if cls is None:
-        raise TargetError(f"optimizer {name!r} is not in torch.optim; one of "
-                          f"{', '.join(sorted(classes))}")
+        raise TargetError(f"optimizer {name!r} is neither in lrkit.optim nor in torch.optim; "
+                          f"one of {', '.join(sorted(classes))}")
 
     def make(params: Any, **defaults: Any) -> Any:
         try:

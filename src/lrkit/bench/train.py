@@ -51,6 +51,7 @@ def train(
     steps: int | None = None,
     instance: TaskInstance | None = None,
     callback: Callable[[int, float], None] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> Run:
     """Train ``task`` (built from ``seed``, or the given ``instance``) for ``steps`` steps
     (default: the task's budget) and record its metric.
@@ -60,7 +61,8 @@ def train(
     of the number of steps returning one (``lambda n: S.cosine(0.1, total=n)``); ``None``
     leaves the optimizer's own lr alone. The metric is evaluated at step 0, every
     ``task.eval_every`` steps, at half the budget and at the end. ``callback(step, loss)``
-    is called after every step.
+    is called after every step, ``on_eval(step, metric)`` after every evaluation (an
+    exception either raises, such as a tuner's pruning signal, ends the run and propagates).
     """
     fn = "train()"
     if not isinstance(task, (Task, str)):
@@ -89,6 +91,8 @@ def train(
             run.steps_to_target = step
         if step == steps // 2:
             run.half = value
+        if on_eval is not None:
+            on_eval(step, value)
         return math.isfinite(value)
 
     ok = record(0)

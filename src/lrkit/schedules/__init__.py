@@ -56,6 +56,7 @@ from lrkit.schedules.decay import (
     step,
     wsd,
 )
+from lrkit.schedules.families import FAMILIES, family
 from lrkit.schedules.parse import parse
 
 
@@ -72,6 +73,7 @@ def as_schedule(value: "Schedule | str | float") -> Schedule:
 
 __all__ = [
     "REGISTRY", "Schedule", "SpecError", "as_schedule", "from_config", "parse",
+    "FAMILIES", "family",
     "Exponential", "StepBased", "TimeBased", "exponential", "step_based", "time_based",
     "Clip", "Join", "Product", "Warmup", "clip", "join", "product", "warmup",
     "CosineRestarts", "Cyclic", "OneCycle", "cosine_restarts", "cyclic", "one_cycle",
