@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import lrkit
 from lrkit.cli import main
 from lrkit.targets import TargetError, load_target, optimizer_factory
 
@@ -92,7 +93,7 @@ def test_bad_targets_exit_non_zero_with_one_line(target_module, target, message)
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--optimizer", "nadamw"], 1, "optimizer 'nadamw' is not in torch.optim"),
+    (["--optimizer", "nadamw"], 1, "optimizer 'nadamw' is neither in lrkit.optim nor"),
     (["--optimizer", "sgd(momentum=x)"], 1, "arguments must be literal values"),
     (["--optimizer", "sgd(bogus=1)"], 1, "optimizer 'sgd(bogus=1)':"),
     (["--start", "1", "--end", "0.1"], 2, "--end must be greater than --start"),
@@ -112,7 +113,9 @@ def test_load_target_and_optimizer_factory(target_module):
     assert t.name == "quadratic" and callable(t.loss_fn)
     make = optimizer_factory("AdamW(betas=(0.8, 0.9))")
     opt = make(torch.nn.Linear(2, 1).parameters(), lr=0.5)
-    assert isinstance(opt, torch.optim.AdamW)
+    assert isinstance(opt, lrkit.optim.AdamW)  # lrkit's, where lrkit has the algorithm
+    assert isinstance(optimizer_factory("lbfgs")(torch.nn.Linear(2, 1).parameters()),
+                      torch.optim.LBFGS)  # torch's otherwise
     assert opt.param_groups[0]["betas"] == (0.8, 0.9) and opt.param_groups[0]["lr"] == 0.5
     with pytest.raises(TargetError, match="got 3"):
         optimizer_factory(3)
