@@ -26,6 +26,8 @@ _LAZY = {
     "NonFiniteGradientError": "lrkit.errors",
     "tune": "lrkit.tuning",
     "TuneResult": "lrkit.tuning",
+    "autopilot": "lrkit.pilot",
+    "AutopilotReport": "lrkit.pilot",
 }
 
 __all__ = ["SpecError", "schedules", "__version__", *_LAZY]

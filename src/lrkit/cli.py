@@ -297,5 +297,67 @@ def tune(target: str, trials: int, storage: str | None, study: str | None, worke
     click.echo(f"report written to {result.report_path}")
 
 
+@main.command()
+@click.argument("target")
+@click.option("--steps", type=click.IntRange(min=10), default=None,
+              help="Training steps [default: the task's budget; required for a "
+                   "module:function TARGET].")
+@click.option("--optimizer", default="adamw", show_default=True,
+              help="Optimizer, e.g. adamw, \"sgd(momentum=0.9)\", or a learning-rate-free "
+                   "one: prodigy, schedulefree.")
+@click.option("--budget", type=click.FloatRange(min=1.0), default=1.5, show_default=True,
+              help="Total compute allowed, in runs of --steps (the search gets the rest).")
+@click.option("--schedule", default=None, help="Override the schedule (spec text); its "
+              "peak becomes the chosen rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="autopilot-report.html",
+              show_default=True, help="Where to write the HTML report.")
+def fit(target: str, steps: int | None, optimizer: str, budget: float, schedule: str | None,
+        seed: int, out: str) -> None:
+    """Train TARGET with the autopilot: it picks the learning rate and schedule, guards
+    the run and explains its choices.
+
+    TARGET is package.module:function returning (model, loader, loss_fn), or a built-in
+    task (its metric is reported at the end).
+    """
+    from lrkit.pilot import autopilot
+    from lrkit.targets import TargetError, load_target
+
+    try:
+        loaded = load_target(target, seed=seed)
+    except TargetError as exc:
+        raise click.ClickException(str(exc)) from None
+    task = None
+    if ":" not in target:
+        from lrkit.bench.tasks import get_task
+
+        task = get_task(target)
+        steps = steps or task.steps
+    if steps is None:
+        raise click.UsageError("--steps is required for a module:function TARGET")
+    if schedule is not None:
+        _parse_spec(schedule)
+    try:
+        report = autopilot(loaded.model, loaded.loader, loaded.loss_fn, steps=steps,
+                           optimizer=optimizer, budget=budget, seed=seed, schedule=schedule)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.explain())
+    lr = "learning-rate-free" if report.lr is None else f"{report.lr:.4g}"
+    click.echo(f"peak lr {lr}; schedule {report.schedule}")
+    click.echo(f"compute {report.relative_compute:.2f}x one run; final training loss "
+               f"{report._final_loss():.4g}" + (" (diverged)" if report.diverged else ""))
+    if task is not None:
+        value = _task_metric(task, loaded.model, seed)
+        click.echo(f"{task.metric}: {value:.4g} (target {task.target:g})")
+    report.to_html(out)
+    click.echo(f"report written to {out}")
+
+
+def _task_metric(task, model, seed: int) -> float:
+    """Evaluate a trained model with the task's metric (built for the same seed)."""
+    return task.build(seed).evaluate(model)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -98,3 +98,71 @@ def plot_lr_finder(result: Any, ax: Any = None):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def save_png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (for pages that embed their figures); closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_autopilot(report: Any, axes: Sequence[Any] | None = None):
+    """The autopilot's story in three panels: range test and probes, the schedule it
+    used, and the training curve (with guard interventions marked)."""
+    if axes is None:
+        _, axes = new_axes(3, figsize=(16, 4.2))
+    ax_search, ax_sched, ax_curve = axes
+    rt = report.range_test
+    if rt:
+        ax_search.plot(rt["lrs"], rt["losses"], color="0.6", lw=1, label="range test loss")
+        if report.suggestion:
+            ax_search.axvline(report.suggestion, color="tab:blue", ls="--", lw=1,
+                              label=f"suggestion {report.suggestion:.2g}")
+    if report.probes:
+        ax_probe = ax_search.twinx() if rt else ax_search
+        rungs = sorted({p.rung for p in report.probes})
+        for rung in rungs:
+            ps = [p for p in report.probes if p.rung == rung]
+            finite = [p for p in ps if np.isfinite(p.score)]
+            ax_probe.plot([p.lr for p in finite], [p.score for p in finite], "o-", ms=5,
+                          label=f"probes, {ps[0].steps} steps")
+        ax_probe.set_ylabel("probe loss")
+        ax_probe.legend(fontsize=8, loc="upper right")
+    if report.lr:
+        ax_search.axvline(report.lr, color="tab:red", lw=1.5, label=f"chosen {report.lr:.2g}")
+    ax_search.set_xscale("log")
+    ax_search.set_xlabel("learning rate")
+    ax_search.set_ylabel("range-test loss")
+    ax_search.set_title("Choosing the peak learning rate")
+    ax_search.legend(fontsize=8, loc="upper left")
+    steps = np.arange(len(report.lrs))
+    ax_sched.plot(steps, report.lrs, color="tab:red")
+    ax_sched.set_xlabel("step")
+    ax_sched.set_ylabel("learning rate")
+    ax_sched.set_title("Schedule used", fontsize=10)
+    losses = np.asarray(report.losses, dtype=float)
+    if len(losses):
+        ax_curve.plot(np.arange(len(losses)), losses, color="0.75", lw=0.6, label="train loss")
+        k = max(1, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax_curve.plot(np.arange(k - 1, len(losses)), smooth, color="tab:blue",
+                      label=f"train loss, mean of {k}")
+    if report.val_losses:
+        ax_curve.plot(report.val_steps, report.val_losses, "o-", color="tab:green", ms=3,
+                      label="validation loss")
+    for event in report.guard_events:
+        ax_curve.axvline(event["step"], color="tab:red", lw=0.8, alpha=0.6)
+    ax_curve.set_yscale("log" if len(losses) and np.nanmin(losses) > 0 else "linear")
+    ax_curve.set_xlabel("step")
+    ax_curve.set_title(f"Training ({report.relative_compute:.2f}x the compute of one run)")
+    ax_curve.legend(fontsize=8)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return axes

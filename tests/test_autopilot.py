@@ -1,0 +1,172 @@
+"""lrkit.autopilot: chooses the peak rate and schedule within its budget, guards the run,
+and explains itself."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import lrkit
+from lrkit import schedules as S
+from lrkit.cli import main
+from lrkit.pilot import AutopilotReport
+
+
+def problem(seed=0, n=2048):
+    w = torch.randn(16, 1, generator=torch.Generator().manual_seed(1234))  # one function
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, generator=g)
+    y = torch.tanh(x @ w) + 0.05 * torch.randn(n, 1, generator=g)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64,
+                                         shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    return model, loader, torch.nn.functional.mse_loss
+
+
+def full_loss(model, loader, loss_fn):
+    with torch.no_grad():
+        return float(np.mean([float(loss_fn(model(x), y)) for x, y in loader]))
+
+
+def test_chooses_a_rate_within_budget_and_trains():
+    model, loader, loss_fn = problem()
+    before = full_loss(model, loader, loss_fn)
+    report = lrkit.autopilot(model, loader, loss_fn, steps=300, optimizer="adam", seed=0,
+                             progress=False)
+    assert isinstance(report, AutopilotReport)
+    assert report.suggestion and report.suggestion > 0
+    assert report.lr in {p.lr for p in report.probes}
+    best_last_rung = min((p for p in report.probes if p.rung == max(q.rung for q in
+                                                                     report.probes)),
+                         key=lambda p: p.score)
+    assert report.lr == best_last_rung.lr
+    assert 1.0 < report.relative_compute <= 1.5 + 1e-9
+    assert report.compute["training"] == 300
+    assert len(report.losses) == len(report.lrs) == 300
+    schedule = S.parse(report.schedule)
+    np.testing.assert_allclose(report.lrs, schedule(np.arange(300)), rtol=1e-12)
+    assert max(report.lrs) == pytest.approx(report.lr)
+    assert full_loss(model, loader, loss_fn) < 0.3 * before
+    text = report.explain()
+    for word in ("range test", "probes", "peak learning rate", "schedule", "DivergenceGuard"):
+        assert word in text
+
+
+def test_budget_one_means_no_search():
+    model, loader, loss_fn = problem()
+    report = lrkit.autopilot(model, loader, loss_fn, steps=100, budget=1.0, progress=False)
+    assert report.probes == [] and report.range_test is None
+    assert report.relative_compute == pytest.approx(1.0)
+    assert report.lr == 1e-3
+
+
+def test_schedule_override_is_rescaled_to_the_chosen_peak():
+    model, loader, loss_fn = problem()
+    report = lrkit.autopilot(model, loader, loss_fn, steps=200, optimizer="sgd(momentum=0.9)",
+                             schedule="cosine(5.0, total=200)", seed=1, progress=False)
+    expected = S.cosine(5.0, total=200) * (report.lr / 5.0)
+    np.testing.assert_allclose(report.lrs, expected(np.arange(200)), rtol=1e-12)
+    assert "the one given" in report.explain()
+
+
+def test_val_loader_scores_probes_and_follows_the_run():
+    model, loader, loss_fn = problem()
+    _, val_loader, _ = problem(seed=5, n=256)
+    report = lrkit.autopilot(model, loader, loss_fn, steps=200, val_loader=val_loader,
+                             progress=False)
+    assert len(report.val_losses) == 20 and report.val_steps[-1] == 200
+    assert report.val_losses[-1] < report.val_losses[0]
+
+
+def test_any_batch_structure_through_step_fn_and_callbacks():
+    model, loader, loss_fn = problem()
+    dict_loader = [{"x": x, "y": y} for x, y in loader]
+    seen = []
+    report = lrkit.autopilot(model, dict_loader, step_fn=lambda m, b: loss_fn(m(b["x"]), b["y"]),
+                             steps=120, callbacks=[lambda step, loss, lr: seen.append(step)],
+                             progress=False)
+    assert seen == list(range(1, 121))
+    assert report.losses[-1] < report.losses[0]
+
+
+def test_the_guard_rolls_back_a_nan_and_the_run_still_completes():
+    model, loader, loss_fn = problem()
+    calls = {"n": 0}
+
+    def step_fn(m, batch):
+        calls["n"] += 1
+        x, y = batch
+        loss = loss_fn(m(x), y)
+        return loss * math.nan if calls["n"] == 150 else loss  # mid-run
+
+    report = lrkit.autopilot(model, loader, step_fn=step_fn, steps=300, budget=1.0,
+                             progress=False)
+    assert calls["n"] > 300  # the rolled-back steps were done again
+    assert len(report.guard_events) == 1 and report.guard_events[0]["kind"] == "nonfinite"
+    assert "intervened 1 time" in report.explain()
+    assert not report.diverged
+    assert len(report.lrs) == 300 and all(map(math.isfinite, report.losses))
+
+
+def test_plot_and_html(tmp_path):
+    model, loader, loss_fn = problem()
+    report = lrkit.autopilot(model, loader, loss_fn, steps=150, progress=False)
+    axes = report.plot()
+    assert len(axes) == 3
+    page = report.to_html(str(tmp_path / "r.html"))
+    assert "data:image/png;base64," in page and (tmp_path / "r.html").exists()
+    assert report.schedule in page
+    assert report.to_dict()["relative_compute"] == report.relative_compute
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    ({"steps": 5}, ValueError, "steps"),
+    ({"steps": 100, "budget": 0.5}, ValueError, "budget"),
+    ({"steps": 100, "optimizer": "nosuch"}, ValueError, "optimizer"),
+    ({"steps": 100, "optimizer": 3}, TypeError, "optimizer"),
+    ({"steps": 100, "callbacks": [1]}, TypeError, "callbacks"),
+    ({"steps": 100, "schedule": "cosine(0.1"}, ValueError, "expected"),
+])
+def test_invalid_arguments(kwargs, exc, name):
+    model, loader, loss_fn = problem()
+    with pytest.raises(exc, match=name):
+        lrkit.autopilot(model, loader, loss_fn, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="loss_fn or step_fn"):
+        lrkit.autopilot(model, loader, steps=100)
+
+
+def test_learning_rate_free_optimizer_skips_the_search():
+    pytest.importorskip("lrkit.optim.prodigy")
+    if not hasattr(lrkit.optim, "Prodigy"):
+        pytest.skip("lrkit.optim.Prodigy not available")
+    model, loader, loss_fn = problem()
+    report = lrkit.autopilot(model, loader, loss_fn, steps=100, optimizer="prodigy",
+                             progress=False)
+    assert report.lr is None and report.probes == [] and report.range_test is None
+    assert "learning-rate-free" in report.explain()
+    assert report.relative_compute == pytest.approx(1.0)
+
+
+def test_cli_fit_on_a_builtin_task(tmp_path):
+    out = tmp_path / "fit.html"
+    result = CliRunner().invoke(main, ["fit", "noisy_quadratic", "--steps", "200",
+                                       "--optimizer", "sgd(momentum=0.9)", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "peak lr" in result.output and "risk:" in result.output
+    assert out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nosuch.module:fn", "--steps", "50"], "cannot import"),
+    (["rosenbrock", "--optimizer", "bogus"], "optimizer"),
+    (["rosenbrock", "--schedule", "cosine(0.1"], "bad schedule"),
+])
+def test_cli_fit_errors(args, message):
+    result = CliRunner().invoke(main, ["fit", *args])
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output
