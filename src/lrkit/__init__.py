@@ -1,7 +1,8 @@
 """lrkit: everything about the learning rate of gradient-based training.
 
 ``from lrkit import schedules as S`` gives the schedule library (no torch needed);
-``lrkit.Scheduler`` drives any torch optimizer from it. Heavier parts are imported on
+``lrkit.Scheduler`` drives any torch optimizer from it; ``lrkit.find_lr`` runs the
+learning-rate range test. Heavier parts are imported on
 first use, so ``import lrkit`` stays light and never imports keras or jax.
 """
 from __future__ import annotations
@@ -19,6 +20,10 @@ _LAZY = {
     "Plateau": "lrkit.scheduler",
     "DivergenceGuard": "lrkit.guard",
     "DivergenceError": "lrkit.guard",
+    "find_lr": "lrkit.finder",
+    "LRFinderResult": "lrkit.finder",
+    "optim": "lrkit.optim",
+    "NonFiniteGradientError": "lrkit.errors",
 }
 
 __all__ = ["SpecError", "schedules", "__version__", *_LAZY]
@@ -26,7 +31,8 @@ __all__ = ["SpecError", "schedules", "__version__", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        return module if module.__name__ == f"lrkit.{name}" else getattr(module, name)
     raise AttributeError(f"module 'lrkit' has no attribute {name!r}")
 
 

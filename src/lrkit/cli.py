@@ -132,5 +132,112 @@ def show(spec: str, steps: int, at: str | None) -> None:
     Console().print(table)
 
 
+# -- the range test -----------------------------------------------------------------------
+@main.command()
+@click.argument("target")
+@click.option("--optimizer", default="adam", show_default=True,
+              help='A torch.optim class, any case, with optional arguments: "sgd(momentum=0.9)".')
+@click.option("--start", type=click.FloatRange(min=0, min_open=True), default=1e-7,
+              show_default=True, help="First learning rate of the sweep.")
+@click.option("--end", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Last learning rate of the sweep.")
+@click.option("--steps", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Number of optimizer steps (learning rates) in the sweep.")
+@click.option("--mode", type=click.Choice(["exp", "linear"]), default="exp",
+              show_default=True, help="Geometric or linear sweep.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of torch's generator (and of a built-in task's build).")
+@click.option("--out", type=click.Path(dir_okay=False), default="finder.png",
+              show_default=True, help="Where to save the plot.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the curve and the suggestions to this JSON file.")
+def find(target: str, optimizer: str, start: float, end: float, steps: int, mode: str,
+         seed: int, out: str, json_path: str | None) -> None:
+    """Run the learning-rate range test on TARGET and suggest an initial learning rate.
+
+    TARGET is package.module:function, a function returning (model, loader, loss_fn), or
+    a built-in task: quadratic, noisy_quadratic, mnist1d_mlp, mnist1d_cnn, digits_softmax,
+    rosenbrock, char_lm.
+    """
+    import json
+
+    import torch
+
+    from lrkit.finder import find_lr
+    from lrkit.targets import TargetError, load_target, optimizer_factory
+
+    if end <= start:
+        raise click.UsageError(f"--end must be greater than --start ({start:g}), got {end:g}")
+    torch.manual_seed(seed)
+    try:
+        make = optimizer_factory(optimizer)
+        loaded = load_target(target, seed=seed)
+        opt = make(loaded.model.parameters(), lr=start)
+    except TargetError as exc:
+        raise click.ClickException(str(exc)) from None
+    with _progress(steps, f"range test on {loaded.name}") as advance:
+        result = find_lr(loaded.model, opt, loaded.loader, loaded.loss_fn, start=start,
+                         end=end, steps=steps, mode=mode, callback=advance)
+    _print_suggestions(result)
+    from lrkit.plot import new_axes, save
+
+    fig, (ax,) = new_axes(1, figsize=(8, 4.5))
+    result.plot(ax)
+    ax.set_title(f"Range test: {loaded.name}, {type(opt).__name__}")
+    save(fig, out)
+    click.echo(f"figure written to {out}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"target": loaded.name, "optimizer": optimizer, **result.to_dict()}, f,
+                      indent=1, allow_nan=False)
+        click.echo(f"result written to {json_path}")
+
+
+class _progress:
+    """A rich progress bar over the sweep; ``advance(step, lr, loss)`` updates it."""
+
+    def __init__(self, total: int, title: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TextColumn("lr {task.fields[lr]}"),
+                            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+        self.task = self.bar.add_task(title, total=total, lr="-", loss="-")
+
+    def __enter__(self):
+        self.bar.start()
+
+        def advance(step: int, lr: float, loss: float) -> None:
+            self.bar.update(self.task, completed=step + 1, lr=f"{lr:.2e}", loss=f"{loss:.4g}")
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def _print_suggestions(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Suggested learning rates ({len(result.lrs)} steps, "
+                        f"{result.stop_reason})")
+    table.add_column("rule")
+    table.add_column("learning rate", justify="right")
+    for rule, lr in result.suggestions.items():
+        mark = "  <- suggestion" if rule == result.rule else ""
+        table.add_row(rule + mark, "-" if lr is None else f"{lr:.3g}")
+    console = Console()
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -3,3 +3,7 @@
 
 class SpecError(ValueError):
     """A schedule text or config could not be read."""
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """An optimizer step met a NaN or Inf gradient (with ``nonfinite="raise"``)."""

@@ -60,3 +60,41 @@ def save(fig: Any, path: str) -> str:
 
     plt.close(fig)
     return path
+
+
+def plot_lr_finder(result: Any, ax: Any = None):
+    """A range test: raw loss, its EMA and its zero-lag smoothing (what the edge rule
+    reads) against lr on a log axis, each suggestion marked."""
+    from lrkit.finder import edge_of_progress, zero_lag
+
+    if ax is None:
+        _, (ax,) = new_axes(figsize=(7.5, 4.5))
+    lrs, raw, ema = result.lrs, result.losses, result.smoothed_losses
+    finite = np.isfinite(raw)
+    ax.plot(lrs, raw, color="0.65", lw=0.8, label="loss")
+    ax.plot(lrs, ema, color="C0", lw=1.6, label="EMA of the loss")
+    if finite.sum() >= 3:
+        z = zero_lag(raw[finite])
+        low, start = float(z.min()), float(np.median(z[: max(1, z.size // 10)]))
+        ax.plot(lrs[finite], z, color="C1", lw=1.6, ls=":", label="zero-lag smoothing")
+        edge, found = edge_of_progress(lrs[finite], raw[finite])
+        if found:  # where the smoothing climbs back over its starting level
+            ax.plot([edge], [start], "v", color="C1", ms=9, label=f"edge of progress: {edge:.3g}")
+        high = max(start, float(np.nanmax(ema[: max(1, ema.size // 10)])))
+        pad = 0.15 * (high - low) + 1e-12
+        ax.set_ylim(low - pad, high + pad)  # keep the blow-up from squashing the curve
+    ax.set_xscale("log")
+    styles = {"steep": "C3", "valley": "C4", "minimum": "C2", "edge": "C1"}
+    for i, (rule, lr) in enumerate(result.suggestions.items()):
+        if lr is None:
+            continue
+        default = rule == result.rule
+        ax.axvline(lr, color=styles.get(rule, f"C{5 + i}"), ls="-" if default else "--",
+                   lw=2 if default else 1,
+                   label=f"{rule}: {lr:.3g}" + (" (suggestion)" if default else ""))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss" if result.settings.get("validation") else "training loss")
+    ax.set_title("Learning-rate range test")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

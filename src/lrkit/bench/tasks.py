@@ -1,0 +1,463 @@
+"""The benchmark tasks: small, standard problems, each sized to train in seconds on a CPU.
+
+A ``Task`` fixes everything but the method: the model, the data, the step budget, the
+batch size, the metric (and which way is better) and a target value. ``task.build(seed)``
+gives a ``TaskInstance``: a freshly initialised ``model``, an endless seeded ``loader`` of
+``(inputs, targets)`` batches, the ``loss_fn`` to train on and ``evaluate(model)``, the
+metric. Seeds pair methods: the same seed gives the same initial weights and the same
+data order whatever the optimizer or schedule; the problem itself (data set, Hessian,
+corpus) is the same for every seed. Building leaves the global random generators alone.
+
+    task = get_task("mnist1d_mlp")
+    inst = task.build(seed=0)
+    lrkit.find_lr(inst.model, torch.optim.Adam(inst.model.parameters()), inst.loader,
+                  inst.loss_fn)
+    run = lrkit.bench.train(task, lambda params: torch.optim.Adam(params),
+                            schedule=lambda steps: S.cosine(3e-3, total=steps), seed=0)
+
+``TASKS`` lists them by name; ``Task.reference`` is a setting known to reach the target.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lrkit import _checks as C
+from lrkit import schedules as S
+from lrkit._rng import preserved_rng
+from lrkit.bench import data as D
+
+
+# -- the API -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """A complete training setting: a torch optimizer, its options, and a peak lr used
+    with a linear warmup over ``warmup`` of the steps followed by a cosine decay to 0."""
+
+    optimizer: str
+    lr: float
+    options: tuple[tuple[str, Any], ...] = ()
+    warmup: float = 0.05
+
+    def make_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return getattr(torch.optim, self.optimizer)(params, lr=self.lr, **dict(self.options))
+
+    def schedule(self, steps: int, lr: float | None = None) -> S.Schedule:
+        return warmup_cosine(self.lr if lr is None else lr, steps, self.warmup)
+
+
+def warmup_cosine(lr: float, steps: int, warmup: float = 0.05) -> S.Schedule:
+    """Linear warmup over ``warmup`` of ``steps``, then cosine decay to 0 at ``steps``."""
+    w = int(round(warmup * steps))
+    return S.warmup(S.cosine(lr, total=steps - w), steps=w) if w else S.cosine(lr, total=steps)
+
+
+@dataclass
+class TaskInstance:
+    """One seeded build of a task: what a training loop needs."""
+
+    task: Task
+    seed: int
+    model: nn.Module
+    loader: Batches
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    evaluate: Callable[[nn.Module], float]
+
+    def as_target(self) -> tuple[nn.Module, Batches, Callable[[Any, Any], torch.Tensor]]:
+        """``(model, loader, loss_fn)``, what ``lrkit find`` takes."""
+        return self.model, self.loader, self.loss_fn
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark problem: train ``steps`` steps on batches of ``batch_size``, then score
+    ``metric`` (higher is better when ``higher_is_better``) against ``target``.
+    ``builder(task, seed)`` returns ``(model, loader, loss_fn, evaluate)``."""
+
+    name: str
+    description: str
+    steps: int
+    batch_size: int
+    metric: str
+    higher_is_better: bool
+    target: float
+    reference: Recipe
+    builder: Callable[[Task, int], tuple[nn.Module, Batches, Callable, Callable]] = field(
+        repr=False, compare=False)
+
+    @property
+    def eval_every(self) -> int:
+        """How often ``train`` evaluates: 20 times per budget."""
+        return max(1, self.steps // 20)
+
+    @property
+    def worst(self) -> float:
+        """The metric recorded for a run that diverged."""
+        return -math.inf if self.higher_is_better else math.inf
+
+    def reached(self, value: float) -> bool:
+        """Whether a metric value meets the target."""
+        if not math.isfinite(value):
+            return False
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+    def build(self, seed: int = 0) -> TaskInstance:
+        """A fresh model (initialised from ``seed``), loader, loss and metric."""
+        seed = C.nonnegative_int(f"{self.name}.build()", "seed", seed)
+        with preserved_rng():
+            torch.manual_seed(seed)
+            model, loader, loss_fn, evaluate = self.builder(self, seed)
+        return TaskInstance(self, seed, model, loader, loss_fn, evaluate)
+
+
+class Batches:
+    """An endless, seeded stream of batches. Every ``iter()`` replays it from the start,
+    so a range test and a training run built from the same seed see the same data."""
+
+    def __init__(self, stream: Callable[[torch.Generator], Iterator[Any]], seed: int) -> None:
+        self.stream = stream
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.stream(torch.Generator().manual_seed(7919 * (self.seed + 1)))
+
+
+def shuffled_epochs(batch_size: int, *tensors: torch.Tensor):
+    """A stream of mini-batches over fixed tensors, reshuffled every epoch (last partial
+    batch dropped)."""
+    n = len(tensors[0])
+
+    def stream(g: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        while True:
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n - batch_size + 1, batch_size):
+                idx = perm[i:i + batch_size]
+                yield tuple(t[idx] for t in tensors)
+
+    return stream
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"get_task(): name must be one of {', '.join(map(repr, TASKS))}, "
+                         f"got {name!r}")
+    return TASKS[name]
+
+
+# -- synthetic objectives ------------------------------------------------------------------
+class Objective(nn.Module):
+    """A parameter vector ``theta`` and a per-sample stochastic objective of it:
+    ``forward(noise)`` returns one value per sample; the loss is their mean."""
+
+    def __init__(self, theta: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor],
+                                                           torch.Tensor]) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(theta.clone())
+        self.fn = fn
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.theta, noise)
+
+
+def mean_value(values: torch.Tensor, _targets: Any = None) -> torch.Tensor:
+    """The loss of an ``Objective``: the mean of its per-sample values."""
+    return values.mean()
+
+
+def _with_dummy_targets(stream):
+    def wrapped(g: torch.Generator):
+        for (x,) in stream(g):
+            yield x, torch.zeros(len(x))
+    return wrapped
+
+
+@functools.lru_cache(maxsize=1)
+def _quadratic_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepOBS quadratic_deep: Hessian R^T diag(eigs) R, 90 eigenvalues from U(0, 1) and
+    10 from U(30, 60), R a random rotation; 1000 training points from N(0, 0.6^2 I)."""
+    rng = np.random.RandomState(42)
+    eigs = np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)])
+    q, r = np.linalg.qr(rng.standard_normal((100, 100)))
+    rotation = q * np.sign(np.diag(r))
+    hessian = rotation.T @ np.diag(eigs) @ rotation
+    points = rng.normal(0.0, 0.6, size=(1000, 100))
+    return torch.tensor(hessian, dtype=torch.float32), torch.tensor(points, dtype=torch.float32)
+
+
+def _build_quadratic(task: Task, seed: int):
+    hessian, points = _quadratic_problem()
+
+    def fn(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        r = theta - x
+        return 0.5 * ((r @ hessian) * r).sum(-1)
+
+    def excess_risk(model: nn.Module) -> float:
+        theta = model.theta.detach().double()
+        return float(0.5 * theta @ hessian.double() @ theta)
+
+    model = Objective(torch.ones(100), fn)
+    loader = Batches(_with_dummy_targets(shuffled_epochs(task.batch_size, points)), seed)
+    return model, loader, mean_value, excess_risk
+
+
+NQM_DIM = 100
+NQM_CURVATURE = 1.0 / torch.arange(1, NQM_DIM + 1, dtype=torch.float32)
+
+
+def _build_noisy_quadratic(task: Task, seed: int):
+    h = NQM_CURVATURE
+
+    def fn(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # an unbiased estimate of the risk 0.5 sum(h theta^2) whose gradient h (theta - x),
+        # x ~ N(0, 1/h), has covariance H per sample (Zhang et al. 2019: C = H)
+        return 0.5 * (h * theta * theta).sum() - (h * theta * x).sum(-1)
+
+    def risk(model: nn.Module) -> float:
+        theta = model.theta.detach().double()
+        return float(0.5 * (h.double() * theta * theta).sum())
+
+    def stream(g: torch.Generator):
+        scale = h.rsqrt()
+        while True:
+            x = torch.randn(task.batch_size, NQM_DIM, generator=g) * scale
+            yield x, torch.zeros(task.batch_size)
+
+    return Objective(torch.ones(NQM_DIM), fn), Batches(stream, seed), mean_value, risk
+
+
+ROSENBROCK_START = (-0.5, 1.5)
+ROSENBROCK_NOISE = 1.0
+
+
+def rosenbrock(theta: torch.Tensor) -> torch.Tensor:
+    u, v = theta[..., 0], theta[..., 1]
+    return (1 - u) ** 2 + 100 * (v - u * u) ** 2
+
+
+def _build_rosenbrock(task: Task, seed: int):
+    def fn(theta: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return rosenbrock(theta) + noise @ theta  # additive gradient noise, as in DeepOBS
+
+    def value(model: nn.Module) -> float:
+        return float(rosenbrock(model.theta.detach().double()))
+
+    def stream(g: torch.Generator):
+        while True:
+            noise = ROSENBROCK_NOISE * torch.randn(task.batch_size, 2, generator=g)
+            yield noise, torch.zeros(task.batch_size)
+
+    model = Objective(torch.tensor(ROSENBROCK_START), fn)
+    return model, Batches(stream, seed), mean_value, value
+
+
+# -- digits: softmax regression to its exact optimum ----------------------------------------
+DIGITS_L2 = 1e-3
+
+
+def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw pixel values (0..16, not standardised: the Hessian's condition number is about
+    1e4) and labels, float64."""
+    x, y = D.digits()
+    return torch.tensor(x), torch.tensor(y)
+
+
+@functools.lru_cache(maxsize=1)
+def digits_optimum() -> torch.Tensor:
+    """The exact minimiser of ``cross_entropy(x W' + b, y) + DIGITS_L2 / 2 (|W|^2 + |b|^2)``,
+    as ``[W.flatten(), b]`` in float64: Newton's method with backtracking, to a gradient
+    norm below 1e-12 (about ten iterations)."""
+    x, y = _digits_tensors()
+    n, k = len(x), 10
+    xa = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1)
+    onehot = F.one_hot(y, k).double()
+    w = torch.zeros(k, xa.shape[1], dtype=torch.float64)
+
+    def objective(w: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(xa @ w.T, y) + 0.5 * DIGITS_L2 * w.pow(2).sum()
+
+    for _ in range(100):
+        p = torch.softmax(xa @ w.T, 1)
+        grad = (p - onehot).T @ xa / n + DIGITS_L2 * w
+        if grad.norm() < 1e-12:
+            break
+        # Hessian: mean_i (diag(p_i) - p_i p_i') kron x_i x_i', plus the L2 term
+        coupling = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        hess = torch.einsum("iabk,ij->ajbk", coupling[..., None] * xa[:, None, None, :], xa) / n
+        size = w.numel()
+        hess = hess.reshape(size, size) + DIGITS_L2 * torch.eye(size, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad.reshape(-1)).reshape(w.shape)
+        t, f0, slope = 1.0, objective(w), float((grad * step).sum())
+        while objective(w - t * step) > f0 - 0.25 * t * slope and t > 1e-10:
+            t *= 0.5
+        w = w - t * step
+    return torch.cat([w[:, :-1].flatten(), w[:, -1]])
+
+
+def _build_digits(task: Task, seed: int):
+    x, y = _digits_tensors()
+    optimum = digits_optimum()
+    model = nn.Linear(x.shape[1], 10)
+    with torch.no_grad():  # the convex problem starts from zero; the seed orders the data
+        model.weight.zero_()
+        model.bias.zero_()
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        reg = 0.5 * DIGITS_L2 * (model.weight.pow(2).sum() + model.bias.pow(2).sum())
+        return F.cross_entropy(logits, targets) + reg
+
+    def distance(m: nn.Module) -> float:
+        w = torch.cat([m.weight.detach().double().flatten(), m.bias.detach().double()])
+        return float((w - optimum).norm() / optimum.norm())
+
+    loader = Batches(shuffled_epochs(task.batch_size, x.float(), y), seed)
+    return model, loader, loss_fn, distance
+
+
+# -- MNIST-1D ------------------------------------------------------------------------------
+def _mnist1d_tensors():
+    d = D.mnist1d()
+    return (torch.from_numpy(d["x"]), torch.from_numpy(d["y"]),
+            torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"]))
+
+
+def accuracy_of(x: torch.Tensor, y: torch.Tensor) -> Callable[[nn.Module], float]:
+    def accuracy(model: nn.Module) -> float:
+        training = [(m, m.training) for m in model.modules()]
+        model.eval()
+        with torch.no_grad():
+            value = float((model(x).argmax(-1) == y).float().mean())
+        for m, flag in training:
+            m.training = flag
+        return value
+
+    return accuracy
+
+
+class ConvNet1d(nn.Module):
+    """The small 1-D CNN of the MNIST-1D paper: three strided convolutions, one linear."""
+
+    def __init__(self, channels: int = 25, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.linear = nn.Linear(channels * 5, classes)  # length 40 -> 19 -> 10 -> 5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv1(x.unsqueeze(1)))
+        h = F.relu(self.conv2(h))
+        h = F.relu(self.conv3(h))
+        return self.linear(h.flatten(1))
+
+
+def _build_mnist1d(make_model: Callable[[], nn.Module]):
+    def build(task: Task, seed: int):
+        x, y, x_test, y_test = _mnist1d_tensors()
+        loader = Batches(shuffled_epochs(task.batch_size, x, y), seed)
+        return make_model(), loader, F.cross_entropy, accuracy_of(x_test, y_test)
+
+    return build
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(40, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
+
+
+# -- a character-level language model --------------------------------------------------------
+LM_CONTEXT = 64
+LM_VAL_WINDOWS = 128
+
+
+class CharGRU(nn.Module):
+    def __init__(self, vocab: int = len(D.VOCAB), embed: int = 32, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.gru = nn.GRU(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.gru(self.embed(x))
+        return self.head(h)
+
+
+def next_char_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _build_char_lm(task: Task, seed: int):
+    text = torch.from_numpy(D.corpus())
+    split = int(0.9 * len(text))
+    train, val = text[:split], text[split:]
+    windows = torch.arange(LM_VAL_WINDOWS) * ((len(val) - LM_CONTEXT - 1) // LM_VAL_WINDOWS)
+    val_x = torch.stack([val[i:i + LM_CONTEXT] for i in windows])
+    val_y = torch.stack([val[i + 1:i + LM_CONTEXT + 1] for i in windows])
+
+    def stream(g: torch.Generator):
+        offsets = torch.arange(LM_CONTEXT + 1)
+        while True:
+            starts = torch.randint(0, len(train) - LM_CONTEXT - 1, (task.batch_size, 1),
+                                   generator=g)
+            chunk = train[starts + offsets]
+            yield chunk[:, :-1], chunk[:, 1:]
+
+    def val_loss(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(next_char_loss(model(val_x), val_y))
+
+    return CharGRU(), Batches(stream, seed), next_char_loss, val_loss
+
+
+# -- the registry ----------------------------------------------------------------------------
+def _sgd(lr: float, momentum: float = 0.9) -> Recipe:
+    return Recipe("SGD", lr, (("momentum", momentum),))
+
+
+register(Task(
+    "quadratic", "DeepOBS quadratic_deep: 100-d noisy quadratic, 10 large eigenvalues, "
+    "1000 training points; excess risk 0.5 theta' H theta",
+    steps=800, batch_size=128, metric="excess_risk", higher_is_better=False, target=0.1,
+    reference=_sgd(0.01), builder=_build_quadratic))
+register(Task(
+    "noisy_quadratic", "noisy quadratic model (Zhang et al. 2019): curvatures 1/i, "
+    "gradient noise covariance H/B, streaming; risk 0.5 sum(h theta^2)",
+    steps=1000, batch_size=16, metric="risk", higher_is_better=False, target=0.015,
+    reference=_sgd(0.2), builder=_build_noisy_quadratic))
+register(Task(
+    "mnist1d_mlp", "MLP (40-256-256-10) on MNIST-1D, 25,000 generated samples",
+    steps=1500, batch_size=128, metric="test_accuracy", higher_is_better=True, target=0.8,
+    reference=Recipe("Adam", 1e-2), builder=_build_mnist1d(_mlp)))
+register(Task(
+    "mnist1d_cnn", "the MNIST-1D paper's 1-D CNN, 25,000 generated samples",
+    steps=1500, batch_size=128, metric="test_accuracy", higher_is_better=True, target=0.9,
+    reference=Recipe("Adam", 3e-2), builder=_build_mnist1d(ConvNet1d)))
+register(Task(
+    "digits_softmax", "L2-regularised softmax regression on scikit-learn's digits, raw "
+    "pixel values (condition number about 1e4); relative distance to the exact optimum",
+    steps=1500, batch_size=64, metric="distance_to_optimum", higher_is_better=False,
+    target=0.3, reference=_sgd(0.01), builder=_build_digits))
+register(Task(
+    "rosenbrock", "noisy 2-D Rosenbrock from (-0.5, 1.5), additive gradient noise; "
+    "f(u, v)", steps=1000, batch_size=32, metric="value", higher_is_better=False,
+    target=0.05, reference=_sgd(1e-3), builder=_build_rosenbrock))
+register(Task(
+    "char_lm", "GRU character language model on Python standard-library source; "
+    "validation loss (nats per character)", steps=600, batch_size=32, metric="val_loss",
+    higher_is_better=False, target=1.5, reference=Recipe("Adam", 1e-2),
+    builder=_build_char_lm))

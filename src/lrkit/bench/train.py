@@ -1,0 +1,120 @@
+"""``train``: one training run of a benchmark task with a given optimizer and schedule.
+
+It never raises on divergence: a non-finite loss or metric ends the run early, with
+``diverged=True`` and the task's worst metric as ``final``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from lrkit import _checks as C
+from lrkit import schedules as S
+from lrkit.bench.tasks import Task, TaskInstance, get_task
+from lrkit.scheduler import Scheduler
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+ScheduleArg = S.Schedule | str | float | Callable[[int], S.Schedule] | None
+
+
+@dataclass
+class Run:
+    """The record of one run: the metric curve, its summaries, and how it ended."""
+
+    task: str
+    seed: int
+    steps: int
+    eval_steps: list[int] = field(default_factory=list)
+    metrics: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    final: float = math.nan
+    half: float = math.nan
+    steps_to_target: int | None = None
+    diverged: bool = False
+    wall_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train(
+    task: Task | str,
+    make_optimizer: OptimizerFactory,
+    schedule: ScheduleArg = None,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    instance: TaskInstance | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> Run:
+    """Train ``task`` (built from ``seed``, or the given ``instance``) for ``steps`` steps
+    (default: the task's budget) and record its metric.
+
+    ``make_optimizer(params)`` builds the optimizer. ``schedule`` sets the learning rate of
+    every step through ``lrkit.Scheduler``: a Schedule, spec text or number, or a function
+    of the number of steps returning one (``lambda n: S.cosine(0.1, total=n)``); ``None``
+    leaves the optimizer's own lr alone. The metric is evaluated at step 0, every
+    ``task.eval_every`` steps, at half the budget and at the end. ``callback(step, loss)``
+    is called after every step.
+    """
+    fn = "train()"
+    if not isinstance(task, (Task, str)):
+        raise TypeError(f"{fn}: task must be a Task or a task name, got {type(task).__name__}")
+    task = get_task(task) if isinstance(task, str) else task
+    if not callable(make_optimizer):
+        raise TypeError(f"{fn}: make_optimizer must be callable (params -> optimizer), got "
+                        f"{type(make_optimizer).__name__}")
+    steps = task.steps if steps is None else C.positive_int(fn, "steps", steps)
+    seed = C.nonnegative_int(fn, "seed", seed)
+    inst = task.build(seed) if instance is None else instance
+    model, loss_fn = inst.model, inst.loss_fn
+    opt = make_optimizer(model.parameters())
+    if callable(schedule) and not isinstance(schedule, S.Schedule):
+        schedule = schedule(steps)
+    sched = Scheduler(opt, lr=schedule) if schedule is not None else None
+    checkpoints = set(range(0, steps + 1, task.eval_every)) | {steps // 2, steps}
+    run = Run(task.name, inst.seed, steps)
+    began = time.perf_counter()
+
+    def record(step: int) -> bool:
+        value = inst.evaluate(model)
+        run.eval_steps.append(step)
+        run.metrics.append(value)
+        if run.steps_to_target is None and task.reached(value):
+            run.steps_to_target = step
+        if step == steps // 2:
+            run.half = value
+        return math.isfinite(value)
+
+    ok = record(0)
+    batches = iter(inst.loader)
+    step = 0
+    while ok and step < steps:
+        inputs, targets = next(batches)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), targets)
+        value = float(loss.detach())
+        run.losses.append(value)
+        if not math.isfinite(value):
+            ok = False
+            break
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        step += 1
+        if callback is not None:
+            callback(step, value)
+        if step in checkpoints:
+            ok = record(step)
+    run.diverged = not ok
+    run.final = run.metrics[-1] if ok else task.worst
+    if run.diverged and step < steps // 2:
+        run.half = task.worst
+    run.wall_time = time.perf_counter() - began
+    return run

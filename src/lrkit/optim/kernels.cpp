@@ -1,0 +1,756 @@
+// lrkit's multi-tensor optimizer kernels for dense CPU float32/float64 tensors.
+//
+// One call updates every tensor of a param group: per-tensor scalars (step counters,
+// bias corrections) are computed first, serially and in double precision as torch does
+// in Python; then all tensors are cut into chunks of CHUNK elements and one OpenMP
+// parallel loop runs over the chunks, so a thousand small tensors cost one parallel
+// region, not a thousand. Each element is read and written once. The arithmetic mirrors
+// the single-tensor reference in lrkit/optim operation by operation as ATen's vectorised
+// CPU kernels compute them (scalars cast to the tensor's type; add(alpha=), lerp and
+// addcmul as fused multiply-adds, addcdiv as a + (v * t1) / t2), so on x86-64 with FMA
+// the results equal torch's bit for bit. Built without other FP contraction, so results
+// do not depend on the thread count or the chunking.
+//
+// Plain C ABI, no torch headers: compiled on first use by lrkit/optim/_kernel.py, one
+// library per algorithm (-DLRK_ONLY_adam ...) plus one with only the check.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+constexpr int64_t CHUNK = 1 << 14;
+
+struct Args {
+  int64_t n;                 // number of tensors
+  void** p;                  // params
+  void** g;                  // grads
+  void** s1;                 // state tensors (meaning per algorithm)
+  void** s2;
+  void** s3;
+  void** sc1;                // per-tensor 0-dim state (step), float or double
+  void** sc2;                // second per-tensor 0-dim state (NAdam mu_product)
+  const int64_t* size;       // numel of each tensor
+  const int8_t* first;       // per tensor: state buffer not yet initialised (SGD)
+  double hp[12];             // hyperparameters (meaning per algorithm)
+  int64_t flags;             // bit flags (meaning per algorithm, FLAG_* below)
+  int32_t nthreads;
+  int32_t sc_f64;            // sc1/sc2 hold doubles (default dtype float64)
+  const int64_t* rows;       // Adafactor: size of the second-last dim (0: a vector)
+  const int64_t* cols;       // Adafactor: size of the last dim
+};
+
+enum : int64_t {
+  F_MAXIMIZE = 1, F_ZERO = 2, F_DECOUPLED = 4, F_AMSGRAD = 8, F_NESTEROV = 16,
+  F_CENTERED = 32, F_MOMENTUM = 64, F_WD = 128,
+};
+
+struct Chunk { int64_t t, lo, hi; };
+
+std::vector<Chunk> chunks(const Args* a, bool reverse = true) {
+  std::vector<Chunk> out;
+  for (int64_t t = 0; t < a->n; ++t)
+    for (int64_t lo = 0; lo < a->size[t]; lo += CHUNK)
+      out.push_back({t, lo, std::min(a->size[t], lo + CHUNK)});
+  // The updates walk the tensors backwards: the non-finite check has just read the
+  // gradients forwards, so the last of them are still in the cache when the update starts.
+  if (reverse) std::reverse(out.begin(), out.end());
+  return out;
+}
+
+// Read, increment and write back a per-tensor step counter; returns the new value.
+double bump(const Args* a, void** sc, int64_t t, double by = 1.0) {
+  if (a->sc_f64) { double* s = (double*)sc[t]; *s += by; return *s; }
+  float* s = (float*)sc[t]; *s += (float)by; return (double)*s;
+}
+
+// Run f(std::bool_constant<b>{}): loops are compiled once per value of the flags that
+// decide which arrays they store to, with no branch inside.
+template <typename F> inline void with(bool b, F&& f) {
+  if (b) f(std::true_type{}); else f(std::false_type{});
+}
+
+// The same gradient with maximize and zero as compile-time switches (no work when off).
+template <typename T, bool MAX, bool ZERO> struct GradT {
+  inline T operator()(const T* __restrict__ g, int64_t j) const {
+    T x = g[j];
+    if constexpr (MAX) x = -x;
+    if constexpr (ZERO) x = (std::fabs(x) <= std::numeric_limits<T>::max()) ? x : T(0);
+    return x;
+  }
+};
+
+template <typename T, typename F> inline void with_grad(const Args* a, F&& f) {
+  with(a->flags & F_MAXIMIZE, [&](auto MAX) {
+    with(a->flags & F_ZERO, [&](auto ZERO) {
+      f(GradT<T, decltype(MAX)::value, decltype(ZERO)::value>{});
+    });
+  });
+}
+
+// a * b + c rounded once where the CPU has FMA (as ATen's vectorised kernels compute it)
+template <typename T> inline T fma_(T a, T b, T c) {
+#ifdef __FMA__
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// torch.lerp(self, end, w) for a scalar weight, as ATen's lerp_vec: fma(c, end - self,
+// base) with (c, base) = (w, self) for |w| < 0.5, else (w - 1, end)
+template <typename T> struct Lerp {
+  T c;
+  bool small;
+  explicit Lerp(T w) : c(std::fabs(w) < T(0.5) ? w : w - T(1)), small(std::fabs(w) < T(0.5)) {}
+  inline T operator()(T self, T end) const { return fma_(c, end - self, small ? self : end); }
+};
+
+template <typename T, typename Body>
+void for_chunks(const Args* a, const std::vector<Chunk>& cs, Body body) {
+  const int64_t nc = (int64_t)cs.size();
+#pragma omp parallel for schedule(static) num_threads(a->nthreads) if (nc > 1)
+  for (int64_t c = 0; c < nc; ++c) body(cs[c].t, cs[c].lo, cs[c].hi);
+}
+
+// ---------------------------------------------------------------- SGD
+// hp: lr, momentum, dampening, weight_decay.  s1: momentum_buffer
+template <typename T> void sgd(const Args* a) {
+  const T lr = (T)a->hp[0], mu = (T)a->hp[1], damp1 = (T)(1.0 - a->hp[2]), wd = (T)a->hp[3];
+  const bool nest = a->flags & F_NESTEROV;
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_MOMENTUM, [&](auto MOM) {
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ b = MOM ? (T*)a->s1[t] : nullptr;
+      with(MOM && a->first[t], [&](auto FIRST) {
+        for (int64_t j = lo; j < hi; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          if constexpr (MOM) {
+            T buf;
+            if constexpr (FIRST) buf = d; else buf = fma_(damp1, d, b[j] * mu);
+            b[j] = buf;
+            d = nest ? fma_(mu, buf, d) : buf;
+          }
+          p[j] = fma_(-lr, d, p[j]);
+        }
+      });
+    });
+  });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- elementwise sqrt
+// torch computes Tensor.sqrt() on CPU with MKL's vsSqrt/vdSqrt (not correctly rounded:
+// up to 0.75 ulp), so the kernels take square roots of blocks of BLOCK elements through
+// the same functions when lrkit finds them in libtorch (lrk_set_sqrt); else std::sqrt.
+// Each algorithm with a square root runs two loops per block: the first updates the
+// state and gathers what goes under the root, the second finishes the update.
+constexpr int64_t BLOCK = 512;
+typedef void (*vsqrt_f32)(int, const float*, float*);
+typedef void (*vsqrt_f64)(int, const double*, double*);
+vsqrt_f32 g_vs = nullptr;
+vsqrt_f64 g_vd = nullptr;
+
+inline void vsqrt(int n, float* x) {
+  if (g_vs) { g_vs(n, x, x); return; }
+  for (int i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
+}
+inline void vsqrt(int n, double* x) {
+  if (g_vd) { g_vd(n, x, x); return; }
+  for (int i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
+}
+
+// body(b0, b1, buf): the chunk [lo, hi) in blocks. The loop bodies capture constants by
+// value ([=]): read through a reference they could alias the arrays being written, and
+// the loops would not vectorise.
+template <typename T, typename Body>
+inline void blocks(int64_t lo, int64_t hi, Body body) {
+  alignas(64) T buf[2 * BLOCK];
+  for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) body(b0, std::min(hi, b0 + BLOCK), buf);
+}
+
+// ---------------------------------------------------------------- Adagrad
+// hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
+// ---------------------------------------------------------------- Adagrad
+// hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
+template <typename T> void adagrad(const Args* a) {
+  std::vector<T> clr(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    clr[t] = (T)(-(a->hp[0] / (1.0 + (step - 1.0) * a->hp[1])));
+  }
+  const T wd = (T)a->hp[2], eps = (T)a->hp[3];
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [=, &clr](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ s = (T*)a->s1[t];
+      const T c = clr[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T sum = fma_(d, d, s[j]);
+          s[j] = sum;
+          r[j - b0] = sum;
+        }
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          p[j] = p[j] + (c * d) / (r[j - b0] + eps);
+        }
+      });
+    });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- Adadelta
+// hp: lr, rho, eps, weight_decay.  s1: square_avg, s2: acc_delta, sc1: step
+template <typename T> void adadelta(const Args* a) {
+  for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
+  const T lr = (T)a->hp[0], rho = (T)a->hp[1], rho1 = (T)(1.0 - a->hp[1]), eps = (T)a->hp[2],
+          wd = (T)a->hp[3];
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ sq = (T*)a->s1[t];
+      T* __restrict__ acc = (T*)a->s2[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        T* __restrict__ std_ = r;
+        T* __restrict__ delta = r + BLOCK;
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T s = fma_(rho1 * d, d, sq[j] * rho);
+          sq[j] = s;
+          std_[j - b0] = s + eps;
+          delta[j - b0] = acc[j] + eps;
+        }
+        vsqrt((int)(b1 - b0), std_);
+        vsqrt((int)(b1 - b0), delta);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T dx = delta[j - b0] / std_[j - b0] * d;
+          acc[j] = fma_(rho1 * dx, dx, acc[j] * rho);
+          p[j] = fma_(-lr, dx, p[j]);
+        }
+      });
+    });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- RMSprop
+// hp: lr, alpha, eps, weight_decay, momentum.
+// s1: square_avg, s2: momentum_buffer, s3: grad_avg, sc1: step
+template <typename T> void rmsprop(const Args* a) {
+  for (int64_t t = 0; t < a->n; ++t) bump(a, a->sc1, t);
+  const T lr = (T)a->hp[0], alpha = (T)a->hp[1], alpha1 = (T)(1.0 - a->hp[1]),
+          eps = (T)a->hp[2], wd = (T)a->hp[3], mu = (T)a->hp[4];
+  with_grad<T>(a, [&](auto grad) {
+  const Lerp<T> lerp(alpha1);
+  with(a->flags & F_WD, [&](auto DEC) {
+  with(a->flags & F_MOMENTUM, [&](auto MOM) {
+  with(a->flags & F_CENTERED, [&](auto CEN) {
+    for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ sq = (T*)a->s1[t];
+      T* __restrict__ buf = MOM ? (T*)a->s2[t] : nullptr;
+      T* __restrict__ ga = CEN ? (T*)a->s3[t] : nullptr;
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T s = fma_(alpha1 * d, d, sq[j] * alpha);
+          sq[j] = s;
+          if constexpr (CEN) {
+            T m = lerp(ga[j], d);
+            ga[j] = m;
+            s = fma_(-m, m, s);
+          }
+          r[j - b0] = s;
+        }
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T avg = r[j - b0] + eps;
+          if constexpr (MOM) {
+            T b = buf[j] * mu + d / avg;
+            buf[j] = b;
+            p[j] = fma_(-lr, b, p[j]);
+          } else {
+            p[j] = p[j] + (-lr * d) / avg;
+          }
+        }
+      });
+    });
+  });
+  });
+  });
+  });
+}
+
+// The Adam family: weight decay (coupled into the gradient, or decoupled: w * (1 - lr wd),
+// a multiplication by 1 when there is none) and both moments.
+template <typename T> struct Moments {
+  Lerp<T> lerp;
+  T tb2, w2, twd, decay;
+  Moments(const Args* a, double lr, double b1, double b2, double wd)
+      : lerp((T)(1.0 - b1)), tb2((T)b2), w2((T)(1.0 - b2)), twd((T)wd),
+        decay((a->flags & F_DECOUPLED) && (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1)) {}
+  inline T coupled(T d, T w) const { return fma_(twd, w, d); }
+  inline void update(T d, T* __restrict__ m, T* __restrict__ v, int64_t j, T& mm,
+                     T& vv) const {
+    mm = lerp(m[j], d);
+    vv = fma_(w2 * d, d, v[j] * tb2);
+    m[j] = mm;
+    v[j] = vv;
+  }
+};
+
+// ---------------------------------------------------------------- Adam / AdamW
+// hp: lr, beta1, beta2, eps, weight_decay.  s1: exp_avg, s2: exp_avg_sq,
+// s3: max_exp_avg_sq, sc1: step
+template <typename T> void adam(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1], b2 = a->hp[2], wd = a->hp[4];
+  std::vector<T> neg_step(a->n), bc2s(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    neg_step[t] = (T)(-(lr / (1.0 - std::pow(b1, step))));
+    bc2s[t] = (T)std::pow(1.0 - std::pow(b2, step), 0.5);
+  }
+  const Moments<T> k(a, lr, b1, b2, wd);
+  const T eps = (T)a->hp[3];
+  with_grad<T>(a, [&](auto grad) {
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  with(coupled, [&](auto DEC) {
+  with(a->flags & F_AMSGRAD, [&](auto AMS) {
+    for_chunks<T>(a, chunks(a), [=, &neg_step, &bc2s](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ v = (T*)a->s2[t];
+      T* __restrict__ vm = AMS ? (T*)a->s3[t] : nullptr;
+      const T ns = neg_step[t], bc = bc2s[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j), mm, vv;
+          if constexpr (DEC) d = k.coupled(d, p[j]);
+          k.update(d, m, v, j, mm, vv);
+          if constexpr (AMS) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
+          r[j - b0] = vv;
+        }
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j)
+          p[j] = p[j] * k.decay + (ns * m[j]) / (r[j - b0] / bc + eps);
+      });
+    });
+  });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- NAdam
+// hp: lr, beta1, beta2, eps, weight_decay, momentum_decay.
+// s1: exp_avg, s2: exp_avg_sq, sc1: step, sc2: mu_product
+template <typename T> void nadam(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1], b2 = a->hp[2], wd = a->hp[4], md = a->hp[5];
+  std::vector<T> bc2(a->n), cg(a->n), cm(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    double mu = b1 * (1.0 - 0.5 * std::pow(0.96, step * md));
+    double mu_next = b1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * md));
+    double prod;
+    if (a->sc_f64) { double* s = (double*)a->sc2[t]; *s = *s * mu; prod = *s; }
+    else { float* s = (float*)a->sc2[t]; *s = *s * (float)mu; prod = (double)*s; }
+    bc2[t] = (T)(1.0 - std::pow(b2, step));
+    cg[t] = (T)(-lr * (1.0 - mu) / (1.0 - prod));
+    cm[t] = (T)((-lr * mu_next) / (1.0 - prod * mu_next));
+  }
+  const Moments<T> k(a, lr, b1, b2, wd);
+  const T eps = (T)a->hp[3];
+  with_grad<T>(a, [&](auto grad) {
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  with(coupled, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [=, &bc2, &cg, &cm](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ v = (T*)a->s2[t];
+      const T b = bc2[t], c1 = cg[t], c2 = cm[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j), mm, vv;
+          if constexpr (DEC) d = k.coupled(d, p[j]);
+          k.update(d, m, v, j, mm, vv);
+          r[j - b0] = vv / b;
+        }
+        vsqrt((int)(b1 - b0), r);
+        for (int64_t j = b0; j < b1; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = k.coupled(d, p[j]);
+          T denom = r[j - b0] + eps;
+          T w = p[j] * k.decay + (c1 * d) / denom;
+          p[j] = w + (c2 * m[j]) / denom;
+        }
+      });
+    });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- RAdam
+// hp: lr, beta1, beta2, eps, weight_decay.  s1: exp_avg, s2: exp_avg_sq, sc1: step
+template <typename T> void radam(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1], b2 = a->hp[2], wd = a->hp[4];
+  std::vector<T> bc1(a->n), rect(a->n), bc2s(a->n);
+  std::vector<int8_t> adaptive(a->n);
+  const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    double bc2 = 1.0 - std::pow(b2, step);
+    double rho_t = rho_inf - 2.0 * step * std::pow(b2, step) / bc2;
+    bc1[t] = (T)(1.0 - std::pow(b1, step));
+    adaptive[t] = rho_t > 5.0;
+    rect[t] = adaptive[t] ? (T)std::pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                                        ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5)
+                          : T(0);
+    bc2s[t] = (T)std::pow(bc2, 0.5);
+  }
+  const Moments<T> k(a, lr, b1, b2, wd);
+  const T eps = (T)a->hp[3], tlr = (T)lr;
+  with_grad<T>(a, [&](auto grad) {
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  with(coupled, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [=, &bc1, &rect, &bc2s, &adaptive](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ v = (T*)a->s2[t];
+      const T b1c = bc1[t], rr = rect[t], b2s = bc2s[t];
+      with(adaptive[t] != 0, [&](auto AD) {
+        blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+          for (int64_t j = b0; j < b1; ++j) {
+            T d = grad(g, j), mm, vv;
+            if constexpr (DEC) d = k.coupled(d, p[j]);
+            k.update(d, m, v, j, mm, vv);
+            r[j - b0] = vv;
+          }
+          if constexpr (AD) vsqrt((int)(b1 - b0), r);
+          for (int64_t j = b0; j < b1; ++j) {
+            T u = m[j] / b1c * tlr;
+            // python float / tensor is tensor.reciprocal() * float in torch
+            if constexpr (AD) u = u * ((T(1) / (r[j - b0] + eps)) * b2s) * rr;
+            p[j] = p[j] * k.decay - u;
+          }
+        });
+      });
+    });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- Adamax
+// hp: lr, beta1, beta2, eps, weight_decay.  s1: exp_avg, s2: exp_inf, sc1: step
+template <typename T> void adamax(const Args* a) {
+  const double lr = a->hp[0], b1 = a->hp[1];
+  std::vector<T> nclr(a->n);
+  for (int64_t t = 0; t < a->n; ++t) {
+    double step = bump(a, a->sc1, t);
+    nclr[t] = (T)(-(lr / (1.0 - std::pow(b1, step))));
+  }
+  const Lerp<T> lerp((T)(1.0 - b1));
+  const T tb2 = (T)a->hp[2], eps = (T)a->hp[3], wd = (T)a->hp[4];
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks<T>(a, chunks(a), [=, &nclr](int64_t t, int64_t lo, int64_t hi) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ m = (T*)a->s1[t];
+      T* __restrict__ u = (T*)a->s2[t];
+      const T c = nclr[t];
+      for (int64_t j = lo; j < hi; ++j) {
+        T d = grad(g, j);
+        if constexpr (DEC) d = fma_(wd, p[j], d);
+        T mm = lerp(m[j], d);
+        m[j] = mm;
+        T x = u[j] * tb2, y = std::fabs(d) + eps;
+        T uu = x > y ? x : y;  // torch.maximum (no NaN here: the gradients are finite)
+        u[j] = uu;
+        p[j] = p[j] + (c * mm) / uu;
+      }
+    });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- Lion
+// hp: lr, beta1, beta2, weight_decay.  s1: exp_avg
+template <typename T> void lion(const Args* a) {
+  const double lr = a->hp[0], wd = a->hp[3];
+  const T tb1 = (T)a->hp[1], w1 = (T)(1.0 - a->hp[1]), tb2 = (T)a->hp[2],
+          w2 = (T)(1.0 - a->hp[2]), nlr = (T)(-lr),
+          decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
+  with_grad<T>(a, [&](auto grad) {
+  for_chunks<T>(a, chunks(a), [=](int64_t t, int64_t lo, int64_t hi) {
+    T* __restrict__ p = (T*)a->p[t];
+    const T* __restrict__ g = (const T*)a->g[t];
+    T* __restrict__ m = (T*)a->s1[t];
+    for (int64_t j = lo; j < hi; ++j) {
+      T d = grad(g, j);
+      T c = fma_(w1, d, m[j] * tb1);
+      T s = (c > T(0)) ? T(1) : ((c < T(0)) ? T(-1) : T(0));
+      p[j] = fma_(nlr, s, p[j] * decay);
+      m[j] = fma_(w2, d, m[j] * tb2);
+    }
+  });
+  });
+}
+
+// ---------------------------------------------------------------- Adafactor
+// hp: lr, beta2_decay, eps1 (< 0: the dtype's epsilon), eps2, d, weight_decay.
+// s1: row_var (or variance for vectors), s2: col_var, sc1: step.
+// Each tensor needs three reductions (RMS of the weight, row/column means of g^2, RMS of
+// the update) before its weights change, so one thread takes a whole tensor (dynamic
+// schedule) and makes its passes while the tensor sits in its cache: the memory traffic
+// stays near the minimum (read w and g, write w). Sums are accumulated in double, in
+// LANES partial sums so the loops vectorise. For matrices the update is
+// g / sqrt(max(r_i c_j / mean(r), eps1^2)) = g * a_i * b_j with a_i = 1 / sqrt(r_i /
+// mean(r)) and b_j = 1 / sqrt(c_j) wherever the clamp does not bite (no square root per
+// element): equal to the reference to rounding, not bit for bit.
+constexpr int LANES = 8;
+
+template <typename T> inline double sumsq(const T* __restrict__ x, int64_t n) {
+  double acc[LANES] = {0};
+  int64_t j = 0;
+  for (; j + LANES <= n; j += LANES)
+    for (int l = 0; l < LANES; ++l) acc[l] += (double)x[j + l] * (double)x[j + l];
+  double s = 0;
+  for (; j < n; ++j) s += (double)x[j] * (double)x[j];
+  for (int l = 0; l < LANES; ++l) s += acc[l];
+  return s;
+}
+
+template <typename T, typename G>
+void adafactor_one(const Args* a, const G& grad, int64_t t, double step,
+                   std::vector<double>& colsum, std::vector<T>& scratch) {
+  const double lr = a->hp[0], eps2 = a->hp[3], dd = a->hp[4], wd = a->hp[5];
+  const T eps1 = a->hp[2] < 0 ? std::numeric_limits<T>::epsilon() : (T)a->hp[2];
+  const Lerp<T> lerp((T)std::pow(step, a->hp[1]));
+  T* __restrict__ p = (T*)a->p[t];
+  const T* __restrict__ g = (const T*)a->g[t];
+  const int64_t n = a->size[t], R = a->rows[t], C = a->cols[t];
+  const double rho = std::min(lr, 1.0 / std::pow(step, 0.5));
+  const double alpha = std::max(eps2, std::sqrt(sumsq(p, n)) / std::pow((double)n, 0.5)) * rho;
+  const T e2 = eps1 * eps1, inv_e = T(1) / std::sqrt(e2);
+  const T decay = (a->flags & F_WD) ? (T)(1.0 - lr * wd) : T(1);
+  double su = 0;
+  if (R == 0) {  // a vector: the full second moment
+    T* __restrict__ v = (T*)a->s1[t];
+    scratch.resize(n);
+    T* __restrict__ f = scratch.data();
+    for (int64_t j = 0; j < n; ++j) {
+      T x = grad(g, j);
+      T vv = lerp(v[j], x * x);
+      v[j] = vv;
+      f[j] = T(1) / std::sqrt(std::max(vv, e2));
+    }
+    double acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+      for (int l = 0; l < LANES; ++l) {
+        double u = (double)(grad(g, j + l) * f[j + l]);
+        acc[l] += u * u;
+      }
+    for (; j < n; ++j) { double u = (double)(grad(g, j) * f[j]); su += u * u; }
+    for (int l = 0; l < LANES; ++l) su += acc[l];
+    const T scale = (T)(-alpha / std::max(1.0, std::sqrt(su) / (std::pow((double)n, 0.5) * dd)));
+    for (int64_t j2 = 0; j2 < n; ++j2) p[j2] = fma_(scale, grad(g, j2) * f[j2], p[j2] * decay);
+    return;
+  }
+  // a batch of R x C matrices: row and column factors
+  T* __restrict__ rv = (T*)a->s1[t];
+  T* __restrict__ cv = (T*)a->s2[t];
+  const int64_t B = n / (R * C);
+  colsum.assign(C, 0.0);
+  scratch.resize(R + C);
+  T* __restrict__ ra = scratch.data();      // a_i
+  T* __restrict__ cb = scratch.data() + R;  // b_j
+  std::vector<T> rinv(B);                   // 1 / mean(r) of each matrix
+  for (int64_t b = 0; b < B; ++b) {
+    const T* __restrict__ gb = g + b * R * C;
+    double* __restrict__ cs = colsum.data();
+    std::fill(cs, cs + C, 0.0);
+    double rsum = 0;
+    for (int64_t i = 0; i < R; ++i) {
+      double acc[LANES] = {0}, rs = 0;
+      int64_t j = 0;
+      const T* __restrict__ gi = gb + i * C;
+      for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; ++l) {
+          double x = (double)grad(gi, j + l);
+          acc[l] += x * x;
+          cs[j + l] += x * x;
+        }
+      for (; j < C; ++j) { double x = (double)grad(gi, j); rs += x * x; cs[j] += x * x; }
+      for (int l = 0; l < LANES; ++l) rs += acc[l];
+      T r = lerp(rv[b * R + i], (T)(rs / (double)C));
+      rv[b * R + i] = r;
+      rsum += r;
+    }
+    for (int64_t j = 0; j < C; ++j) cv[b * C + j] = lerp(cv[b * C + j], (T)(cs[j] / (double)R));
+    const T rmean = std::max((T)(rsum / (double)R), eps1);
+    rinv[b] = T(1) / rmean;
+    for (int64_t i = 0; i < R; ++i) ra[i] = T(1) / std::sqrt(rv[b * R + i] * rinv[b]);
+    for (int64_t j = 0; j < C; ++j) cb[j] = T(1) / std::sqrt(cv[b * C + j]);
+    for (int64_t i = 0; i < R; ++i) {
+      const T ri = rv[b * R + i] * rinv[b], ai = ra[i];
+      const T* __restrict__ gi = gb + i * C;
+      const T* __restrict__ cvb = cv + b * C;
+      double acc[LANES] = {0};
+      int64_t j = 0;
+      for (; j + LANES <= C; j += LANES)
+        for (int l = 0; l < LANES; ++l) {
+          T x = grad(gi, j + l);
+          double u = (double)(ri * cvb[j + l] >= e2 ? x * ai * cb[j + l] : x * inv_e);
+          acc[l] += u * u;
+        }
+      for (; j < C; ++j) {
+        T x = grad(gi, j);
+        double u = (double)(ri * cvb[j] >= e2 ? x * ai * cb[j] : x * inv_e);
+        su += u * u;
+      }
+      for (int l = 0; l < LANES; ++l) su += acc[l];
+    }
+  }
+  const T scale = (T)(-alpha / std::max(1.0, std::sqrt(su) / (std::pow((double)n, 0.5) * dd)));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < R; ++i) ra[i] = T(1) / std::sqrt(rv[b * R + i] * rinv[b]);
+    for (int64_t j = 0; j < C; ++j) cb[j] = T(1) / std::sqrt(cv[b * C + j]);
+    for (int64_t i = 0; i < R; ++i) {
+      const T ri = rv[b * R + i] * rinv[b], ai = ra[i];
+      T* __restrict__ pi = p + (b * R + i) * C;
+      const T* __restrict__ gi = g + (b * R + i) * C;
+      const T* __restrict__ cvb = cv + b * C;
+      for (int64_t j = 0; j < C; ++j) {
+        T x = grad(gi, j);
+        T u = ri * cvb[j] >= e2 ? x * ai * cb[j] : x * inv_e;
+        pi[j] = fma_(scale, u, pi[j] * decay);
+      }
+    }
+  }
+}
+
+template <typename T> void adafactor(const Args* a) {
+  std::vector<double> steps(a->n);
+  for (int64_t t = 0; t < a->n; ++t) steps[t] = bump(a, a->sc1, t);
+  with_grad<T>(a, [&](auto grad) {
+#pragma omp parallel num_threads(a->nthreads) if (a->n > 1)
+    {
+      std::vector<double> colsum;
+      std::vector<T> scratch;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < a->n; ++t) adafactor_one<T>(a, grad, t, steps[t], colsum, scratch);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- non-finite check
+// Returns the smallest index of a tensor holding NaN or Inf, or -1. dtype codes:
+// 0 float32, 1 float64, 2 bfloat16, 3 float16. Integer bit tests, so it vectorises.
+template <typename U>
+bool any_nonfinite(const void* data, int64_t lo, int64_t hi, U expmask) {
+  // |x| as bits: NaN or Inf iff it is at least the all-ones exponent (a max: vectorises)
+  const U* __restrict__ x = (const U*)data;
+  const U abs = (U)~((U)1 << (8 * sizeof(U) - 1));
+  U m = 0;
+  for (int64_t j = lo; j < hi; ++j) {
+    U v = x[j] & abs;
+    m = v > m ? v : m;
+  }
+  return m >= expmask;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Each algorithm is built into its own library on first use (-DLRK_ONLY_<name>: a few
+// seconds each, not the whole file's twenty); every library has the check below.
+#define LRK_EXPORT(name)                                                      \
+  void lrk_##name##_f32(const Args* a) { name<float>(a); }                   \
+  void lrk_##name##_f64(const Args* a) { name<double>(a); }
+#if defined(LRK_ONLY_sgd)
+LRK_EXPORT(sgd)
+#elif defined(LRK_ONLY_adagrad)
+LRK_EXPORT(adagrad)
+#elif defined(LRK_ONLY_adadelta)
+LRK_EXPORT(adadelta)
+#elif defined(LRK_ONLY_rmsprop)
+LRK_EXPORT(rmsprop)
+#elif defined(LRK_ONLY_adam)
+LRK_EXPORT(adam)
+#elif defined(LRK_ONLY_nadam)
+LRK_EXPORT(nadam)
+#elif defined(LRK_ONLY_radam)
+LRK_EXPORT(radam)
+#elif defined(LRK_ONLY_adamax)
+LRK_EXPORT(adamax)
+#elif defined(LRK_ONLY_lion)
+LRK_EXPORT(lion)
+#elif defined(LRK_ONLY_adafactor)
+LRK_EXPORT(adafactor)
+#endif
+
+int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
+                            const int32_t* dtype, int32_t nthreads) {
+  Args a{};
+  a.n = n;
+  a.size = size;
+  std::vector<Chunk> cs = chunks(&a, false);
+  const int64_t nc = (int64_t)cs.size();
+  int64_t first = n;
+#pragma omp parallel for schedule(static) num_threads(nthreads) reduction(min : first) \
+    if (nc > 1)
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk& k = cs[c];
+    if (k.t >= first) continue;
+    bool bad;
+    switch (dtype[k.t]) {
+      case 0: bad = any_nonfinite<uint32_t>(data[k.t], k.lo, k.hi, 0x7f800000u); break;
+      case 1: bad = any_nonfinite<uint64_t>(data[k.t], k.lo, k.hi, 0x7ff0000000000000ull);
+        break;
+      case 2: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, 0x7f80u); break;
+      default: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, 0x7c00u); break;
+    }
+    if (bad && k.t < first) first = k.t;
+  }
+  return first == n ? -1 : first;
+}
+
+void lrk_set_sqrt(void* vs, void* vd) {
+  g_vs = (vsqrt_f32)vs;
+  g_vd = (vsqrt_f64)vd;
+}
+
+int32_t lrk_abi_version() { return 4; }
+
+}  // extern "C"

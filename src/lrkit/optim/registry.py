@@ -1,0 +1,214 @@
+"""Every lrkit optimizer with its reference and the argument combinations its tests cover.
+
+The pattern of torch's ``OptimizerInfo`` (torch/testing/_internal/common_optimizers.py):
+one entry per optimizer drives one generic test suite (parity with the reference, fast
+paths against the reference path, exact resume, non-finite gradients, bad arguments,
+Scheduler). An entry names its reference by import path (``"torch.optim:Adam"``,
+``"lion_pytorch:Lion"``, an author's package for the learning-rate-free methods) so
+that reading the registry imports nothing.
+
+Adding an optimizer (issue 4 and later):
+
+1. write the class on ``LrkitOptimizer`` in its family's file: ``_init_state`` (torch's
+   or the author's state keys), ``_reference_step`` (the readable spec), ``_explain``
+   (its effective lr and direction), ``torch_name = None``; a fast path is optional:
+   ``_foreach`` (see Lion) or a kernel in kernels.cpp with ``kernel``/``_kernel_args``;
+2. ``register(OptimizerInfo(...))`` here: ``reference="prodigyopt:Prodigy"`` (any
+   ``module:Class`` taking the same arguments), ``configs`` covering every option,
+   ``rtol`` loosened where the reference is an independent implementation,
+   ``unsupported`` for argument names the reference lacks, ``invalid`` and
+   ``schedulable``, and ``tags`` (``"lr_free"``, ``"needs_closure"``...) for generic
+   tests to select on.
+
+Every test in tests/test_optim_*.py then covers it: parity, fast paths, exact resume,
+state dicts, nonfinite modes, effective lr, bad arguments, Scheduler, torch.compile.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+REGISTRY: dict[str, OptimizerInfo] = {}
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """One optimizer and how to test it.
+
+    name: the class name in ``lrkit.optim``.
+    reference: ``"module:Class"`` of the implementation it must equal (None: none).
+    configs: keyword-argument combinations covering every option (lr included).
+    space: candidate values per argument for random draws (combinations the class
+        refuses are discarded).
+    invalid: ``(kwargs, name)`` pairs: arguments that must raise ValueError naming ``name``.
+    schedulable: param-group values a ``lrkit.Scheduler`` may drive (``beta1`` = betas[0]).
+    rtol: relative tolerance (max |a - b| / max |b| per tensor) after ``steps`` steps
+        against the reference, float32 and float64.
+    unsupported: config keys the reference lacks (such configs skip the parity check).
+    tags: free-form labels for generic tests ("lr_free", "needs_closure", ...).
+    """
+
+    name: str
+    reference: str | None
+    configs: tuple[dict[str, Any], ...]
+    space: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    invalid: tuple[tuple[dict[str, Any], str], ...] = ()
+    schedulable: tuple[str, ...] = ("lr",)
+    rtol: float = 1e-6
+    steps: int = 100
+    unsupported: tuple[str, ...] = ()
+    tags: frozenset[str] = frozenset()
+
+    @property
+    def cls(self) -> type:
+        return getattr(importlib.import_module("lrkit.optim"), self.name)
+
+    def reference_cls(self) -> type | None:
+        if self.reference is None:
+            return None
+        module, _, attr = self.reference.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def impls(self) -> tuple[str, ...]:
+        """The implementations this optimizer has besides "reference"."""
+        cls = self.cls
+        out = []
+        if cls.kernel is not None:
+            out.append("kernel")
+        if cls.torch_name is not None or hasattr(cls, "_foreach"):
+            out.append("foreach")
+        if cls.torch_fused:
+            out.append("fused")
+        return tuple(out)
+
+    def __repr__(self) -> str:
+        return f"OptimizerInfo({self.name})"
+
+
+def register(info: OptimizerInfo) -> OptimizerInfo:
+    REGISTRY[info.name] = info
+    return info
+
+
+_LR = (1e-3, 1e-2, 0.1)
+_BAD_LR = (({"lr": -0.1}, "lr"),)
+_BAD_BETAS = (({"betas": (1.0, 0.999)}, "betas[0]"), ({"betas": (0.9, -0.1)}, "betas[1]"),
+              ({"betas": (-0.5, 0.9)}, "betas[0]"))
+_BAD_EPS = (({"eps": 0.0}, "eps"), ({"eps": -1e-8}, "eps"))
+_BAD_WD = (({"weight_decay": -0.1}, "weight_decay"),)
+
+register(OptimizerInfo(
+    "SGD", "torch.optim:SGD",
+    configs=({"lr": 0.05}, {"lr": 0.05, "momentum": 0.9},
+             {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+             {"lr": 0.05, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.05},
+             {"lr": 0.05, "weight_decay": 0.1},
+             {"lr": 0.02, "momentum": 0.5, "nesterov": True, "weight_decay": 0.01,
+              "maximize": True}),
+    space={"lr": _LR, "momentum": (0.0, 0.5, 0.9), "dampening": (0.0, 0.1),
+           "weight_decay": (0.0, 0.01), "nesterov": (False, True), "maximize": (False, True)},
+    invalid=_BAD_LR + _BAD_WD + (({"momentum": -0.9}, "momentum"),
+                                 ({"nesterov": True}, "nesterov")),
+    schedulable=("lr", "momentum", "weight_decay", "dampening"),
+))
+register(OptimizerInfo(
+    "Adagrad", "torch.optim:Adagrad",
+    configs=({"lr": 0.1}, {"lr": 0.1, "lr_decay": 0.01},
+             {"lr": 0.1, "weight_decay": 0.1, "initial_accumulator_value": 0.1},
+             {"lr": 0.05, "eps": 1e-6, "maximize": True}),
+    space={"lr": _LR, "lr_decay": (0.0, 0.01), "weight_decay": (0.0, 0.01),
+           "initial_accumulator_value": (0.0, 0.1), "eps": (1e-10, 1e-6),
+           "maximize": (False, True)},
+    invalid=_BAD_LR + _BAD_EPS + _BAD_WD + (({"lr_decay": -1.0}, "lr_decay"),
+                                             ({"initial_accumulator_value": -1.0},
+                                              "initial_accumulator_value")),
+    schedulable=("lr", "weight_decay", "eps"),
+))
+register(OptimizerInfo(
+    "Adadelta", "torch.optim:Adadelta",
+    configs=({}, {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1},
+             {"lr": 0.5, "eps": 1e-4, "maximize": True}),
+    space={"lr": (0.1, 1.0), "rho": (0.5, 0.9, 0.99), "eps": (1e-6, 1e-4),
+           "weight_decay": (0.0, 0.01), "maximize": (False, True)},
+    invalid=_BAD_LR + _BAD_EPS + _BAD_WD + (({"rho": 1.5}, "rho"),),
+    schedulable=("lr", "rho", "weight_decay"),
+))
+register(OptimizerInfo(
+    "RMSprop", "torch.optim:RMSprop",
+    configs=({"lr": 1e-3}, {"lr": 1e-3, "centered": True}, {"lr": 1e-3, "momentum": 0.9},
+             {"lr": 1e-3, "centered": True, "momentum": 0.5, "weight_decay": 0.1},
+             {"lr": 1e-3, "alpha": 0.9, "eps": 1e-6, "maximize": True},
+             {"lr": 1e-3, "weight_decay": 0.1}),
+    space={"lr": (1e-4, 1e-3, 1e-2), "alpha": (0.9, 0.99), "eps": (1e-8, 1e-6),
+           "weight_decay": (0.0, 0.01), "momentum": (0.0, 0.9), "centered": (False, True),
+           "maximize": (False, True)},
+    invalid=_BAD_LR + _BAD_EPS + _BAD_WD + (({"alpha": -0.1}, "alpha"),
+                                             ({"momentum": -0.5}, "momentum")),
+    schedulable=("lr", "momentum", "alpha", "weight_decay"),
+))
+_ADAM_SPACE = {"lr": _LR, "betas": ((0.9, 0.999), (0.5, 0.9), (0.0, 0.99)),
+               "eps": (1e-8, 1e-6), "weight_decay": (0.0, 0.01), "maximize": (False, True)}
+_ADAM_BAD = _BAD_LR + _BAD_BETAS + _BAD_EPS + _BAD_WD
+register(OptimizerInfo(
+    "Adam", "torch.optim:Adam",
+    configs=({"lr": 1e-2}, {"lr": 1e-2, "amsgrad": True}, {"lr": 1e-2, "weight_decay": 0.1},
+             {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
+             {"lr": 1e-2, "amsgrad": True, "maximize": True},
+             {"lr": 1e-2, "betas": (0.5, 0.9), "eps": 1e-6}),
+    space={**_ADAM_SPACE, "amsgrad": (False, True), "decoupled_weight_decay": (False, True)},
+    invalid=_ADAM_BAD, schedulable=("lr", "beta1", "beta2", "weight_decay", "eps"),
+))
+register(OptimizerInfo(
+    "AdamW", "torch.optim:AdamW",
+    configs=({"lr": 1e-2}, {"lr": 1e-2, "amsgrad": True}, {"lr": 1e-2, "weight_decay": 0.0},
+             {"lr": 1e-2, "weight_decay": 0.1, "maximize": True}),
+    space={**_ADAM_SPACE, "amsgrad": (False, True)},
+    invalid=_ADAM_BAD, schedulable=("lr", "beta1", "beta2", "weight_decay", "eps"),
+))
+register(OptimizerInfo(
+    "NAdam", "torch.optim:NAdam",
+    configs=({"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1},
+             {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
+             {"lr": 1e-2, "momentum_decay": 0.01, "maximize": True}),
+    space={**_ADAM_SPACE, "momentum_decay": (4e-3, 0.01),
+           "decoupled_weight_decay": (False, True)},
+    invalid=_ADAM_BAD + (({"momentum_decay": -1.0}, "momentum_decay"),),
+    schedulable=("lr", "beta1", "beta2", "weight_decay", "momentum_decay"),
+))
+register(OptimizerInfo(
+    "RAdam", "torch.optim:RAdam",
+    configs=({"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1},
+             {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
+             {"lr": 1e-2, "betas": (0.9, 0.9), "maximize": True}),
+    space={**_ADAM_SPACE, "decoupled_weight_decay": (False, True)},
+    invalid=_ADAM_BAD, schedulable=("lr", "beta1", "beta2", "weight_decay"),
+))
+register(OptimizerInfo(
+    "Adamax", "torch.optim:Adamax",
+    configs=({"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1},
+             {"lr": 1e-2, "betas": (0.5, 0.9), "eps": 1e-6, "maximize": True}),
+    space=_ADAM_SPACE, invalid=_ADAM_BAD,
+    schedulable=("lr", "beta1", "beta2", "weight_decay"),
+))
+register(OptimizerInfo(
+    "Lion", "lion_pytorch:Lion",
+    configs=({"lr": 1e-3}, {"lr": 1e-3, "weight_decay": 0.1},
+             {"lr": 1e-3, "betas": (0.95, 0.98)}, {"lr": 1e-3, "maximize": True}),
+    space={"lr": (1e-4, 1e-3), "betas": ((0.9, 0.99), (0.95, 0.98)),
+           "weight_decay": (0.0, 0.1), "maximize": (False, True)},
+    invalid=_BAD_LR + _BAD_BETAS + _BAD_WD,
+    schedulable=("lr", "beta1", "beta2", "weight_decay"),
+    unsupported=("maximize",),
+))
+register(OptimizerInfo(
+    "Adafactor", "torch.optim:Adafactor",
+    configs=({"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1},
+             {"lr": 1e-2, "beta2_decay": -0.5, "d": 2.0},
+             {"lr": 1e-2, "eps": (1e-30, 1e-3), "maximize": True}),
+    space={"lr": (1e-3, 1e-2), "beta2_decay": (-0.8, -0.5), "d": (1.0, 2.0),
+           "weight_decay": (0.0, 0.01), "maximize": (False, True)},
+    invalid=_BAD_LR + _BAD_WD + (({"eps": (None, 0.0)}, "eps[1]"),
+                                 ({"beta2_decay": 0.5}, "beta2_decay"), ({"d": 0.5}, "d")),
+    schedulable=("lr", "weight_decay", "d"),
+))

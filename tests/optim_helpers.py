@@ -1,0 +1,119 @@
+"""Shared by the optimizer tests: a small real model, its data, and training loops."""
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrkit.optim import REGISTRY
+
+# tiny tensors: one thread is fastest, and pytest -n 2 must not oversubscribe two cores
+torch.set_num_threads(1)
+
+CASES = [(info, cfg) for info in REGISTRY.values() for cfg in info.configs]
+INFOS = list(REGISTRY.values())
+
+
+def case_id(case: Any) -> str:
+    if isinstance(case, dict):
+        return ",".join(f"{k}={v}" for k, v in case.items()) or "defaults"
+    return getattr(case, "name", str(case))
+
+
+def make_model(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
+    """Conv (3-d weight) + MLP: ~300 parameters in 6 tensors of 1, 2 and 3 dims."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(24, 8),
+                          nn.Tanh(), nn.Linear(8, 1))
+    return model.to(dtype)
+
+
+def batches(dtype: torch.dtype = torch.float32, n: int = 4, seed: int = 1) -> list:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, 2, 8, generator=g)
+    w = torch.randn(16, generator=g)
+    y = torch.tanh(x.flatten(2) @ w).unsqueeze(-1) + 0.1 * torch.randn(n, 16, 1, generator=g)
+    return [(a.to(dtype), b.to(dtype)) for a, b in zip(x, y)]
+
+
+def param_groups(model: nn.Module, cfg: dict[str, Any], groups: bool) -> Any:
+    if not groups:
+        return model.parameters()
+    params = list(model.parameters())
+    lr = cfg.get("lr", 1e-3)
+    return [{"params": params[:2], "lr": lr}, {"params": params[2:], "lr": lr * 0.3}]
+
+
+def loss_of(model: nn.Module, batch: tuple) -> torch.Tensor:
+    x, y = batch
+    return (model(x) - y).pow(2).mean()
+
+
+def train(opt: torch.optim.Optimizer, model: nn.Module, data: list, steps: int,
+          start: int = 0, closure: bool = False) -> list[torch.Tensor]:
+    for i in range(start, start + steps):
+        batch = data[i % len(data)]
+        if closure:
+            def fn(batch=batch):
+                opt.zero_grad()
+                loss = loss_of(model, batch)
+                loss.backward()
+                return loss
+            opt.step(fn)
+        else:
+            opt.zero_grad()
+            loss_of(model, batch).backward()
+            opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def run(cls: type, cfg: dict[str, Any], dtype: torch.dtype = torch.float32,
+        groups: bool = False, steps: int = 100, **extra: Any) -> list[torch.Tensor]:
+    model = make_model(dtype)
+    opt = cls(param_groups(model, cfg, groups), **cfg, **extra)
+    return train(opt, model, batches(dtype), steps)
+
+
+def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """max over tensors of max|a - b| / max|b|."""
+    out = 0.0
+    for x, y in zip(a, b):
+        x, y = x.detach().double(), y.detach().double()
+        out = max(out, float((x - y).abs().max() / y.abs().max().clamp(min=1e-30)))
+    return out
+
+
+def roundtrip(sd: dict) -> dict:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def snapshot(opt: torch.optim.Optimizer) -> tuple:
+    return copy.deepcopy(opt.state_dict()), [
+        p.detach().clone() for g in opt.param_groups for p in g["params"]]
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Bit-for-bit equal optimizer state dicts (tensors by torch.equal)."""
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, dict):
+            if not isinstance(y, dict) or not same_state(x, y):
+                return False
+        elif isinstance(x, torch.Tensor):
+            if not (isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y)):
+                return False
+        elif isinstance(x, (list, tuple)):
+            if len(x) != len(y) or not all(
+                    same_state({0: u}, {0: v}) for u, v in zip(x, y)):
+                return False
+        elif x != y and not (x != x and y != y):
+            return False
+    return True

@@ -1,0 +1,77 @@
+"""Bad hyperparameters raise ValueError naming the argument; torch's switches map onto impl."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import lrkit
+from optim_helpers import INFOS
+
+BAD = [(i, kw, name) for i in INFOS for kw, name in i.invalid]
+
+
+def _param():
+    return [torch.nn.Parameter(torch.zeros(3))]
+
+
+@pytest.mark.parametrize("info,kwargs,name", BAD,
+                         ids=[f"{i.name}-{n}-{list(k.values())[0]}" for i, k, n in BAD])
+def test_invalid_hyperparameter_names_the_argument(info, kwargs, name):
+    with pytest.raises(ValueError, match=re.escape(f"{info.name}(): {name} must")):
+        info.cls(_param(), **kwargs)
+
+
+@pytest.mark.parametrize("info", INFOS, ids=[i.name for i in INFOS])
+def test_every_optimizer_refuses_the_common_bad_values(info):
+    """The issue's list: negative lr, betas outside [0, 1), eps <= 0."""
+    names = {n for _, n in info.invalid}
+    assert "lr" in names
+    import inspect
+    params = inspect.signature(info.cls.__init__).parameters
+    if "betas" in params:
+        assert {"betas[0]", "betas[1]"} <= names
+    if "eps" in params:
+        assert "eps" in names or "eps[1]" in names
+    with pytest.raises(ValueError, match="lr must"):
+        info.cls(_param(), lr=torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        info.cls(_param(), impl="fastest")
+
+
+def test_torch_switches_map_onto_impl():
+    Adam, NAdam = lrkit.optim.Adam, lrkit.optim.NAdam
+    assert Adam(_param(), fused=True).impl == "fused"
+    assert Adam(_param(), foreach=True).impl == "foreach"
+    assert Adam(_param(), foreach=False).impl == "reference"
+    assert Adam(_param()).impl == "auto"
+    with pytest.raises(ValueError, match="cannot be used together"):
+        Adam(_param(), fused=True, foreach=True)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        NAdam(_param(), impl="fused")
+
+
+def test_differentiable_runs_torchs_functional_under_autograd():
+    """differentiable=True: the step is part of the graph, as with torch."""
+    grads = []
+    for cls in (lrkit.optim.Adam, torch.optim.Adam):
+        w = torch.randn(4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        p = w.clone()  # a non-leaf parameter, as torch's differentiable tests use
+        p.grad = torch.linspace(-1, 1, 4)
+        cls([p], lr=0.1, differentiable=True).step()
+        p.square().sum().backward()
+        grads.append(w.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_import_lrkit_stays_light():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, lrkit; assert 'torch' not in sys.modules; "
+            "lrkit.optim.Adam; assert 'lion_pytorch' not in sys.modules")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": src})
