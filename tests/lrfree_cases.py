@@ -1,7 +1,7 @@
 """The learning-rate-free and schedule-free optimizers, their authors' packages, and the
-argument combinations the tests draw; plus the small model they train.
-
-A stand-in for their entries in the optimizer registry (the optimizers issue)."""
+argument combinations drawn for the bit-for-bit tests of their reference paths (the
+registry's configs drive the generic suite; these add the packages' defaults and random
+draws); plus the small model those tests train."""
 from __future__ import annotations
 
 import copy
@@ -25,9 +25,10 @@ from lrkit.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 
 
 def _train_mode(cls):
-    """schedulefree's optimizers start in eval mode; ours start in train mode."""
+    """schedulefree's optimizers start in eval mode (ours in train mode); their
+    single-tensor path is the one lrkit's reference mirrors."""
     def make(params, **kw):
-        opt = cls(params, **kw)
+        opt = cls(params, foreach=False, **kw)
         opt.train()
         return opt
     return make
@@ -98,7 +99,6 @@ CASES = {
         [{"lr": 0.1, "weight_decay": 0.1}, {"lr": 0.3, "momentum": 0.5}], switches=True),
 }
 
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
 # ------------------------------------------------------------------ the model and data

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrfree_cases import fork, one_thread, problem  # noqa: F401
-from lrkit.optim.sls import SLS
+from lrkit import NonFiniteGradientError
+from lrkit.optim import SLS
 
 
 def quadratic(seed: int, n: int = 12, condition: float = 30.0):
@@ -125,7 +126,7 @@ def test_fast_path_equals_reference_and_groups_share_one_search():
         return SLS([{"params": params[:2]}, {"params": params[2:]}], init_lr=3.0)
 
     reference, _ = run_mlp(lambda p: SLS(p, impl="reference", init_lr=3.0))
-    fast, opt = run_mlp(lambda p: SLS(p, impl="fast", init_lr=3.0))
+    fast, opt = run_mlp(lambda p: SLS(p, impl="foreach", init_lr=3.0))
     grouped, _ = run_mlp(two_groups)
     for m in (fast, grouped):
         assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), m.parameters()))
@@ -205,6 +206,38 @@ def test_bad_closures_and_nonfinite_losses_are_refused_clearly():
     skipping = SLS([w], nonfinite="skip")
     skipping.step(lambda: (w * float("inf")).sum())
     assert torch.equal(w.detach(), torch.ones(2)) and skipping.function_evals == 0
+    assert skipping.skipped_steps == 1
+
+
+class _NaNGrad(torch.autograd.Function):
+    """sum(w) whose gradient has NaN in entry 0."""
+
+    @staticmethod
+    def forward(ctx, w):
+        return w.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.expand(2).clone()
+        g[0] = float("nan")
+        return g
+
+
+@pytest.mark.parametrize("mode", ["raise", "skip", "zero"])
+def test_nonfinite_gradients_follow_the_nonfinite_mode(mode):
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = SLS([w], nonfinite=mode)
+    closure = lambda: _NaNGrad.apply(w) + (w * w).sum()  # noqa: E731
+    if mode == "raise":
+        with pytest.raises(NonFiniteGradientError, match=r"param_groups\[0\]\['params'\]\[0\]"):
+            opt.step(closure)
+        assert torch.equal(w.detach(), torch.ones(2))
+    elif mode == "skip":
+        opt.step(closure)
+        assert torch.equal(w.detach(), torch.ones(2)) and opt.skipped_steps == 1
+    else:  # the line search runs along the gradient with the NaN entry as zero
+        opt.step(closure)
+        assert w.detach()[0] == 1.0 and w.detach()[1] < 1.0 and opt.last_step_size > 0
 
 
 def test_a_loss_that_never_decreases_enough_is_a_failed_search_not_a_step():

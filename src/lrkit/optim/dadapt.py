@@ -42,47 +42,53 @@ common value or 0. Differences from ``dadaptation``: a group with ``lr=0`` is fr
 DAdaptSGD honours each group's ``weight_decay`` and ``momentum`` (``dadaptation`` applies the
 first group's to all); DAdaptSGD does not keep the redundant ``z = x0 - s`` buffer; a step
 whose gradients are all zero is skipped (``dadaptation`` divides by zero).
+
+Implementations: the reference (``impl="reference"``) runs ``dadaptation``'s operations and
+equals it bit for bit; lrkit's kernel (the default for dense CPU float32/float64 tensors)
+runs the same elementwise arithmetic in one pass over the tensors (the update needs no new
+:math:`d`: it reads only the moments) and takes the sums in float64, so :math:`d` equals
+the reference's to its float32 rounding; ``"foreach"`` runs torch's multi-tensor ops with
+one host sync per step (the default on GPUs). (A first step with decoupled weight decay,
+or DAdaptSGD's first step, takes two passes: the reference skips the update when every
+gradient so far is zero, which is known only after the sums.)
+
+``effective_lr()``: DAdaptAdam's is :math:`\rho\,\eta_k / (\sqrt{v_{k+1}}+\epsilon)`
+elementwise on the direction :math:`m_{k+1} / (\rho\,\eta_k)` (the momentum in gradient
+units); DAdaptSGD's is :math:`(1-\mu)\,\eta_k` for every element, on the direction of the
+dual-averaging step (the gradient plus the pull of the momentum toward the average).
 """
 from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from lrkit import _checks as C
+from lrkit.optim import _kernel as K
 from lrkit.optim import _lrfree as L
+from lrkit.optim.base import Explained, scalar, uniform
 
 logger = logging.getLogger("lrkit.optim")
 
 
 class _DAdapt(L.SharedDOptimizer):
-    """What DAdaptAdam and DAdaptSGD share: argument checks, active groups, the new d."""
+    """What DAdaptAdam and DAdaptSGD share: argument checks, the new d."""
 
     _checks = {
-        "lr": C.nonnegative, "eps": C.positive, "weight_decay": C.nonnegative,
+        "lr": L.lr_check, "eps": C.positive, "weight_decay": C.nonnegative,
         "d0": C.positive, "decouple": C.boolean, "use_bias_correction": C.boolean,
-        "log_every": C.nonnegative_int, "layer_scale": C.positive,
-        "betas": lambda f, n, v: L.betas(f, v, n),
+        "log_every": C.nonnegative_int, "layer_scale": C.positive, "betas": L.betas,
         "momentum": lambda f, n, v: C.in_range(f, n, v, 0.0, 1.0, high_open=True),
-        "growth_rate": lambda f, n, v: L.growth_rate(f, v),
-        "fsdp_in_use": lambda f, n, v: L.no_distributed(f, v),
+        "growth_rate": L.growth_rate,
     }
-
-    def _active(self):
-        """(group, params with a gradient) for each group with a nonzero lr."""
-        for group in self.param_groups:
-            params = L.params_with_grad(group) if group["lr"] > 0 else []
-            if params:
-                self._fsdp_check(params)
-                yield group, params
 
     @staticmethod
     def _new_d(fn: str, d: float, d_hat: float, growth: float) -> float:
         if not math.isfinite(d_hat):
-            raise FloatingPointError(
-                f"{fn}: the d estimate is not finite ({d_hat}); the optimizer state has "
-                "overflowed")
+            raise L.not_finite(fn, str(d_hat))
         return max(d, min(d_hat, d * growth))
 
 
@@ -93,57 +99,87 @@ class DAdaptAdam(_DAdapt):
 
     ``opt.estimated_lr()`` gives ``d * lr * layer_scale`` per group (the Adam learning rate
     D-Adaptation has arrived at). If ``d`` still equals ``d0`` after ``d_stall_steps`` steps a
-    ``DEstimateWarning`` says why (``None`` turns the check off).
+    ``DEstimateWarning`` says why (``None`` turns the check off). ``fsdp_in_use=True`` is
+    ``sharded=True`` (see :mod:`lrkit.optim._lrfree`). A group may set ``layer_scale`` (a
+    factor on its step, as in ``dadaptation``).
     """
 
-    def __init__(self, params, lr: float = 1.0, betas=(0.9, 0.999), eps: float = 1e-8,
+    kernel = "dadapt_adam"
+
+    def __init__(self, params: Any, lr: float | Tensor = 1.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, log_every: int = 0, decouple: bool = False,
                  use_bias_correction: bool = False, d0: float = 1e-6,
                  growth_rate: float = math.inf, fsdp_in_use: bool = False, *,
                  nonfinite: str = "raise", impl: str = "auto",
-                 d_stall_steps: int | None = 1000) -> None:
+                 d_stall_steps: int | None = 1000, sharded: Any = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, layer_scale=1.0,
                         log_every=log_every, growth_rate=growth_rate,
                         use_bias_correction=use_bias_correction, decouple=decouple, d0=d0,
                         fsdp_in_use=fsdp_in_use, d=d0, k=0, numerator_weighted=0.0)
         super().__init__(params, defaults, nonfinite=nonfinite, impl=impl,
-                         d_stall_steps=d_stall_steps)
+                         d_stall_steps=d_stall_steps, sharded=sharded,
+                         fsdp_in_use=fsdp_in_use)
 
     def estimated_lr(self) -> list[float]:
         """``d * lr * layer_scale`` for each param group (before bias correction)."""
-        return [g["d"] * float(g["lr"]) * g["layer_scale"] for g in self.param_groups]
+        return [g["d"] * float(scalar(g["lr"])) * g["layer_scale"] for g in self.param_groups]
 
-    def _adapt(self) -> None:
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        zeros = [torch.zeros_like(p, memory_format=torch.preserve_format) for _ in range(3)]
+        return {"step": 0, "s": zeros[0], "exp_avg": zeros[1], "exp_avg_sq": zeros[2]}
+
+    def _adapt(self, work: list[L.Work]) -> None:
         fn = "DAdaptAdam.step()"
         groups = self.param_groups
         lr = L.shared_lr(fn, groups)
-        beta1, beta2 = L.shared_value(fn, groups, "betas")
+        beta1, beta2 = (float(scalar(b)) for b in L.shared_value(fn, groups, "betas"))
         growth, decouple, use_bc, log_every = (L.shared_value(fn, groups, key) for key in (
             "growth_rate", "decouple", "use_bias_correction", "log_every"))
         first = groups[0]
         k, d = first["k"], first["d"]
-        bias_correction = (math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
-                           if use_bc else 1.0)
+        bias_correction = (((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
+                           if use_bc else 1)
         dlr = d * lr * bias_correction
         sqrt_beta2 = beta2 ** 0.5
-        accumulate, update = (_adam_accumulate_fast, _adam_update_fast) if self.fast else \
-            (_adam_accumulate_reference, _adam_update_reference)
+        # one pass, unless the reference could still skip the update of a decoupled decay
+        fused = k > 0 or not (decouple and any(g["weight_decay"] != 0 for g in groups))
 
-        work, dots, l1s = [], [], []
-        for group, params in self._active():
-            decay, scale = group["weight_decay"], group["layer_scale"]
-            grads = [p.grad for p in params]
-            if decay != 0 and not decouple:
-                grads = [g.add(p, alpha=decay) for g, p in zip(grads, params)]
-            states = [self._state(p) for p in params]
-            ms, vs, ss = ([s[key] for s in states] for key in ("exp_avg", "exp_avg_sq", "s"))
-            dot, l1 = accumulate(grads, ss, ms, vs, dlr=dlr, scale=scale, eps=group["eps"],
-                                 beta1=beta1, beta2=beta2, sqrt_beta2=sqrt_beta2)
-            dots.append((scale * dlr, dot))
-            l1s.append((scale, l1))
-            work.append((group, params, states, ms, vs))
+        active = self._active(work)
+        dots, l1s, pending = [], [], []
+        for w in active:
+            group = w.group
+            decay, scale, eps = group["weight_decay"], group["layer_scale"], group["eps"]
+            coupled = decay != 0 and not decouple
+            ndec = -decay * dlr if decay != 0 and decouple else 0.0
+            sums: dict[int, Any] = {}
+            flags = (K.F_ACC | K.F_UPD * fused | K.F_WD * (decay != 0)
+                     | K.F_DECOUPLED * bool(decouple))
+            hp = [eps, beta1, beta2, sqrt_beta2, scale * dlr * (1 - beta1), 1 - beta2,
+                  dlr * (1 - sqrt_beta2), decay if coupled else 0.0, ndec]
+            for b in w.batches:
+                sts = [self.state[p] for p in b.params]
+                cols = [[s[key] for s in sts] for key in ("s", "exp_avg", "exp_avg_sq")]
+                sums.update(L.kernel_sums(b, K.call(self, b, cols, hp, flags, nout=2,
+                                                    writes_params=fused), 2))
+                if not fused:
+                    pending.append((b, cols, hp, flags & ~K.F_ACC | K.F_UPD | K.F_FORWARD))
+            if w.rest:
+                grads = [g.add(p, alpha=decay) if coupled else g
+                         for p, g in zip(w.rest, w.rest_grads)]
+                ms, vs, ss = ([self.state[p][key] for p in w.rest]
+                              for key in ("exp_avg", "exp_avg_sq", "s"))
+                ref = self._path(w.rest) == "reference"
+                dot, l1 = (_adam_accumulate_reference if ref else _adam_accumulate_foreach)(
+                    grads, ss, ms, vs, dlr=dlr, scale=scale, eps=eps, beta1=beta1,
+                    beta2=beta2, sqrt_beta2=sqrt_beta2)
+                sums.update((id(p), (a, b)) for p, a, b in zip(w.rest, dot, l1))
+                pending.append((w.rest, ms, vs, eps, decay * dlr if ndec else 0.0, ref))
+            for dot_l1 in w.ordered(sums):
+                dots.append((scale * dlr, dot_l1[0]))
+                l1s.append((scale, dot_l1[1]))
 
-        numerator_acum, sk_l1 = adam_d_sums(dots, l1s)
+        numerator_acum, sk_l1 = adam_d_sums(dots, l1s, self._process_group())
         numerator = sqrt_beta2 * first["numerator_weighted"] + (1 - sqrt_beta2) * numerator_acum
         if sk_l1 == 0:  # no gradient signal yet (dadaptation returns here too)
             return
@@ -154,33 +190,45 @@ class DAdaptAdam(_DAdapt):
                         k, lr, dlr, d_hat, d, sk_l1, numerator)
         for group in groups:
             group.update(numerator_weighted=numerator, d=d, d_hat=d_hat)
-        for group, params, states, ms, vs in work:
-            update(params, ms, vs, eps=group["eps"],
-                   decay=group["weight_decay"] * dlr if decouple else 0.0)
-            for s in states:
-                s["step"] += 1
+        for item in pending:
+            if isinstance(item[0], K.Batch):
+                b, cols, hp, flags = item
+                K.call(self, b, cols, hp, flags, nout=2, writes_params=True)
+            else:
+                params, ms, vs, eps, decay, ref = item
+                (_adam_update_reference if ref else _adam_update_foreach)(
+                    params, ms, vs, eps=eps, decay=decay)
+        for w in active:
+            for p in w.params:
+                self.state[p]["step"] += 1
         for group in groups:
             group["k"] = k + 1
 
-    def _state(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
-        if "step" not in state:
-            state["step"] = 0
-            for key in ("s", "exp_avg", "exp_avg_sq"):
-                state[key] = torch.zeros_like(p)
-        return state
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        beta1, beta2 = hp["betas"]
+        k, d, lr = hp["k"], hp["d"], hp["lr"]
+        bc = ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1)) \
+            if hp["use_bias_correction"] else 1
+        dlr = d * lr * bc
+        step = hp["layer_scale"] * dlr
+        eta = step / (state["exp_avg_sq"].sqrt() + hp["eps"])
+        direction = state["exp_avg"] / step
+        wd = hp["weight_decay"]
+        if wd != 0 and hp["decouple"]:
+            decay = dlr * wd * (p.detach() + eta * direction) / (1 - dlr * wd)
+            return Explained(eta, direction, decay, -eta * direction - decay)
+        return Explained(eta, direction, 0.0, -eta * direction)
 
 
-def adam_d_sums(dots: list, l1s: list) -> tuple[float, float]:
+def adam_d_sums(dots: list, l1s: list, group: Any = None) -> tuple[float, float]:
     """DAdaptAdam's two global sums over every tensor, in dadaptation's order of rounding:
     of ``layer_scale * dlr * <g, s / (sqrt(v) + eps)>`` and of ``layer_scale * ||s||_1``.
-    Each argument lists (coefficient, per-tensor values) per group. Where a distributed run
-    must all-reduce."""
-    values = L.to_host(*(v for _, v in dots), *(v for _, v in l1s))
-    n = len(dots)
-    numerator = L.ordered_sum(c * x for (c, _), vals in zip(dots, values[:n]) for x in vals)
-    l1 = L.ordered_sum(c * x for (c, _), vals in zip(l1s, values[n:]) for x in vals)
-    return tuple(L.global_sums([numerator, l1]))
+    Each argument lists (coefficient, per-tensor value) pairs; all-reduced over ``group``
+    when the parameters are sharded."""
+    values = L.to_host([v for _, v in dots], [v for _, v in l1s])
+    numerator = L.ordered_sum(c * x for (c, _), x in zip(dots, values[0]))
+    l1 = L.ordered_sum(c * x for (c, _), x in zip(l1s, values[1]))
+    return tuple(L.global_sums([numerator, l1], group))
 
 
 def _adam_accumulate_reference(grads, ss, ms, vs, *, dlr, scale, eps, beta1, beta2,
@@ -206,10 +254,10 @@ def _adam_update_reference(params, ms, vs, *, eps, decay) -> None:
         p.addcdiv_(m, denom, value=-1)
 
 
-def _adam_accumulate_fast(grads, ss, ms, vs, *, dlr, scale, eps, beta1, beta2,
-                          sqrt_beta2) -> tuple[list, list]:
-    """Pass 1 with in-place multi-tensor updates and no host sync. The per-tensor sums use
-    the reference's reduction kernels (``d`` is sensitive to their rounding)."""
+def _adam_accumulate_foreach(grads, ss, ms, vs, *, dlr, scale, eps, beta1, beta2,
+                             sqrt_beta2) -> tuple[list, list]:
+    """Pass 1 with in-place multi-tensor updates and no host sync; the per-tensor sums use
+    the reference's reduction kernels."""
     dots = [torch.dot(g.flatten(), s.div(v.sqrt().add_(eps)).flatten())
             for g, s, v in zip(grads, ss, vs)]
     torch._foreach_mul_(ms, beta1)
@@ -221,10 +269,10 @@ def _adam_accumulate_fast(grads, ss, ms, vs, *, dlr, scale, eps, beta1, beta2,
     return dots, [s.abs().sum() for s in ss]
 
 
-def _adam_update_fast(params, ms, vs, *, eps, decay) -> None:
+def _adam_update_foreach(params, ms, vs, *, eps, decay) -> None:
     if decay != 0:
         torch._foreach_add_(params, params, alpha=-decay)
-    for p, m, v in zip(params, ms, vs):
+    for p, m, v in zip(params, ms, vs):  # one temporary at a time
         p.addcdiv_(m, v.sqrt().add_(eps), value=-1)
 
 
@@ -235,26 +283,34 @@ class DAdaptSGD(_DAdapt):
 
     ``opt.estimated_lr()`` gives ``d * lr / ||g_0||`` per group: the SGD learning rate
     D-Adaptation has arrived at (0 before the first step). If ``d`` still equals ``d0``
-    after ``d_stall_steps`` steps a ``DEstimateWarning`` says why.
+    after ``d_stall_steps`` steps a ``DEstimateWarning`` says why. State per tensor: ``s``
+    and ``x0``.
     """
 
-    def __init__(self, params, lr: float = 1.0, momentum: float = 0.0,
+    kernel = "dadapt_sgd"
+
+    def __init__(self, params: Any, lr: float | Tensor = 1.0, momentum: float = 0.0,
                  weight_decay: float = 0.0, log_every: int = 0, d0: float = 1e-6,
                  growth_rate: float = math.inf, fsdp_in_use: bool = False, *,
                  nonfinite: str = "raise", impl: str = "auto",
-                 d_stall_steps: int | None = 1000) -> None:
+                 d_stall_steps: int | None = 1000, sharded: Any = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         log_every=log_every, d0=d0, growth_rate=growth_rate,
                         fsdp_in_use=fsdp_in_use, d=d0, k=0, numerator_weighted=0.0)
         super().__init__(params, defaults, nonfinite=nonfinite, impl=impl,
-                         d_stall_steps=d_stall_steps)
+                         d_stall_steps=d_stall_steps, sharded=sharded,
+                         fsdp_in_use=fsdp_in_use)
 
     def estimated_lr(self) -> list[float]:
         """``d * lr / ||g_0||`` for each param group (0 before the first step)."""
-        return [g["d"] * float(g["lr"]) / g["g0_norm"] if g.get("g0_norm") else 0.0
+        return [g["d"] * float(scalar(g["lr"])) / g["g0_norm"] if g.get("g0_norm") else 0.0
                 for g in self.param_groups]
 
-    def _adapt(self) -> None:
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        return {"s": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "x0": p.detach().clone()}
+
+    def _adapt(self, work: list[L.Work]) -> None:
         fn = "DAdaptSGD.step()"
         groups = self.param_groups
         lr = L.shared_lr(fn, groups)
@@ -262,32 +318,56 @@ class DAdaptSGD(_DAdapt):
                              ("growth_rate", "log_every"))
         first = groups[0]
         k, d = first["k"], first["d"]
-        active = list(self._active())
+        active = self._active(work)
+        reduce_over = self._process_group()
         if k == 0:
-            (g_sq,) = L.global_sums([L.ordered_sum(L.to_host(
-                [(p.grad * p.grad).sum() for _, params in active for p in params])[0])])
+            sqs = []
+            for w in active:
+                sums = {}
+                for b in w.batches:
+                    sums.update(L.kernel_sums(b, K.call(self, b, [None, None], [0.0] * 4,
+                                                        K.F_GSQ, nout=2), 2))
+                sums.update((id(p), ((g * g).sum(), 0.0)) for p, g in
+                            zip(w.rest, w.rest_grads))
+                sqs += [v[0] for v in w.ordered(sums)]
+            (g_sq,) = L.global_sums([L.ordered_sum(L.to_host(sqs)[0])], reduce_over)
             if g_sq == 0:  # nothing to scale the step by yet; try again next step
                 return
             for group in groups:
                 group["g0_norm"] = math.sqrt(g_sq)
         g0_norm = first["g0_norm"]
         dlr = d * lr / g0_norm
-        accumulate = _sgd_accumulate_fast if self.fast else _sgd_accumulate_reference
+        fused = k > 0  # the first step's update waits for ||s|| > 0
 
-        work, dots, sqs = [], [], []
-        for group, params in active:
-            decay = group["weight_decay"]
-            grads = [p.grad for p in params]
-            if decay != 0:
-                grads = [g.add(p, alpha=decay) for g, p in zip(grads, params)]
-            states = [self._state(p) for p in params]
-            ss = [s["s"] for s in states]
-            dot, sq = accumulate(grads, ss, dlr=dlr)
-            dots += dot
-            sqs += sq
-            work.append((group, params, states, ss))
+        dots, sqs, pending = [], [], []
+        for w in active:
+            decay, momentum = w.group["weight_decay"], w.group["momentum"]
+            ck = 1 - momentum
+            sums: dict[int, Any] = {}
+            hp = [dlr, decay, ck, 1 - ck]
+            flags = K.F_ACC | K.F_UPD * fused | K.F_WD * (decay != 0)
+            for b in w.batches:
+                cols = [[self.state[p][key] for p in b.params] for key in ("s", "x0")]
+                sums.update(L.kernel_sums(b, K.call(self, b, cols, hp, flags, nout=2,
+                                                    writes_params=fused), 2))
+                if not fused:
+                    pending.append((b, cols, hp, K.F_UPD | K.F_FORWARD))
+            if w.rest:
+                grads = [g.add(p, alpha=decay) if decay != 0 else g
+                         for p, g in zip(w.rest, w.rest_grads)]
+                ss = [self.state[p]["s"] for p in w.rest]
+                ref = self._path(w.rest) == "reference"
+                dot, sq = (_sgd_accumulate_reference if ref else _sgd_accumulate_foreach)(
+                    grads, ss, dlr=dlr)
+                sums.update((id(p), (a, b)) for p, a, b in zip(w.rest, dot, sq))
+                pending.append((w.rest, [self.state[p]["x0"] for p in w.rest], ss, momentum,
+                                ref))
+            for dot_sq in w.ordered(sums):
+                dots.append(dot_sq[0])
+                sqs.append(dot_sq[1])
 
-        numerator, sk_sq = sgd_d_sums(dots, sqs, dlr, first["numerator_weighted"])
+        numerator, sk_sq = sgd_d_sums(dots, sqs, dlr, first["numerator_weighted"],
+                                      reduce_over)
         if sk_sq == 0:
             return
         d_hat = 2 * numerator / math.sqrt(sk_sq)
@@ -295,29 +375,48 @@ class DAdaptSGD(_DAdapt):
         if log_every > 0 and k % log_every == 0:
             logger.info("DAdaptSGD k=%d dlr=%g d_hat=%g d=%g sk_norm=%g numerator=%g g0=%g",
                         k, dlr, d_hat, d, math.sqrt(sk_sq), numerator, g0_norm)
-        update = _sgd_update_fast if self.fast else _sgd_update_reference
         for group in groups:
             group.update(numerator_weighted=numerator, d=d, d_hat=d_hat)
-        for group, params, states, ss in work:
-            update(params, [s["x0"] for s in states], ss, momentum=group["momentum"])
+        for item in pending:
+            if isinstance(item[0], K.Batch):
+                b, cols, hp, flags = item
+                K.call(self, b, cols, hp, flags, writes_params=True)
+            else:
+                params, x0s, ss, momentum, ref = item
+                (_sgd_update_reference if ref else _sgd_update_foreach)(
+                    params, x0s, ss, momentum=momentum)
+        for w in active:
+            self._last[w.index]["g0_norm"] = g0_norm
         for group in groups:
             group["k"] = k + 1
 
-    def _state(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
-        if "s" not in state:
-            state["s"] = torch.zeros_like(p)
-            state["x0"] = p.detach().clone()
-        return state
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        """eta = (1 - momentum) dlr, uniform; the direction is the step over eta."""
+        dlr = hp["d"] * hp["lr"] / hp["g0_norm"]
+        mom, wd = hp["momentum"], hp["weight_decay"]
+        ck = 1 - mom
+        w, x0, s = p.detach(), state["x0"], state["s"]
+        if mom > 0:  # w = mom w_prev + ck (x0 - s)
+            prev = (w - ck * (x0 - s)) / mom
+        else:  # w_prev = x0 - s_prev, s = s_prev + dlr (g + wd w_prev)
+            prev = (x0 - s + dlr * self._grad(p, hp)) / (1 - dlr * wd)
+        eta = ck * dlr
+        update = w - prev
+        return Explained(uniform(eta, w), -update / eta, 0.0, update)
 
 
-def sgd_d_sums(dots: list, sqs: list, dlr: float, numerator: float) -> tuple[float, float]:
+def sgd_d_sums(dots: list, sqs: list, dlr: float, numerator: float,
+               group: Any = None) -> tuple[float, float]:
     """DAdaptSGD's global sums over every tensor, in dadaptation's order of rounding: the
-    numerator ``numerator + sum of dlr * <g, s>`` and ``||s||^2``. Where a distributed run
-    must all-reduce (and the first step's ``||g_0||^2``)."""
+    numerator ``numerator + sum of dlr * <g, s>`` and ``||s||^2``, all-reduced over
+    ``group`` when the parameters are sharded (the running numerator is global already:
+    only this step's terms are reduced)."""
     dots, sqs = L.to_host(dots, sqs)
-    numerator = L.ordered_sum((dlr * v for v in dots), start=numerator)
-    return tuple(L.global_sums([numerator, L.ordered_sum(sqs)]))
+    step_terms, sk_sq = L.global_sums([L.ordered_sum(dlr * v for v in dots),
+                                       L.ordered_sum(sqs)], group)
+    if group is None:  # as dadaptation adds: term by term onto the running numerator
+        return L.ordered_sum((dlr * v for v in dots), start=numerator), sk_sq
+    return numerator + step_terms, sk_sq
 
 
 def _sgd_accumulate_reference(grads, ss, *, dlr) -> tuple[list[float], list[float]]:
@@ -337,13 +436,13 @@ def _sgd_update_reference(params, x0s, ss, *, momentum) -> None:
         p.mul_(1 - ck).add_(x0 - s, alpha=ck)
 
 
-def _sgd_accumulate_fast(grads, ss, *, dlr) -> tuple[list, list]:
+def _sgd_accumulate_foreach(grads, ss, *, dlr) -> tuple[list, list]:
     dots = [torch.dot(g.flatten(), s.flatten()) for g, s in zip(grads, ss)]
     torch._foreach_add_(ss, grads, alpha=dlr)
     return dots, [(s * s).sum() for s in ss]
 
 
-def _sgd_update_fast(params, x0s, ss, *, momentum) -> None:
+def _sgd_update_foreach(params, x0s, ss, *, momentum) -> None:
     ck = 1 - momentum
     torch._foreach_mul_(params, 1 - ck)
     for p, x0, s in zip(params, x0s, ss):

@@ -21,6 +21,17 @@ decay into it); a parameter without a gradient is skipped (the package fails); a
 later starts its own first step; ``x0`` lives in ``opt.state`` and ``rbar``, ``G``, ``eta``
 (tensors) in each group; one host sync per step fetches every step size (the package syncs
 once per tensor).
+
+Implementations: the reference (``impl="reference"``) runs the package's operations and
+equals it bit for bit; lrkit's kernel (the default for dense CPU float32/float64 tensors)
+makes two passes (the per-tensor norms, in float64; then the step) and equals the
+reference up to the rounding of those norms; ``"foreach"`` updates with torch's
+multi-tensor ops. Sharded parameters (``sharded=``, see :mod:`lrkit.optim._lrfree`): DoG's
+group norms are all-reduced as sums of squares; LDoG's are per tensor, whole on the
+process that owns the tensor, and need no reduction.
+
+``effective_lr()`` is the step size :math:`\eta_t` of the group (DoG) or the tensor
+(LDoG), the same for every element, on the direction :math:`g_t + \lambda x_t`.
 """
 from __future__ import annotations
 
@@ -29,35 +40,41 @@ from copy import deepcopy
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lrkit import _checks as C
+from lrkit.optim import _kernel as K
 from lrkit.optim import _lrfree as L
+from lrkit.optim.base import Explained, scalar, uniform
 
 
-class DoG(L.StandInOptimizer):
+class DoG(L.GlobalStepOptimizer):
     """DoG with the constructor of ``dog.DoG``: one step size per param group.
 
     ``opt.estimated_lr()`` gives the last step size per group (None before the first step).
     """
 
+    kernel = "dog"
+    kernel_exact = False  # the norms are taken in float64
     _layerwise = False
 
     _checks = {
-        "reps_rel": C.nonnegative, "lr": C.positive, "weight_decay": C.nonnegative,
+        "reps_rel": C.nonnegative, "lr": L.lr_check, "weight_decay": C.nonnegative,
         "eps": C.nonnegative,
         "init_eta": lambda f, n, v: None if v is None else C.positive(f, n, v),
     }
 
-    def __init__(self, params, reps_rel: float = 1e-6, lr: float = 1.0,
+    def __init__(self, params: Any, reps_rel: float = 1e-6, lr: float | Tensor = 1.0,
                  weight_decay: float = 0.0, eps: float = 1e-8, init_eta: float | None = None,
-                 *, nonfinite: str = "raise", impl: str = "auto") -> None:
+                 *, nonfinite: str = "raise", impl: str = "auto",
+                 sharded: Any = False) -> None:
         defaults = dict(reps_rel=reps_rel, lr=lr, weight_decay=weight_decay, eps=eps,
                         init_eta=init_eta)
-        super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
+        super().__init__(params, defaults, nonfinite=nonfinite, impl=impl, sharded=sharded)
 
     @classmethod
-    def _validated(cls, fn: str, values: dict[str, Any]) -> dict[str, Any]:
-        out = super()._validated(fn, values)
+    def _validated(cls, fn: str, values: dict[str, Any], group: bool = False) -> dict[str, Any]:
+        out = super()._validated(fn, values, group)
         if out.get("init_eta") is not None:
             out["reps_rel"] = 0.0  # the first step is init_eta; r_eps is then 0
         elif "reps_rel" in out and out["reps_rel"] == 0 and "init_eta" in values:
@@ -74,41 +91,91 @@ class DoG(L.StandInOptimizer):
             out.append(None if eta is None else eta.tolist())
         return out
 
-    def _step(self) -> None:
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        return {"x0": p.detach().clone()}
+
+    def _global_step(self, plans: list) -> None:
         fn = f"{type(self).__name__}.step()"
-        work = []
-        for group in self.param_groups:
-            params = group["params"]
-            first = "G" not in group
-            if first:
-                for p in params:
-                    self.state[p]["x0"] = p.detach().clone()
-            decay = group["weight_decay"]
-            grads = [None if p.grad is None else p.grad if decay == 0 else
-                     p.grad.add(p, alpha=decay) for p in params]
-            norms = _stats(params, grads, [self.state[p]["x0"] for p in params], first=first)
-            self._update_group(group, *group_reductions(norms, self._layerwise), first=first)
-            work.append((group, params, grads))
+        work = [L.Work(plan) for plan in plans]
+        stats = []
+        for w in work:
+            decay = w.group["weight_decay"]
+            first = "G" not in w.group
+            sums: dict[int, Any] = {}
+            for b in w.batches:
+                flat = K.call(self, b, [[self.state[p]["x0"] for p in b.params]], [decay],
+                              K.F_ACC | K.F_WD * (decay != 0) | K.F_FIRST * first, nout=2)
+                sums.update((key, (math.sqrt(v[0]), v[1]))
+                            for key, v in L.kernel_sums(b, flat, 2).items())
+            if w.rest:
+                grads = [g.add(p, alpha=decay) if decay != 0 else g
+                         for p, g in zip(w.rest, w.rest_grads)]
+                norms, g_sqs = _stats(w.rest, grads, [self.state[p]["x0"] for p in w.rest],
+                                      first=first)
+                sums.update((id(p), (n, s)) for p, n, s in zip(w.rest, norms, g_sqs))
+            ref = w.params[0]
+            norms, g_sqs = zip(*w.ordered(sums))
+            stats.append((_stack(norms, ref), _stack(g_sqs, ref), first))
+        reduce_over = self._process_group() if not self._layerwise else None
+        reduced = self._reduce(work, stats, reduce_over)
+        for w, (norm, g_sq, first) in zip(work, reduced):
+            self._update_group(w.group, norm, g_sq, first=first)
+        etas = _host_etas(fn, [w.group for w in work])
+        for w, eta in zip(work, etas):
+            eta = eta if self._layerwise else [eta] * len(w.params)
+            eta_of = {id(p): e for p, e in zip(w.params, eta)}
+            decay = w.group["weight_decay"]
+            for b in w.batches:
+                K.call(self, b, [None], [decay], K.F_UPD | K.F_FORWARD | K.F_WD * (decay != 0),
+                       values=[eta_of[id(p)] for p in b.params], writes_params=True)
+            if w.rest:
+                grads = [g.add(p, alpha=decay) if decay != 0 else g
+                         for p, g in zip(w.rest, w.rest_grads)]
+                update = _update_reference if self._path(w.rest) == "reference" \
+                    else _update_foreach
+                update(w.rest, grads, [eta_of[id(p)] for p in w.rest])
+            self._last[w.index]["eta_of"] = eta_of
 
-        etas = _host_etas(fn, [group for group, *_ in work])
-        update = _update_fast if self.fast else _update_reference
-        for (_, params, grads), eta in zip(work, etas):
-            eta = eta if self._layerwise else [eta] * len(params)
-            live = [i for i, g in enumerate(grads) if g is not None]
-            update([params[i] for i in live], [grads[i] for i in live], [eta[i] for i in live])
+    def _reduce(self, work: list, stats: list, group: Any) -> list:
+        """The group's norms (DoG: one; LDoG: per tensor), as dog-optimizer reduces them:
+        ||x|| and ||x - x0|| as norms of the per-tensor norms, ||g||^2 as a sum. With
+        sharded parameters (DoG), all-reduced as sums of squares over the processes."""
+        if self._layerwise:
+            return stats
+        if group is None:
+            return [(norms.norm(), g_sqs.sum(), first) for norms, g_sqs, first in stats]
+        # every process adds the same vector: two sums for each param group
+        by_index = {w.index: s for w, s in zip(work, stats)}
+        local = []
+        for i in range(len(self.param_groups)):
+            norms, g_sqs, _ = by_index.get(i, (None, None, None))
+            local += [0.0, 0.0] if norms is None else \
+                [float(norms.double().square().sum()), float(g_sqs.double().sum())]
+        total = L.global_sums(local, group)
+        out = []
+        for w, (norms, _, first) in zip(work, stats):
+            sq, gs = total[2 * w.index], total[2 * w.index + 1]
+            out.append((norms.new_tensor(math.sqrt(sq)), norms.new_tensor(gs), first))
+        return out
 
-    def _update_group(self, group: dict, x_norm, dist, g_sq, *, first: bool) -> None:
+    def _update_group(self, group: dict, norm: Tensor, g_sq: Tensor, *, first: bool) -> None:
         """rbar, G and eta of one group (0-dim tensors; LDoG: one entry per tensor)."""
         if first:
-            group["rbar"] = group["reps_rel"] * (1 + x_norm)
+            group["rbar"] = group["reps_rel"] * (1 + norm)
             group["G"] = g_sq + group["eps"]
         else:
-            group["rbar"] = torch.maximum(group["rbar"], dist)
+            group["rbar"] = torch.maximum(group["rbar"], norm)
             group["G"] = group["G"] + g_sq
-        eta = group["lr"] * group["rbar"] / torch.sqrt(group["G"])
+        eta = scalar(group["lr"]) * group["rbar"] / torch.sqrt(group["G"])
         if first and group["init_eta"] is not None:
             eta = eta * 0 + group["init_eta"]
         group["eta"] = eta
+
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        eta, wd = hp["eta_of"][id(p)], hp["weight_decay"]
+        g, w = self._grad(p, hp), p.detach()
+        d = g + wd * ((w + eta * g) / (1 - eta * wd)) if wd != 0 else g
+        return Explained(uniform(eta, w), d, 0.0, -eta * d)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -128,21 +195,20 @@ class LDoG(DoG):
     _layerwise = True
 
 
-def group_reductions(norms, layerwise: bool):
-    """The per-tensor norms reduced to the group's (DoG) or kept per tensor (LDoG), as
-    dog-optimizer does: ||x|| and ||x - x0|| as norms of the stacked norms, ||g||^2 as a sum.
-    Where a run with sharded parameters must all-reduce (sum of squares)."""
-    x_norm, dist, g_sq = norms
-    if layerwise:
-        return x_norm, dist, g_sq
-    return (None if x_norm is None else x_norm.norm(), None if dist is None else dist.norm(),
-            g_sq.sum())
+def _stack(values: tuple, like: Tensor) -> Tensor:
+    """Per-tensor values (0-dim tensors, or floats from the kernel) as one tensor."""
+    if not any(isinstance(v, Tensor) for v in values):
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return torch.stack([v.to(like.device) if isinstance(v, Tensor) else
+                        torch.tensor(v, dtype=like.dtype, device=like.device) for v in values])
 
 
 def _host_etas(fn: str, groups: list[dict]) -> list:
     """Every group's step size(s) as Python floats, in one host sync."""
     etas = [g["eta"] for g in groups]
-    flat = torch.cat([e.reshape(-1).to(torch.float64) for e in etas]).tolist()
+    if not etas:
+        return []
+    flat = torch.cat([e.reshape(-1).to("cpu", torch.float64) for e in etas]).tolist()
     if not all(math.isfinite(v) for v in flat):
         raise ValueError(
             f"{fn}: the step size is not finite: the sum of squared gradients (plus eps) is 0 "
@@ -156,15 +222,14 @@ def _host_etas(fn: str, groups: list[dict]) -> list:
 
 
 # ------------------------------------------------------------------------------ stats
-def _stats(params, grads, x0s, *, first: bool):
-    """Per-tensor ||x|| (first step), ||x - x0|| (later steps) and ||g||^2, stacked, with
-    dog-optimizer's operations; a tensor without a gradient adds 0. Both paths use it: these
-    are per-tensor reductions already, and the d sums must round as the reference's."""
-    x_norm = torch.stack([p.norm() for p in params]) if first else None
-    dist = None if first else torch.stack([torch.norm(p - x0) for p, x0 in zip(params, x0s)])
-    g_sq = torch.stack([(g ** 2).sum() if g is not None else p.new_zeros(())
-                        for p, g in zip(params, grads)])
-    return x_norm, dist, g_sq
+def _stats(params, grads, x0s, *, first: bool) -> tuple[list, list]:
+    """Per-tensor ||x|| (first step) or ||x - x0|| (later steps) and ||g||^2, with
+    dog-optimizer's operations (0-dim tensors)."""
+    if first:
+        norms = [p.detach().norm() for p in params]
+    else:
+        norms = [torch.norm(p.detach() - x0) for p, x0 in zip(params, x0s)]
+    return norms, [(g ** 2).sum() for g in grads]
 
 
 # ----------------------------------------------------------------------------- update
@@ -173,7 +238,7 @@ def _update_reference(params, grads, etas) -> None:
         p.add_(g, alpha=-eta)
 
 
-def _update_fast(params, grads, etas) -> None:
+def _update_foreach(params, grads, etas) -> None:
     if len(set(etas)) == 1:
         torch._foreach_add_(params, grads, alpha=-etas[0])
     else:  # LDoG: one step size per tensor (add_ with alpha rounds once, as the reference)

@@ -34,6 +34,16 @@ The traps of ``schedulefree`` are closed here:
 
 ``exact_switch=False`` recomputes :math:`y = (1-\beta) z + \beta x` on ``train()``, as
 ``schedulefree`` does: no extra memory in eval mode, a rounding error at every switch.
+
+Implementations: the reference runs ``schedulefree``'s single-tensor operations, lrkit's
+kernel (dense CPU float32/float64) the same arithmetic in one pass over all tensors of a
+group, bit for bit on x86-64 (no sums are involved); ``"foreach"`` is torch's multi-tensor
+ops (``foreach=`` maps onto ``impl``).
+
+``effective_lr()`` describes the training weights :math:`y` (train mode only): the
+multiplier on the gradient, :math:`\gamma_t (1 - \beta (1 - c_{t+1}))`, over
+:math:`\sqrt{v_{t+1}/(1-\beta_2^{t+1})}+\epsilon` for AdamW; the direction is the step
+over it (the gradient, the weight decay, and the pull of :math:`y` toward :math:`z`).
 """
 from __future__ import annotations
 
@@ -41,29 +51,32 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lrkit import _checks as C
+from lrkit.optim import _kernel as K
 from lrkit.optim import _lrfree as L
+from lrkit.optim.base import Explained, scalar
 
 
-class _ScheduleFree(L.StandInOptimizer):
+class _ScheduleFree(L.GlobalStepOptimizer):
     """What both share: the average's weights, train/eval switching, the mode guard."""
 
     _beta_key = ""
 
-    def __init__(self, params, defaults: dict[str, Any], *, foreach: bool | None,
-                 exact_switch: bool, nonfinite: str, impl: str) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], *, exact_switch: bool,
+                 nonfinite: str, impl: str) -> None:
         fn = f"{type(self).__name__}()"
-        if foreach is not None:  # schedulefree's switch, for drop-in use
-            C.boolean(fn, "foreach", foreach)
-            if impl == "auto":
-                impl = "fast" if foreach else "reference"
+        if defaults.get("foreach") is not None:  # schedulefree's switch, for drop-in use
+            C.boolean(fn, "foreach", defaults["foreach"])
         self.exact_switch = C.boolean(fn, "exact_switch", exact_switch)
         defaults.update(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
 
     _checks: dict = {
-        "lr": C.nonnegative, "eps": C.positive, "weight_decay": C.nonnegative,
+        "lr": lambda f, n, v: L.check_lr(f, v) if isinstance(v, Tensor) else
+        C.nonnegative(f, n, v),
+        "eps": C.positive, "weight_decay": C.nonnegative,
         "warmup_steps": C.nonnegative_int, "r": C.nonnegative,
         "weight_lr_power": C.nonnegative,
         "betas": lambda f, n, v: _schedulefree_betas(f, v, n),
@@ -71,13 +84,15 @@ class _ScheduleFree(L.StandInOptimizer):
                                                high_open=True),
     }
 
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:  # a group added later starts in the optimizer's mode
             param_group.setdefault("train_mode", self.param_groups[0]["train_mode"])
         super().add_param_group(param_group)
 
     def _beta(self, group: dict) -> float:
-        return group["betas"][0] if self._beta_key == "betas" else group["momentum"]
+        return float(scalar(group["betas"][0] if self._beta_key == "betas"
+                            else group["momentum"]))
 
     @property
     def training(self) -> bool:
@@ -118,7 +133,7 @@ class _ScheduleFree(L.StandInOptimizer):
                     p.lerp_(z, 1 - beta)
             group["train_mode"] = True
 
-    def _can_step(self) -> None:
+    def _check_can_step(self) -> None:
         if not self.training:
             raise RuntimeError(
                 f"{type(self).__name__}.step(): the optimizer is in eval mode (the parameters "
@@ -130,22 +145,53 @@ class _ScheduleFree(L.StandInOptimizer):
         running sums as schedulefree does."""
         k, warmup = group["k"], group["warmup_steps"]
         sched = (k + 1) / warmup if k < warmup else 1.0
-        lr = float(group["lr"]) * sched
+        lr = float(scalar(group["lr"])) * sched
         group["scheduled_lr"] = lr
         lr_max = group["lr_max"] = max(lr, group["lr_max"])
         weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
         weight_sum = group["weight_sum"] = group["weight_sum"] + weight
-        ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
+        ckp1 = weight / weight_sum if weight_sum != 0 else 0
         return lr, ckp1
+
+    def _global_step(self, plans: list) -> None:
+        work = {plan[0]: L.Work(plan) for plan in plans}
+        for i, group in enumerate(self.param_groups):
+            lr, ckp1 = self._schedule(group)
+            w = work.get(i)
+            if w is not None:
+                self._update_group(w, lr, ckp1)
+                self._last[i].update(step_lr=lr, ckp1=ckp1)
+            group["k"] += 1
 
     def estimated_lr(self) -> list[float]:
         """The lr of the last step per group (with warmup)."""
         return [g["scheduled_lr"] for g in self.param_groups]
 
+    def _explained(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any], denom: Any,
+                   beta: float) -> Explained:
+        """eta on the gradient (over ``denom``) and the step of y over it."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]) and not group["train_mode"]:
+                raise ValueError(f"{type(self).__name__}.explain(): the optimizer is in eval "
+                                 "mode; call train() first (explain() describes the "
+                                 "training weights y)")
+        lr, c, wd = hp["step_lr"], hp["ckp1"], hp["weight_decay"]
+        g, y, z = self._grad(p, hp), p.detach(), state["z"]
+        gd = g / denom
+        a = -lr * (1 - beta) * (1 - c)  # y = (1 - c) y_prev + c z + a (gd + wd y_prev)
+        if c == 1:  # the first step: y_prev was z_prev = z + lr (gd + wd y_prev)
+            prev = (z + lr * gd) / (1 - lr * wd)
+        else:
+            prev = (y - c * z - a * gd) / (1 - c + a * wd)
+        eta = lr * (1 - beta * (1 - c)) / denom if isinstance(denom, Tensor) else \
+            torch.full_like(y, lr * (1 - beta * (1 - c)))
+        update = y - prev
+        return Explained(eta, -update / eta, 0.0, update)
 
-def _schedulefree_betas(fn: str, value: Any, name: str) -> tuple[float, float]:
-    b1, b2 = L.betas(fn, value, name)
-    if b1 == 0:
+
+def _schedulefree_betas(fn: str, value: Any, name: str) -> tuple:
+    b1, b2 = L.betas(fn, name, value)
+    if scalar(b1) == 0:
         raise ValueError(f"{fn}: {name}[0] must be in (0, 1) for schedule-free averaging "
                          f"(eval() divides by it), got {value!r}")
     return b1, b2
@@ -154,37 +200,48 @@ def _schedulefree_betas(fn: str, value: Any, name: str) -> tuple[float, float]:
 # ------------------------------------------------------------------------------ AdamW
 class ScheduleFreeAdamW(_ScheduleFree):
     """Schedule-free AdamW with the constructor of ``schedulefree.AdamWScheduleFree``
-    (plus ``exact_switch``; ``foreach`` maps onto ``impl``)."""
+    (plus ``exact_switch``; ``foreach`` maps onto ``impl``). State per tensor: ``z``,
+    ``exp_avg_sq`` (and ``y`` in eval mode with ``exact_switch``)."""
 
     _beta_key = "betas"
+    kernel = "sf_adamw"
 
-    def __init__(self, params, lr: float = 0.0025, betas=(0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: Any, lr: float | Tensor = 0.0025,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, warmup_steps: int = 0, r: float = 0.0,
                  weight_lr_power: float = 2.0, foreach: bool | None = None, *,
                  exact_switch: bool = True, nonfinite: str = "raise",
                  impl: str = "auto") -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, r=r, warmup_steps=warmup_steps,
-                        weight_lr_power=weight_lr_power, weight_decay=weight_decay)
-        super().__init__(params, defaults, foreach=foreach, exact_switch=exact_switch,
-                         nonfinite=nonfinite, impl=impl)
+                        weight_lr_power=weight_lr_power, weight_decay=weight_decay,
+                        foreach=foreach)
+        super().__init__(params, defaults, exact_switch=exact_switch, nonfinite=nonfinite,
+                         impl=impl)
 
-    def _step(self) -> None:
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            bias_correction2 = 1 - beta2 ** (group["k"] + 1)
-            lr, ckp1 = self._schedule(group)
-            params = L.params_with_grad(group)
-            for p in params:
-                if "z" not in self.state[p]:
-                    self.state[p]["z"] = p.detach().clone()
-                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
-            if params:
-                (_adamw_fast if self.fast else _adamw_reference)(
-                    params, [p.grad for p in params], [self.state[p]["z"] for p in params],
-                    [self.state[p]["exp_avg_sq"] for p in params], lr=lr, ckp1=ckp1,
-                    beta1=beta1, beta2=beta2, bias_correction2=bias_correction2,
-                    eps=group["eps"], decay=group["weight_decay"])
-            group["k"] += 1
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        return {"z": torch.clone(p.detach(), memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def _update_group(self, w: L.Work, lr: float, ckp1: float) -> None:
+        group = w.group
+        beta1, beta2 = (float(scalar(b)) for b in group["betas"])
+        bias_correction2 = 1 - beta2 ** (group["k"] + 1)
+        eps, decay = group["eps"], group["weight_decay"]
+        for b in w.batches:
+            cols = [[self.state[p][key] for p in b.params] for key in ("z", "exp_avg_sq")]
+            K.call(self, b, cols, [beta2, 1 - beta2, bias_correction2, eps, decay, ckp1,
+                                   lr * (beta1 * (1 - ckp1) - 1), lr],
+                   K.F_WD * (decay != 0), writes_params=True)
+        if w.rest:
+            (_adamw_reference if self._path(w.rest) == "reference" else _adamw_foreach)(
+                w.rest, w.rest_grads, [self.state[p]["z"] for p in w.rest],
+                [self.state[p]["exp_avg_sq"] for p in w.rest], lr=lr, ckp1=ckp1, beta1=beta1,
+                beta2=beta2, bias_correction2=bias_correction2, eps=eps, decay=decay)
+
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        beta1, beta2 = hp["betas"]
+        denom = (state["exp_avg_sq"] / (1 - beta2 ** (hp["k"] + 1))).sqrt() + hp["eps"]
+        return self._explained(hp, p, state, denom, beta1)
 
 
 def _adamw_reference(ys, grads, zs, vs, *, lr, ckp1, beta1, beta2, bias_correction2, eps,
@@ -201,61 +258,58 @@ def _adamw_reference(ys, grads, zs, vs, *, lr, ckp1, beta1, beta2, bias_correcti
         z.sub_(g_hat, alpha=lr)
 
 
-def _adamw_fast(ys, grads, zs, vs, *, lr, ckp1, beta1, beta2, bias_correction2, eps,
-                decay) -> None:
+def _adamw_foreach(ys, grads, zs, vs, *, lr, ckp1, beta1, beta2, bias_correction2, eps,
+                   decay) -> None:
     torch._foreach_mul_(vs, beta2)
     torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
-    if decay != 0:  # decay is taken at y before the interpolation: one tensor at a time
-        _adamw_reference_moved(ys, grads, zs, vs, lr=lr, ckp1=ckp1, beta1=beta1,
-                               bias_correction2=bias_correction2, eps=eps, decay=decay)
-        return
-    torch._foreach_lerp_(ys, zs, ckp1)
-    for y, g, z, v in zip(ys, grads, zs, vs):
+    g_hats = []
+    for y, g, v in zip(ys, grads, vs):  # one temporary at a time (see benchmarks/README.md)
         g_hat = g.div(v.div(bias_correction2).sqrt_().add_(eps))
-        y.add_(g_hat, alpha=lr * (beta1 * (1 - ckp1) - 1))
-        z.sub_(g_hat, alpha=lr)
-
-
-def _adamw_reference_moved(ys, grads, zs, vs, *, lr, ckp1, beta1, bias_correction2, eps,
-                           decay) -> None:
-    """The reference step after the second moment has been updated."""
-    for y, g, z, v in zip(ys, grads, zs, vs):
-        g_hat = g.div(v.div(bias_correction2).sqrt_().add_(eps)).add_(y, alpha=decay)
-        y.lerp_(z, ckp1)
-        y.add_(g_hat, alpha=lr * (beta1 * (1 - ckp1) - 1))
-        z.sub_(g_hat, alpha=lr)
+        if decay != 0:
+            g_hat.add_(y, alpha=decay)  # weight decay at y, before the interpolation
+        g_hats.append(g_hat)
+    torch._foreach_lerp_(ys, zs, ckp1)
+    torch._foreach_add_(ys, g_hats, alpha=lr * (beta1 * (1 - ckp1) - 1))
+    torch._foreach_sub_(zs, g_hats, alpha=lr)
 
 
 # -------------------------------------------------------------------------------- SGD
 class ScheduleFreeSGD(_ScheduleFree):
     """Schedule-free SGD with the constructor of ``schedulefree.SGDScheduleFree`` (plus
-    ``exact_switch``; ``foreach`` maps onto ``impl``)."""
+    ``exact_switch``; ``foreach`` maps onto ``impl``). State per tensor: ``z`` (and ``y``
+    in eval mode with ``exact_switch``)."""
 
     _beta_key = "momentum"
+    kernel = "sf_sgd"
 
-    def __init__(self, params, lr: float = 1.0, momentum: float = 0.9,
+    def __init__(self, params: Any, lr: float | Tensor = 1.0, momentum: float = 0.9,
                  weight_decay: float = 0.0, warmup_steps: int = 0, r: float = 0.0,
                  weight_lr_power: float = 2.0, foreach: bool | None = None, *,
                  exact_switch: bool = True, nonfinite: str = "raise",
                  impl: str = "auto") -> None:
         defaults = dict(lr=lr, momentum=momentum, r=r, warmup_steps=warmup_steps,
-                        weight_lr_power=weight_lr_power, weight_decay=weight_decay)
-        super().__init__(params, defaults, foreach=foreach, exact_switch=exact_switch,
-                         nonfinite=nonfinite, impl=impl)
+                        weight_lr_power=weight_lr_power, weight_decay=weight_decay,
+                        foreach=foreach)
+        super().__init__(params, defaults, exact_switch=exact_switch, nonfinite=nonfinite,
+                         impl=impl)
 
-    def _step(self) -> None:
-        for group in self.param_groups:
-            lr, ckp1 = self._schedule(group)
-            params = L.params_with_grad(group)
-            for p in params:
-                if "z" not in self.state[p]:
-                    self.state[p]["z"] = p.detach().clone()
-            if params:
-                (_sgd_fast if self.fast else _sgd_reference)(
-                    params, [p.grad for p in params], [self.state[p]["z"] for p in params],
-                    lr=lr, ckp1=ckp1, momentum=group["momentum"],
-                    decay=group["weight_decay"])
-            group["k"] += 1
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        return {"z": torch.clone(p.detach(), memory_format=torch.preserve_format)}
+
+    def _update_group(self, w: L.Work, lr: float, ckp1: float) -> None:
+        group = w.group
+        momentum, decay = self._beta(group), group["weight_decay"]
+        for b in w.batches:
+            K.call(self, b, [[self.state[p]["z"] for p in b.params]],
+                   [decay, ckp1, lr * (momentum * (1 - ckp1) - 1), lr],
+                   K.F_WD * (decay != 0), writes_params=True)
+        if w.rest:
+            (_sgd_reference if self._path(w.rest) == "reference" else _sgd_foreach)(
+                w.rest, w.rest_grads, [self.state[p]["z"] for p in w.rest], lr=lr,
+                ckp1=ckp1, momentum=momentum, decay=decay)
+
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        return self._explained(hp, p, state, 1.0, hp["momentum"])
 
 
 def _sgd_reference(ys, grads, zs, *, lr, ckp1, momentum, decay) -> None:
@@ -268,10 +322,9 @@ def _sgd_reference(ys, grads, zs, *, lr, ckp1, momentum, decay) -> None:
         z.sub_(g, alpha=lr)
 
 
-def _sgd_fast(ys, grads, zs, *, lr, ckp1, momentum, decay) -> None:
-    if decay != 0:  # decay is taken at y before the interpolation: one tensor at a time
-        _sgd_reference(ys, grads, zs, lr=lr, ckp1=ckp1, momentum=momentum, decay=decay)
-        return
+def _sgd_foreach(ys, grads, zs, *, lr, ckp1, momentum, decay) -> None:
+    if decay != 0:  # decay is taken at y before the interpolation
+        grads = torch._foreach_add(grads, ys, alpha=decay)
     torch._foreach_lerp_(ys, zs, ckp1)
     torch._foreach_add_(ys, grads, alpha=lr * (momentum * (1 - ckp1) - 1))
     torch._foreach_sub_(zs, grads, alpha=lr)

@@ -30,6 +30,13 @@ The closure computes and returns the minibatch loss; it need not call ``backward
 sees the same random numbers (dropout masks), and the random stream afterwards is as if the
 closure had run once. Modules that change state in a forward pass (BatchNorm's running
 statistics) see every trial evaluation.
+
+Non-finite gradients follow ``nonfinite=`` as in every lrkit optimizer (checked after the
+first evaluation, before any trial); a non-finite loss raises ``FloatingPointError`` with
+``nonfinite="raise"`` and skips the step otherwise (counted in ``skipped_steps``).
+``effective_lr()`` is the accepted step size, the same for every element, on the gradient.
+SLS does not support sharded parameters (ZeroRedundancyOptimizer, FSDP): the trial points
+must move every parameter of the model before the closure re-evaluates it.
 """
 from __future__ import annotations
 
@@ -39,15 +46,17 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lrkit import _checks as C
 from lrkit.optim import _lrfree as L
+from lrkit.optim.base import Explained, uniform
 
 RESETS = ("increase", "keep", "init")
 _SHARED = ("init_lr", "c", "beta", "gamma", "max_backtracks", "reset", "batches_per_epoch")
 
 
-class SLS(L.StandInOptimizer):
+class SLS(L.GlobalStepOptimizer):
     """Stochastic Armijo line search (SGD direction).
 
     After each step: ``last_step_size`` (the accepted step size, 0.0 if none was),
@@ -57,6 +66,8 @@ class SLS(L.StandInOptimizer):
     gradients follow ``nonfinite``; a non-finite loss raises (``nonfinite="raise"``) or skips
     the step (otherwise).
     """
+
+    kernel_exact = True
 
     _checks = {
         "init_lr": C.positive,
@@ -80,6 +91,13 @@ class SLS(L.StandInOptimizer):
         super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
         self._warned = False
 
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        return {}
+
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        eta, g = hp["accepted"], self._grad(p, hp)
+        return Explained(uniform(eta, p.detach()), g, 0.0, -eta * g)
+
     # ------------------------------------------------------------------- reporting
     @property
     def last_step_size(self) -> float:
@@ -102,7 +120,8 @@ class SLS(L.StandInOptimizer):
         return [g["last_step_size"] for g in self.param_groups]
 
     # ------------------------------------------------------------------------ step
-    def step(self, closure: Callable[[], Any] | None = None):
+    @torch._disable_dynamo
+    def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
         fn = "SLS.step()"
         if closure is None:
             raise ValueError(f"{fn}: closure must be a function that re-evaluates the "
@@ -113,25 +132,27 @@ class SLS(L.StandInOptimizer):
         params = [p for g in groups for p in g["params"] if p.requires_grad]
         rng = _RandomState(params)
 
-        loss, grads = _loss_and_grads(fn, closure, params)
+        loss, _ = _loss_and_grads(fn, closure, params)
         rng_after = _RandomState(params)
         f0 = float(loss.detach())
         if not math.isfinite(f0):
             if self.nonfinite == "raise":
                 raise FloatingPointError(f"{fn}: the closure's loss is not finite ({f0}); "
                                          "pass nonfinite='skip' to skip such steps")
+            self.skipped_steps += 1
             return loss
-        live = [i for i, g in enumerate(grads) if g is not None]
-        params, grads = [params[i] for i in live], [grads[i] for i in live]
-        if not L.handle_nonfinite(fn, self.nonfinite, grads):
+        plans = self._prepare()  # the gradients screened for NaN/Inf (raise, skip, zero)
+        if plans is None:
             return loss
+        params = [p for plan in plans for p in plan[3]]
+        grads = [g for plan in plans for g in plan[4]]
         (g_sq,) = L.to_host([(g * g).sum() for g in grads])
         g_sq = L.ordered_sum(g_sq)
 
         eta = _first_guess(h, first)
         evals, accepted = 1, 0.0
         if g_sq > 0:
-            place = _place_fast if self.fast else _place_reference
+            place = _place_reference if self._path(params) == "reference" else _place_foreach
             w0 = [p.detach().clone() for p in params]
             with torch.no_grad():
                 for trial in range(h["max_backtracks"] + 1):
@@ -156,7 +177,7 @@ class SLS(L.StandInOptimizer):
                     f"{h['max_backtracks']} backtracks, so the parameters were left unchanged "
                     "(counted in failed_searches; warned once). Near a minimum this is "
                     "rounding in the loss; early on, init_lr is far too large",
-                    RuntimeWarning, stacklevel=3)
+                    RuntimeWarning, stacklevel=L.user_stacklevel())
         step_size = eta if g_sq > 0 else first["step_size"]
         for group in groups:
             group.update(
@@ -165,6 +186,8 @@ class SLS(L.StandInOptimizer):
                 total_function_evals=group["total_function_evals"] + evals,
                 failed_searches=group["failed_searches"] + (g_sq > 0 and not accepted),
                 k=group["k"] + 1)
+        for plan in plans:
+            self._last[plan[0]]["accepted"] = accepted
         return loss
 
 
@@ -233,6 +256,6 @@ def _place_reference(params, w0s, grads, eta: float) -> None:
         p.copy_(w0).add_(g, alpha=-eta)
 
 
-def _place_fast(params, w0s, grads, eta: float) -> None:
+def _place_foreach(params, w0s, grads, eta: float) -> None:
     torch._foreach_copy_(params, w0s)
     torch._foreach_add_(params, grads, alpha=-eta)
