@@ -1,5 +1,6 @@
 """Time one optimizer step: every lrkit optimizer against its reference in the reference's
-fastest mode on this machine, in one process.
+fastest mode on this machine, in one process; the learning-rate-free and schedule-free ones
+against their authors' packages.
 
     python benchmarks/optim_step.py            # full: median of 15 steps after 3 warm-up
     python benchmarks/optim_step.py --quick    # median of 9 steps after 2 warm-up
@@ -12,10 +13,15 @@ the pass over the gradients that looks for NaN/Inf); the "check" column is that 
 alone, and the "zero" columns the same optimizer with nonfinite="zero", which needs no
 separate pass (the kernel zeroes NaN/Inf entries as it reads them). The reference is the
 torch.optim namesake with fused=True where torch has a fused CPU kernel, else
-foreach=True, whichever is faster; for Lion, lion-pytorch (the only mode it has).
+foreach=True, whichever is faster; for Lion, lion-pytorch (the only mode it has); for
+Prodigy, DAdaptAdam/DAdaptSGD, DoG/LDoG and the schedule-free pair the authors' packages
+(prodigyopt, dadaptation, dog-optimizer, schedulefree with foreach=True or False, whichever
+is faster), at their default arguments. SLS is not timed (a step is a line search: its
+cost is the closure's forward passes).
 Effective GB/s counts the minimal bytes each algorithm must move per parameter (e.g. 28
-for Adam: read p, g, m, v; write p, m, v); "copy" is a plain copy of as many float32
-values in one tensor (8 bytes per element: read and write), the ceiling.
+for Adam: read p, g, m, v; write p, m, v; see BYTES); "copy" is a plain copy of as many
+float32 values in one tensor (8 bytes per element: read and write), the ceiling; "/ Adam"
+is the effective GB/s over torch's fused Adam's in the same run.
 """
 from __future__ import annotations
 
@@ -37,9 +43,17 @@ if "--std-sqrt" in sys.argv:
 
 from lrkit.optim import REGISTRY, _kernel  # noqa: E402
 
-# minimal bytes per float32 parameter for the benchmarked configuration
+# minimal bytes per float32 parameter for the benchmarked configuration. The
+# learning-rate-free ones need sums over every parameter before the update: Prodigy's
+# update needs the new d, so it reads p, m, v again (pass 1: read g, p, p0, s, m, v, write
+# s, m, v; pass 2: read p, m, v, write p: 52); DoG's needs the new step size (read p, x0,
+# g; then read p, g, write p: 24); D-Adaptation's update needs only the old d: one pass
+# (DAdaptAdam: read g, p, s, m, v, write p, s, m, v: 36; DAdaptSGD: read g, p, s, x0,
+# write p, s: 24). Schedule-free: read g, y, z (, v), write y, z (, v).
 BYTES = {"SGD": 20, "Adagrad": 20, "Adadelta": 28, "RMSprop": 20, "Adam": 28, "AdamW": 28,
-         "NAdam": 28, "RAdam": 28, "Adamax": 28, "Lion": 20, "Adafactor": 12}
+         "NAdam": 28, "RAdam": 28, "Adamax": 28, "Lion": 20, "Adafactor": 12,
+         "Prodigy": 52, "DAdaptAdam": 36, "DAdaptSGD": 24, "DoG": 24, "LDoG": 24,
+         "ScheduleFreeAdamW": 28, "ScheduleFreeSGD": 20}
 CONFIG = {"SGD": {"lr": 1e-3, "momentum": 0.9}}  # the others: their defaults
 CASES = {"a": (100, (400, 250)), "b": (1000, (40, 25))}
 
@@ -74,12 +88,20 @@ def reference_step(info, count, shape):
     """The reference's fastest mode here: (label, step function)."""
     cls = info.reference_cls()
     cfg = CONFIG.get(info.name, {})
-    modes = [("lion-pytorch", {})] if info.name == "Lion" else (
-        [("fused", {"fused": True}), ("foreach", {"foreach": True})]
-        if info.cls.torch_fused else [("foreach", {"foreach": True})])
+    package = info.reference.partition(":")[0]
+    if not package.startswith("torch"):
+        modes = [(f"{package} foreach", {"foreach": True}), (package, {"foreach": False})] \
+            if "schedule_free" in info.tags else [(package, {})]
+    else:
+        modes = [("fused", {"fused": True}), ("foreach", {"foreach": True})] \
+            if info.cls.torch_fused else [("foreach", {"foreach": True})]
+    if info.name == "Lion":
+        modes = [("lion-pytorch", {})]
     best = None
     for label, kw in modes:
         opt = cls(tensors(count, shape, 1), **cfg, **kw)
+        if "schedule_free" in info.tags:
+            opt.train()  # schedulefree's optimizers start in eval mode
         t = statistics.median(timed(opt.step, 2, 5))
         if best is None or t < best[0]:
             best = (t, label, opt)
@@ -89,12 +111,20 @@ def reference_step(info, count, shape):
     return best[1], best[2].step
 
 
+def adam_fused_gbs(count, shape, n, warmup, reps):
+    """torch's fused Adam, the yardstick of effective GB/s."""
+    opt = torch.optim.Adam(tensors(count, shape, 1), fused=True)
+    t = statistics.median(timed(opt.step, warmup, reps))
+    return BYTES["Adam"] * n / t / 1e9
+
+
 def bench(names, case, warmup, reps):
     count, shape = CASES[case]
     n = count * shape[0] * shape[1]
     copy = copy_time(n, warmup, reps)
     rows = []
-    adam_gbs = None
+    adam_gbs = None if "Adam" in names else adam_fused_gbs(count, shape, n, warmup, reps)
+    adam_label = "fused"
     for name in names:
         info = REGISTRY[name]
         ours = info.cls(tensors(count, shape, 1), **CONFIG.get(name, {}))
@@ -119,13 +149,13 @@ def bench(names, case, warmup, reps):
         gbs = BYTES[name] * n / mo / 1e9
         ref_gbs = BYTES[name] * n / mr / 1e9
         if name == "Adam":
-            adam_gbs = ref_gbs
+            adam_gbs, adam_label = ref_gbs, label
         mz = statistics.median(t_zero)
         rows.append((name, label, n / mo / 1e6, gbs, n / mr / 1e6, ref_gbs, mr / mo,
                      check * 1e3, check / mo, n / mz / 1e6, mr / mz))
         del ours, theirs, grads, params, batches
         gc.collect()
-    return n, copy, rows, adam_gbs
+    return n, copy, rows, adam_gbs, adam_label
 
 
 def main(argv=None) -> int:
@@ -137,7 +167,7 @@ def main(argv=None) -> int:
                     help="kernels take std::sqrt (correctly rounded) instead of torch's")
     args = ap.parse_args(argv)
     warmup, reps = (2, 9) if args.quick else (3, 15)
-    names = args.only or list(REGISTRY)
+    names = args.only or [n for n, i in REGISTRY.items() if "needs_closure" not in i.tags]
     for name in names:  # build the kernels outside the timings
         if REGISTRY[name].cls.kernel:
             _kernel.library(REGISTRY[name].cls.kernel)
@@ -146,22 +176,21 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, kernel {'on' if _kernel.available() else 'OFF'} "
           f"({sqrt}); median of {reps} steps; load average {os.getloadavg()[0]:.2f}")
     for case in (["a", "b"] if args.case == "both" else [args.case]):
-        n, copy, rows, adam_gbs = bench(names, case, warmup, reps)
+        n, copy, rows, adam_gbs, adam_label = bench(names, case, warmup, reps)
         count, shape = CASES[case]
         print(f"\n## case ({case}): {n / 1e6:g}M float32 params in {count} tensors of "
               f"{shape[0]}x{shape[1]}; copy ceiling {8 * n / copy / 1e9:.1f} GB/s")
-        print("| optimizer | reference mode | lrkit Mparam/s | lrkit GB/s | ref Mparam/s | "
-              "ref GB/s | lrkit / ref | check ms | check / step | zero: Mparam/s | "
-              "zero / ref |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| optimizer | reference mode | lrkit Mparam/s | lrkit GB/s | / Adam | "
+              "ref Mparam/s | ref GB/s | lrkit / ref | check ms | check / step | "
+              "zero: Mparam/s | zero / ref |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name, label, mo, gbs, mr, rgbs, ratio, check, frac, mz, rz in rows:
-            print(f"| {name} | {label} | {mo:.0f} | {gbs:.1f} | {mr:.0f} | {rgbs:.1f} | "
-                  f"{ratio:.2f}x | {check:.2f} | {frac:.0%} | {mz:.0f} | {rz:.2f}x |")
-        if adam_gbs:
-            worst = min(r[3] for r in rows)
-            print(f"\ntorch Adam ({next(r[1] for r in rows if r[0] == 'Adam')}) reaches "
-                  f"{adam_gbs:.1f} GB/s; slowest lrkit optimizer {worst:.1f} GB/s "
-                  f"({worst / adam_gbs:.2f}x of it)")
+            print(f"| {name} | {label} | {mo:.0f} | {gbs:.1f} | {gbs / adam_gbs:.2f}x | "
+                  f"{mr:.0f} | {rgbs:.1f} | {ratio:.2f}x | {check:.2f} | {frac:.0%} | "
+                  f"{mz:.0f} | {rz:.2f}x |")
+        worst = min(rows, key=lambda r: r[3])
+        print(f"\ntorch Adam ({adam_label}) reaches {adam_gbs:.1f} GB/s; slowest lrkit optimizer "
+              f"{worst[0]} {worst[3]:.1f} GB/s ({worst[3] / adam_gbs:.2f}x of it)")
     print(f"\n# load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 

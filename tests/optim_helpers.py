@@ -17,6 +17,34 @@ CASES = [(info, cfg) for info in REGISTRY.values() for cfg in info.configs]
 INFOS = list(REGISTRY.values())
 
 
+def info_of(cls: type) -> Any:
+    """The registry entry of an lrkit optimizer or of its reference (by class name), or
+    None."""
+    for info in INFOS:
+        if cls.__name__ == info.name or (
+                info.reference and info.reference.endswith(":" + cls.__name__)):
+            return info
+    return None
+
+
+def tags_of(cls: type) -> frozenset:
+    info = info_of(cls)
+    return info.tags if info is not None else frozenset()
+
+
+def make_opt(cls: type, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """``cls(params, **kwargs)`` (a reference with its registry entry's
+    ``reference_kwargs``), in train mode (schedulefree's optimizers start in eval mode;
+    lrkit's in train mode)."""
+    info = info_of(cls)
+    if info is not None and cls.__name__ != info.name:
+        kwargs = {**info.reference_kwargs, **kwargs}
+    opt = cls(params, **kwargs)
+    if "schedule_free" in tags_of(cls):
+        opt.train()
+    return opt
+
+
 def case_id(case: Any) -> str:
     if isinstance(case, dict):
         return ",".join(f"{k}={v}" for k, v in case.items()) or "defaults"
@@ -39,12 +67,19 @@ def batches(dtype: torch.dtype = torch.float32, n: int = 4, seed: int = 1) -> li
     return [(a.to(dtype), b.to(dtype)) for a, b in zip(x, y)]
 
 
-def param_groups(model: nn.Module, cfg: dict[str, Any], groups: bool) -> Any:
+def param_groups(model: nn.Module, cfg: dict[str, Any], groups: bool,
+                 cls: type | None = None) -> Any:
+    """One group, or two with different lrs (the same lr where the groups share one step
+    size estimate, and none for SLS, whose groups share one line search)."""
     if not groups:
         return model.parameters()
     params = list(model.parameters())
+    tags = tags_of(cls) if cls is not None else frozenset()
+    if "needs_closure" in tags:
+        return [{"params": params[:2]}, {"params": params[2:]}]
     lr = cfg.get("lr", 1e-3)
-    return [{"params": params[:2], "lr": lr}, {"params": params[2:], "lr": lr * 0.3}]
+    return [{"params": params[:2], "lr": lr},
+            {"params": params[2:], "lr": lr if "shared_lr" in tags else lr * 0.3}]
 
 
 def loss_of(model: nn.Module, batch: tuple) -> torch.Tensor:
@@ -52,17 +87,25 @@ def loss_of(model: nn.Module, batch: tuple) -> torch.Tensor:
     return (model(x) - y).pow(2).mean()
 
 
+def closure_for(opt: torch.optim.Optimizer, model: nn.Module, batch: tuple):
+    """A closure that re-evaluates the loss (and its gradient where gradients are on: a
+    line search re-evaluates it under no_grad)."""
+    def fn():
+        opt.zero_grad()
+        loss = loss_of(model, batch)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+    return fn
+
+
 def train(opt: torch.optim.Optimizer, model: nn.Module, data: list, steps: int,
           start: int = 0, closure: bool = False) -> list[torch.Tensor]:
+    closure = closure or "needs_closure" in tags_of(type(opt))
     for i in range(start, start + steps):
         batch = data[i % len(data)]
         if closure:
-            def fn(batch=batch):
-                opt.zero_grad()
-                loss = loss_of(model, batch)
-                loss.backward()
-                return loss
-            opt.step(fn)
+            opt.step(closure_for(opt, model, batch))
         else:
             opt.zero_grad()
             loss_of(model, batch).backward()
@@ -73,7 +116,7 @@ def train(opt: torch.optim.Optimizer, model: nn.Module, data: list, steps: int,
 def run(cls: type, cfg: dict[str, Any], dtype: torch.dtype = torch.float32,
         groups: bool = False, steps: int = 100, **extra: Any) -> list[torch.Tensor]:
     model = make_model(dtype)
-    opt = cls(param_groups(model, cfg, groups), **cfg, **extra)
+    opt = make_opt(cls, param_groups(model, cfg, groups, cls), **cfg, **extra)
     return train(opt, model, batches(dtype), steps)
 
 

@@ -6,18 +6,32 @@ import math
 import pytest
 import torch
 
-from optim_helpers import CASES, batches, case_id, loss_of, make_model, param_groups, train
+from optim_helpers import (
+    CASES,
+    batches,
+    case_id,
+    closure_for,
+    loss_of,
+    make_model,
+    param_groups,
+    tags_of,
+    train,
+)
 
 
 def _last_step(info, cfg):
     model = make_model(torch.float64)
-    opt = info.cls(param_groups(model, cfg, True), **cfg)
+    opt = info.cls(param_groups(model, cfg, True, info.cls), **cfg)
     data = batches(torch.float64)
     train(opt, model, data, 7)
-    opt.zero_grad()
-    loss_of(model, data[3]).backward()
     before = [p.detach().clone() for p in model.parameters()]
-    opt.step()
+    if "needs_closure" in tags_of(info.cls):
+        opt.step(closure_for(opt, model, data[3]))
+    else:
+        opt.zero_grad()
+        loss_of(model, data[3]).backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step()
     for group in opt.param_groups:  # a Scheduler moving on must not change the answer
         group["lr"] = group["lr"] * 0.5
     return model, opt, before
@@ -28,7 +42,8 @@ def test_explain_reproduces_the_update(info, cfg):
     model, opt, before = _last_step(info, cfg)
     for p, b in zip(model.parameters(), before):
         actual = p.detach() - b
-        scale = actual.abs().max().item() or 1.0
+        # the update, or the rounding of the weights where it is below their precision
+        scale = actual.abs().max().item() + 1e-7 * b.abs().max().item() or 1.0
         e = opt.explain(p)
         assert e.eta.shape == p.shape and (e.eta >= 0).all()
         assert (e.update - actual).abs().max().item() <= 1e-8 * scale

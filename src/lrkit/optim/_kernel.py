@@ -37,6 +37,7 @@ TORCH_SQRT = False  # the kernels take square roots as torch's CPU Tensor.sqrt d
 # flag bits, as in kernels.cpp
 F_MAXIMIZE, F_ZERO, F_DECOUPLED, F_AMSGRAD = 1, 2, 4, 8
 F_NESTEROV, F_CENTERED, F_MOMENTUM, F_WD = 16, 32, 64, 128
+F_ACC, F_UPD, F_FIRST, F_GSQ, F_FORWARD = 256, 512, 1024, 2048, 4096
 
 
 class _Args(ctypes.Structure):
@@ -45,7 +46,8 @@ class _Args(ctypes.Structure):
                                              "size", "first")] + [
         ("hp", ctypes.c_double * 12), ("flags", ctypes.c_int64),
         ("nthreads", ctypes.c_int32), ("sc_f64", ctypes.c_int32),
-        ("rows", ctypes.c_void_p), ("cols", ctypes.c_void_p)]
+        ("rows", ctypes.c_void_p), ("cols", ctypes.c_void_p), ("s4", ctypes.c_void_p),
+        ("out", ctypes.c_void_p), ("tv", ctypes.c_void_p), ("ival", ctypes.c_int64)]
 
 
 def cache_dir() -> Path:
@@ -305,3 +307,39 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     return True
 
 
+
+
+def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: list[float],
+         flags: int, *, nout: int = 0, first: list[int] | None = None,
+         values: list[float] | None = None, ival: int = 1,
+         writes_params: bool = False) -> list[float]:
+    """One pass of a learning-rate-free kernel over ``batch`` (``opt.kernel``'s library):
+    ``states`` are up to four per-tensor state columns (s1..s4), ``values`` one double per
+    tensor (tv), ``first`` one flag per tensor. Returns the ``nout`` per-tensor sums the
+    pass computes, tensor by tensor (a flat list of ``nout * len(batch.params)``)."""
+    if opt.nonfinite == "zero":
+        flags |= F_ZERO
+    n = len(batch.params)
+    args = _Args()
+    args.n = n
+    pp = _ptrs(batch.params)
+    args.p, args.g, args.size = _addr(pp), _addr(batch.gp), _addr(batch.sizes)
+    cols = [_ptrs(c) if c is not None else None for c in states]
+    cols += [None] * (4 - len(cols))
+    args.s1, args.s2, args.s3, args.s4 = (_addr(c) if c is not None else None for c in cols)
+    firsts = array("b", first) if first is not None else None
+    args.first = _addr(firsts) if firsts is not None else None
+    tv = array("d", values) if values is not None else None
+    args.tv = _addr(tv) if tv is not None else None
+    out = array("d", bytes(8 * n * nout)) if nout else None
+    args.out = _addr(out) if out is not None else None
+    for i, v in enumerate(hp):
+        args.hp[i] = float(v)
+    args.flags = flags
+    args.nthreads = torch.get_num_threads()
+    args.ival = ival
+    getattr(library(opt.kernel), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(
+        ctypes.byref(args))
+    if writes_params:
+        increment_version(batch.params)
+    return out.tolist() if out is not None else []

@@ -199,6 +199,23 @@ class LrkitOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step(self) -> None:
+        plans = self._prepare()
+        if plans is None:
+            return
+        for _, group, batches, params, grads in plans:
+            for b in batches:
+                if not _kernel.launch(self, group, b):
+                    params, grads = params + b.params, grads + b.grads
+            if params:
+                self._update(group, params, grads)
+
+    def _prepare(self) -> list | None:
+        """What a step updates, screened for non-finite gradients, with state initialised.
+
+        Returns one ``(index, group, kernel batches, other params, their grads)`` per
+        param group with gradients, or None when the step is skipped (counted). Records
+        the hyperparameters the step uses (for ``explain()``).
+        """
         work = [(i, group, params, [p.grad for p in params])
                 for i, group in enumerate(self.param_groups)
                 for params in ([p for p in group["params"] if p.grad is not None],)
@@ -218,19 +235,15 @@ class LrkitOptimizer(torch.optim.Optimizer):
         plans = self._screen(plans)
         if plans is None:
             self.skipped_steps += 1
-            return
+            return None
         state = self.state
-        for i, group, batches, params, grads in plans:
+        for i, group, batches, params, _ in plans:
             for p in [q for b in batches for q in b.params] + params:
                 if not state.get(p):
                     state[p].update(self._init_state(group, p))
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}
-            for b in batches:
-                if not _kernel.launch(self, group, b):
-                    params, grads = params + b.params, grads + b.grads
-            if params:
-                self._update(group, params, grads)
+        return plans
 
     def _kernel_on(self) -> bool:
         return (self.impl in ("auto", "kernel") and self.kernel is not None

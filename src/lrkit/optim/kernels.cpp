@@ -43,11 +43,17 @@ struct Args {
   int32_t sc_f64;            // sc1/sc2 hold doubles (default dtype float64)
   const int64_t* rows;       // Adafactor: size of the second-last dim (0: a vector)
   const int64_t* cols;       // Adafactor: size of the last dim
+  void** s4;                 // a fourth state tensor (Prodigy: exp_avg_sq)
+  double* out;               // per-tensor sums the step returns (n x the algorithm's count)
+  const double* tv;          // per-tensor values in (LDoG: each tensor's step size)
+  int64_t ival;              // an integer hyperparameter (Prodigy: slice_p)
 };
 
 enum : int64_t {
   F_MAXIMIZE = 1, F_ZERO = 2, F_DECOUPLED = 4, F_AMSGRAD = 8, F_NESTEROV = 16,
   F_CENTERED = 32, F_MOMENTUM = 64, F_WD = 128,
+  // the learning-rate-free kernels run in passes: what this call does
+  F_ACC = 256, F_UPD = 512, F_FIRST = 1024, F_GSQ = 2048, F_FORWARD = 4096,
 };
 
 struct Chunk { int64_t t, lo, hi; };
@@ -673,6 +679,394 @@ template <typename T> void adafactor(const Args* a) {
   });
 }
 
+// ================================================================ learning-rate-free
+// Prodigy, D-Adaptation and DoG need sums over every parameter (a global d or step size)
+// before they may update: one pass (F_ACC) updates the state and returns per-tensor sums,
+// the host adds them in the reference's order and computes d, a second pass (F_UPD)
+// moves the weights (DAdaptAdam and DAdaptSGD need no new d for that: F_ACC | F_UPD does
+// both in one pass). Elementwise arithmetic mirrors the reference as the kernels above do;
+// the sums are taken in double precision, each chunk in LANES partial sums, the chunks of
+// a tensor added in order: more accurate than the reference's float32 reductions, and
+// independent of the thread count (torch's are not: MKL's sdot splits by thread).
+
+struct Lanes {
+  double l[LANES] = {0};
+  inline void add(const double* __restrict__ x, int64_t n) {
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+      for (int k = 0; k < LANES; ++k) l[k] += x[i + k];
+    for (int k = 0; k < LANES && i + k < n; ++k) l[k] += x[i + k];
+  }
+  inline double total() const {
+    double s = 0;
+    for (int k = 0; k < LANES; ++k) s += l[k];
+    return s;
+  }
+};
+
+// body(t, lo, hi, sums): each chunk writes NOUT partial sums; a->out gets, per tensor,
+// the chunks' sums added in chunk order.
+template <int NOUT, typename Body>
+void for_chunks_sums(const Args* a, Body body) {
+  std::vector<Chunk> cs = chunks(a, false);
+  const bool reverse = !(a->flags & F_FORWARD);
+  const int64_t nc = (int64_t)cs.size();
+  std::vector<double> part(nc * NOUT + 1, 0.0);
+#pragma omp parallel for schedule(static) num_threads(a->nthreads) if (nc > 1)
+  for (int64_t i = 0; i < nc; ++i) {
+    const int64_t c = reverse ? nc - 1 - i : i;
+    body(cs[c].t, cs[c].lo, cs[c].hi, &part[c * NOUT]);
+  }
+  if (NOUT > 0 && a->out) {
+    for (int64_t k = 0; k < a->n * NOUT; ++k) a->out[k] = 0.0;
+    for (int64_t c = 0; c < nc; ++c)
+      for (int k = 0; k < NOUT; ++k) a->out[cs[c].t * NOUT + k] += part[c * NOUT + k];
+  }
+}
+
+// ---------------------------------------------------------------- Prodigy
+// F_ACC, hp: beta1, beta2, beta3, d (1 - beta1), d^2 (1 - beta2), s_scale, weight_decay
+//   (coupled, F_WD); s1: p0 (first[t]: a 0-dim zero), s2: s, s3: exp_avg (F_MOMENTUM),
+//   s4: exp_avg_sq; ival: slice_p. out: <g, p0 - p> and ||s||_1 per tensor.
+// F_UPD, hp: -dlr (-dlr d without momentum), d eps, -weight_decay dlr (F_DECOUPLED),
+//   weight_decay (coupled, F_WD).
+template <typename T> void prodigy(const Args* a) {
+  const T b1 = (T)a->hp[0], b2 = (T)a->hp[1], b3 = (T)a->hp[2], cm = (T)a->hp[3],
+          cv = (T)a->hp[4], cs = (T)a->hp[5], wd = (T)a->hp[6];
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  const int64_t sp = a->ival;
+  if (!(a->flags & F_UPD)) {
+    with_grad<T>(a, [&](auto grad) {
+    with(coupled, [&](auto DEC) {
+    with(a->flags & F_MOMENTUM, [&](auto MOM) {
+      for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+        T* __restrict__ p = (T*)a->p[t];
+        const T* __restrict__ g = (const T*)a->g[t];
+        const T* __restrict__ p0 = (const T*)a->s1[t];
+        T* __restrict__ s = (T*)a->s2[t];
+        T* __restrict__ m = MOM ? (T*)a->s3[t] : nullptr;
+        T* __restrict__ v = (T*)a->s4[t];
+        const bool zero0 = a->first[t];
+        Lanes dot, l1;
+        alignas(64) double t1[BLOCK], t2[BLOCK];
+        if (sp == 1) {
+          with(zero0, [&](auto Z0) {
+            for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
+              const int64_t b1_ = std::min(hi, b0 + BLOCK);
+              for (int64_t j = b0; j < b1_; ++j) {
+                T x = grad(g, j);
+                if constexpr (DEC) x = fma_(wd, p[j], x);
+                T diff;
+                if constexpr (Z0) diff = T(0) - p[j]; else diff = p0[j] - p[j];
+                t1[j - b0] = (double)x * (double)diff;
+                if constexpr (MOM) m[j] = fma_(cm, x, m[j] * b1);
+                v[j] = fma_(cv * x, x, v[j] * b2);
+                T ss = fma_(cs, x, s[j] * b3);
+                s[j] = ss;
+                t2[j - b0] = std::fabs((double)ss);
+              }
+              dot.add(t1, b1_ - b0);
+              l1.add(t2, b1_ - b0);
+            }
+          });
+        } else {  // statistics on every sp-th entry only
+          for (int64_t j = lo; j < hi; ++j) {
+            T x = grad(g, j);
+            if constexpr (DEC) x = fma_(wd, p[j], x);
+            if constexpr (MOM) m[j] = fma_(cm, x, m[j] * b1);
+            v[j] = fma_(cv * x, x, v[j] * b2);
+          }
+          int64_t n = 0;
+          for (int64_t j = (lo + sp - 1) / sp * sp; j < hi; j += sp) {
+            T x = grad(g, j);
+            if constexpr (DEC) x = fma_(wd, p[j], x);
+            const int64_t k = j / sp;
+            T diff = (zero0 ? T(0) : p0[k]) - p[j];
+            T ss = fma_(cs, x, s[k] * b3);
+            s[k] = ss;
+            t1[n] = (double)x * (double)diff;
+            t2[n] = std::fabs((double)ss);
+            if (++n == BLOCK) { dot.add(t1, n); l1.add(t2, n); n = 0; }
+          }
+          dot.add(t1, n);
+          l1.add(t2, n);
+        }
+        sums[0] = dot.total();
+        sums[1] = l1.total();
+      });
+    });
+    });
+    });
+    return;
+  }
+  const T ndlr = (T)a->hp[0], deps = (T)a->hp[1], ndec = (T)a->hp[2], cwd = (T)a->hp[3];
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_MOMENTUM, [&](auto MOM) {
+  with((a->flags & F_WD) && (a->flags & F_DECOUPLED), [&](auto DECOUP) {
+  with(coupled, [&](auto DEC) {
+    for_chunks_sums<0>(a, [=](int64_t t, int64_t lo, int64_t hi, double*) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      const T* __restrict__ m = MOM ? (const T*)a->s3[t] : nullptr;
+      const T* __restrict__ v = (const T*)a->s4[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1_, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1_; ++j) r[j - b0] = v[j];
+        vsqrt((int)(b1_ - b0), r);
+        for (int64_t j = b0; j < b1_; ++j) {
+          T num;
+          if constexpr (MOM) num = m[j];
+          else {
+            num = grad(g, j);
+            if constexpr (DEC) num = fma_(cwd, p[j], num);
+          }
+          T w = p[j];
+          if constexpr (DECOUP) w = fma_(ndec, w, w);
+          p[j] = w + (ndlr * num) / (r[j - b0] + deps);
+        }
+      });
+    });
+  });
+  });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- DAdaptAdam
+// hp: eps, beta1, beta2, sqrt(beta2), layer_scale dlr (1 - beta1), 1 - beta2,
+//   dlr (1 - sqrt(beta2)), weight_decay (coupled, F_WD), -weight_decay dlr (F_DECOUPLED).
+// s1: s, s2: exp_avg, s3: exp_avg_sq. F_ACC: the moments, s, and per tensor
+// <g, s / (sqrt(v) + eps)> (before the update) and ||s||_1 (after); F_UPD: the weights
+// (needs no new d: both in one pass).
+template <typename T> void dadapt_adam(const Args* a) {
+  const T eps = (T)a->hp[0], b1 = (T)a->hp[1], b2 = (T)a->hp[2], sb2 = (T)a->hp[3],
+          cm = (T)a->hp[4], w2 = (T)a->hp[5], cs = (T)a->hp[6], wd = (T)a->hp[7],
+          ndec = (T)a->hp[8];
+  const bool coupled = (a->flags & F_WD) && !(a->flags & F_DECOUPLED);
+  with_grad<T>(a, [&](auto grad) {
+  with(coupled, [&](auto DEC) {
+  with((a->flags & F_WD) && (a->flags & F_DECOUPLED), [&](auto DECOUP) {
+  with(a->flags & F_ACC, [&](auto ACC) {
+  with(a->flags & F_UPD, [&](auto UPD) {
+    for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ s = (T*)a->s1[t];
+      T* __restrict__ m = (T*)a->s2[t];
+      T* __restrict__ v = (T*)a->s3[t];
+      Lanes dot, l1;
+      alignas(64) double t1[BLOCK], t2[BLOCK];
+      blocks<T>(lo, hi, [&](int64_t b0, int64_t b1_, T* __restrict__ r) {
+        T* __restrict__ r1 = r;
+        T* __restrict__ r2 = r + BLOCK;
+        const int64_t n = b1_ - b0;
+        if constexpr (ACC) {
+          for (int64_t j = b0; j < b1_; ++j) r1[j - b0] = v[j];
+          vsqrt((int)n, r1);
+          for (int64_t j = b0; j < b1_; ++j) {
+            T x = grad(g, j);
+            if constexpr (DEC) x = fma_(wd, p[j], x);
+            T q = s[j] / (r1[j - b0] + eps);
+            t1[j - b0] = (double)x * (double)q;
+            m[j] = fma_(cm, x, m[j] * b1);
+            T vv = fma_(w2 * x, x, v[j] * b2);
+            v[j] = vv;
+            r2[j - b0] = vv;
+            T ss = fma_(cs, x, s[j] * sb2);
+            s[j] = ss;
+            t2[j - b0] = std::fabs((double)ss);
+          }
+          dot.add(t1, n);
+          l1.add(t2, n);
+        } else {
+          for (int64_t j = b0; j < b1_; ++j) r2[j - b0] = v[j];
+        }
+        if constexpr (UPD) {
+          vsqrt((int)n, r2);
+          for (int64_t j = b0; j < b1_; ++j) {
+            T w = p[j];
+            if constexpr (DECOUP) w = fma_(ndec, w, w);
+            p[j] = w + (T(-1) * m[j]) / (r2[j - b0] + eps);
+          }
+        }
+      });
+      sums[0] = dot.total();
+      sums[1] = l1.total();
+    });
+  });
+  });
+  });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- DAdaptSGD
+// hp: dlr, weight_decay (F_WD), ck = 1 - momentum, momentum.  s1: s, s2: x0.
+// F_GSQ: out = ||g||^2 (the raw gradient, for ||g_0||). F_ACC: <g, s> (before) and ||s||^2
+// (after s += dlr g); F_UPD: x = momentum x + ck (x0 - s).
+template <typename T> void dadapt_sgd(const Args* a) {
+  const T dlr = (T)a->hp[0], wd = (T)a->hp[1], ck = (T)a->hp[2], mom = (T)a->hp[3];
+  with_grad<T>(a, [&](auto grad) {
+  if (a->flags & F_GSQ) {
+    for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+      const T* __restrict__ g = (const T*)a->g[t];
+      Lanes sq;
+      alignas(64) double t1[BLOCK];
+      for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
+        const int64_t b1_ = std::min(hi, b0 + BLOCK);
+        for (int64_t j = b0; j < b1_; ++j) {
+          double x = (double)grad(g, j);
+          t1[j - b0] = x * x;
+        }
+        sq.add(t1, b1_ - b0);
+      }
+      sums[0] = sq.total();
+      sums[1] = 0.0;
+    });
+    return;
+  }
+  with(a->flags & F_WD, [&](auto DEC) {
+  with(a->flags & F_ACC, [&](auto ACC) {
+  with(a->flags & F_UPD, [&](auto UPD) {
+    for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ s = (T*)a->s1[t];
+      const T* __restrict__ x0 = (const T*)a->s2[t];
+      Lanes dot, sq;
+      alignas(64) double t1[BLOCK], t2[BLOCK];
+      for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
+        const int64_t b1_ = std::min(hi, b0 + BLOCK);
+        for (int64_t j = b0; j < b1_; ++j) {
+          T ss = s[j];
+          if constexpr (ACC) {
+            T x = grad(g, j);
+            if constexpr (DEC) x = fma_(wd, p[j], x);
+            t1[j - b0] = (double)x * (double)ss;
+            ss = fma_(dlr, x, ss);
+            s[j] = ss;
+            t2[j - b0] = (double)ss * (double)ss;
+          }
+          if constexpr (UPD) p[j] = fma_(ck, x0[j] - ss, p[j] * mom);
+        }
+        if constexpr (ACC) {
+          dot.add(t1, b1_ - b0);
+          sq.add(t2, b1_ - b0);
+        }
+      }
+      sums[0] = dot.total();
+      sums[1] = sq.total();
+    });
+  });
+  });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- DoG / LDoG
+// hp: weight_decay (F_WD).  s1: x0.  F_ACC: per tensor ||x||^2 (F_FIRST) or ||x - x0||^2,
+// and ||g + weight_decay x||^2; F_UPD: x -= tv[t] (g + weight_decay x).
+template <typename T> void dog(const Args* a) {
+  const T wd = (T)a->hp[0];
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_WD, [&](auto DEC) {
+  if (a->flags & F_UPD) {
+    for_chunks_sums<0>(a, [=](int64_t t, int64_t lo, int64_t hi, double*) {
+      T* __restrict__ p = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      const T neta = (T)(-a->tv[t]);
+      for (int64_t j = lo; j < hi; ++j) {
+        T x = grad(g, j);
+        if constexpr (DEC) x = fma_(wd, p[j], x);
+        p[j] = fma_(neta, x, p[j]);
+      }
+    });
+    return;
+  }
+  with(a->flags & F_FIRST, [&](auto FIRST) {
+    for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+      const T* __restrict__ p = (const T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      const T* __restrict__ x0 = FIRST ? nullptr : (const T*)a->s1[t];
+      Lanes dist, gsq;
+      alignas(64) double t1[BLOCK], t2[BLOCK];
+      for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
+        const int64_t b1_ = std::min(hi, b0 + BLOCK);
+        for (int64_t j = b0; j < b1_; ++j) {
+          T d;
+          if constexpr (FIRST) d = p[j]; else d = p[j] - x0[j];
+          t1[j - b0] = (double)d * (double)d;
+          T x = grad(g, j);
+          if constexpr (DEC) x = fma_(wd, p[j], x);
+          t2[j - b0] = (double)x * (double)x;
+        }
+        dist.add(t1, b1_ - b0);
+        gsq.add(t2, b1_ - b0);
+      }
+      sums[0] = dist.total();
+      sums[1] = gsq.total();
+    });
+  });
+  });
+  });
+}
+
+// ---------------------------------------------------------------- schedule-free
+// AdamW, hp: beta2, 1 - beta2, 1 - beta2^(k+1), eps, weight_decay (F_WD), c_{k+1},
+//   lr (beta1 (1 - c) - 1), lr.  s1: z, s2: exp_avg_sq; the parameters hold y.
+template <typename T> void sf_adamw(const Args* a) {
+  const T b2 = (T)a->hp[0], w2 = (T)a->hp[1], bc2 = (T)a->hp[2], eps = (T)a->hp[3],
+          wd = (T)a->hp[4], ya = (T)a->hp[6], nlr = (T)(-a->hp[7]);
+  const Lerp<T> lerp((T)a->hp[5]);
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks_sums<0>(a, [=](int64_t t, int64_t lo, int64_t hi, double*) {
+      T* __restrict__ y = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ z = (T*)a->s1[t];
+      T* __restrict__ v = (T*)a->s2[t];
+      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1_, T* __restrict__ r) {
+        for (int64_t j = b0; j < b1_; ++j) {
+          T x = grad(g, j);
+          T vv = fma_(w2 * x, x, v[j] * b2);
+          v[j] = vv;
+          r[j - b0] = vv / bc2;
+        }
+        vsqrt((int)(b1_ - b0), r);
+        for (int64_t j = b0; j < b1_; ++j) {
+          T gh = grad(g, j) / (r[j - b0] + eps);
+          T yy = y[j];
+          if constexpr (DEC) gh = fma_(wd, yy, gh);
+          T zz = z[j];
+          y[j] = fma_(ya, gh, lerp(yy, zz));
+          z[j] = fma_(nlr, gh, zz);
+        }
+      });
+    });
+  });
+  });
+}
+
+// SGD, hp: weight_decay (F_WD), c_{k+1}, lr (momentum (1 - c) - 1), lr.  s1: z.
+template <typename T> void sf_sgd(const Args* a) {
+  const T wd = (T)a->hp[0], ya = (T)a->hp[2], nlr = (T)(-a->hp[3]);
+  const Lerp<T> lerp((T)a->hp[1]);
+  with_grad<T>(a, [&](auto grad) {
+  with(a->flags & F_WD, [&](auto DEC) {
+    for_chunks_sums<0>(a, [=](int64_t t, int64_t lo, int64_t hi, double*) {
+      T* __restrict__ y = (T*)a->p[t];
+      const T* __restrict__ g = (const T*)a->g[t];
+      T* __restrict__ z = (T*)a->s1[t];
+      for (int64_t j = lo; j < hi; ++j) {
+        T x = grad(g, j), yy = y[j], zz = z[j];
+        if constexpr (DEC) x = fma_(wd, yy, x);
+        y[j] = fma_(ya, x, lerp(yy, zz));
+        z[j] = fma_(nlr, x, zz);
+      }
+    });
+  });
+  });
+}
+
 // ---------------------------------------------------------------- non-finite check
 // Returns the smallest index of a tensor holding NaN or Inf, or -1. dtype codes:
 // 0 float32, 1 float64, 2 bfloat16, 3 float16. Integer bit tests, so it vectorises.
@@ -718,6 +1112,18 @@ LRK_EXPORT(adamax)
 LRK_EXPORT(lion)
 #elif defined(LRK_ONLY_adafactor)
 LRK_EXPORT(adafactor)
+#elif defined(LRK_ONLY_prodigy)
+LRK_EXPORT(prodigy)
+#elif defined(LRK_ONLY_dadapt_adam)
+LRK_EXPORT(dadapt_adam)
+#elif defined(LRK_ONLY_dadapt_sgd)
+LRK_EXPORT(dadapt_sgd)
+#elif defined(LRK_ONLY_dog)
+LRK_EXPORT(dog)
+#elif defined(LRK_ONLY_sf_adamw)
+LRK_EXPORT(sf_adamw)
+#elif defined(LRK_ONLY_sf_sgd)
+LRK_EXPORT(sf_sgd)
 #endif
 
 int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
@@ -751,6 +1157,6 @@ void lrk_set_sqrt(void* vs, void* vd) {
   g_vd = (vsqrt_f64)vd;
 }
 
-int32_t lrk_abi_version() { return 4; }
+int32_t lrk_abi_version() { return 5; }
 
 }  // extern "C"

@@ -26,6 +26,7 @@ state dicts, nonfinite modes, effective lr, bad arguments, Scheduler, torch.comp
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class OptimizerInfo:
         against the reference, float32 and float64.
     unsupported: config keys the reference lacks (such configs skip the parity check).
     tags: free-form labels for generic tests ("lr_free", "needs_closure", ...).
+    reference_kwargs: what the reference is given besides each config in the tests (its
+        single-tensor mode, the one lrkit's reference path mirrors).
     """
 
     name: str
@@ -59,6 +62,7 @@ class OptimizerInfo:
     steps: int = 100
     unsupported: tuple[str, ...] = ()
     tags: frozenset[str] = frozenset()
+    reference_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cls(self) -> type:
@@ -211,4 +215,109 @@ register(OptimizerInfo(
     invalid=_BAD_LR + _BAD_WD + (({"eps": (None, 0.0)}, "eps[1]"),
                                  ({"beta2_decay": 0.5}, "beta2_decay"), ({"d": 0.5}, "d")),
     schedulable=("lr", "weight_decay", "d"),
+))
+
+# -- learning-rate-free, schedule-free, line search (issue 4) ----------------------------
+# Their references are the authors' packages. The configs use multipliers (lr) at which
+# the 100 test steps on the small model are well conditioned: at the packages' default
+# lr=1.0 there, Prodigy and D-Adaptation train so unstably that one ulp changed in one
+# initial weight moves the package's own result by 4e-3 (Prodigy) and 0.4 (DAdaptAdam)
+# relative, so no implementation that rounds its sums differently could agree to 1e-5;
+# the reference paths still equal the packages bit for bit there (tests/test_lrfree.py).
+# Tags: "lr_free"; "shared_lr" (param groups share one d: a group's lr is the common
+# value or 0); "schedule_free" (train()/eval()); "needs_closure" (step(closure) only);
+# "eager_step" (the step reads its sums on the host: torch.compile runs it eagerly).
+_LRFREE = frozenset({"lr_free", "eager_step"})
+_BAD_D0 = (({"d0": 0.0}, "d0"), ({"growth_rate": 0.5}, "growth_rate"))
+register(OptimizerInfo(
+    "Prodigy", "prodigyopt:Prodigy",
+    configs=({"lr": 0.3}, {"lr": 0.3, "weight_decay": 0.1},
+             {"lr": 0.3, "weight_decay": 0.1, "decouple": False},
+             {"lr": 0.1, "betas": (0.0, 0.99), "beta3": 0.9},
+             {"lr": 0.3, "use_bias_correction": True, "safeguard_warmup": True},
+             {"lr": 0.3, "d0": 1e-4, "d_coef": 0.5, "growth_rate": 1.05, "eps": 1e-6},
+             {"lr": 0.3, "slice_p": 3}),
+    space={"lr": (0.1, 0.3), "betas": ((0.9, 0.999), (0.0, 0.99), (0.5, 0.9)),
+           "beta3": (None, 0.9), "weight_decay": (0.0, 0.1), "decouple": (False, True),
+           "use_bias_correction": (False, True), "safeguard_warmup": (False, True),
+           "d0": (1e-6, 1e-4), "d_coef": (0.5, 1.0), "growth_rate": (math.inf, 1.05),
+           "slice_p": (1, 3)},
+    invalid=_BAD_LR + _BAD_BETAS + _BAD_EPS + _BAD_WD + _BAD_D0 + (
+        ({"lr": 0.0}, "lr"), ({"d_coef": 0.0}, "d_coef"), ({"slice_p": 0}, "slice_p"),
+        ({"beta3": 1.5}, "beta3")),
+    rtol=1e-5, tags=_LRFREE | {"shared_lr"},
+))
+register(OptimizerInfo(
+    "DAdaptAdam", "dadaptation:DAdaptAdam",
+    configs=({"lr": 0.1}, {"lr": 0.1, "weight_decay": 0.1},
+             {"lr": 0.1, "weight_decay": 0.1, "decouple": True},
+             {"lr": 0.1, "use_bias_correction": True, "betas": (0.5, 0.9)},
+             {"lr": 0.1, "d0": 1e-4, "growth_rate": 1.05, "eps": 1e-6, "log_every": 10}),
+    space={"lr": (0.05, 0.1), "betas": ((0.9, 0.999), (0.5, 0.9)), "eps": (1e-8, 1e-6),
+           "weight_decay": (0.0, 0.1), "decouple": (False, True),
+           "use_bias_correction": (False, True), "d0": (1e-6, 1e-4),
+           "growth_rate": (math.inf, 1.05)},
+    invalid=_BAD_LR + _BAD_BETAS + _BAD_EPS + _BAD_WD + _BAD_D0 + (
+        ({"log_every": -1}, "log_every"),),
+    rtol=1e-5, tags=_LRFREE | {"shared_lr"},
+))
+register(OptimizerInfo(
+    "DAdaptSGD", "dadaptation:DAdaptSGD",
+    configs=({"lr": 0.5}, {"lr": 0.5, "momentum": 0.9},
+             {"lr": 0.5, "momentum": 0.5, "weight_decay": 0.1},
+             {"lr": 0.5, "d0": 1e-4, "growth_rate": 1.05, "log_every": 10}),
+    space={"lr": (0.3, 0.5), "momentum": (0.0, 0.5, 0.9), "weight_decay": (0.0, 0.1),
+           "d0": (1e-6, 1e-4), "growth_rate": (math.inf, 1.05)},
+    invalid=_BAD_LR + _BAD_WD + _BAD_D0 + (({"momentum": 1.0}, "momentum"),),
+    rtol=1e-5, tags=_LRFREE | {"shared_lr"},
+))
+_DOG = dict(
+    configs=({}, {"weight_decay": 0.01}, {"init_eta": 1e-3},
+             {"lr": 0.5, "eps": 1e-4, "reps_rel": 1e-4}),
+    space={"lr": (0.5, 1.0), "reps_rel": (1e-6, 1e-4), "weight_decay": (0.0, 0.01),
+           "eps": (1e-8, 1e-4), "init_eta": (None, 1e-3)},
+    invalid=_BAD_LR + _BAD_WD + (({"lr": 0.0}, "lr"), ({"eps": -1.0}, "eps"),
+                                 ({"init_eta": 0.0}, "init_eta")),
+    rtol=1e-5, tags=_LRFREE,
+)
+register(OptimizerInfo("DoG", "dog:DoG", **_DOG))
+register(OptimizerInfo("LDoG", "dog:LDoG", **_DOG))
+_SF = (({"warmup_steps": -1}, "warmup_steps"), ({"r": -1.0}, "r"),
+       ({"weight_lr_power": -1.0}, "weight_lr_power"))
+register(OptimizerInfo(
+    "ScheduleFreeAdamW", "schedulefree:AdamWScheduleFree",
+    configs=({"lr": 0.01}, {"lr": 0.01, "weight_decay": 0.1, "warmup_steps": 10},
+             {"lr": 0.01, "r": 1.0, "weight_lr_power": 0.0, "betas": (0.5, 0.99),
+              "eps": 1e-6}),
+    space={"lr": (1e-3, 1e-2), "betas": ((0.9, 0.999), (0.5, 0.99)), "eps": (1e-8, 1e-6),
+           "weight_decay": (0.0, 0.1), "warmup_steps": (0, 10), "r": (0.0, 1.0),
+           "weight_lr_power": (0.0, 2.0)},
+    invalid=_BAD_LR + _BAD_BETAS + _BAD_EPS + _BAD_WD + _SF,
+    schedulable=("lr", "weight_decay"), rtol=1e-5, tags=_LRFREE | {"schedule_free"},
+    reference_kwargs={"foreach": False},
+))
+register(OptimizerInfo(
+    "ScheduleFreeSGD", "schedulefree:SGDScheduleFree",
+    configs=({"lr": 0.1}, {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.1,
+                           "warmup_steps": 10},
+             {"lr": 0.1, "r": 1.0, "weight_lr_power": 0.0}),
+    space={"lr": (0.05, 0.1), "momentum": (0.5, 0.9), "weight_decay": (0.0, 0.1),
+           "warmup_steps": (0, 10), "r": (0.0, 1.0), "weight_lr_power": (0.0, 2.0)},
+    invalid=_BAD_LR + _BAD_WD + _SF + (({"momentum": 0.0}, "momentum"),),
+    schedulable=("lr", "momentum", "weight_decay"), rtol=1e-5,
+    tags=_LRFREE | {"schedule_free"}, reference_kwargs={"foreach": False},
+))
+register(OptimizerInfo(
+    "SLS", None,
+    configs=({"init_lr": 1.0},
+             {"init_lr": 3.0, "c": 0.2, "beta": 0.5, "gamma": 4.0, "reset": "keep",
+              "batches_per_epoch": 4},
+             {"init_lr": 1.0, "reset": "init", "max_backtracks": 5}),
+    space={"init_lr": (0.1, 1.0, 10.0), "c": (0.1, 0.5), "beta": (0.5, 0.9),
+           "gamma": (1.0, 2.0), "reset": ("increase", "keep", "init"),
+           "batches_per_epoch": (1, 10)},
+    invalid=(({"init_lr": -0.1}, "init_lr"), ({"c": 1.0}, "c"), ({"beta": 0.0}, "beta"),
+             ({"gamma": 0.5}, "gamma"), ({"max_backtracks": -1}, "max_backtracks"),
+             ({"reset": "never"}, "reset"), ({"batches_per_epoch": 0}, "batches_per_epoch")),
+    schedulable=(), tags=_LRFREE | {"needs_closure"},
 ))

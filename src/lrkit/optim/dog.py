@@ -1,0 +1,312 @@
+r"""DoG and LDoG: SGD whose step size is distance over gradients.
+
+Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
+Schedule" (ICML 2023), arXiv:2302.12022; step for step the authors' ``dog-optimizer`` package
+(1.0.3). For each param group (DoG) or each tensor (LDoG, layer-wise), with :math:`c` = ``lr``:
+
+.. math::
+
+    \bar r_t = \max\Bigl(r_\epsilon,\ \max_{i\le t}\lVert x_i - x_0\rVert\Bigr), \qquad
+    G_t = \epsilon + \sum_{i\le t}\lVert g_i\rVert^2, \qquad
+    \eta_t = c\,\bar r_t / \sqrt{G_t}, \qquad x_{t+1} = x_t - \eta_t g_t
+
+with :math:`r_\epsilon` = ``reps_rel`` :math:`\cdot (1 + \lVert x_0\rVert)`, or the first step
+:math:`\eta_0` = ``init_eta`` when given (then :math:`r_\epsilon = 0`). Weight decay adds
+:math:`\lambda x_t` to :math:`g_t` (also inside :math:`G_t`). Norms are over the whole group
+(DoG) or the single tensor (LDoG). DoG needs iterate averaging for its best results:
+:class:`PolynomialDecayAverager` (Shamir & Zhang 2013).
+
+Differences from ``dog-optimizer``: ``p.grad`` is never modified (the package adds weight
+decay into it); a parameter without a gradient is skipped (the package fails); a group added
+later starts its own first step; ``x0`` lives in ``opt.state`` and ``rbar``, ``G``, ``eta``
+(tensors) in each group; one host sync per step fetches every step size (the package syncs
+once per tensor).
+
+Implementations: the reference (``impl="reference"``) runs the package's operations and
+equals it bit for bit; lrkit's kernel (the default for dense CPU float32/float64 tensors)
+makes two passes (the per-tensor norms, in float64; then the step) and equals the
+reference up to the rounding of those norms; ``"foreach"`` updates with torch's
+multi-tensor ops. Sharded parameters (``sharded=``, see :mod:`lrkit.optim._lrfree`): DoG's
+group norms are all-reduced as sums of squares; LDoG's are per tensor, whole on the
+process that owns the tensor, and need no reduction.
+
+``effective_lr()`` is the step size :math:`\eta_t` of the group (DoG) or the tensor
+(LDoG), the same for every element, on the direction :math:`g_t + \lambda x_t`.
+"""
+from __future__ import annotations
+
+import math
+from copy import deepcopy
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lrkit import _checks as C
+from lrkit.optim import _kernel as K
+from lrkit.optim import _lrfree as L
+from lrkit.optim.base import Explained, scalar, uniform
+
+
+class DoG(L.GlobalStepOptimizer):
+    """DoG with the constructor of ``dog.DoG``: one step size per param group.
+
+    ``opt.estimated_lr()`` gives the last step size per group (None before the first step).
+    """
+
+    kernel = "dog"
+    kernel_exact = False  # the norms are taken in float64
+    _layerwise = False
+
+    _checks = {
+        "reps_rel": C.nonnegative, "lr": L.lr_check, "weight_decay": C.nonnegative,
+        "eps": C.nonnegative,
+        "init_eta": lambda f, n, v: None if v is None else C.positive(f, n, v),
+    }
+
+    def __init__(self, params: Any, reps_rel: float = 1e-6, lr: float | Tensor = 1.0,
+                 weight_decay: float = 0.0, eps: float = 1e-8, init_eta: float | None = None,
+                 *, nonfinite: str = "raise", impl: str = "auto",
+                 sharded: Any = False) -> None:
+        defaults = dict(reps_rel=reps_rel, lr=lr, weight_decay=weight_decay, eps=eps,
+                        init_eta=init_eta)
+        super().__init__(params, defaults, nonfinite=nonfinite, impl=impl, sharded=sharded)
+
+    @classmethod
+    def _validated(cls, fn: str, values: dict[str, Any], group: bool = False) -> dict[str, Any]:
+        out = super()._validated(fn, values, group)
+        if out.get("init_eta") is not None:
+            out["reps_rel"] = 0.0  # the first step is init_eta; r_eps is then 0
+        elif "reps_rel" in out and out["reps_rel"] == 0 and "init_eta" in values:
+            raise ValueError(f"{fn}: reps_rel must be a positive number (> 0) unless init_eta "
+                             f"is given, got {values['reps_rel']!r}")
+        return out
+
+    def estimated_lr(self) -> list:
+        """The last step size: a float per group (DoG), a list of floats per group (LDoG,
+        one per tensor); None for a group before its first step."""
+        out = []
+        for group in self.param_groups:
+            eta = group.get("eta")
+            out.append(None if eta is None else eta.tolist())
+        return out
+
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        return {"x0": p.detach().clone()}
+
+    def _global_step(self, plans: list) -> None:
+        fn = f"{type(self).__name__}.step()"
+        work = [L.Work(plan) for plan in plans]
+        stats = []
+        for w in work:
+            decay = w.group["weight_decay"]
+            first = "G" not in w.group
+            sums: dict[int, Any] = {}
+            for b in w.batches:
+                flat = K.call(self, b, [[self.state[p]["x0"] for p in b.params]], [decay],
+                              K.F_ACC | K.F_WD * (decay != 0) | K.F_FIRST * first, nout=2)
+                sums.update((key, (math.sqrt(v[0]), v[1]))
+                            for key, v in L.kernel_sums(b, flat, 2).items())
+            if w.rest:
+                grads = [g.add(p, alpha=decay) if decay != 0 else g
+                         for p, g in zip(w.rest, w.rest_grads)]
+                norms, g_sqs = _stats(w.rest, grads, [self.state[p]["x0"] for p in w.rest],
+                                      first=first)
+                sums.update((id(p), (n, s)) for p, n, s in zip(w.rest, norms, g_sqs))
+            ref = w.params[0]
+            norms, g_sqs = zip(*w.ordered(sums))
+            stats.append((_stack(norms, ref), _stack(g_sqs, ref), first))
+        reduce_over = self._process_group() if not self._layerwise else None
+        reduced = self._reduce(work, stats, reduce_over)
+        for w, (norm, g_sq, first) in zip(work, reduced):
+            self._update_group(w.group, norm, g_sq, first=first)
+        etas = _host_etas(fn, [w.group for w in work])
+        for w, eta in zip(work, etas):
+            eta = eta if self._layerwise else [eta] * len(w.params)
+            eta_of = {id(p): e for p, e in zip(w.params, eta)}
+            decay = w.group["weight_decay"]
+            for b in w.batches:
+                K.call(self, b, [None], [decay], K.F_UPD | K.F_FORWARD | K.F_WD * (decay != 0),
+                       values=[eta_of[id(p)] for p in b.params], writes_params=True)
+            if w.rest:
+                grads = [g.add(p, alpha=decay) if decay != 0 else g
+                         for p, g in zip(w.rest, w.rest_grads)]
+                update = _update_reference if self._path(w.rest) == "reference" \
+                    else _update_foreach
+                update(w.rest, grads, [eta_of[id(p)] for p in w.rest])
+            self._last[w.index]["eta_of"] = eta_of
+
+    def _reduce(self, work: list, stats: list, group: Any) -> list:
+        """The group's norms (DoG: one; LDoG: per tensor), as dog-optimizer reduces them:
+        ||x|| and ||x - x0|| as norms of the per-tensor norms, ||g||^2 as a sum. With
+        sharded parameters (DoG), all-reduced as sums of squares over the processes."""
+        if self._layerwise:
+            return stats
+        if group is None:
+            return [(norms.norm(), g_sqs.sum(), first) for norms, g_sqs, first in stats]
+        # every process adds the same vector: two sums for each param group
+        by_index = {w.index: s for w, s in zip(work, stats)}
+        local = []
+        for i in range(len(self.param_groups)):
+            norms, g_sqs, _ = by_index.get(i, (None, None, None))
+            local += [0.0, 0.0] if norms is None else \
+                [float(norms.double().square().sum()), float(g_sqs.double().sum())]
+        total = L.global_sums(local, group)
+        out = []
+        for w, (norms, _, first) in zip(work, stats):
+            sq, gs = total[2 * w.index], total[2 * w.index + 1]
+            out.append((norms.new_tensor(math.sqrt(sq)), norms.new_tensor(gs), first))
+        return out
+
+    def _update_group(self, group: dict, norm: Tensor, g_sq: Tensor, *, first: bool) -> None:
+        """rbar, G and eta of one group (0-dim tensors; LDoG: one entry per tensor)."""
+        if first:
+            group["rbar"] = group["reps_rel"] * (1 + norm)
+            group["G"] = g_sq + group["eps"]
+        else:
+            group["rbar"] = torch.maximum(group["rbar"], norm)
+            group["G"] = group["G"] + g_sq
+        eta = scalar(group["lr"]) * group["rbar"] / torch.sqrt(group["G"])
+        if first and group["init_eta"] is not None:
+            eta = eta * 0 + group["init_eta"]
+        group["eta"] = eta
+
+    def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        eta, wd = hp["eta_of"][id(p)], hp["weight_decay"]
+        g, w = self._grad(p, hp), p.detach()
+        d = g + wd * ((w + eta * g) / (1 - eta * wd)) if wd != 0 else g
+        return Explained(uniform(eta, w), d, 0.0, -eta * d)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # group tensors follow the parameters' device
+            device = group["params"][0].device
+            for key in ("rbar", "G", "eta"):
+                if isinstance(group.get(key), torch.Tensor):
+                    group[key] = group[key].to(device)
+
+
+class LDoG(DoG):
+    """Layer-wise DoG with the constructor of ``dog.LDoG``: one step size per tensor.
+
+    ``opt.estimated_lr()`` gives, per group, the last step size of each tensor.
+    """
+
+    _layerwise = True
+
+
+def _stack(values: tuple, like: Tensor) -> Tensor:
+    """Per-tensor values (0-dim tensors, or floats from the kernel) as one tensor."""
+    if not any(isinstance(v, Tensor) for v in values):
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return torch.stack([v.to(like.device) if isinstance(v, Tensor) else
+                        torch.tensor(v, dtype=like.dtype, device=like.device) for v in values])
+
+
+def _host_etas(fn: str, groups: list[dict]) -> list:
+    """Every group's step size(s) as Python floats, in one host sync."""
+    etas = [g["eta"] for g in groups]
+    if not etas:
+        return []
+    flat = torch.cat([e.reshape(-1).to("cpu", torch.float64) for e in etas]).tolist()
+    if not all(math.isfinite(v) for v in flat):
+        raise ValueError(
+            f"{fn}: the step size is not finite: the sum of squared gradients (plus eps) is 0 "
+            "(all gradients of a group or tensor are zero and eps=0) or has overflowed")
+    out, i = [], 0
+    for e in etas:
+        n = e.numel()
+        out.append(flat[i:i + n] if e.dim() else flat[i])
+        i += n
+    return out
+
+
+# ------------------------------------------------------------------------------ stats
+def _stats(params, grads, x0s, *, first: bool) -> tuple[list, list]:
+    """Per-tensor ||x|| (first step) or ||x - x0|| (later steps) and ||g||^2, with
+    dog-optimizer's operations (0-dim tensors)."""
+    if first:
+        norms = [p.detach().norm() for p in params]
+    else:
+        norms = [torch.norm(p.detach() - x0) for p, x0 in zip(params, x0s)]
+    return norms, [(g ** 2).sum() for g in grads]
+
+
+# ----------------------------------------------------------------------------- update
+def _update_reference(params, grads, etas) -> None:
+    for p, g, eta in zip(params, grads, etas):
+        p.add_(g, alpha=-eta)
+
+
+def _update_foreach(params, grads, etas) -> None:
+    if len(set(etas)) == 1:
+        torch._foreach_add_(params, grads, alpha=-etas[0])
+    else:  # LDoG: one step size per tensor (add_ with alpha rounds once, as the reference)
+        _update_reference(params, grads, etas)
+
+
+# -------------------------------------------------------------------- iterate averaging
+class PolynomialDecayAverager:
+    r"""Polynomial-decay averaging of a model's weights (Shamir & Zhang, ICML 2013), the
+    averaging DoG needs; step for step ``dog.PolynomialDecayAverager``.
+
+    After the t-th call of ``step()`` (t = 1, 2, ...), every floating-point entry of the
+    model's ``state_dict`` (parameters and buffers) is averaged as
+
+    .. math:: \bar x_t = \Bigl(1 - \tfrac{1+\gamma}{t+\gamma}\Bigr)\bar x_{t-1}
+              + \tfrac{1+\gamma}{t+\gamma}\, x_t
+
+    (so :math:`\bar x_1 = x_1`; :math:`\gamma = 0` is the uniform average); integer buffers
+    (BatchNorm's batch counter) are copied. The average lives in ``averaged_model``, a copy
+    of the model; evaluate that one.
+    """
+
+    def __init__(self, model: torch.nn.Module, gamma: float = 8.0) -> None:
+        self.gamma = C.nonnegative("PolynomialDecayAverager()", "gamma", gamma)
+        self.model = model
+        self.av_model = deepcopy(model)
+        self.t = 1
+        self._matched_devices = False
+
+    @property
+    def averaged_model(self) -> torch.nn.Module:
+        return self.av_model
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        return self.model
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Fold the model's current weights into the average."""
+        if not self._matched_devices:
+            ref = next(self.model.parameters(), None)
+            if ref is not None:
+                self.av_model.to(ref.device)
+            self._matched_devices = True
+        weight = (self.gamma + 1) / (self.gamma + self.t)
+        model_sd, av_sd = self.model.state_dict(), self.av_model.state_dict()
+        by_kind: dict[tuple, tuple[list, list]] = {}
+        for key, value in model_sd.items():
+            av = av_sd[key]
+            if not av.is_floating_point():  # e.g. BatchNorm's num_batches_tracked
+                av.copy_(value)
+                continue
+            avs, xs = by_kind.setdefault((av.device, av.dtype), ([], []))
+            avs.append(av)
+            xs.append(value)
+        for avs, xs in by_kind.values():
+            torch._foreach_mul_(avs, 1 - weight)
+            torch._foreach_add_(avs, xs, alpha=weight)
+        self.t += 1
+
+    def reset(self) -> None:
+        """Start a new average: the next ``step()`` copies the model."""
+        self.t = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"t": self.t, "av_model": self.av_model.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.t = state_dict["t"]
+        self.av_model.load_state_dict(state_dict["av_model"])

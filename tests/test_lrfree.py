@@ -1,0 +1,276 @@
+"""Learning-rate-free optimizers beyond the generic suite (tests/test_optim_*.py, driven by
+the registry): the reference paths equal the authors' packages bit for bit at their
+defaults and at random arguments; the kernels' sums do not depend on the thread count;
+param groups share d under clear rules; a stalled d warns; DoG's step sizes; iterate
+averaging."""
+from __future__ import annotations
+
+import copy
+import math
+import re
+import warnings
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+
+from lrfree_cases import (  # noqa: F401 (one_thread: an autouse fixture)
+    CASES,
+    one_thread,
+    problem,
+    relative_error,
+    run,
+    train,
+)
+from lrkit.optim import (
+    SLS,
+    DAdaptAdam,
+    DAdaptSGD,
+    DEstimateWarning,
+    DoG,
+    LDoG,
+    Prodigy,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+    _kernel,
+)
+
+NAMES = list(CASES)
+SHARED_D = [Prodigy, DAdaptAdam, DAdaptSGD]
+# multipliers at which 100 steps on the test problem are well conditioned (see registry.py)
+STABLE = {"Prodigy": {"lr": 0.3}, "DAdaptAdam": {"lr": 0.1}, "DAdaptSGD": {"lr": 0.5}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_path_equals_the_authors_package_bit_for_bit(name, dtype):
+    """Drawn arguments, the packages' defaults among them (lr=1.0, where one ulp moved in
+    one weight changes Prodigy's and D-Adaptation's 100-step result by up to 0.4: only
+    the same operations in the same order agree there), with train/eval switches for the
+    schedule-free ones (exact_switch=False switches as schedulefree does)."""
+    case = CASES[name]
+    extra = {"exact_switch": False} if case.switches else {}
+
+    @settings(max_examples=4, deadline=None)
+    @given(kwargs=case.kwargs)
+    def check(kwargs):
+        theirs, _ = run(lambda p: case.theirs(p, **kwargs), dtype, switches=case.switches)
+        assume(all(t.isfinite().all() for t in theirs))  # the package itself diverged
+        ours, _ = run(lambda p: case.ours(p, impl="reference", **kwargs, **extra), dtype,
+                      switches=case.switches)
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), kwargs
+
+    check()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_group_options_equal_the_authors_package(name):
+    """Options a group sets itself (layer_scale, eps, weight decay, lr per group where the
+    package allows it), through the default path."""
+    case, kw = CASES[name], STABLE.get(name, {})
+    theirs, _ = run(lambda p: case.theirs(p, **kw), groups=case.group_options,
+                    switches=case.switches)
+    for impl in ("reference", "auto"):
+        ours, _ = run(lambda p, impl=impl: case.ours(p, impl=impl, **kw),
+                      groups=case.group_options, switches=case.switches)
+        assert relative_error(ours, theirs) <= 1e-5
+
+
+@pytest.mark.skipif(not _kernel.available(), reason="no C++ compiler: no kernel")
+@pytest.mark.parametrize("name", ["Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG",
+                                  "ScheduleFreeAdamW"])
+def test_kernel_sums_do_not_depend_on_threads_or_chunks(name):
+    """Tensors across several chunks (16384 elements), odd sizes, slice_p: one thread or
+    two, the kernel gives the same bits (its sums are added in a fixed order), and stays
+    within rounding of the reference."""
+    cls = CASES[name].ours
+    kwargs = {"slice_p": 3, "lr": 0.3} if name == "Prodigy" else {}
+    shapes = [(40001,), (3, 17001), (7,), (1,), (0,)] + [(5, 3)] * 20
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for impl, nt in (("kernel", 1), ("kernel", 2), ("reference", 1)):
+            torch.set_num_threads(nt)
+            gen = torch.Generator().manual_seed(0)
+            ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+            opt = cls(ps, impl=impl, **kwargs)
+            for s in range(4):
+                for p in ps:
+                    p.grad = torch.sin(3 * p.detach() + s) + 0.1
+                opt.step()
+            out[impl, nt] = [p.detach().clone() for p in ps]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(out["kernel", 1], out["kernel", 2]))
+    err = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+              for a, b in zip(out["kernel", 1], out["reference", 1]) if b.numel())
+    assert err <= 1e-5
+
+
+# ------------------------------------------------------------------ arguments
+def params():
+    return [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+
+
+@pytest.mark.parametrize("cls, kwargs, name", [  # (the registry lists the common ones)
+    (Prodigy, {"betas": (0.9,)}, "betas"), (Prodigy, {"d_stall_steps": 0}, "d_stall_steps"),
+    (Prodigy, {"impl": "cuda"}, "impl"), (Prodigy, {"nonfinite": "ignore"}, "nonfinite"),
+    (DoG, {"reps_rel": 0}, "reps_rel"), (SLS, {"init_lr": 0}, "init_lr"),
+])
+def test_invalid_arguments_raise_a_value_error_naming_the_argument(cls, kwargs, name):
+    with pytest.raises(ValueError, match=re.escape(f"{cls.__name__}(): {name} must be")):
+        cls(params(), **kwargs)
+
+
+def test_a_param_group_option_is_checked_too():
+    with pytest.raises(ValueError, match=r"Prodigy\(\) param group 1: eps must be"):
+        Prodigy([{"params": [params()[0]]}, {"params": [params()[1]], "eps": -1.0}])
+
+
+# -------------------------------------------------------------------- the shared d
+def two_groups(**second):
+    model, x, y = problem()
+    layers = list(model.parameters())
+    return model, x, y, [{"params": layers[:2]}, {"params": layers[2:], **second}]
+
+
+@pytest.mark.parametrize("cls", SHARED_D)
+def test_groups_with_different_lrs_cannot_share_d(cls):
+    model, x, y, groups = two_groups(lr=0.5)
+    opt = cls(groups)
+    with pytest.raises(ValueError, match=r"share one d estimate.*lr=\[1.0, 0.5\]"):
+        train(model, opt, x, y, 1)
+
+
+@pytest.mark.parametrize("cls, key, value", [
+    (Prodigy, "betas", (0.8, 0.999)), (Prodigy, "d0", 1e-3), (DAdaptAdam, "growth_rate", 1.1),
+    (DAdaptAdam, "decouple", True), (DAdaptSGD, "growth_rate", 2.0)])
+def test_groups_that_disagree_on_what_shapes_d_are_refused(cls, key, value):
+    model, x, y, groups = two_groups(**{key: value})
+    with pytest.raises(ValueError, match=rf"share one d estimate, so {key} must be the same"):
+        train(model, cls(groups), x, y, 1)
+
+
+@pytest.mark.parametrize("cls", SHARED_D)
+def test_a_group_with_lr_zero_is_frozen_while_the_others_adapt_d(cls):
+    model, x, y, groups = two_groups(lr=0.0, weight_decay=0.1)
+    frozen = [p.detach().clone() for p in groups[1]["params"]]
+    opt = cls(groups)
+    train(model, opt, x, y, 30)
+    assert all(torch.equal(p, q) for p, q in zip(groups[1]["params"], frozen))
+    assert opt.param_groups[0]["d"] > opt.param_groups[0]["d0"]
+    assert opt.estimated_lr()[1] == 0.0 and opt.estimated_lr()[0] > 0
+
+
+@pytest.mark.parametrize("name", ["Prodigy", "DAdaptAdam", "DAdaptSGD"])
+def test_estimated_lr_is_d_times_lr(name):
+    case = CASES[name]
+    _, opt = run(lambda p: case.ours(p, lr=0.5), steps=20)
+    group = opt.param_groups[0]
+    expected = group["d"] * 0.5 / (group["g0_norm"] if name == "DAdaptSGD" else 1.0)
+    assert opt.estimated_lr() == [pytest.approx(expected, rel=1e-12)]
+    assert group["d"] > group["d0"]
+
+
+# ------------------------------------------------------------------- stalled d
+def linear_loss_steps(opt, w, steps, sign=lambda i: 1.0):
+    direction = torch.linspace(-1, 1, w.numel())
+    for i in range(steps):
+        opt.zero_grad()
+        (sign(i) * (w * direction).sum()).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", SHARED_D)
+def test_zero_gradients_leave_d_at_d0_and_warn_once(cls):
+    w = torch.nn.Parameter(torch.ones(5))
+    opt = cls([w], d_stall_steps=10)
+    with pytest.warns(DEstimateWarning, match="has not grown from d0.*no estimate yet") as rec:
+        linear_loss_steps(opt, w, 25, sign=lambda i: 0.0)
+    assert len(rec) == 1 and rec[0].filename == __file__
+    assert opt.param_groups[0]["d"] == opt.param_groups[0]["d0"]
+
+
+@pytest.mark.parametrize("cls", SHARED_D)
+def test_gradients_that_oscillate_give_a_negative_estimate_and_a_warning(cls):
+    w = torch.nn.Parameter(torch.ones(5))
+    opt = cls([w], d_stall_steps=10)
+    with pytest.warns(DEstimateWarning, match="negative"):
+        linear_loss_steps(opt, w, 10, sign=lambda i: 1.0 if i == 0 else 2.0 * (-1.0) ** i)
+    assert opt.param_groups[0]["d_hat"] < 0
+
+
+@pytest.mark.parametrize("cls", SHARED_D)
+def test_a_growing_d_never_warns_and_the_check_can_be_turned_off(cls):
+    model, x, y = problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DEstimateWarning)
+        train(model, cls(model.parameters(), d_stall_steps=5), x, y, 10)
+        w = torch.nn.Parameter(torch.ones(5))
+        linear_loss_steps(cls([w], d_stall_steps=None), w, 10, sign=lambda i: 0.0)
+
+
+def test_dadapt_sgd_waits_for_a_nonzero_first_gradient():
+    w = torch.nn.Parameter(torch.ones(5))
+    opt = DAdaptSGD([w])
+    linear_loss_steps(opt, w, 3, sign=lambda i: 0.0)  # dadaptation divides by zero here
+    assert opt.param_groups[0]["k"] == 0 and torch.equal(w, torch.ones(5))
+    linear_loss_steps(opt, w, 1)
+    assert opt.param_groups[0]["k"] == 1 and opt.estimated_lr()[0] > 0
+
+
+# -------------------------------------------------------------------------- DoG
+@pytest.mark.parametrize("cls", [DoG, LDoG])
+def test_dog_with_zero_gradients_and_no_eps_says_why_it_cannot_step(cls):
+    w = torch.nn.Parameter(torch.ones(5))
+    with pytest.raises(ValueError, match="sum of squared gradients"):
+        linear_loss_steps(cls([w], eps=0.0), w, 1, sign=lambda i: 0.0)
+
+
+def test_dog_reports_one_step_size_per_group_and_ldog_one_per_tensor():
+    _, dog_opt = run(lambda p: DoG(p), steps=5)
+    _, ldog_opt = run(lambda p: LDoG(p), steps=5)
+    (eta,) = dog_opt.estimated_lr()
+    assert isinstance(eta, float) and eta > 0
+    (etas,) = ldog_opt.estimated_lr()
+    assert len(etas) == 4 and len(set(etas)) == 4
+    model, *_ = problem()
+    assert DoG(model.parameters()).estimated_lr() == [None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_polynomial_decay_averager_equals_the_package(dtype):
+    import dog
+
+    from lrkit.optim import PolynomialDecayAverager
+
+    model, x, y = problem(dtype)
+    model = torch.nn.Sequential(model, torch.nn.BatchNorm1d(3).to(dtype))
+    ours, theirs = PolynomialDecayAverager(model, gamma=4.0), \
+        dog.PolynomialDecayAverager(model, gamma=4.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for i in range(30):
+        train(model, opt, x, y, 1, start=i)
+        ours.step()
+        theirs.step()
+    a, b = ours.averaged_model.state_dict(), theirs.averaged_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert int(a["1.num_batches_tracked"]) == 30
+    restored = PolynomialDecayAverager(model, gamma=4.0)
+    restored.load_state_dict(copy.deepcopy(ours.state_dict()))
+    assert restored.t == 31
+    ours.reset()
+    ours.step()  # t = 1: a plain copy of the model
+    assert all(torch.equal(p, q) for p, q in zip(ours.averaged_model.parameters(),
+                                                  model.parameters()))
+
+
+def test_everything_is_exported_from_lrkit_optim():
+    import lrkit.optim as O
+    for name in ("Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG", "PolynomialDecayAverager",
+                 "ScheduleFreeAdamW", "ScheduleFreeSGD", "reestimate_batchnorm", "SLS",
+                 "DEstimateWarning"):
+        assert name in O.__all__ and hasattr(O, name)
+    assert ScheduleFreeSGD.__module__ == ScheduleFreeAdamW.__module__ == \
+        "lrkit.optim.schedulefree"
+    assert math.isinf(Prodigy([torch.nn.Parameter(torch.ones(1))]).defaults["growth_rate"])
