@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lrkit import _checks as C
 from lrkit.errors import NonFiniteGradientError
-from lrkit.optim import _kernel
+from lrkit.optim import _distributed, _kernel
 
 NONFINITE_MODES = ("raise", "skip", "zero")
 IMPLS = ("auto", "reference", "foreach", "fused", "kernel")
@@ -119,6 +119,17 @@ class LrkitOptimizer(torch.optim.Optimizer):
     kernel: ClassVar[str | None] = None
     #: the kernel runs the reference's operations in its order (bit for bit on x86-64)
     kernel_exact: ClassVar[bool] = True
+    #: the highest power of the gradient the state holds: 1 (SGD, Lion), 2 (a squared
+    #: gradient: Adam...), 4 (Adafactor's products of row and column means of squares).
+    #: A gradient entry whose power overflows its dtype counts as non-finite.
+    grad_power: ClassVar[int] = 1
+    #: how a step treats DTensor parameters (FSDP2): "elementwise" (every implementation
+    #: runs on each rank's local shard: exact), "reference" (the reference path runs on the
+    #: local shards and sums its reductions across ranks with ``shard_sum``), or None (not
+    #: supported: the step raises NotImplementedError)
+    dtensor: ClassVar[str | None] = None
+    _has_dtensor = False
+    _shards: ClassVar[dict[int, Any]] = {}  # set per step while DTensors are swapped
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise",
                  impl: str = "auto") -> None:
@@ -195,8 +206,30 @@ class LrkitOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
-            self._step()
+            if self._has_dtensor:
+                self._dtensor_step()
+            else:
+                self._step()
         return loss
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if any(_distributed.is_dtensor(p) for p in self.param_groups[-1]["params"]):
+            self._has_dtensor = True
+
+    def _dtensor_step(self) -> None:
+        """The step on each rank's local shards (see ``lrkit.optim._distributed``)."""
+        if self.dtensor is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}.step(): DTensor parameters (FSDP2 fully_shard) are "
+                f"not supported by {type(self).__name__}; use it with DDP or "
+                "ZeroRedundancyOptimizer (see the README, 'Distributed training')")
+        with _distributed.LocalShards(self) as shards:
+            self._shards = shards
+            try:
+                self._step()
+            finally:
+                self._shards = {}
 
     def _step(self) -> None:
         work = [(i, group, params, [p.grad for p in params])
@@ -208,7 +241,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 if g.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse "
                                        "gradients")
-        kernel = self._kernel_on()
+        kernel = self._kernel_on() and not (self._shards and self.dtensor == "reference")
         plans = []  # (index, group, kernel batches, other params, their grads)
         for i, group, params, grads in work:
             if kernel and not (group.get("differentiable") or group.get("capturable")):
@@ -238,39 +271,57 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 and _kernel.library(self.kernel) is not None)
 
     def _screen(self, plans: list) -> list | None:
-        """Find non-finite gradients in one pass; raise, skip (None) or zero them."""
+        """Find non-finite gradients in one pass; raise, skip (None) or zero them.
+
+        Non-finite here also means an entry whose ``grad_power``-th power overflows (its
+        square, for Adam and kin), which would put Inf, then NaN, into the state. In a
+        multi-process run the decision to raise or skip is agreed by every rank."""
+        power = self.grad_power
         if self.nonfinite == "zero":  # the kernel zeroes them as it reads; the rest here
             rest = [g for plan in plans for g in plan[4]]
-            if not rest or _kernel.first_nonfinite(rest) < 0:
+            if not rest or _kernel.first_nonfinite(rest, power) < 0:
                 return plans
-            return [(i, group, batches, params, [_finite(g) for g in grads])
+            return [(i, group, batches, params, [_bounded(g, power) for g in grads])
                     for i, group, batches, params, grads in plans]
-        found = _kernel.first_nonfinite_in([b for plan in plans for b in plan[2]])
+        bad = None
+        found = _kernel.first_nonfinite_in([b for plan in plans for b in plan[2]], power)
         if found is not None:
             bad = found[0].params[found[1]]
         else:
             rest = [(p, g) for plan in plans for p, g in zip(plan[3], plan[4])]
-            k = _kernel.first_nonfinite([g for _, g in rest]) if rest else -1
-            if k < 0:
-                return plans
-            bad = rest[k][0]
+            k = _kernel.first_nonfinite([g for _, g in rest], power) if rest else -1
+            if k >= 0:
+                bad = rest[k][0]
+        device = plans[0][4][0].device if plans and plans[0][4] else None
+        if not _distributed.any_rank(bad is not None, device):
+            return plans
         if self.nonfinite == "skip":
             return None
+        what = "a parameter on another process"
         for i, group in enumerate(self.param_groups):
             for j, q in enumerate(group["params"]):
                 if q is bad:
                     names = group.get("param_names")
+                    shard = self._shards.get(id(q))
+                    shape = tuple(q.shape if shard is None else shard.shape)
                     what = (repr(names[j]) if names else
-                            f"param_groups[{i}]['params'][{j}] of shape {tuple(q.shape)}")
+                            f"param_groups[{i}]['params'][{j}] of shape {shape}")
+                    if shard is not None:
+                        what += " (in this process's shard)"
+        big = ""
+        if power > 1:
+            dtype = bad.dtype if bad is not None else torch.float32
+            big = (f" or an entry so large that its {'square' if power == 2 else 'fourth power'}"
+                   f" overflows (|g| >= {_kernel.bound(dtype, power):.3g} in {dtype})")
         raise NonFiniteGradientError(
-            f"{type(self).__name__}.step(): the gradient of {what} holds NaN or Inf; "
+            f"{type(self).__name__}.step(): the gradient of {what} holds NaN or Inf{big}; "
             "nothing was changed (pass nonfinite='skip' to skip such steps or "
             "nonfinite='zero' to treat those entries as zero)")
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Every implementation but the kernel (the step template runs that)."""
         impl = self.impl
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or (self._shards and self.dtensor == "reference"):
             impl = "reference"
         elif group.get("differentiable") or group.get("capturable"):
             impl = "torch"
@@ -412,9 +463,11 @@ class LrkitOptimizer(torch.optim.Optimizer):
         return text[:-1] + f"    nonfinite: {self.nonfinite}\n    impl: {self.impl}\n)"
 
 
-def _finite(g: Tensor) -> Tensor:
-    """``g`` with NaN/Inf entries as zeros (a copy, only where there are any)."""
-    ok = torch.isfinite(g)
+def _bounded(g: Tensor, power: int = 1) -> Tensor:
+    """``g`` with NaN/Inf entries (and those at or above ``_kernel.bound``) as zeros (a
+    copy, only where there are any)."""
+    limit = _kernel.bound(g.dtype, power)
+    ok = (torch.view_as_real(g).abs() < limit).all(-1) if g.is_complex() else g.abs() < limit
     return g if bool(ok.all()) else torch.where(ok, g, torch.zeros((), dtype=g.dtype,
                                                                    device=g.device))
 
