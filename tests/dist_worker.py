@@ -127,6 +127,37 @@ def nonfinite(wrapper, info, mesh, rank, mode):
     return ("ok", before, full(model.parameters()), local.skipped_steps)
 
 
+def guarded(wrapper, mesh, rank):
+    """DivergenceGuard under DDP or ZeRO: a NaN loss on rank 0 only makes every rank roll
+    back to the same snapshot (ZeRO: the local optimizer's state too) and back off."""
+    import copy
+
+    from lrkit import DivergenceGuard, Scheduler
+    from lrkit.optim import REGISTRY
+    from optim_helpers import batches, loss_of, same_state
+    model, _, opt = build(wrapper, REGISTRY["Adam"], mesh)
+    sched = Scheduler(opt, lr=0.01)
+    guard = DivergenceGuard(model, opt, sched, window=2, min_history=1)
+    local = opt.optim if wrapper == "zero" else opt
+    data = batches()
+    for i in range(4):
+        loss = loss_of(model, half(data[i % len(data)], rank))
+        if i == 3 and rank == 0:
+            loss = loss * float("nan")
+        if not guard.check(loss):
+            continue
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if i == 0:  # the second good loss snapshots this state
+            params = full(model.parameters())
+            state = copy.deepcopy(local.state_dict())
+    return ("ok", len(guard.events), opt.param_groups[0]["lr"],
+            all(torch.equal(a, b) for a, b in zip(full(model.parameters()), params)),
+            same_state(local.state_dict()["state"], state["state"]), full(model.parameters()))
+
+
 def worker(rank, init, out):
     torch.set_num_threads(1)
     sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -155,6 +186,12 @@ def worker(rank, init, out):
                     results[(info.name, wrapper, mode)] = ("error", type(exc).__name__,
                                                            traceback.format_exc())
                 dist.barrier()
+    for wrapper in ("ddp", "zero"):
+        try:
+            results[("guard", wrapper)] = guarded(wrapper, mesh, rank)
+        except Exception as exc:  # noqa: BLE001
+            results[("guard", wrapper)] = ("error", type(exc).__name__, traceback.format_exc())
+        dist.barrier()
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -135,3 +135,17 @@ def test_nonfinite_decisions_are_agreed_by_every_rank(ranks, info, wrapper, mode
             _, before, after, skipped = got
             assert skipped == 1
             assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("wrapper", ["ddp", "zero"])
+def test_divergence_guard_decides_on_every_rank_together(ranks, wrapper):
+    """A NaN loss on rank 0 alone: the guard averages the loss over the ranks, so both
+    roll back (parameters and, under ZeRO, each rank's local optimizer state) to the same
+    snapshot and halve the lr."""
+    got = [r[("guard", wrapper)] for r in ranks]
+    for g in got:
+        assert g[0] == "ok", g
+        _, events, lr, params_restored, state_restored, _ = g
+        assert events == 1 and lr == pytest.approx(0.005)
+        assert params_restored and state_restored
+    assert all(torch.equal(a, b) for a, b in zip(got[0][5], got[1][5]))

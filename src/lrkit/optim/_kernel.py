@@ -202,7 +202,7 @@ def first_nonfinite(grads: list[Tensor], power: int = 1) -> int:
         if group[0].is_complex():
             group = [torch.view_as_real(g) for g in group]
         norms = torch._foreach_norm(group, float("inf"))
-        bad = ~(torch.stack([n.float() for n in norms]) < limit)  # NaN compares False
+        bad = ~(torch.stack(norms) < limit)  # in their dtype; NaN compares False
         if bool(bad.any()):
             found.append(idx[int(bad.nonzero()[0, 0])])
     return min(found) if found else -1

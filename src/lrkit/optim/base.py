@@ -15,7 +15,10 @@ identical). The base class owns everything around the arithmetic:
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -23,7 +26,7 @@ from torch import Tensor
 
 from lrkit import _checks as C
 from lrkit.errors import NonFiniteGradientError
-from lrkit.optim import _distributed, _kernel
+from lrkit.optim import _distributed, _kernel, _state_check
 
 NONFINITE_MODES = ("raise", "skip", "zero")
 IMPLS = ("auto", "reference", "foreach", "fused", "kernel")
@@ -136,6 +139,10 @@ class LrkitOptimizer(torch.optim.Optimizer):
         fn = f"{type(self).__name__}()"
         self.nonfinite = C.choice(fn, "nonfinite", nonfinite, NONFINITE_MODES)
         impl = C.choice(fn, "impl", impl, IMPLS)
+        if isinstance(params, Tensor) or not isinstance(params, Iterable):
+            raise TypeError(f"{fn}: params must be an iterable of tensors, of (name, tensor) "
+                            f"pairs or of param-group dicts, got {type(params).__name__}")
+        _check_switches(fn, type(self), defaults)
         foreach, fused = defaults.get("foreach"), defaults.get("fused")
         if fused and foreach:
             raise ValueError(f"{fn}: fused=True and foreach=True cannot be used together")
@@ -155,6 +162,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 self, "_foreach"):
             impl = "reference"
         self.impl = impl
+        defaults.setdefault("differentiable", False)  # as torch's __setstate__ adds it
         self.skipped_steps = 0
         self._last: dict[int, dict[str, Any]] = {}
         super().__init__(params, defaults)
@@ -436,13 +444,21 @@ class LrkitOptimizer(torch.optim.Optimizer):
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict, plus ``skipped_steps`` and ``lrkit_optimizer`` (the class
+        name, so that loading it into another algorithm fails clearly)."""
         sd = super().state_dict()
         sd["skipped_steps"] = self.skipped_steps
+        sd["lrkit_optimizer"] = type(self).__name__
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        skipped = int(state_dict.pop("skipped_steps", 0))
+        """torch's load_state_dict (a torch.optim state_dict of the same algorithm loads),
+        after checking everything first: another algorithm's state, missing keys, wrong
+        shapes or types, invalid settings or NaN raise ``ValueError``/``TypeError`` and
+        leave the optimizer unchanged (see ``lrkit.optim._state_check``)."""
+        skipped = _state_check.check(self, state_dict)
+        state_dict = {k: v for k, v in state_dict.items()
+                      if k not in ("skipped_steps", "lrkit_optimizer")}
         super().load_state_dict(state_dict)
         self.skipped_steps = skipped
         self._last = {}
@@ -461,6 +477,29 @@ class LrkitOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         text = super().__repr__()
         return text[:-1] + f"    nonfinite: {self.nonfinite}\n    impl: {self.impl}\n)"
+
+
+@functools.cache
+def _switches(cls: type) -> dict[str, bool]:
+    """The constructor's switches: name -> whether None is allowed (foreach=None...)."""
+    out = {}
+    for name, par in inspect.signature(cls.__init__).parameters.items():
+        if isinstance(par.default, bool):
+            out[name] = False
+        elif par.default is None and name in ("foreach", "fused"):
+            out[name] = True
+    return out
+
+
+def _check_switches(fn: str, cls: type, defaults: dict[str, Any]) -> None:
+    """True/False switches (amsgrad, maximize, foreach...) must be bools: torch takes any
+    truthy value, so ``amsgrad="no"`` would silently turn it on."""
+    for name, none_ok in _switches(cls).items():
+        if name in defaults:
+            v = defaults[name]
+            if not (isinstance(v, bool) or (none_ok and v is None)):
+                raise TypeError(f"{fn}: {name} must be True or False"
+                                f"{' (or None)' if none_ok else ''}, got {v!r}")
 
 
 def _bounded(g: Tensor, power: int = 1) -> Tensor:

@@ -43,7 +43,7 @@ struct Args {
   int32_t sc_f64;            // sc1/sc2 hold doubles (default dtype float64)
   const int64_t* rows;       // Adafactor: size of the second-last dim (0: a vector)
   const int64_t* cols;       // Adafactor: size of the last dim
-  double gbound;             // F_ZERO: gradient entries with |g| >= gbound count as zero
+  double gbound;             // F_ZERO: entries with |g| >= gbound count as zero (0: inf)
 };
 
 enum : int64_t {
@@ -92,7 +92,9 @@ template <typename T, bool MAX, bool ZERO> struct GradT {
 template <typename T, typename F> inline void with_grad(const Args* a, F&& f) {
   with(a->flags & F_MAXIMIZE, [&](auto MAX) {
     with(a->flags & F_ZERO, [&](auto ZERO) {
-      f(GradT<T, decltype(MAX)::value, decltype(ZERO)::value>{(T)a->gbound});
+      // gbound 0 (a caller that does not set it): NaN and Inf only
+      const T bound = a->gbound > 0 ? (T)a->gbound : std::numeric_limits<T>::infinity();
+      f(GradT<T, decltype(MAX)::value, decltype(ZERO)::value>{bound});
     });
   });
 }
