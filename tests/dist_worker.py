@@ -128,8 +128,8 @@ def nonfinite(wrapper, info, mesh, rank, mode):
 
 
 def guarded(wrapper, mesh, rank):
-    """DivergenceGuard under DDP or ZeRO: a NaN loss on rank 0 only makes every rank roll
-    back to the same snapshot (ZeRO: the local optimizer's state too) and back off."""
+    """DivergenceGuard under DDP, ZeRO or FSDP2: a NaN loss on rank 0 only makes every rank
+    roll back to the same snapshot (ZeRO: the local optimizer's state too) and back off."""
     import copy
 
     from lrkit import DivergenceGuard, Scheduler
@@ -186,7 +186,7 @@ def worker(rank, init, out):
                     results[(info.name, wrapper, mode)] = ("error", type(exc).__name__,
                                                            traceback.format_exc())
                 dist.barrier()
-    for wrapper in ("ddp", "zero"):
+    for wrapper in WRAPPERS:
         try:
             results[("guard", wrapper)] = guarded(wrapper, mesh, rank)
         except Exception as exc:  # noqa: BLE001

@@ -21,6 +21,7 @@ from lrkit import schedules as S
 from resume_cases import CASES, FAMILIES, SCHEDULES, K, N, build, checkpoint, params, train
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("resume")  # one worker runs the new process, once
 
 
 def test_every_family_and_optimizer_is_combined():

@@ -87,13 +87,9 @@ class Adafactor(LrkitOptimizer):
                 row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
         return state["variance"].clone()
 
-    def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
-                        state: dict[str, Any]) -> None:
-        shard = self._shards.get(id(p))
-        if shard is not None:
-            self._shard_step(group, p, grad, state, shard)
-            return
-        lr, wd = scalar(group["lr"]), group["weight_decay"]
+    @staticmethod
+    def _begin(group: dict[str, Any], p: Tensor, grad: Tensor, state: dict[str, Any]) -> tuple:
+        """The settings, the signed gradient, the new step count and 1 - beta2_t."""
         eps1, eps2 = group["eps"]
         if eps1 is None:
             eps1 = torch.finfo(p.dtype).eps
@@ -101,7 +97,16 @@ class Adafactor(LrkitOptimizer):
             grad = -grad
         state["step"] += 1
         step = value(state["step"])
-        one_minus_beta2_t = step ** group["beta2_decay"]
+        return (scalar(group["lr"]), group["weight_decay"], eps1, eps2, grad, step,
+                step ** group["beta2_decay"])
+
+    def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
+                        state: dict[str, Any]) -> None:
+        shard = self._shards.get(id(p))
+        if shard is not None:
+            self._shard_step(group, p, grad, state, shard)
+            return
+        lr, wd, eps1, eps2, grad, step, one_minus_beta2_t = self._begin(group, p, grad, state)
         compiling = isinstance(step, Tensor)  # while torch.compile traces: no .item()
         if compiling:
             rho_t = torch.minimum(torch.as_tensor(lr), 1 / step.sqrt())
@@ -130,15 +135,7 @@ class Adafactor(LrkitOptimizer):
         """The reference on one rank's shard of a DTensor (FSDP2): the same formulas, each
         mean and norm a local partial sum added up across the ranks (``shard_sum``), so it
         equals the unsharded step to rounding (the sums run in another order)."""
-        lr, wd = scalar(group["lr"]), group["weight_decay"]
-        eps1, eps2 = group["eps"]
-        if eps1 is None:
-            eps1 = torch.finfo(p.dtype).eps
-        if group["maximize"]:
-            grad = -grad
-        state["step"] += 1
-        step = state["step"].item()
-        one_minus_beta2_t = step ** group["beta2_decay"]
+        lr, wd, eps1, eps2, grad, step, one_minus_beta2_t = self._begin(group, p, grad, state)
         n = shard.numel()
         w2 = D.shard_sum(shard, torch.linalg.vector_norm(p).square().reshape(1)).item()
         alpha = max(eps2, w2**0.5 / (n**0.5)) * min(lr, 1 / (step**0.5))

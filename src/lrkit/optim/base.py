@@ -96,7 +96,14 @@ class LrkitOptimizer(torch.optim.Optimizer):
     before anything changes; "skip" leaves parameters and state untouched and counts the
     step in ``skipped_steps`` (saved in ``state_dict``); "zero" treats the non-finite
     entries as zero. The check is one pass over the gradients (fused into lrkit's kernel
-    where it runs), so no NaN/Inf from a gradient ever reaches the state.
+    where it runs), so no NaN/Inf from a gradient ever reaches the state. An entry whose
+    square (``grad_power``: Adafactor's fourth power) would overflow counts as non-finite
+    too. In a multi-process run the ranks agree before raising or skipping (one
+    all-reduce per step; ``agree_across_ranks = False`` turns it off).
+
+    DTensor parameters (FSDP2 ``fully_shard``): the step runs on each rank's local shard
+    where the class declares ``dtensor`` (see ``lrkit.optim._distributed``); otherwise it
+    raises NotImplementedError.
 
     ``impl="auto" | "reference" | "foreach" | "fused" | "kernel"``: "reference" is the
     readable single-tensor implementation (the spec every other path is tested against);
@@ -131,6 +138,10 @@ class LrkitOptimizer(torch.optim.Optimizer):
     #: local shards and sums its reductions across ranks with ``shard_sum``), or None (not
     #: supported: the step raises NotImplementedError)
     dtensor: ClassVar[str | None] = None
+    #: in a multi-process run, agree with the other ranks before raising or skipping on a
+    #: non-finite gradient (one all-reduce per step); set False on an optimizer that only
+    #: some ranks step, which would otherwise wait for the others forever
+    agree_across_ranks: bool = True
     _has_dtensor = False
     _shards: ClassVar[dict[int, Any]] = {}  # set per step while DTensors are swapped
 
@@ -301,7 +312,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
             if k >= 0:
                 bad = rest[k][0]
         device = plans[0][4][0].device if plans and plans[0][4] else None
-        if not _distributed.any_rank(bad is not None, device):
+        if not (_distributed.any_rank(bad is not None, device) if self.agree_across_ranks
+                else bad is not None):
             return plans
         if self.nonfinite == "skip":
             return None
