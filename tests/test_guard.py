@@ -162,3 +162,72 @@ def test_invalid_arguments(kwargs, name):
 
 def test_exported_lazily():
     assert lrkit.DivergenceGuard is DivergenceGuard
+
+
+def _torch_optimizers():
+    """Every optimizer class torch.optim has (LBFGS needs a closure, SparseAdam sparse
+    gradients: left out)."""
+    out = []
+    for name in dir(torch.optim):
+        cls = getattr(torch.optim, name)
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and \
+                cls is not torch.optim.Optimizer and name not in ("LBFGS", "SparseAdam"):
+            out.append(cls)
+    return out
+
+
+def _lrkit_optimizers():
+    from lrkit.optim import REGISTRY
+    return [(info.cls, info.configs[-1]) for info in REGISTRY.values()
+            if "needs_closure" not in info.tags]
+
+
+OPTIMIZERS = [(c, {"lr": 0.01}) for c in _torch_optimizers()] + _lrkit_optimizers()
+
+
+@pytest.mark.parametrize("cls,cfg", OPTIMIZERS,
+                         ids=[f"{c.__module__.split('.')[0]}.{c.__name__}" for c, _ in OPTIMIZERS])
+def test_any_optimizer_is_restored_bit_for_bit(cls, cfg, caplog):
+    """Parameters, gradients and optimizer state come back exactly as at the snapshot; the
+    lr is backed off through the Scheduler; the event is logged and summarised."""
+    import copy
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    if cls.__name__ == "Muon":  # torch's Muon takes 2-d parameters only
+        model = torch.nn.Sequential(torch.nn.Linear(5, 8, bias=False), torch.nn.Tanh(),
+                                    torch.nn.Linear(8, 1, bias=False))
+    opt = cls(model.parameters(), **cfg)
+    sched = Scheduler(opt, lr=S.constant(cfg["lr"]))
+    x, y = torch.randn(256, 5), torch.randn(256, 1)
+    guard = DivergenceGuard(model, opt, sched, window=4, min_history=2)
+    train(model, opt, sched, guard, x, y, 3)
+    params = snapshot(model)  # the 4th good loss snapshots this state
+    state = copy.deepcopy(opt.state_dict())
+    train(model, opt, sched, guard, x, y, 3)
+    assert any(not torch.equal(v, params[k]) for k, v in model.state_dict().items())
+    with caplog.at_level("WARNING", logger="lrkit.guard"):
+        assert not guard.check(torch.tensor(float("nan")))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, params[k])
+    from optim_helpers import same_state
+    now = opt.state_dict()
+    for sd in (now, state):
+        for g in sd["param_groups"]:
+            g.pop("lr")
+    assert same_state(now, state)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * cfg["lr"])
+    assert "non-finite loss" in caplog.text and "restored the state of step 4" in caplog.text
+    assert "1 intervention(s)" in guard.summary()
+
+
+def test_bad_check_arguments():
+    model, opt, sched, _, _ = setup()
+    guard = DivergenceGuard(model, opt, sched)
+    with pytest.raises(TypeError, match="loss"):
+        guard.check("0.5")
+    with pytest.raises(ValueError, match="loss"):
+        guard.check(torch.ones(3))
+    with pytest.raises(ValueError, match="lacks"):
+        guard.load_state_dict({"steps": 3})
+    with pytest.raises(ValueError, match="lr_factor"):
+        guard.load_state_dict({**guard.state_dict(), "lr_factor": -1.0})

@@ -91,3 +91,61 @@ def test_zero_treats_nonfinite_entries_as_zero(info, impl):
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="nonfinite must be one of"):
         INFOS[0].cls(make_model().parameters(), nonfinite="ignore")
+
+
+@pytest.mark.parametrize("mode", ["raise", "skip", "zero"])
+@pytest.mark.parametrize("info,impl", CASES, ids=ids)
+def test_a_finite_gradient_whose_square_overflows_never_reaches_the_state(info, impl, mode):
+    """1e30 is finite in float32, but its square is not: an algorithm that keeps the squared
+    gradient (``grad_power`` 2, Adafactor's products 4) treats such an entry as non-finite
+    (as NaN would be: raise, skip or zero); the others take it as it is. Either way, no Inf
+    or NaN enters the state or the parameters."""
+    model, opt = _setup(info, impl, nonfinite=mode)
+    model[3].weight.grad[1, 2] = 1e30
+    before = _snapshot(opt)
+    power = info.cls.grad_power
+    if mode == "raise" and power > 1:
+        with pytest.raises(NonFiniteGradientError, match="square overflows|fourth power"):
+            opt.step()
+        assert _unchanged(opt, before)
+        return
+    opt.step()
+    if mode == "skip" and power > 1:
+        assert _unchanged(opt, before) and opt.skipped_steps == 1
+        return
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+    for state in opt.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor):
+                assert torch.isfinite(v).all()
+    if mode == "zero" and power > 1:  # as if that entry were 0
+        model2, opt2 = _setup(info, impl, nonfinite=mode)
+        model2[3].weight.grad[1, 2] = 0.0
+        opt2.step()
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+
+
+def test_overflow_bounds():
+    from lrkit.optim import _kernel
+    assert _kernel.bound(torch.float32, 1) == math.inf
+    assert _kernel.bound(torch.float32, 2) == 2.0**64
+    assert _kernel.bound(torch.float32, 4) == 2.0**32
+    assert _kernel.bound(torch.float64, 2) == 2.0**512
+    assert _kernel.bound(torch.float16, 2) == 2.0**8
+    assert _kernel.bound(torch.bfloat16, 2) == 2.0**64
+    # the check, on every path, flags exactly the entries at or above the bound
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        for power in (1, 2, 4):
+            b = _kernel.bound(dtype, power)
+            bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+            at = torch.tensor([b], dtype=dtype)  # inf for power 1
+            below = (at.view(bits) - 1).view(dtype)[0]  # the next value towards zero
+            ok = torch.zeros(40, dtype=dtype)
+            ok[3] = -below
+            bad = ok.clone()
+            bad[7] = -math.inf if power == 1 else -b
+            for grads, want in (([ok], -1), ([ok, bad], 1), ([bad, ok], 0)):
+                assert _kernel.first_nonfinite(grads, power) == want, (dtype, power)
+                slow = [g.view(8, 5).t() for g in grads]  # not contiguous: the torch path
+                assert _kernel.first_nonfinite(slow, power) == want, (dtype, power)

@@ -2,10 +2,12 @@
 
 ``snap = Snapshot(model, optimizer, scaler); ...; snap.restore()`` puts back the values of
 every parameter, gradient and buffer, each module's ``training`` flag, the optimizer's
-state and param-group settings, the scaler's scale and counters, and the global random
-number generators. Tensors are copied to host memory (so a GPU model does not need twice
-its memory on the device) and copied back *into the original tensor objects*, so
-references held elsewhere (tied weights, views, an LR scheduler's param groups) stay valid.
+state and param-group settings (and those of the local optimizer a wrapper such as
+``ZeroRedundancyOptimizer`` holds in ``.optim``), the scaler's scale and counters, and
+(unless ``rng=False``) the global random number generators. Tensors are copied to host
+memory (so a GPU model does not need twice its memory on the device) and copied back *into
+the original tensor objects*, so references held elsewhere (tied weights, views, an LR
+scheduler's param groups) stay valid.
 Nothing is written to disk.
 """
 from __future__ import annotations
@@ -82,9 +84,9 @@ class Snapshot:
     """Everything a training step can change, saved now and restored by ``restore()``."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: Any = None) -> None:
+                 scaler: Any = None, *, rng: bool = True) -> None:
         memo: dict[int, Any] = {}
-        self.rng = capture_rng()
+        self.rng = capture_rng() if rng else None
         self.model = model
         self.modules = [(m, m.training, dict(m._parameters), dict(m._buffers))
                         for m in model.modules()]
@@ -92,13 +94,9 @@ class Snapshot:
                    for t in (*ps.values(), *bs.values()) if t is not None}
         tensors.update((id(p), p) for g in optimizer.param_groups for p in g["params"])
         self.tensors = [(save_tree(t, memo), save_tree(t.grad, memo)) for t in tensors.values()]
-        self.optimizer = optimizer
-        self.opt_containers = (optimizer.param_groups, list(optimizer.param_groups),
-                               optimizer.state)
-        self.groups = [{k: None if k == "params" else save_tree(v, memo) for k, v in g.items()}
-                       for g in optimizer.param_groups]
-        self.state = save_tree(dict(optimizer.state), memo)
-        self.opt_attrs = {k: v for k, v in vars(optimizer).items() if isinstance(v, _SCALARS)}
+        inner = getattr(optimizer, "optim", None)  # ZeroRedundancyOptimizer's local one
+        self.optimizers = [_SavedOptimizer(o, memo) for o in (
+            optimizer, *([inner] if isinstance(inner, torch.optim.Optimizer) else []))]
         self.scaler = scaler
         self.scaler_attrs = None if scaler is None else save_tree(dict(vars(scaler)), memo)
 
@@ -112,8 +110,30 @@ class Snapshot:
         for value, grad in self.tensors:
             tensor = value.load()
             tensor.grad = None if grad is None else grad.load()
+        for saved in self.optimizers:
+            saved.restore()
+        if self.scaler is not None:
+            for k, v in load_tree(self.scaler_attrs).items():
+                setattr(self.scaler, k, v)
+        if self.rng is not None:
+            restore_rng(self.rng)
+
+
+class _SavedOptimizer:
+    """An optimizer's state and param-group settings, restored into the same containers."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, memo: dict[int, Any]) -> None:
+        self.optimizer = optimizer
+        self.containers = (optimizer.param_groups, list(optimizer.param_groups),
+                           optimizer.state)
+        self.groups = [{k: None if k == "params" else save_tree(v, memo) for k, v in g.items()}
+                       for g in optimizer.param_groups]
+        self.state = save_tree(dict(optimizer.state), memo)
+        self.attrs = {k: v for k, v in vars(optimizer).items() if isinstance(v, _SCALARS)}
+
+    def restore(self) -> None:
         opt = self.optimizer
-        groups_list, groups, state = self.opt_containers
+        groups_list, groups, state = self.containers
         for group, saved in zip(groups, self.groups):
             params = group["params"]
             group.clear()
@@ -124,9 +144,5 @@ class Snapshot:
         state.clear()
         state.update(load_tree(self.state))
         opt.state = state
-        for k, v in self.opt_attrs.items():
+        for k, v in self.attrs.items():
             setattr(opt, k, v)
-        if self.scaler is not None:
-            for k, v in load_tree(self.scaler_attrs).items():
-                setattr(self.scaler, k, v)
-        restore_rng(self.rng)

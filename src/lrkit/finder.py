@@ -33,6 +33,28 @@ Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], "float | None"]
 MIN_POINTS = 5
 
 
+def _curves(fn: str, **arrays: Any) -> list[np.ndarray]:
+    """The named arguments as 1-d float64 arrays of one length (TypeError or ValueError
+    naming the argument otherwise)."""
+    out = []
+    for name, value in arrays.items():
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{fn}: {name} must be a 1-d array of numbers, got {value!r:.40}")
+        try:
+            a = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{fn}: {name} must be a 1-d array of numbers, got "
+                            f"{value!r:.40}") from None
+        if a.ndim != 1:
+            raise ValueError(f"{fn}: {name} must be 1-d, got shape {a.shape}")
+        if out and len(a) != len(out[0]):
+            first = next(iter(arrays))
+            raise ValueError(f"{fn}: {name} must have as many points as {first} "
+                             f"({len(out[0])}), got {len(a)}")
+        out.append(a)
+    return out
+
+
 def _fastai_window(n: int) -> slice:
     """fastai's ``LRFinder`` leaves out the first 10% and the last 5 points."""
     lo, hi = n // 10, n - 5
@@ -41,6 +63,7 @@ def _fastai_window(n: int) -> slice:
 
 def steep(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray) -> float | None:
     """The lr of steepest descent of the smoothed loss against log lr (fastai ``steep``)."""
+    lrs, losses, smoothed = _curves("steep()", lrs=lrs, losses=losses, smoothed=smoothed)
     window = _fastai_window(len(lrs))
     x, y = np.log(lrs[window]), smoothed[window]
     if len(x) < 2:
@@ -51,6 +74,7 @@ def steep(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray) -> float | 
 def valley(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray) -> float | None:
     """fastai's ``valley``: in the longest descending run of the smoothed loss (its longest
     decreasing subsequence, O(n^2)), the point two thirds of the way down."""
+    lrs, losses, smoothed = _curves("valley()", lrs=lrs, losses=losses, smoothed=smoothed)
     window = _fastai_window(len(lrs))
     x, y = lrs[window], smoothed[window]
     n = len(y)
@@ -71,6 +95,7 @@ def valley(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray) -> float |
 
 def minimum(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray) -> float | None:
     """A tenth of the lr at which the smoothed loss is lowest (fastai ``minimum``)."""
+    lrs, losses, smoothed = _curves("minimum()", lrs=lrs, losses=losses, smoothed=smoothed)
     window = _fastai_window(len(lrs))
     return float(lrs[window][int(np.argmin(smoothed[window]))] / 10)
 
@@ -79,8 +104,9 @@ def centred_smooth(y: np.ndarray, half: int) -> np.ndarray:
     """A zero-lag, spike-proof smoother: a running median, then a running mean, both
     centred on each point; the windows shrink symmetrically near the ends, so no point is
     pulled towards the past (the debiased EMA lags by about ``1 / (1 - smooth)`` points)."""
-    n = len(y)
-    out = np.asarray(y, dtype=np.float64)
+    (out,) = _curves("centred_smooth()", y=y)
+    half = C.nonnegative_int("centred_smooth()", "half", half)
+    n = len(out)
     for reduce in (np.median, np.mean):
         prev = out
         out = np.empty(n)
@@ -92,6 +118,7 @@ def centred_smooth(y: np.ndarray, half: int) -> np.ndarray:
 
 def zero_lag(losses: np.ndarray) -> np.ndarray:
     """``centred_smooth`` with windows of about 8% of the sweep (9 points of 100)."""
+    (losses,) = _curves("zero_lag()", losses=losses)
     return centred_smooth(losses, max(2, len(losses) // 25))
 
 
@@ -123,12 +150,14 @@ def edge(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray) -> float | N
     If the loss never climbs back within the sweep, the last rate of the sweep stands in
     for the edge (and ``find_lr`` warns that ``end`` may be too small).
     """
+    lrs, losses, smoothed = _curves("edge()", lrs=lrs, losses=losses, smoothed=smoothed)
     return edge_of_progress(lrs, losses)[0] / EDGE_DIVISOR
 
 
 def edge_of_progress(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, bool]:
     """The edge of progress (see ``edge``), and whether the loss did climb back above its
     starting level (if not, the edge is the last learning rate of the sweep)."""
+    lrs, losses = _curves("edge_of_progress()", lrs=lrs, losses=losses)
     n = len(lrs)
     z = zero_lag(losses)
     lowest = int(np.argmin(z))
@@ -148,11 +177,7 @@ def suggest(lrs: Any, losses: Any, smoothed: Any = None, rule: str | Rule = DEFA
     ``smoothed`` defaults to the debiased EMA (factor ``smooth``) of the finite losses.
     """
     fn = "suggest()"
-    lrs = np.asarray(lrs, dtype=np.float64)
-    losses = np.asarray(losses, dtype=np.float64)
-    if lrs.shape != losses.shape or lrs.ndim != 1:
-        raise ValueError(f"{fn}: lrs and losses must be 1-d and of one length, got shapes "
-                         f"{lrs.shape} and {losses.shape}")
+    lrs, losses = _curves(fn, lrs=lrs, losses=losses)
     if isinstance(rule, str):
         rule = RULES[C.choice(fn, "rule", rule, RULES)]
     elif not callable(rule):
@@ -162,7 +187,10 @@ def suggest(lrs: Any, losses: Any, smoothed: Any = None, rule: str | Rule = DEFA
         smoothed = np.full(len(losses), np.nan)
         smoothed[keep] = ema(losses[keep], C.in_range(fn, "smooth", smooth, 0, 1, high_open=True))
     else:
-        smoothed = np.asarray(smoothed, dtype=np.float64)
+        (smoothed,) = _curves(fn, smoothed=smoothed)
+        if len(smoothed) != len(lrs):
+            raise ValueError(f"{fn}: smoothed must have as many points as lrs ({len(lrs)}), "
+                             f"got {len(smoothed)}")
     keep &= np.isfinite(smoothed)
     if keep.sum() < MIN_POINTS:
         return None
@@ -173,9 +201,11 @@ def suggest(lrs: Any, losses: Any, smoothed: Any = None, rule: str | Rule = DEFA
 def ema(losses: Any, smooth: float) -> np.ndarray:
     """The debiased exponential moving average ``avg_i / (1 - smooth**(i+1))`` of fastai
     and torch-lr-finder; a non-finite loss makes it, and everything after, NaN."""
+    (losses,) = _curves("ema()", losses=losses)
+    smooth = C.in_range("ema()", "smooth", smooth, 0.0, 1.0, high_open=True)
     out = np.empty(len(losses))
     avg = 0.0
-    for i, loss in enumerate(np.asarray(losses, dtype=np.float64)):
+    for i, loss in enumerate(losses):
         avg = smooth * avg + (1 - smooth) * loss
         out[i] = avg / (1 - smooth ** (i + 1)) if math.isfinite(avg) else math.nan
     return out

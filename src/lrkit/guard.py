@@ -5,12 +5,19 @@ into NaN or a spike that wipes out hours of training. The guard watches the loss
 the last good state in memory, and on trouble restores it, multiplies the learning rate
 by ``backoff`` and lets training resume; if that keeps happening it stops the run with a
 summary instead of burning compute on a dead model.
+
+The state it keeps is an in-memory snapshot (``lrkit._snapshot``, the one the range test
+restores from): every parameter, gradient and buffer, the optimizer's state and settings,
+copied to host memory and restored into the same tensor objects, so it works with any
+torch optimizer (and with ``ZeroRedundancyOptimizer``'s local one); the scheduler is
+restored from its ``state_dict()``.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import numbers
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -19,6 +26,7 @@ from typing import Any
 import torch
 
 from lrkit import _checks as C
+from lrkit._snapshot import Snapshot
 
 log = logging.getLogger("lrkit.guard")
 
@@ -65,7 +73,16 @@ class DivergenceGuard:
     ``lrkit.Scheduler.scale_lr`` when the scheduler is lrkit's (the schedule keeps its
     shape), else by scaling every param group's lr (and a torch scheduler's ``base_lrs``).
     ``max_retries`` consecutive interventions without a new good snapshot in between raise
-    ``DivergenceError`` with a summary. ``events`` and ``summary()`` report what it did.
+    ``DivergenceError`` with a summary. ``events`` and ``summary()`` report what it did,
+    and each intervention is logged (logger ``lrkit.guard``, level WARNING).
+
+    In a multi-process run (``torch.distributed`` initialised, more than one process) the
+    loss each rank checks is first averaged over all ranks (one all-reduce of two numbers),
+    so every rank makes the same decision and restores together; each rank keeps its own
+    snapshot (its own shards, under FSDP or ZeRO).
+
+    A spike is judged against a positive median: with a loss that can be negative (a
+    log-likelihood), only non-finite losses trigger it.
     """
 
     def __init__(
@@ -109,10 +126,36 @@ class DivergenceGuard:
         self._snapshot: dict[str, Any] = {}
         self._take_snapshot()
 
+    @staticmethod
+    def _global(value: float, loss: Any) -> float:
+        """The mean of ``value`` over all ranks (NaN if any rank's is not finite)."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return value
+        device = loss.device if torch.is_tensor(loss) else torch.device("cpu")
+        if dist.get_backend() == "nccl" and device.type != "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        finite = math.isfinite(value)
+        t = torch.tensor([value if finite else 0.0, 0.0 if finite else 1.0],
+                         dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        total, bad = t.tolist()
+        return math.nan if bad else total / dist.get_world_size()
+
     # -- public -----------------------------------------------------------------------
     def check(self, loss: torch.Tensor | float) -> bool:
         """True when ``loss`` is healthy (go on and step); False after a rollback."""
-        value = float(loss.detach().float().item()) if torch.is_tensor(loss) else float(loss)
+        if torch.is_tensor(loss):
+            if loss.numel() != 1:
+                raise ValueError(f"DivergenceGuard.check(): loss must be one number, got a "
+                                 f"tensor of shape {tuple(loss.shape)}")
+            value = float(loss.detach().float().item())
+        else:
+            if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+                raise TypeError(f"DivergenceGuard.check(): loss must be a number or a "
+                                f"one-element tensor, got {loss!r:.40}")
+            value = float(loss)
+        value = self._global(value, loss)
         self.steps += 1
         median = statistics.median(self._losses) if self._losses else math.nan
         if not math.isfinite(value):
@@ -141,21 +184,38 @@ class DivergenceGuard:
                 "losses": list(self._losses), "events": [asdict(e) for e in self.events]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = int(state["steps"])
-        self.lr_factor = float(state["lr_factor"])
-        self._losses = deque(state["losses"], maxlen=self.window)
-        self.events = [GuardEvent(**e) for e in state["events"]]
+        """Restore the counters and history (and snapshot the current state)."""
+        fn = "DivergenceGuard.load_state_dict()"
+        if not isinstance(state, dict):
+            raise TypeError(f"{fn}: state must be a dict (from state_dict()), got "
+                            f"{type(state).__name__}")
+        missing = [k for k in ("steps", "lr_factor", "retries", "losses", "events")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"{fn}: state lacks {', '.join(map(repr, missing))}")
+        steps = C.nonnegative_int(fn, "steps", state["steps"])
+        lr_factor = C.positive(fn, "lr_factor", state["lr_factor"])
+        retries = C.nonnegative_int(fn, "retries", state["retries"])
+        losses = [C.real(fn, f"losses[{i}]", v) for i, v in enumerate(
+            C.sequence(fn, "losses", state["losses"]))]
+        try:
+            events = [GuardEvent(**e) for e in C.sequence(fn, "events", state["events"])]
+        except TypeError as exc:
+            raise TypeError(f"{fn}: events: {exc}") from None
+        self.steps, self.lr_factor = steps, lr_factor
+        self._losses = deque(losses, maxlen=self.window)
+        self.events = events
         self._take_snapshot()
-        self._retries = int(state["retries"])
+        self._retries = retries
 
     # -- internals --------------------------------------------------------------------
     def _take_snapshot(self) -> None:
         self._snapshot = {
             "step": self.steps,
             "lr_factor": self.lr_factor,
-            "model": _clone(self.model.state_dict()),
-            "optimizer": _clone(self.optimizer.state_dict()),
-            "scheduler": None if self.scheduler is None else _clone(self.scheduler.state_dict()),
+            "training": Snapshot(self.model, self.optimizer, rng=False),
+            "scheduler": None if self.scheduler is None else copy.deepcopy(
+                self.scheduler.state_dict()),
         }
         self._since_snapshot = 0
         self._retries = 0  # a good stretch since the last intervention: recovered
@@ -163,10 +223,9 @@ class DivergenceGuard:
     def _intervene(self, kind: str, loss: float, median: float) -> None:
         self._retries += 1
         snap = self._snapshot
-        self.model.load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(_clone(snap["optimizer"]))
+        snap["training"].restore()
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(_clone(snap["scheduler"]))
+            self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
         self.lr_factor *= self.backoff
         self._apply_lr_factor(self.lr_factor / snap["lr_factor"])
         event = GuardEvent(self.steps, kind, loss, median, snap["step"], self.lr_factor)
@@ -192,8 +251,3 @@ class DivergenceGuard:
         if sched is not None and hasattr(sched, "base_lrs"):
             sched.base_lrs = [lr * factor for lr in sched.base_lrs]
 
-
-def _clone(tree: Any) -> Any:
-    """A deep copy whose tensors are detached clones on their own device."""
-    return copy.deepcopy(tree, memo={}) if not isinstance(tree, dict) else {
-        k: (v.detach().clone() if torch.is_tensor(v) else _clone(v)) for k, v in tree.items()}

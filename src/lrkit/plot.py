@@ -1,14 +1,23 @@
 """Every matplotlib figure of lrkit, so that plots look alike."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from lrkit import _checks as C
+
 
 def new_axes(ncols: int = 1, figsize: tuple[float, float] | None = None):
     """A figure with ``ncols`` axes, drawn without a display when none is available."""
+    ncols = C.positive_int("new_axes()", "ncols", ncols)
+    if figsize is not None:
+        size = C.sequence("new_axes()", "figsize", figsize)
+        if len(size) != 2:
+            raise ValueError(f"new_axes(): figsize must be (width, height), got {figsize!r}")
+        figsize = tuple(C.positive("new_axes()", f"figsize[{i}]", v) for i, v in enumerate(size))
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg",) and not _has_display():
@@ -36,6 +45,18 @@ def plot_schedules(
     title: str | None = None,
 ):
     """Draw schedules over ``steps`` steps on one axes; returns the axes."""
+    fn = "plot_schedules()"
+    schedules = C.sequence(fn, "schedules", schedules)
+    for i, s in enumerate(schedules):
+        if not callable(s):
+            raise TypeError(f"{fn}: schedules[{i}] must be a schedule, got {s!r:.40}")
+    steps = C.positive_int(fn, "steps", steps)
+    if labels is not None:
+        labels = C.sequence(fn, "labels", labels)
+        if len(labels) != len(schedules):
+            raise ValueError(f"{fn}: labels must have one label per schedule "
+                             f"({len(schedules)}), got {len(labels)}")
+    C.boolean(fn, "log", log)
     if ax is None:
         _, (ax,) = new_axes()
     n = np.arange(int(steps))
@@ -54,6 +75,11 @@ def plot_schedules(
 
 
 def save(fig: Any, path: str) -> str:
+    """Write ``fig`` to ``path`` (format from the suffix) and close it; returns ``path``."""
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"save(): fig must be a matplotlib Figure, got {fig!r:.40}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"save(): path must be a file path, got {path!r}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
@@ -65,8 +91,11 @@ def save(fig: Any, path: str) -> str:
 def plot_lr_finder(result: Any, ax: Any = None):
     """A range test: raw loss, its EMA and its zero-lag smoothing (what the edge rule
     reads) against lr on a log axis, each suggestion marked."""
-    from lrkit.finder import edge_of_progress, zero_lag
+    from lrkit.finder import LRFinderResult, edge_of_progress, zero_lag
 
+    if not isinstance(result, LRFinderResult):
+        raise TypeError(f"plot_lr_finder(): result must be an LRFinderResult (of "
+                        f"lrkit.find_lr), got {result!r:.40}")
     if ax is None:
         _, (ax,) = new_axes(figsize=(7.5, 4.5))
     lrs, raw, ema = result.lrs, result.losses, result.smoothed_losses

@@ -102,10 +102,31 @@ class Plateau:
                 "cooldown_counter": self.cooldown_counter}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.__init__(**state["config"])  # type: ignore[misc]
-        self.best = state["best"]
-        self.num_bad = state["num_bad"]
-        self.cooldown_counter = state["cooldown_counter"]
+        """Restore settings and counters; a corrupted ``state`` raises ValueError or
+        TypeError naming the entry and changes nothing."""
+        fn = "Plateau.load_state_dict()"
+        if not isinstance(state, dict):
+            raise TypeError(f"{fn}: state must be a dict (from Plateau.state_dict()), got "
+                            f"{type(state).__name__}")
+        missing = [k for k in ("config", "best", "num_bad", "cooldown_counter")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"{fn}: state lacks {', '.join(map(repr, missing))}")
+        if not isinstance(state["config"], dict):
+            raise TypeError(f"{fn}: config must be a dict, got {state['config']!r}")
+        try:
+            fresh = Plateau(**state["config"])
+        except (TypeError, ValueError) as exc:  # an invalid, unknown or missing setting
+            raise type(exc)(f"{fn}: config: {exc}") from None
+        best = state["best"]
+        if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
+            raise TypeError(f"{fn}: best must be a number, got {best!r}")
+        num_bad = C.nonnegative_int(fn, "num_bad", state["num_bad"])
+        cooldown = C.nonnegative_int(fn, "cooldown_counter", state["cooldown_counter"])
+        self.__dict__.update(fresh.__dict__)
+        self.best = float(best)
+        self.num_bad = num_bad
+        self.cooldown_counter = cooldown
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -254,30 +275,61 @@ class Scheduler(LRScheduler):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the step, the schedules and the plateau. Everything is checked first: a
+        corrupted or foreign ``state_dict`` raises ValueError or TypeError naming the
+        entry and leaves the Scheduler and the optimizer unchanged."""
+        fn = "Scheduler.load_state_dict()"
         required = ("last_epoch", "schedules", "plateau", "plateau_scales", "lr_multiplier")
-        if not isinstance(state_dict, dict) or any(k not in state_dict for k in required):
-            raise ValueError("Scheduler.load_state_dict(): not an lrkit Scheduler state_dict "
-                             f"(needs keys {', '.join(required)})")
-        schedules = {k: from_config(c) for k, c in state_dict["schedules"].items()}
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{fn}: state_dict must be a dict (from Scheduler.state_dict()), "
+                            f"got {type(state_dict).__name__}")
+        missing = [k for k in required if k not in state_dict]
+        if missing:
+            raise ValueError(f"{fn}: not an lrkit Scheduler state_dict: it lacks "
+                             f"{', '.join(map(repr, missing))} (needs {', '.join(required)})")
+        n_groups = len(self.optimizer.param_groups)
+        last_epoch = C.nonnegative_int(fn, "last_epoch", state_dict["last_epoch"])
+        configs = state_dict["schedules"]
+        if not isinstance(configs, dict):
+            raise TypeError(f"{fn}: schedules must be a dict of schedule configs, got "
+                            f"{configs!r:.80}")
+        schedules = {}
+        for key, config in configs.items():
+            try:
+                schedules[key] = from_config(config)
+            except ValueError as exc:
+                raise type(exc)(f"{fn}: schedules[{key!r}]: {exc}") from None
+            for i, group in enumerate(self.optimizer.param_groups):
+                if _target(key, group) is None:
+                    raise ValueError(f"{fn}: schedules[{key!r}] cannot be applied: param "
+                                     f"group {i} has no such value")
+        scales = _number_list(fn, "plateau_scales", state_dict["plateau_scales"], n_groups,
+                              C.positive)
+        multiplier = C.positive(fn, "lr_multiplier", state_dict["lr_multiplier"])
+        base_lrs = state_dict.get("base_lrs")
+        base_lrs = self.base_lrs if base_lrs is None else _number_list(
+            fn, "base_lrs", base_lrs, n_groups, C.nonnegative)
+        plateau = None
+        if state_dict["plateau"] is not None:
+            plateau = Plateau()
+            plateau.load_state_dict(state_dict["plateau"])
+            if isinstance(plateau.min_lr, list) and len(plateau.min_lr) != n_groups:
+                raise ValueError(f"{fn}: the plateau's min_lr has {len(plateau.min_lr)} "
+                                 f"values, the optimizer {n_groups} param groups")
         if schedules != self.schedules and self.schedules:
             warnings.warn("Scheduler.load_state_dict(): the saved schedules differ from those "
                           "this Scheduler was built with; resuming the saved ones", stacklevel=2)
-        if len(state_dict["plateau_scales"]) != len(self.optimizer.param_groups):
-            raise ValueError(
-                f"Scheduler.load_state_dict(): saved for {len(state_dict['plateau_scales'])} "
-                f"param groups, the optimizer has {len(self.optimizer.param_groups)}")
         self.schedules = schedules
-        for key in schedules:
-            self._check_key(key)
-        if state_dict["plateau"] is None:
+        if plateau is None:
             self.plateau = None
+        elif self.plateau is None:
+            self.plateau = plateau
         else:
-            self.plateau = self.plateau or Plateau()
-            self.plateau.load_state_dict(state_dict["plateau"])
-        self.plateau_scales = list(state_dict["plateau_scales"])
-        self.lr_multiplier = float(state_dict["lr_multiplier"])
-        self.base_lrs = list(state_dict.get("base_lrs", self.base_lrs))
-        self.last_epoch = int(state_dict["last_epoch"])
+            self.plateau.__dict__.update(plateau.__dict__)
+        self.plateau_scales = scales
+        self.lr_multiplier = multiplier
+        self.base_lrs = list(base_lrs)
+        self.last_epoch = last_epoch
         self._apply()
 
     def __repr__(self) -> str:
@@ -285,6 +337,15 @@ class Scheduler(LRScheduler):
         if self.plateau is not None:
             parts.append(f"plateau={self.plateau!r}")
         return f"Scheduler({', '.join(parts)}, step={self.last_epoch})"
+
+
+def _number_list(fn: str, name: str, value: Any, n: int, check: Any) -> list[float]:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{fn}: {name} must be a list of {n} numbers, got {value!r:.80}")
+    if len(value) != n:
+        raise ValueError(f"{fn}: {name} has {len(value)} values, the optimizer {n} param "
+                         "groups")
+    return [check(fn, f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
 def _schedule_arg(key: str, value: Any) -> Schedule:

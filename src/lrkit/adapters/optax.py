@@ -13,6 +13,9 @@ class OptaxSchedule:
     """``fn(count) -> lr`` on jax arrays, traceable under ``jax.jit``."""
 
     def __init__(self, schedule: Schedule) -> None:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"OptaxSchedule(): schedule must be an lrkit Schedule, got "
+                            f"{type(schedule).__name__}")
         self.schedule = schedule
 
     def __call__(self, count: Any) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrkit import _checks as C
 from lrkit._rng import preserved_rng
 
 MNIST1D_SAMPLES = 25_000
@@ -33,6 +34,7 @@ def cache_dir() -> Path:
 def mnist1d(num_samples: int = MNIST1D_SAMPLES) -> dict[str, np.ndarray]:
     """MNIST-1D with ``num_samples`` samples (80% train, 20% test), the package's other
     default arguments unchanged: x (float32, n x 40), y (int64), x_test, y_test."""
+    num_samples = C.positive_int("mnist1d()", "num_samples", num_samples)
     from mnist1d.data import get_dataset_args, make_dataset
     from mnist1d.utils import ObjectView
 

@@ -47,6 +47,21 @@ class Recipe:
     options: tuple[tuple[str, Any], ...] = ()
     warmup: float = 0.05
 
+    def __post_init__(self) -> None:
+        fn = "Recipe()"
+        if not isinstance(self.optimizer, str) or not isinstance(
+                getattr(torch.optim, self.optimizer, None), type):
+            raise (ValueError if isinstance(self.optimizer, str) else TypeError)(
+                f"{fn}: optimizer must name a torch.optim class ('SGD', 'Adam'...), got "
+                f"{self.optimizer!r}")
+        C.nonnegative(fn, "lr", self.lr)
+        if not isinstance(self.options, tuple) or not all(
+                isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str)
+                for o in self.options):
+            raise TypeError(f"{fn}: options must be a tuple of (name, value) pairs, got "
+                            f"{self.options!r}")
+        C.in_range(fn, "warmup", self.warmup, 0.0, 1.0, high_open=True)
+
     def make_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return getattr(torch.optim, self.optimizer)(params, lr=self.lr, **dict(self.options))
 
@@ -56,6 +71,10 @@ class Recipe:
 
 def warmup_cosine(lr: float, steps: int, warmup: float = 0.05) -> S.Schedule:
     """Linear warmup over ``warmup`` of ``steps``, then cosine decay to 0 at ``steps``."""
+    fn = "warmup_cosine()"
+    C.nonnegative(fn, "lr", lr)
+    steps = C.positive_int(fn, "steps", steps)
+    C.in_range(fn, "warmup", warmup, 0.0, 1.0, high_open=True)
     w = int(round(warmup * steps))
     return S.warmup(S.cosine(lr, total=steps - w), steps=w) if w else S.cosine(lr, total=steps)
 
@@ -93,6 +112,21 @@ class Task:
     builder: Callable[[Task, int], tuple[nn.Module, Batches, Callable, Callable]] = field(
         repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        fn = "Task()"
+        for name in ("name", "description", "metric"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{fn}: {name} must be a string, got {getattr(self, name)!r}")
+        C.positive_int(fn, "steps", self.steps)
+        C.positive_int(fn, "batch_size", self.batch_size)
+        C.boolean(fn, "higher_is_better", self.higher_is_better)
+        C.real(fn, "target", self.target)
+        if not isinstance(self.reference, Recipe):
+            raise TypeError(f"{fn}: reference must be a Recipe, got {self.reference!r}")
+        if not callable(self.builder):
+            raise TypeError(f"{fn}: builder must be callable (task, seed) -> (model, loader, "
+                            f"loss_fn, evaluate), got {self.builder!r}")
+
     @property
     def eval_every(self) -> int:
         """How often ``train`` evaluates: 20 times per budget."""
@@ -123,8 +157,11 @@ class Batches:
     so a range test and a training run built from the same seed see the same data."""
 
     def __init__(self, stream: Callable[[torch.Generator], Iterator[Any]], seed: int) -> None:
+        if not callable(stream):
+            raise TypeError(f"Batches(): stream must be callable (generator -> iterator of "
+                            f"batches), got {stream!r}")
         self.stream = stream
-        self.seed = seed
+        self.seed = C.nonnegative_int("Batches()", "seed", seed)
 
     def __iter__(self) -> Iterator[Any]:
         return self.stream(torch.Generator().manual_seed(7919 * (self.seed + 1)))
@@ -133,6 +170,10 @@ class Batches:
 def shuffled_epochs(batch_size: int, *tensors: torch.Tensor):
     """A stream of mini-batches over fixed tensors, reshuffled every epoch (last partial
     batch dropped)."""
+    fn = "shuffled_epochs()"
+    batch_size = C.positive_int(fn, "batch_size", batch_size)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(f"{fn}: tensors must be one or more tensors, got {tensors!r:.60}")
     n = len(tensors[0])
 
     def stream(g: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -167,6 +208,11 @@ class Objective(nn.Module):
 
     def __init__(self, theta: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor],
                                                            torch.Tensor]) -> None:
+        if not isinstance(theta, torch.Tensor):
+            raise TypeError(f"Objective(): theta must be a tensor, got {theta!r:.40}")
+        if not callable(fn):
+            raise TypeError(f"Objective(): fn must be callable (theta, noise) -> values, got "
+                            f"{fn!r}")
         super().__init__()
         self.theta = nn.Parameter(theta.clone())
         self.fn = fn
@@ -353,6 +399,8 @@ class ConvNet1d(nn.Module):
     """The small 1-D CNN of the MNIST-1D paper: three strided convolutions, one linear."""
 
     def __init__(self, channels: int = 25, classes: int = 10) -> None:
+        C.positive_int("ConvNet1d()", "channels", channels)
+        C.positive_int("ConvNet1d()", "classes", classes)
         super().__init__()
         self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
         self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
@@ -387,6 +435,8 @@ LM_VAL_WINDOWS = 128
 
 class CharGRU(nn.Module):
     def __init__(self, vocab: int = len(D.VOCAB), embed: int = 32, hidden: int = 64) -> None:
+        for name, v in (("vocab", vocab), ("embed", embed), ("hidden", hidden)):
+            C.positive_int("CharGRU()", name, v)
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
         self.gru = nn.GRU(embed, hidden, batch_first=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -47,7 +48,8 @@ class _Args(ctypes.Structure):
         ("hp", ctypes.c_double * 12), ("flags", ctypes.c_int64),
         ("nthreads", ctypes.c_int32), ("sc_f64", ctypes.c_int32),
         ("rows", ctypes.c_void_p), ("cols", ctypes.c_void_p), ("s4", ctypes.c_void_p),
-        ("out", ctypes.c_void_p), ("tv", ctypes.c_void_p), ("ival", ctypes.c_int64)]
+        ("out", ctypes.c_void_p), ("tv", ctypes.c_void_p), ("ival", ctypes.c_int64),
+        ("gbound", ctypes.c_double)]
 
 
 def cache_dir() -> Path:
@@ -120,7 +122,7 @@ def library(algo: str = "check") -> Any:
                     lib.lrk_first_nonfinite.restype = ctypes.c_int64
                     lib.lrk_first_nonfinite.argtypes = [
                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                        ctypes.c_int32]
+                        ctypes.c_int32, ctypes.c_int32]
             except (OSError, subprocess.SubprocessError) as exc:
                 detail = getattr(exc, "stderr", "") or exc
                 warnings.warn(f"lrkit: could not build the optimizer kernels ({detail}); "
@@ -167,26 +169,43 @@ def _addr(a: array) -> int:
     return a.buffer_info()[0]
 
 
-def first_nonfinite(grads: list[Tensor]) -> int:
-    """Index of the first gradient holding NaN or Inf, or -1: one pass over all of them."""
+def bound(dtype: torch.dtype, power: int = 1) -> float:
+    """The magnitude from which a gradient entry is unusable: ``2^(maxexp / power)``, where
+    ``2^maxexp`` is the first power of two above the dtype's largest value. With power 1
+    that is the dtype's infinity (NaN and Inf only); with power 2 (algorithms keeping the
+    squared gradient), the entries whose square overflows (float32: 2^64, about 1.8e19);
+    with 4 (Adafactor's products of row and column means) those whose fourth power does.
+    """
+    if dtype.is_complex:
+        dtype = torch.empty((), dtype=dtype).real.dtype
+    if not dtype.is_floating_point:
+        return math.inf
+    maxexp = math.frexp(torch.finfo(dtype).max)[1]
+    return math.inf if power == 1 else math.ldexp(1.0, maxexp // power)
+
+
+def first_nonfinite(grads: list[Tensor], power: int = 1) -> int:
+    """Index of the first gradient holding NaN, Inf or an entry at or above
+    ``bound(dtype, power)``, or -1: one pass over all of them."""
     lib = library() if not torch.compiler.is_compiling() else None
     if lib is not None and all(g.device.type == "cpu" and g.dtype in _CHECK_CODES
                                and g.layout == torch.strided and g.is_contiguous()
-                               for g in grads):
+                               and type(g) in _PLAIN for g in grads):
         ptrs, sizes = _ptrs(grads), array("q", [g.numel() for g in grads])
         codes = array("i", [_CHECK_CODES[g.dtype] for g in grads])
         return int(lib.lrk_first_nonfinite(len(grads), _addr(ptrs), _addr(sizes),
-                                           _addr(codes), torch.get_num_threads()))
+                                           _addr(codes), torch.get_num_threads(), power))
     found = []
     by_key: dict[Any, list[int]] = {}
     for i, g in enumerate(grads):
         by_key.setdefault((g.device, g.dtype), []).append(i)
     for idx in by_key.values():
         group = [grads[i] for i in idx]
+        limit = bound(group[0].dtype, power)
         if group[0].is_complex():
             group = [torch.view_as_real(g) for g in group]
         norms = torch._foreach_norm(group, float("inf"))
-        bad = ~torch.isfinite(torch.stack([n.float() for n in norms]))
+        bad = ~(torch.stack(norms) < limit)  # in their dtype; NaN compares False
         if bool(bad.any()):
             found.append(idx[int(bad.nonzero()[0, 0])])
     return min(found) if found else -1
@@ -230,8 +249,9 @@ def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list,
     return [b.seal() for b in batches.values()], rest_p, rest_g
 
 
-def first_nonfinite_in(batches: list[Batch]) -> tuple[Batch, int] | None:
-    """The first gradient holding NaN or Inf over all batches, in one pass, or None."""
+def first_nonfinite_in(batches: list[Batch], power: int = 1) -> tuple[Batch, int] | None:
+    """The first gradient holding NaN or Inf (or, with ``power`` > 1, an entry at or above
+    ``bound(dtype, power)``) over all batches, in one pass, or None."""
     if not batches:
         return None
     ptrs, sizes, codes = array("Q"), array("q"), array("i")
@@ -240,7 +260,7 @@ def first_nonfinite_in(batches: list[Batch]) -> tuple[Batch, int] | None:
         sizes += b.sizes
         codes += array("i", [_CHECK_CODES[b.dtype]]) * len(b.params)
     k = int(library().lrk_first_nonfinite(len(ptrs), _addr(ptrs), _addr(sizes), _addr(codes),
-                                          torch.get_num_threads()))
+                                          torch.get_num_threads(), power))
     if k < 0:
         return None
     for b in batches:
@@ -297,6 +317,7 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
         ncols = array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps])
         args.rows, args.cols = _addr(nrows), _addr(ncols)
     args.flags = flags
+    args.gbound = bound(batch.dtype, opt.grad_power)
     args.nthreads = torch.get_num_threads()
     args.sc_f64 = sc_f64
     getattr(library(opt.kernel), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(
@@ -305,8 +326,6 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     # in-place ops would (the state never takes part in a graph)
     increment_version(ps)
     return True
-
-
 
 
 def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: list[float],
@@ -336,6 +355,7 @@ def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: l
     for i, v in enumerate(hp):
         args.hp[i] = float(v)
     args.flags = flags
+    args.gbound = bound(batch.dtype, opt.grad_power)
     args.nthreads = torch.get_num_threads()
     args.ival = ival
     getattr(library(opt.kernel), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(

@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.optim._adafactor import adafactor as _torch_adafactor
 
 from lrkit import _checks as C
+from lrkit.optim import _distributed as D
 from lrkit.optim import _kernel as K
 from lrkit.optim.base import (
     Explained,
@@ -42,6 +43,8 @@ class Adafactor(LrkitOptimizer):
     torch_name = "Adafactor"
     kernel = "adafactor"
     kernel_exact = False  # its reductions differ from torch's in rounding
+    grad_power = 4
+    dtensor = "reference"  # norms and row/column means are summed across shards
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
@@ -84,9 +87,9 @@ class Adafactor(LrkitOptimizer):
                 row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
         return state["variance"].clone()
 
-    def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
-                        state: dict[str, Any]) -> None:
-        lr, wd = scalar(group["lr"]), group["weight_decay"]
+    @staticmethod
+    def _begin(group: dict[str, Any], p: Tensor, grad: Tensor, state: dict[str, Any]) -> tuple:
+        """The settings, the signed gradient, the new step count and 1 - beta2_t."""
         eps1, eps2 = group["eps"]
         if eps1 is None:
             eps1 = torch.finfo(p.dtype).eps
@@ -94,7 +97,16 @@ class Adafactor(LrkitOptimizer):
             grad = -grad
         state["step"] += 1
         step = value(state["step"])
-        one_minus_beta2_t = step ** group["beta2_decay"]
+        return (scalar(group["lr"]), group["weight_decay"], eps1, eps2, grad, step,
+                step ** group["beta2_decay"])
+
+    def _reference_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
+                        state: dict[str, Any]) -> None:
+        shard = self._shards.get(id(p))
+        if shard is not None:
+            self._shard_step(group, p, grad, state, shard)
+            return
+        lr, wd, eps1, eps2, grad, step, one_minus_beta2_t = self._begin(group, p, grad, state)
         compiling = isinstance(step, Tensor)  # while torch.compile traces: no .item()
         if compiling:
             rho_t = torch.minimum(torch.as_tensor(lr), 1 / step.sqrt())
@@ -116,6 +128,35 @@ class Adafactor(LrkitOptimizer):
         size = (update.numel() ** 0.5) * group["d"]
         denom = ((update.norm(2) / size).clamp(min=1.0) if compiling
                  else max(1.0, update.norm(2).item() / size))
+        add_(p, update, -alpha / denom)
+
+    def _shard_step(self, group: dict[str, Any], p: Tensor, grad: Tensor,
+                    state: dict[str, Any], shard: D.Shard) -> None:
+        """The reference on one rank's shard of a DTensor (FSDP2): the same formulas, each
+        mean and norm a local partial sum added up across the ranks (``shard_sum``), so it
+        equals the unsharded step to rounding (the sums run in another order)."""
+        lr, wd, eps1, eps2, grad, step, one_minus_beta2_t = self._begin(group, p, grad, state)
+        n = shard.numel()
+        w2 = D.shard_sum(shard, torch.linalg.vector_norm(p).square().reshape(1)).item()
+        alpha = max(eps2, w2**0.5 / (n**0.5)) * min(lr, 1 / (step**0.5))
+        if wd != 0:
+            p.mul_(1 - lr * wd)
+        if grad.dim() > 1:
+            rows, cols = shard.shape[-2], shard.shape[-1]
+            g2 = grad * grad
+            row_mean = D.shard_sum(shard, g2.sum(-1, keepdim=True), (-1,)).div_(cols)
+            state["row_var"].lerp_(row_mean, one_minus_beta2_t)
+            col_mean = D.shard_sum(shard, g2.sum(-2, keepdim=True), (-2,)).div_(rows)
+            state["col_var"].lerp_(col_mean, one_minus_beta2_t)
+            row_var = state["row_var"]
+            mean = D.shard_sum(shard, row_var.sum(-2, keepdim=True), (-2,)).div_(rows)
+            var = (row_var @ state["col_var"]).div_(mean.clamp_(min=eps1))
+        else:
+            state["variance"].lerp_(grad * grad, one_minus_beta2_t)
+            var = state["variance"].clone()
+        update = var.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
+        u2 = D.shard_sum(shard, torch.linalg.vector_norm(update).square().reshape(1)).item()
+        denom = max(1.0, u2**0.5 / ((n**0.5) * group["d"]))
         add_(p, update, -alpha / denom)
 
     def _functional(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

@@ -45,6 +45,8 @@ class Adagrad(LrkitOptimizer):
     torch_name = "Adagrad"
     torch_fused = True
     kernel = "adagrad"
+    grad_power = 2
+    dtensor = "elementwise"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0,
@@ -130,6 +132,8 @@ class Adadelta(LrkitOptimizer):
 
     torch_name = "Adadelta"
     kernel = "adadelta"
+    grad_power = 2
+    dtensor = "elementwise"
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, rho: float = 0.9,
                  eps: float = 1e-6, weight_decay: float = 0, foreach: bool | None = None, *,
@@ -217,6 +221,8 @@ class RMSprop(LrkitOptimizer):
 
     torch_name = "RMSprop"
     kernel = "rmsprop"
+    grad_power = 2
+    dtensor = "elementwise"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,

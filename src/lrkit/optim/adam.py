@@ -32,6 +32,8 @@ class _AdamLike(LrkitOptimizer):
     """Shared by the family: argument checks, ``step``/``exp_avg``/``exp_avg_sq`` state."""
 
     second = "exp_avg_sq"   # name of the second-moment state
+    grad_power = 2          # the squared gradient (Adamax: 1)
+    dtensor = "elementwise"
 
     def _check(self, lr: Any, betas: Any, eps: Any, weight_decay: Any) -> tuple:
         fn = f"{type(self).__name__}()"
@@ -366,6 +368,7 @@ class Adamax(_AdamLike):
 
     torch_name = "Adamax"
     kernel = "adamax"
+    grad_power = 1  # a running max of |g|, no square
     second = "exp_inf"
 
     def __init__(self, params: Any, lr: float | Tensor = 2e-3,

@@ -15,7 +15,10 @@ identical). The base class owns everything around the arithmetic:
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -23,7 +26,7 @@ from torch import Tensor
 
 from lrkit import _checks as C
 from lrkit.errors import NonFiniteGradientError
-from lrkit.optim import _kernel
+from lrkit.optim import _distributed, _kernel, _state_check
 
 NONFINITE_MODES = ("raise", "skip", "zero")
 IMPLS = ("auto", "reference", "foreach", "fused", "kernel")
@@ -93,7 +96,14 @@ class LrkitOptimizer(torch.optim.Optimizer):
     before anything changes; "skip" leaves parameters and state untouched and counts the
     step in ``skipped_steps`` (saved in ``state_dict``); "zero" treats the non-finite
     entries as zero. The check is one pass over the gradients (fused into lrkit's kernel
-    where it runs), so no NaN/Inf from a gradient ever reaches the state.
+    where it runs), so no NaN/Inf from a gradient ever reaches the state. An entry whose
+    square (``grad_power``: Adafactor's fourth power) would overflow counts as non-finite
+    too. In a multi-process run the ranks agree before raising or skipping (one
+    all-reduce per step; ``agree_across_ranks = False`` turns it off).
+
+    DTensor parameters (FSDP2 ``fully_shard``): the step runs on each rank's local shard
+    where the class declares ``dtensor`` (see ``lrkit.optim._distributed``); otherwise it
+    raises NotImplementedError.
 
     ``impl="auto" | "reference" | "foreach" | "fused" | "kernel"``: "reference" is the
     readable single-tensor implementation (the spec every other path is tested against);
@@ -119,12 +129,31 @@ class LrkitOptimizer(torch.optim.Optimizer):
     kernel: ClassVar[str | None] = None
     #: the kernel runs the reference's operations in its order (bit for bit on x86-64)
     kernel_exact: ClassVar[bool] = True
+    #: the highest power of the gradient the state holds: 1 (SGD, Lion), 2 (a squared
+    #: gradient: Adam...), 4 (Adafactor's products of row and column means of squares).
+    #: A gradient entry whose power overflows its dtype counts as non-finite.
+    grad_power: ClassVar[int] = 1
+    #: how a step treats DTensor parameters (FSDP2): "elementwise" (every implementation
+    #: runs on each rank's local shard: exact), "reference" (the reference path runs on the
+    #: local shards and sums its reductions across ranks with ``shard_sum``), or None (not
+    #: supported: the step raises NotImplementedError)
+    dtensor: ClassVar[str | None] = None
+    #: in a multi-process run, agree with the other ranks before raising or skipping on a
+    #: non-finite gradient (one all-reduce per step); set False on an optimizer that only
+    #: some ranks step, which would otherwise wait for the others forever
+    agree_across_ranks: bool = True
+    _has_dtensor = False
+    _shards: ClassVar[dict[int, Any]] = {}  # set per step while DTensors are swapped
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise",
                  impl: str = "auto") -> None:
         fn = f"{type(self).__name__}()"
         self.nonfinite = C.choice(fn, "nonfinite", nonfinite, NONFINITE_MODES)
         impl = C.choice(fn, "impl", impl, IMPLS)
+        if isinstance(params, Tensor) or not isinstance(params, Iterable):
+            raise TypeError(f"{fn}: params must be an iterable of tensors, of (name, tensor) "
+                            f"pairs or of param-group dicts, got {type(params).__name__}")
+        _check_switches(fn, type(self), defaults)
         foreach, fused = defaults.get("foreach"), defaults.get("fused")
         if fused and foreach:
             raise ValueError(f"{fn}: fused=True and foreach=True cannot be used together")
@@ -144,6 +173,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 self, "_foreach"):
             impl = "reference"
         self.impl = impl
+        defaults.setdefault("differentiable", False)  # as torch's __setstate__ adds it
         self.skipped_steps = 0
         self._last: dict[int, dict[str, Any]] = {}
         super().__init__(params, defaults)
@@ -195,8 +225,30 @@ class LrkitOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
-            self._step()
+            if self._has_dtensor:
+                self._dtensor_step()
+            else:
+                self._step()
         return loss
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if any(_distributed.is_dtensor(p) for p in self.param_groups[-1]["params"]):
+            self._has_dtensor = True
+
+    def _dtensor_step(self) -> None:
+        """The step on each rank's local shards (see ``lrkit.optim._distributed``)."""
+        if self.dtensor is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}.step(): DTensor parameters (FSDP2 fully_shard) are "
+                f"not supported by {type(self).__name__}; use it with DDP or "
+                "ZeroRedundancyOptimizer (see the README, 'Distributed training')")
+        with _distributed.LocalShards(self) as shards:
+            self._shards = shards
+            try:
+                self._step()
+            finally:
+                self._shards = {}
 
     def _step(self) -> None:
         plans = self._prepare()
@@ -225,7 +277,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 if g.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse "
                                        "gradients")
-        kernel = self._kernel_on()
+        kernel = self._kernel_on() and not (self._shards and self.dtensor == "reference")
         plans = []  # (index, group, kernel batches, other params, their grads)
         for i, group, params, grads in work:
             if kernel and not (group.get("differentiable") or group.get("capturable")):
@@ -251,39 +303,58 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 and _kernel.library(self.kernel) is not None)
 
     def _screen(self, plans: list) -> list | None:
-        """Find non-finite gradients in one pass; raise, skip (None) or zero them."""
+        """Find non-finite gradients in one pass; raise, skip (None) or zero them.
+
+        Non-finite here also means an entry whose ``grad_power``-th power overflows (its
+        square, for Adam and kin), which would put Inf, then NaN, into the state. In a
+        multi-process run the decision to raise or skip is agreed by every rank."""
+        power = self.grad_power
         if self.nonfinite == "zero":  # the kernel zeroes them as it reads; the rest here
             rest = [g for plan in plans for g in plan[4]]
-            if not rest or _kernel.first_nonfinite(rest) < 0:
+            if not rest or _kernel.first_nonfinite(rest, power) < 0:
                 return plans
-            return [(i, group, batches, params, [_finite(g) for g in grads])
+            return [(i, group, batches, params, [_bounded(g, power) for g in grads])
                     for i, group, batches, params, grads in plans]
-        found = _kernel.first_nonfinite_in([b for plan in plans for b in plan[2]])
+        bad = None
+        found = _kernel.first_nonfinite_in([b for plan in plans for b in plan[2]], power)
         if found is not None:
             bad = found[0].params[found[1]]
         else:
             rest = [(p, g) for plan in plans for p, g in zip(plan[3], plan[4])]
-            k = _kernel.first_nonfinite([g for _, g in rest]) if rest else -1
-            if k < 0:
-                return plans
-            bad = rest[k][0]
+            k = _kernel.first_nonfinite([g for _, g in rest], power) if rest else -1
+            if k >= 0:
+                bad = rest[k][0]
+        device = plans[0][4][0].device if plans and plans[0][4] else None
+        if not (_distributed.any_rank(bad is not None, device) if self.agree_across_ranks
+                else bad is not None):
+            return plans
         if self.nonfinite == "skip":
             return None
+        what = "a parameter on another process"
         for i, group in enumerate(self.param_groups):
             for j, q in enumerate(group["params"]):
                 if q is bad:
                     names = group.get("param_names")
+                    shard = self._shards.get(id(q))
+                    shape = tuple(q.shape if shard is None else shard.shape)
                     what = (repr(names[j]) if names else
-                            f"param_groups[{i}]['params'][{j}] of shape {tuple(q.shape)}")
+                            f"param_groups[{i}]['params'][{j}] of shape {shape}")
+                    if shard is not None:
+                        what += " (in this process's shard)"
+        big = ""
+        if power > 1:
+            dtype = bad.dtype if bad is not None else torch.float32
+            big = (f" or an entry so large that its {'square' if power == 2 else 'fourth power'}"
+                   f" overflows (|g| >= {_kernel.bound(dtype, power):.3g} in {dtype})")
         raise NonFiniteGradientError(
-            f"{type(self).__name__}.step(): the gradient of {what} holds NaN or Inf; "
+            f"{type(self).__name__}.step(): the gradient of {what} holds NaN or Inf{big}; "
             "nothing was changed (pass nonfinite='skip' to skip such steps or "
             "nonfinite='zero' to treat those entries as zero)")
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Every implementation but the kernel (the step template runs that)."""
         impl = self.impl
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or (self._shards and self.dtensor == "reference"):
             impl = "reference"
         elif group.get("differentiable") or group.get("capturable"):
             impl = "torch"
@@ -398,13 +469,21 @@ class LrkitOptimizer(torch.optim.Optimizer):
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict, plus ``skipped_steps`` and ``lrkit_optimizer`` (the class
+        name, so that loading it into another algorithm fails clearly)."""
         sd = super().state_dict()
         sd["skipped_steps"] = self.skipped_steps
+        sd["lrkit_optimizer"] = type(self).__name__
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        skipped = int(state_dict.pop("skipped_steps", 0))
+        """torch's load_state_dict (a torch.optim state_dict of the same algorithm loads),
+        after checking everything first: another algorithm's state, missing keys, wrong
+        shapes or types, invalid settings or NaN raise ``ValueError``/``TypeError`` and
+        leave the optimizer unchanged (see ``lrkit.optim._state_check``)."""
+        skipped = _state_check.check(self, state_dict)
+        state_dict = {k: v for k, v in state_dict.items()
+                      if k not in ("skipped_steps", "lrkit_optimizer")}
         super().load_state_dict(state_dict)
         self.skipped_steps = skipped
         self._last = {}
@@ -425,9 +504,34 @@ class LrkitOptimizer(torch.optim.Optimizer):
         return text[:-1] + f"    nonfinite: {self.nonfinite}\n    impl: {self.impl}\n)"
 
 
-def _finite(g: Tensor) -> Tensor:
-    """``g`` with NaN/Inf entries as zeros (a copy, only where there are any)."""
-    ok = torch.isfinite(g)
+@functools.cache
+def _switches(cls: type) -> dict[str, bool]:
+    """The constructor's switches: name -> whether None is allowed (foreach=None...)."""
+    out = {}
+    for name, par in inspect.signature(cls.__init__).parameters.items():
+        if isinstance(par.default, bool):
+            out[name] = False
+        elif par.default is None and name in ("foreach", "fused"):
+            out[name] = True
+    return out
+
+
+def _check_switches(fn: str, cls: type, defaults: dict[str, Any]) -> None:
+    """True/False switches (amsgrad, maximize, foreach...) must be bools: torch takes any
+    truthy value, so ``amsgrad="no"`` would silently turn it on."""
+    for name, none_ok in _switches(cls).items():
+        if name in defaults:
+            v = defaults[name]
+            if not (isinstance(v, bool) or (none_ok and v is None)):
+                raise TypeError(f"{fn}: {name} must be True or False"
+                                f"{' (or None)' if none_ok else ''}, got {v!r}")
+
+
+def _bounded(g: Tensor, power: int = 1) -> Tensor:
+    """``g`` with NaN/Inf entries (and those at or above ``_kernel.bound``) as zeros (a
+    copy, only where there are any)."""
+    limit = _kernel.bound(g.dtype, power)
+    ok = (torch.view_as_real(g).abs() < limit).all(-1) if g.is_complex() else g.abs() < limit
     return g if bool(ok.all()) else torch.where(ok, g, torch.zeros((), dtype=g.dtype,
                                                                    device=g.device))
 

@@ -47,6 +47,7 @@ struct Args {
   double* out;               // per-tensor sums the step returns (n x the algorithm's count)
   const double* tv;          // per-tensor values in (LDoG: each tensor's step size)
   int64_t ival;              // an integer hyperparameter (Prodigy: slice_p)
+  double gbound;             // F_ZERO: entries with |g| >= gbound count as zero (0: inf)
 };
 
 enum : int64_t {
@@ -82,11 +83,14 @@ template <typename F> inline void with(bool b, F&& f) {
 }
 
 // The same gradient with maximize and zero as compile-time switches (no work when off).
+// ZERO: NaN, Inf and entries at or above the bound (whose square, or fourth power, would
+// overflow the state: see the check below) count as zero.
 template <typename T, bool MAX, bool ZERO> struct GradT {
+  T bound;
   inline T operator()(const T* __restrict__ g, int64_t j) const {
     T x = g[j];
     if constexpr (MAX) x = -x;
-    if constexpr (ZERO) x = (std::fabs(x) <= std::numeric_limits<T>::max()) ? x : T(0);
+    if constexpr (ZERO) x = (std::fabs(x) < bound) ? x : T(0);
     return x;
   }
 };
@@ -94,7 +98,9 @@ template <typename T, bool MAX, bool ZERO> struct GradT {
 template <typename T, typename F> inline void with_grad(const Args* a, F&& f) {
   with(a->flags & F_MAXIMIZE, [&](auto MAX) {
     with(a->flags & F_ZERO, [&](auto ZERO) {
-      f(GradT<T, decltype(MAX)::value, decltype(ZERO)::value>{});
+      // gbound 0 (a caller that does not set it): NaN and Inf only
+      const T bound = a->gbound > 0 ? (T)a->gbound : std::numeric_limits<T>::infinity();
+      f(GradT<T, decltype(MAX)::value, decltype(ZERO)::value>{bound});
     });
   });
 }
@@ -1068,11 +1074,13 @@ template <typename T> void sf_sgd(const Args* a) {
 }
 
 // ---------------------------------------------------------------- non-finite check
-// Returns the smallest index of a tensor holding NaN or Inf, or -1. dtype codes:
+// Returns the smallest index of a tensor holding NaN, Inf or (power > 1) an entry whose
+// power-th power overflows its dtype (|x| >= 2^(maxexp / power)), or -1. dtype codes:
 // 0 float32, 1 float64, 2 bfloat16, 3 float16. Integer bit tests, so it vectorises.
 template <typename U>
 bool any_nonfinite(const void* data, int64_t lo, int64_t hi, U expmask) {
-  // |x| as bits: NaN or Inf iff it is at least the all-ones exponent (a max: vectorises)
+  // |x| as bits: NaN or Inf iff it is at least the all-ones exponent (a max: vectorises);
+  // at least 2^k iff its bits are at least those of 2^k
   const U* __restrict__ x = (const U*)data;
   const U abs = (U)~((U)1 << (8 * sizeof(U) - 1));
   U m = 0;
@@ -1127,7 +1135,13 @@ LRK_EXPORT(sf_sgd)
 #endif
 
 int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
-                            const int32_t* dtype, int32_t nthreads) {
+                            const int32_t* dtype, int32_t nthreads, int32_t power) {
+  // the bits of 2^(maxexp / power): biased exponent bias + maxexp / power (power 1: the
+  // all-ones exponent of Inf and NaN)
+  const uint32_t t32 = (uint32_t)(127 + 128 / power) << 23;
+  const uint64_t t64 = (uint64_t)(1023 + 1024 / power) << 52;
+  const uint16_t tb16 = (uint16_t)((127 + 128 / power) << 7);
+  const uint16_t th16 = (uint16_t)((15 + 16 / power) << 10);
   Args a{};
   a.n = n;
   a.size = size;
@@ -1141,11 +1155,10 @@ int64_t lrk_first_nonfinite(int64_t n, void** data, const int64_t* size,
     if (k.t >= first) continue;
     bool bad;
     switch (dtype[k.t]) {
-      case 0: bad = any_nonfinite<uint32_t>(data[k.t], k.lo, k.hi, 0x7f800000u); break;
-      case 1: bad = any_nonfinite<uint64_t>(data[k.t], k.lo, k.hi, 0x7ff0000000000000ull);
-        break;
-      case 2: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, 0x7f80u); break;
-      default: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, 0x7c00u); break;
+      case 0: bad = any_nonfinite<uint32_t>(data[k.t], k.lo, k.hi, t32); break;
+      case 1: bad = any_nonfinite<uint64_t>(data[k.t], k.lo, k.hi, t64); break;
+      case 2: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, tb16); break;
+      default: bad = any_nonfinite<uint16_t>(data[k.t], k.lo, k.hi, th16); break;
     }
     if (bad && k.t < first) first = k.t;
   }

@@ -27,6 +27,7 @@ class Lion(LrkitOptimizer):
     """
 
     kernel = "lion"
+    dtensor = "elementwise"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-4,
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,

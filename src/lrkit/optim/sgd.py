@@ -45,6 +45,7 @@ class SGD(LrkitOptimizer):
     torch_name = "SGD"
     torch_fused = True
     kernel = "sgd"
+    dtensor = "elementwise"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float | Tensor = 0,

@@ -67,8 +67,13 @@ def as_schedule(value: "Schedule | str | float") -> Schedule:
     if isinstance(value, str):
         return parse(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return constant(value)
-    raise TypeError(f"expected a Schedule, spec text or a number, got {value!r}")
+        try:
+            return constant(value)
+        except ValueError as exc:
+            raise ValueError(f"as_schedule(): value must be a Schedule, spec text or a "
+                             f"non-negative finite number, got {value!r}") from exc
+    raise TypeError(f"as_schedule(): value must be a Schedule, spec text or a number, got "
+                    f"{value!r}")
 
 
 __all__ = [

@@ -1,0 +1,378 @@
+"""Every public entry point refuses bad arguments with a ValueError or TypeError naming them.
+
+The entry points are discovered, not listed: every public class and function defined in
+a public module of ``lrkit`` (``pkgutil.walk_packages``). Each needs a valid call here
+(``VALID``; the registry's optimizers and ``S.REGISTRY``'s schedules get theirs
+generated) or a reason to be left out (``EXEMPT``); a new public name without either
+fails ``test_every_public_callable_is_covered``. Then, one argument at a time, the valid
+value is replaced by invalid ones chosen from its kind:
+
+* a number: NaN, a string, and (for an int) 1.5 must raise, naming the argument; -1, 0
+  and inf may be accepted, or else must raise naming it;
+* a bool (or an optional bool): a string must raise;
+* a choice (str): another type must raise; an unknown word may be accepted (free text)
+  or must raise naming it;
+* a list or tuple of numbers: an element NaN or a string, or a string for the whole,
+  must raise; one item more or none may be accepted, or must raise naming it;
+* an array: a string must raise; one item less may be accepted, or raise naming it;
+* anything else (a model, an optimizer, a schedule, a callable): ``object()`` must raise.
+
+"Must raise" means ValueError or TypeError whose message contains the argument's name;
+nothing else (no IndexError, ZeroDivisionError, AssertionError, RuntimeError) is allowed
+in any case. Also here: corrupted Scheduler and Plateau state_dicts.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import pkgutil
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import lrkit
+from lrkit import schedules as S
+from lrkit.optim import REGISTRY
+from resume_cases import SCHEDULES
+
+torch.set_num_threads(1)
+
+# -- discovery ----------------------------------------------------------------------
+
+
+def discover() -> dict[str, Any]:
+    """``module.name`` -> object, for every public class and function defined in a public
+    module of lrkit (aliases, as ``S.cosine`` of ``S.Cosine``, once)."""
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for info in pkgutil.walk_packages(lrkit.__path__, "lrkit."):
+        if any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not (inspect.isclass(obj) or callable(obj)) or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            out[f"{module.__name__}.{name}"] = obj
+    return out
+
+
+PUBLIC = discover()
+
+#: public names whose arguments are not checked here, and why
+EXEMPT = {
+    # (exceptions and warnings are left out by their type) plain records that lrkit
+    # builds itself (results, events, explanations)
+    **dict.fromkeys(["lrkit.guard.GuardEvent", "lrkit.optim.base.Explained",
+                     "lrkit.finder.LRFinderResult", "lrkit.bench.train.Run",
+                     "lrkit.targets.Target", "lrkit.bench.tasks.TaskInstance"],
+                    "a record of results that lrkit fills in, not an entry point"),
+    "lrkit.schedules.base.Schedule": "the abstract base class (its subclasses are checked)",
+    "lrkit.optim.base.LrkitOptimizer": "the abstract base class (its subclasses are checked)",
+    **dict.fromkeys([f"lrkit.optim.base.{n}" for n in (
+        "scalar", "step_tensor", "check_lr", "check_betas", "uniform", "value", "addcdiv_",
+        "add_", "functional_lr")], "a building block for optimizer subclasses"),
+    "lrkit.optim.registry.OptimizerInfo": "test metadata (the registry of the test suite)",
+    "lrkit.optim.registry.register": "test metadata (the registry of the test suite)",
+    "lrkit.bench.tasks.register": "registers a built-in task (a Task, checked by type)",
+    **{f"lrkit.bench.tasks.{n}": "a loss or metric of the built-in tasks: tensors in, "
+       "tensors out, as torch.nn.functional" for n in (
+           "rosenbrock", "mean_value", "accuracy_of", "next_char_loss")},
+    **{f"lrkit.bench.finder_quality.{n}": "a step of the range-test quality protocol "
+       "(benchmarks/), whose arguments the protocol fixes" for n in (
+           "least_squares", "least_squares_sweep", "loss_form", "task_sweep",
+           "trained_loss", "grid_losses", "within_band")},
+}
+
+
+#: how a message may name an argument other than by its Python name
+ALIASES = {
+    ("lrkit.targets.load_target", "text"): ("TARGET",),  # the command line's name for it
+    ("lrkit.targets.optimizer_factory", "text"): ("optimizer",),
+    ("lrkit.schedules.parse.parse", "text"): ("nonsense-xyz",),  # quotes the text, with a caret
+}
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 1)
+
+
+def _sgd(model=None):
+    return torch.optim.SGD((model or _model()).parameters(), lr=0.1)
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = x.sum(1, keepdim=True)
+    return [(x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)]
+
+
+def _curve():
+    lrs = np.geomspace(1e-4, 1.0, 40)
+    losses = 1.0 + (np.log10(lrs) + 2) ** 2 / 10
+    return lrs, losses
+
+
+def _find():
+    model = _model()
+    return ((model, _sgd(model), _loader(), torch.nn.functional.mse_loss),
+            {"start": 1e-4, "end": 1.0, "steps": 8, "mode": "exp", "smooth": 0.9,
+             "diverge": 4.0, "accumulate": 1})
+
+
+_RESULT: list = []
+
+
+def _result():
+    if not _RESULT:
+        args, kwargs = _find()
+        _RESULT.append(lrkit.find_lr(*args, **kwargs))
+    return _RESULT[0]
+
+
+def _guard():
+    model = _model()
+    opt = _sgd(model)
+    return ((model, opt, lrkit.Scheduler(opt, lr=0.1)),
+            {"spike": 3.0, "window": 10, "backoff": 0.5, "max_retries": 2, "min_history": 3,
+             "snapshot_every": 5})
+
+
+def _task_fields():
+    import dataclasses
+
+    from lrkit.bench.tasks import get_task
+    task = get_task("quadratic")
+    return (), {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+
+
+def _stream(g):
+    while True:
+        yield torch.randn(4, 2, generator=g)
+
+
+VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
+    "lrkit.scheduler.Scheduler": lambda: ((_sgd(),), {"lr": S.cosine(0.1, 10),
+                                                      "plateau": lrkit.Plateau()}),
+    "lrkit.scheduler.Plateau": lambda: ((), {
+        "factor": 0.5, "patience": 2, "mode": "min", "threshold": 1e-4,
+        "threshold_mode": "rel", "cooldown": 1, "min_lr": [0.0], "eps": 1e-8}),
+    "lrkit.guard.DivergenceGuard": _guard,
+    "lrkit.finder.find_lr": _find,
+    "lrkit.finder.suggest": lambda: (_curve(), {"rule": "edge", "smooth": 0.9}),
+    **{f"lrkit.finder.{n}": (lambda: ((*_curve(), _curve()[1]), {}))
+       for n in ("steep", "valley", "minimum", "edge")},
+    "lrkit.finder.edge_of_progress": lambda: (_curve(), {}),
+    "lrkit.finder.centred_smooth": lambda: ((_curve()[1], 3), {}),
+    "lrkit.finder.zero_lag": lambda: ((_curve()[1],), {}),
+    "lrkit.finder.ema": lambda: ((_curve()[1], 0.9), {}),
+    "lrkit.plot.new_axes": lambda: ((), {"ncols": 2, "figsize": (4.0, 3.0)}),
+    "lrkit.plot.plot_schedules": lambda: (([S.cosine(0.1, 10)], 10), {"labels": ["cos"]}),
+    "lrkit.plot.plot_lr_finder": lambda: ((_result(),), {}),
+    "lrkit.plot.save": None,  # set below: needs a figure and a path
+    "lrkit.schedules.as_schedule": lambda: ((0.1,), {}),
+    "lrkit.schedules.base.from_config": lambda: ((S.cosine(0.1, 10).to_config(),), {}),
+    "lrkit.schedules.parse.parse": lambda: (("cosine(0.1, 10)",), {}),
+    "lrkit.targets.load_target": lambda: (("quadratic",), {"seed": 0}),
+    "lrkit.targets.optimizer_factory": lambda: (("sgd(momentum=0.9)",), {}),
+    "lrkit.adapters.keras.to_keras": lambda: ((S.cosine(0.1, 10),), {}),
+    "lrkit.adapters.keras.KerasSchedule": lambda: ((S.cosine(0.1, 10),), {}),
+    "lrkit.adapters.optax.to_optax": lambda: ((S.cosine(0.1, 10),), {}),
+    "lrkit.adapters.optax.OptaxSchedule": lambda: ((S.cosine(0.1, 10),), {}),
+    "lrkit.bench.tasks.warmup_cosine": lambda: ((0.1, 100), {"warmup": 0.05}),
+    "lrkit.bench.tasks.get_task": lambda: (("quadratic",), {}),
+    "lrkit.bench.tasks.Recipe": lambda: (("Adam", 1e-3), {"warmup": 0.05}),
+    "lrkit.bench.tasks.Task": _task_fields,
+    "lrkit.bench.tasks.Batches": lambda: ((_stream, 0), {}),
+    "lrkit.bench.tasks.Objective": lambda: ((torch.zeros(2), lambda t, n: t.sum() + n), {}),
+    "lrkit.bench.tasks.shuffled_epochs": lambda: ((8, torch.randn(16, 2)), {}),
+    "lrkit.bench.tasks.ConvNet1d": lambda: ((), {"channels": 4, "classes": 3}),
+    "lrkit.bench.tasks.CharGRU": lambda: ((), {"vocab": 10, "embed": 4, "hidden": 4}),
+    "lrkit.bench.train.train": lambda: (
+        ("quadratic", lambda p: torch.optim.SGD(p, lr=0.01)), {"seed": 0, "steps": 5}),
+    "lrkit.bench.data.mnist1d": lambda: ((), {"num_samples": 100}),
+}
+
+
+def _save():
+    import tempfile
+
+    from lrkit.plot import new_axes
+    fig, _ = new_axes()
+    return (fig, tempfile.mkstemp(suffix=".png")[1]), {}
+
+
+VALID["lrkit.plot.save"] = _save
+
+# every optimizer of the registry: its first config, on one parameter
+for _info in REGISTRY.values():
+    VALID[f"{_info.cls.__module__}.{_info.name}"] = (
+        lambda info=_info: (([torch.nn.Parameter(torch.zeros(3))],),
+                            {**info.configs[0], "nonfinite": "raise", "impl": "auto"}))
+# every schedule family: the arguments of its instance in resume_cases
+for _name, _s in SCHEDULES.items():
+    _cls = S.REGISTRY[_name]
+    VALID[f"{_cls.__module__}.{_cls.__name__}"] = lambda s=_s: ((), s.params)
+
+
+def test_every_public_callable_is_covered():
+    missing = [n for n, obj in PUBLIC.items() if n not in VALID and n not in EXEMPT
+               and _parameters(obj)
+               and not (inspect.isclass(obj) and issubclass(obj, BaseException))]
+    assert not missing, f"give these a valid call in VALID or a reason in EXEMPT: {missing}"
+    stale = [n for n in list(VALID) + list(EXEMPT) if n not in PUBLIC]
+    assert not stale, f"no longer public: {stale}"
+
+
+def _parameters(obj) -> list[inspect.Parameter]:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    return [p for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+# -- probes ----------------------------------------------------------------------------
+MUST, MAY = "must", "may"
+
+
+def probes(value: Any, annotation: str) -> list[tuple[str, Any, str]]:
+    """(label, invalid value, MUST raise | MAY be accepted)."""
+    ann = str(annotation)
+    if isinstance(value, bool) or (value is None and "bool" in ann):
+        return [("text", "yes", MUST)]
+    if value is None:
+        return []
+    if isinstance(value, (int, float)):
+        out = [("nan", math.nan, MUST), ("negative", -1, MAY), ("zero", 0, MAY),
+               ("inf", math.inf, MAY)]
+        if "str" not in ann:  # (spec text is a valid schedule)
+            out.append(("text", "0.1", MUST))
+        if isinstance(value, int) and "float" not in ann:
+            out.append(("fraction", 1.5, MUST))
+        return out
+    if isinstance(value, str):
+        return [("not text", 3, MUST), ("unknown word", "nonsense-xyz", MAY)]
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value:
+        return [("element nan", type(value)([math.nan, *value[1:]]), MUST),
+                ("element text", type(value)(["x", *value[1:]]), MUST),
+                ("text", "x", MUST), ("one more", type(value)([*value, value[-1]]), MAY),
+                ("empty", type(value)(), MAY)]
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1:
+        return [("text", "x", MUST), ("one less", value[:-1], MAY)]
+    return [("object", object(), MUST)]
+
+
+def _cases():
+    out = []
+    for qual, make in VALID.items():
+        if qual not in PUBLIC:
+            continue
+        obj = PUBLIC[qual]
+        args, kwargs = make()
+        bound = inspect.signature(obj).bind(*args, **kwargs)
+        bound.apply_defaults()
+        for par in _parameters(obj):
+            if par.name in bound.arguments and not par.name.startswith("_") and probes(
+                    bound.arguments[par.name], par.annotation):
+                out.append(pytest.param(qual, par.name,
+                                        id=f"{qual.removeprefix('lrkit.')}-{par.name}"))
+    return out
+
+
+@pytest.mark.parametrize("qual,name", _cases())
+def test_invalid_argument_is_refused_naming_it(qual, name):
+    obj = PUBLIC[qual]
+    par = inspect.signature(obj).parameters[name]
+    args, kwargs = VALID[qual]()
+    valid = inspect.signature(obj).bind(*args, **kwargs)
+    valid.apply_defaults()
+    problems = []
+    for label, bad, kind in probes(valid.arguments[name], par.annotation):
+        args, kwargs = VALID[qual]()  # fresh objects for each call
+        bound = inspect.signature(obj).bind(*args, **kwargs)
+        bound.arguments[name] = bad
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj(*bound.args, **bound.kwargs)
+        except (ValueError, TypeError) as exc:
+            names = (name, *ALIASES.get((qual, name), ()))
+            if not any(n in str(exc) for n in names):
+                problems.append(f"{label} {bad!r}: the message does not name it: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - the point of the test
+            problems.append(f"{label} {bad!r}: {type(exc).__name__}: {exc}")
+            continue
+        if kind == MUST:
+            problems.append(f"{label} {bad!r} was accepted")
+    assert not problems, f"{qual}({name}=...):\n" + "\n".join(problems)
+
+
+# -- state_dicts of the Scheduler and the Plateau ------------------------------------------
+def _scheduler():
+    opt = _sgd()
+    sched = lrkit.Scheduler(opt, lr=S.cosine(0.1, 10), plateau=lrkit.Plateau(patience=0))
+    for _ in range(3):
+        sched.step(1.0)
+    return opt, sched
+
+
+def _corrupt(sd):
+    import copy
+
+    def m(fn):
+        out = copy.deepcopy(sd)
+        fn(out)
+        return out
+
+    yield "not a dict", [1, 2], "must be a dict"
+    for key in ("last_epoch", "schedules", "plateau", "plateau_scales", "lr_multiplier"):
+        yield f"no {key}", m(lambda d, key=key: d.pop(key)), key
+    yield "last_epoch < 0", m(lambda d: d.__setitem__("last_epoch", -3)), "last_epoch"
+    yield "last_epoch text", m(lambda d: d.__setitem__("last_epoch", "3")), "last_epoch"
+    yield "schedules list", m(lambda d: d.__setitem__("schedules", [1])), "schedules"
+    yield "bad config", m(lambda d: d["schedules"]["lr"].__setitem__("total", -1)), "total"
+    yield "unknown family", m(lambda d: d["schedules"]["lr"].__setitem__("name", "zz")), "zz"
+    yield "unknown key", m(lambda d: d["schedules"].__setitem__("zeta", 0.1)), "zeta"
+    yield "scales length", m(lambda d: d["plateau_scales"].append(1.0)), "plateau_scales"
+    yield "scale nan", m(lambda d: d["plateau_scales"].__setitem__(0, math.nan)), \
+        "plateau_scales[0]"
+    yield "multiplier 0", m(lambda d: d.__setitem__("lr_multiplier", 0.0)), "lr_multiplier"
+    yield "base_lrs text", m(lambda d: d.__setitem__("base_lrs", "x")), "base_lrs"
+    yield "plateau list", m(lambda d: d.__setitem__("plateau", [1])), "state must be a dict"
+    yield "plateau factor", m(lambda d: d["plateau"]["config"].__setitem__("factor", 2.0)), \
+        "factor"
+    yield "plateau config key", m(lambda d: d["plateau"]["config"].__setitem__("x", 1)), "x"
+    yield "plateau num_bad", m(lambda d: d["plateau"].__setitem__("num_bad", -1)), "num_bad"
+    yield "plateau best", m(lambda d: d["plateau"].__setitem__("best", "low")), "best"
+
+
+_SD = _scheduler()[1].state_dict()
+
+
+@pytest.mark.parametrize("what,bad,word", list(_corrupt(_SD)),
+                         ids=[w for w, _, _ in _corrupt(_SD)])
+def test_corrupted_scheduler_state_dict_raises_and_changes_nothing(what, bad, word):
+    opt, sched = _scheduler()
+    before = (sched.state_dict(), [dict(g) for g in opt.param_groups],
+              sched.plateau.state_dict())
+    with pytest.raises((ValueError, TypeError)) as exc:
+        sched.load_state_dict(bad)
+    assert word in str(exc.value)
+    assert str(exc.value).startswith(("Scheduler.load_state_dict(): ",
+                                      "Plateau.load_state_dict(): ")), str(exc.value)
+    after = (sched.state_dict(), [dict(g) for g in opt.param_groups],
+             sched.plateau.state_dict())
+    assert after == before
