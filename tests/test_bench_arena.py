@@ -150,6 +150,29 @@ def test_closure_optimizer_and_its_compute():
     assert run.compute > 1.0 and run.info["function_evals_per_step"] >= 2
 
 
+def self_tuning(method, task, lr, seed, steps):
+    """What issue 9's autopilot does, in miniature: spend half a run choosing, then train."""
+    probe = METHODS["adam_constant"].cell(task, 1.0, seed, steps // 2)
+    chosen = 1.0 if not probe.diverged else 0.1
+    run = METHODS["adam_cosine"].cell(task, chosen, seed, steps)
+    run.compute, run.info = 1.5, {"overhead": 0.5, "chosen_lr": chosen}
+    return run
+
+
+def test_a_self_tuning_method_plugs_in_with_a_runner(tmp_path):
+    auto = Method("auto", "Self-tuning Adam", "Adam", family="auto", runner=self_tuning)
+    out = bench("quick", tasks=["rosenbrock"], methods=[auto, "adam_cosine"], workers=1,
+                out=tmp_path, steps=1000, report=False, progress=False, log=lambda _: None)
+    assert out.complete and out.new == 7  # 1 + 5 lrs + the Adam range test
+    (row,) = [r for r in R.load_rows(tmp_path) if r.method == "auto"]
+    assert row.compute == 1.5 and row.info["chosen_lr"] == 1.0 and not row.tuned
+    assert row.setting == "auto(optimizer='Adam', steps=1000)"
+    assert row.steps_to_target is not None
+    arena = summarize(R.load_rows(tmp_path))
+    entry = arena.entry(arena.tasks[0], "auto")
+    assert entry.cost_to_target == pytest.approx(0.5 + 1.0 * row.steps_to_target / 1000)
+
+
 # -- the runner and its results file ------------------------------------------------------------
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
@@ -249,6 +272,7 @@ def test_report_semantics_on_hand_made_rows():
     a = arena.entry(task, "a")
     assert a.best.lr == 0.1 and a.score == pytest.approx(0.5) and a.diverged_lrs == 1
     assert task.range_tests == {"SGD()": 0.2} and task.start == 10.0
+    assert arena.grid_best(task, "SGD()").method == "a"  # c is untuned
     assert task.shortfall(arena.entry(task, "c")) == 0.0
     assert task.shortfall(a) == pytest.approx(math.log(0.5 / 0.45) / math.log(10 / 0.45))
     assert task.shortfall(arena.entry(task, "b")) == pytest.approx(

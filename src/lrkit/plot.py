@@ -143,7 +143,7 @@ def plot_arena_summary(arena: Any):
     ranking = arena.ranking()
     tasks = arena.tasks
     n, k = len(ranking), len(tasks)
-    fig, (ax, prof) = new_axes(2, figsize=(7.5 + 1.25 * k, 1.6 + 0.34 * n))
+    fig, (ax, prof) = new_axes(2, figsize=(10.5 + 1.5 * k, 1.6 + 0.34 * n))
     fig.set_layout_engine("constrained")
     matrix = np.full((n, k), np.nan)
     cmap = _shortfall_cmap()
@@ -162,7 +162,8 @@ def plot_arena_summary(arena: Any):
             ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
                     fontweight="bold" if met else "normal", color="white" if dark else "black")
     im = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, norm=norm, aspect="auto")
-    ax.set_xticks(range(k), [f"{t.name}\n{t.metric}" for t in tasks], fontsize=8)
+    ax.set_xticks(range(k), [f"{t.name}\n{t.metric.replace('_', ' ')}" for t in tasks],
+                  fontsize=7.5)
     ax.xaxis.tick_top()
     ax.set_yticks(range(n), [f"{label}  ({arena.mean_shortfall(m):.2f})"
                              for m, label, _ in ranking], fontsize=8)
@@ -209,13 +210,14 @@ def _profile_axes(arena: Any, kind: str, ax: Any, top: int | None = None):
         title += f" (top {top} of {len(scored)})"
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
 
 
 def plot_performance_profiles(arena: Any):
     """AlgoPerf-style performance profiles: time to target, and final metric."""
-    fig, (left, right) = new_axes(2, figsize=(14, 6))
+    fig, (left, right) = new_axes(2, figsize=(17, 5.5))
+    fig.set_layout_engine("constrained")
     _profile_axes(arena, "time", left)
     _profile_axes(arena, "final", right)
     return fig
@@ -237,7 +239,7 @@ def plot_task(arena: Any, task: Any):
     finals = [s.final for e in task.entries for s in e.settings] + [task.start, task.target]
     log = not task.higher_is_better and _wide_range(finals)
     low = min(v for v in finals if np.isfinite(v))
-    top = task.start * (1.5 if log else 1.0) if not task.higher_is_better else None
+    top = task.start * (1.5 if log else 1.05) if not task.higher_is_better else None
     handles = {}
     for e in task.entries:
         style = method_style(e.method, e.family)
@@ -269,8 +271,13 @@ def plot_task(arena: Any, task: Any):
             vals = np.array([s.final for s in e.settings])
             div = np.array([bool(s.diverged) for s in e.settings])
             if e.tuned:
-                (h,) = ax.plot(lrs[~div], vals[~div], color=style["color"], ls=style["ls"],
+                over = ~div & (vals > top) if top is not None else np.zeros_like(div)
+                shown = np.where(over, top, vals)  # worse than the untrained model: on the rim
+                (h,) = ax.plot(lrs[~div], shown[~div], color=style["color"], ls=style["ls"],
                                marker=style["marker"], ms=4, lw=1.3)
+                if over.any():
+                    ax.plot(lrs[over], shown[over], "^", color=style["color"], ms=6,
+                            clip_on=False)
                 ax.plot(lrs[div], np.full(div.sum(), 0.97), "x", color=style["color"], ms=6,
                         transform=blend)
             else:

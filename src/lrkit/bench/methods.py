@@ -197,8 +197,9 @@ class Method:
 
     def setting(self, lr: float, steps: int) -> str:
         """The complete setting of a cell as text: ``SGD(lr=0.1, momentum=0.9) | cosine(...)``."""
-        if self.runner is not None:
-            return f"{self.name}(optimizer={self.optimizer!r}, steps={steps})"
+        if self.runner is not None:  # a self-tuning method: its name and options
+            args = "".join(f", {k}={v!r}" for k, v in self.options)
+            return f"{self.name}(optimizer={self.optimizer!r}{args}, steps={steps})"
         name = self.resolve()[1] or self.optimizer.rpartition(":")[2]
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(lr, steps).items())
         sched = self.lr_schedule(lr, steps)

@@ -204,6 +204,11 @@ class Arena:
     def entry(self, task: TaskResult, method: str) -> Entry | None:
         return next((e for e in task.entries if e.method == method), None)
 
+    def grid_best(self, task: TaskResult, probe: str) -> Entry | None:
+        """The best tuned entry of an optimizer (``probe``: "Adam()"...) on a task: the best
+        cell of its lr x schedule grid, what a self-tuning method is measured against."""
+        return next((e for e in task.entries if e.tuned and e.probe == probe), None)
+
     def mean_shortfall(self, method: str) -> float:
         vals = [t.shortfall(e) for t in self.tasks if (e := self.entry(t, method))]
         return statistics.fmean(vals) if vals else math.nan
@@ -465,7 +470,8 @@ def _sections(arena: Arena, path: Path) -> list[dict[str, Any]]:
             "picture": t.name,
             "caption": "Left: the metric during training, best setting of each method "
                        "(mean over seeds). Right: final metric against peak lr for each "
-                       "tuned method (x: diverged), the range test's suggestion as a "
+                       "tuned method (x: diverged; ^: worse than the untrained model, drawn "
+                       "on the rim), the range test's suggestion as a "
                        "vertical line; untuned methods as stars (at their lr) or horizontal "
                        "lines; grey dashes: the target."})
     body = []
