@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job: the arena's quick suite (under 10 minutes on 2 cores), resumable;
+# results, report.md and report.html in bench-results/.
 run: install
-	$(VENV)/bin/lrkit demo
+	$(VENV)/bin/lrkit bench --suite quick --out bench-results
 
 test: install
 	$(VENV)/bin/ruff check .

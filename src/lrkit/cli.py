@@ -359,5 +359,95 @@ def _task_metric(task, model, seed: int) -> float:
     return task.build(seed).evaluate(model)
 
 
+# -- the benchmark arena ----------------------------------------------------------------------
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise click.UsageError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+@main.command()
+@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="quick: 5 fast tasks, 1 seed, lr decades (under 10 min on 2 cores); full: "
+                   "all 7 tasks, 3 seeds, half decades.")
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: the suite's).")
+@click.option("--methods", default=None,
+              help="Comma-separated methods (default: all; see --list).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Paired seeds per cell (default: the suite's).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes, one torch thread each (default: one per CPU core).")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-results",
+              show_default=True, help="Directory of results.csv (appended to, resumed from) "
+                                      "and the report.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Override every task's step budget (smoke runs; kept apart from "
+                   "full-budget results).")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write the report at the end.")
+@click.option("--list", "list_only", is_flag=True, help="List suites, tasks and methods, "
+                                                       "then exit.")
+def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
+          workers: int | None, out: str, steps: int | None, report: bool,
+          list_only: bool) -> None:
+    """Run the benchmark arena: tasks x methods x learning rates x paired seeds.
+
+    Every finished cell is appended to OUT/results.csv at once; rerunning the same
+    command resumes, skipping finished cells. Ctrl-C stops after the running cells.
+    """
+    from lrkit.bench.methods import METHODS
+    from lrkit.bench.runner import SUITES
+    from lrkit.bench.runner import bench as run_bench
+    from lrkit.bench.tasks import TASKS
+
+    if list_only:
+        for s in SUITES.values():
+            click.echo(f"suite {s.name}: {s.description}")
+        click.echo("tasks: " + ", ".join(TASKS))
+        for m in METHODS.values():
+            state = f"  [skipped here: {m.missing}]" if m.missing else \
+                (f"  [{m.stand_in}]" if m.stand_in else "")
+            click.echo(f"  {m.name:18s} {m.label}{state}")
+        return
+    task_list, method_list = _names(tasks), _names(methods)
+    for t in task_list or ():
+        if t not in TASKS:
+            raise click.UsageError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    for m in method_list or ():
+        if m not in METHODS:
+            raise click.UsageError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    result = run_bench(suite, tasks=task_list, methods=method_list, seeds=seeds,
+                       workers=workers, out=out, steps=steps, report=report,
+                       log=lambda line: click.echo(line, err=True))
+    click.echo(f"{result.new} cells run, {result.before} already done, of {result.total}, "
+               f"in {result.wall_time:.0f} s; results in {result.results}")
+    if result.report is not None:
+        click.echo(f"report: {result.report} and {result.report.with_suffix('.md')}")
+    if result.interrupted:
+        sys.exit(130)
+    if result.errors:
+        raise click.ClickException(f"{len(result.errors)} cells failed; first: "
+                                   f"{result.errors[0]}")
+
+
+@main.command()
+@click.argument("results", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Directory of the report (default: beside RESULTS).")
+def report(results: str, out: str | None) -> None:
+    """Write the arena report (Markdown and one self-contained HTML page) for RESULTS, a
+    results.csv file or a directory holding one."""
+    from lrkit.bench.report import write_report
+
+    try:
+        page = write_report(results, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {page} and {page.with_suffix('.md')}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

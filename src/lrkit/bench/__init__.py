@@ -1,6 +1,19 @@
 """lrkit.bench: the benchmark arena. ``tasks`` holds the standard problems; ``train`` runs
-one of them with a given optimizer and schedule."""
+one of them with a given optimizer and schedule; ``methods`` is the table of contenders
+(optimizer x schedule shaped from the budget x how the lr is chosen); ``runner.bench``
+runs a suite of cells into a resumable results file; ``report`` turns it into pages."""
+from lrkit.bench.methods import METHODS, Method, shape
+from lrkit.bench.runner import SUITES, Suite, bench
 from lrkit.bench.tasks import TASKS, Batches, Recipe, Task, TaskInstance, get_task
 from lrkit.bench.train import Run, train
 
-__all__ = ["TASKS", "Batches", "Recipe", "Run", "Task", "TaskInstance", "get_task", "train"]
+
+def write_report(results, out=None):
+    """``lrkit.bench.report.write_report``: the report of a results file."""
+    from lrkit.bench.report import write_report as write
+
+    return write(results, out)
+
+
+__all__ = ["METHODS", "SUITES", "TASKS", "Batches", "Method", "Recipe", "Run", "Suite", "Task",
+           "TaskInstance", "bench", "get_task", "shape", "train", "write_report"]

@@ -1,7 +1,12 @@
 """``train``: one training run of a benchmark task with a given optimizer and schedule.
 
-It never raises on divergence: a non-finite loss or metric ends the run early, with
-``diverged=True`` and the task's worst metric as ``final``.
+It never raises on divergence: a non-finite loss or metric, or an optimizer refusing a
+non-finite value (``FloatingPointError``, which ``lrkit.NonFiniteGradientError`` is), ends
+the run early, with ``diverged=True`` and the task's worst metric as ``final``.
+
+Optimizers that keep two sets of weights (schedule-free: ``opt.train()`` / ``opt.eval()``)
+are switched to eval mode around every evaluation; optimizers that need a closure (SLS)
+get one with ``closure=True``.
 """
 from __future__ import annotations
 
@@ -24,7 +29,13 @@ ScheduleArg = S.Schedule | str | float | Callable[[int], S.Schedule] | None
 
 @dataclass
 class Run:
-    """The record of one run: the metric curve, its summaries, and how it ended."""
+    """The record of one run: the metric curve, its summaries, and how it ended.
+
+    ``compute`` is what the run cost relative to one plain run of ``steps`` steps (one
+    forward and backward pass per step): 1.0 unless a method says otherwise (a line search
+    evaluates the loss several times per step; a method that tunes itself spends extra
+    runs). ``info`` holds whatever else a method reports (an estimated learning rate...).
+    """
 
     task: str
     seed: int
@@ -37,6 +48,8 @@ class Run:
     steps_to_target: int | None = None
     diverged: bool = False
     wall_time: float = 0.0
+    compute: float = 1.0
+    info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +65,8 @@ def train(
     instance: TaskInstance | None = None,
     callback: Callable[[int, float], None] | None = None,
     on_eval: Callable[[int, float], None] | None = None,
+    closure: bool = False,
+    on_end: Callable[[torch.optim.Optimizer, Run], None] | None = None,
 ) -> Run:
     """Train ``task`` (built from ``seed``, or the given ``instance``) for ``steps`` steps
     (default: the task's budget) and record its metric.
@@ -60,9 +75,15 @@ def train(
     every step through ``lrkit.Scheduler``: a Schedule, spec text or number, or a function
     of the number of steps returning one (``lambda n: S.cosine(0.1, total=n)``); ``None``
     leaves the optimizer's own lr alone. The metric is evaluated at step 0, every
-    ``task.eval_every`` steps, at half the budget and at the end. ``callback(step, loss)``
-    is called after every step, ``on_eval(step, metric)`` after every evaluation (an
-    exception either raises, such as a tuner's pruning signal, ends the run and propagates).
+    ``task.eval_every`` steps, at half the budget and at the end, in eval mode for an
+    optimizer with ``train()``/``eval()`` methods (schedule-free: the averaged weights).
+    ``callback(step, loss)`` is called after every step, ``on_eval(step, metric)`` after
+    every evaluation (an exception either raises, such as a tuner's pruning signal, ends the
+    run and propagates). With ``closure=True`` the step is ``opt.step(closure)``, the
+    closure returning the batch's loss (backward only where gradients are enabled, so a
+    line search can re-evaluate it without them). ``on_end(opt, run)`` is called once the
+    run ends (before ``wall_time`` is taken): a method reads what its optimizer measured
+    (function evaluations, its estimated lr).
     """
     fn = "train()"
     if not isinstance(task, (Task, str)):
@@ -83,8 +104,16 @@ def train(
     run = Run(task.name, inst.seed, steps)
     began = time.perf_counter()
 
+    modes = callable(getattr(opt, "eval", None)) and callable(getattr(opt, "train", None))
+    if modes:  # schedulefree's optimizers start in eval mode
+        opt.train()
+
     def record(step: int) -> bool:
+        if modes:
+            opt.eval()
         value = inst.evaluate(model)
+        if modes:
+            opt.train()
         run.eval_steps.append(step)
         run.metrics.append(value)
         if run.steps_to_target is None and task.reached(value):
@@ -101,14 +130,22 @@ def train(
     while ok and step < steps:
         inputs, targets = next(batches)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), targets)
-        value = float(loss.detach())
+        try:
+            if closure:
+                loss = opt.step(_closure(model, loss_fn, inputs, targets))
+                value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            else:
+                loss = loss_fn(model(inputs), targets)
+                value = float(loss.detach())
+                if math.isfinite(value):
+                    loss.backward()
+                    opt.step()
+        except FloatingPointError:  # the optimizer refused a non-finite loss or gradient
+            value = math.nan
         run.losses.append(value)
         if not math.isfinite(value):
             ok = False
             break
-        loss.backward()
-        opt.step()
         if sched is not None:
             sched.step()
         step += 1
@@ -120,5 +157,20 @@ def train(
     run.final = run.metrics[-1] if ok else task.worst
     if run.diverged and step < steps // 2:
         run.half = task.worst
+    if on_end is not None:
+        on_end(opt, run)
     run.wall_time = time.perf_counter() - began
     return run
+
+
+def _closure(model: torch.nn.Module, loss_fn: Callable, inputs: Any, targets: Any):
+    """The batch's loss; backward only where gradients are enabled (a line search
+    re-evaluates it under ``torch.no_grad()``)."""
+    def closure() -> torch.Tensor:
+        loss = loss_fn(model(inputs), targets)
+        if torch.is_grad_enabled():
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+        return loss
+
+    return closure

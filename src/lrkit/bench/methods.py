@@ -1,0 +1,296 @@
+"""The arena's methods: an optimizer, a learning-rate schedule shaped from the step budget,
+and how the learning rate is chosen (tuned over a grid, or not at all).
+
+A ``Method`` names its optimizer as a class of ``lrkit.optim`` (or ``"module:Class"``).
+Where ``lrkit.optim`` lacks it (issue 4's learning-rate-free optimizers, until merged),
+the authors' package named by ``reference`` stands in when installed (the dev extra has
+them), with a note and its own name in the setting text, so its cells are redone once
+lrkit's class exists; with neither, the method is skipped with a note
+(``Method.missing``).
+``method.cell(task, lr, seed)`` trains one cell of the grid and returns a
+``lrkit.bench.Run``. A method that chooses its own learning rate (issue 9's autopilot) plugs
+in with ``runner=``: a function ``(method, task, lr, seed, steps) -> Run`` that sets
+``run.compute`` to what it spent relative to one plain run (range test and probes
+included), and ``grid=None``::
+
+    register(Method("autopilot", "autopilot (AdamW)", "AdamW", family="auto",
+                    runner=autopilot_cell))
+
+Schedule shapes (``shape``), for a budget of T steps and a peak lr: every family but
+one_cycle and wsd starts with a linear warmup from 0 over ``W = round(0.05 T)`` steps
+(one_cycle has its own warmup phase; wsd takes W as its warmup); with ``D = T - W`` the
+steps after it:
+
+- ``constant``: the peak lr after the warmup;
+- ``step_based``: ``step_based(lr, drop=0.1, every=ceil(D / 3))``, the rate falls
+  ten-fold at a third and two thirds of D and ends at lr / 100;
+- ``exponential``: ``exponential(lr, decay=ln(100) / D)``, ends at lr / 100;
+- ``time_based``: ``time_based(lr, decay=d)`` (``eta_{n+1} = eta_n / (1 + d n)``) with d
+  solved so that it also ends at lr / 100;
+- ``cosine``: ``cosine(lr, total=D)``, ends at 0;
+- ``one_cycle``: ``one_cycle(lr, total=T)`` (torch's OneCycleLR defaults: a cosine rise
+  from lr / 25 over the first 30%, then a cosine fall to lr / 2.5e5);
+- ``wsd``: ``wsd(lr, total=T, warmup=W, decay=0.2)``, linear decay to 0 over the last 20%.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lrkit import schedules as S
+from lrkit.bench.tasks import Task
+from lrkit.bench.train import Run, train
+
+WARMUP = 0.05
+END_FRACTION = 0.01
+SCHEDULES = ("constant", "step_based", "exponential", "time_based", "cosine", "one_cycle",
+             "wsd")
+
+
+# -- schedule shapes ----------------------------------------------------------------------
+def time_based_decay(steps: int, end: float = END_FRACTION) -> float:
+    """The ``decay`` of ``S.time_based`` whose rate falls to ``end`` of its start after
+    ``steps`` steps (bisection on log decay), rounded to 6 significant digits."""
+    target = math.log(1.0 / end)
+
+    def fall(d: float) -> float:  # log(lr_0 / lr_steps)
+        return -math.log(float(S.time_based(1.0, decay=d)(steps)))
+
+    low, high = 1e-15, 1.0
+    while high / low > 1 + 1e-12:
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if fall(mid) < target else (low, mid)
+    return _round(math.sqrt(low * high))
+
+
+def _round(x: float) -> float:
+    """6 significant digits: short spec text, the rate's end within 1e-5 of the aim."""
+    return float(f"{x:.6g}")
+
+
+def shape(family: str, lr: float, steps: int, warmup: float = WARMUP) -> S.Schedule:
+    """The schedule ``family`` with peak ``lr`` shaped for a budget of ``steps`` steps (see
+    the module docstring), its warmup over ``warmup`` of the steps."""
+    if family not in SCHEDULES:
+        raise ValueError(f"shape(): family must be one of {', '.join(SCHEDULES)}, "
+                         f"got {family!r}")
+    w = int(round(warmup * steps))
+    d = steps - w
+    if family == "one_cycle":
+        return S.one_cycle(lr, total=steps)
+    if family == "wsd":
+        return S.wsd(lr, total=steps, warmup=w, decay=0.2)
+    body = {
+        "constant": lambda: S.constant(lr),
+        "step_based": lambda: S.step_based(lr, drop=0.1, every=math.ceil(d / 3)),
+        "exponential": lambda: S.exponential(lr, decay=_round(math.log(1 / END_FRACTION) / d)),
+        "time_based": lambda: S.time_based(lr, decay=time_based_decay(d)),
+        "cosine": lambda: S.cosine(lr, total=d),
+    }[family]()
+    return S.warmup(body, steps=w) if w else body
+
+
+# -- methods -----------------------------------------------------------------------------
+Runner = Callable[["Method", Task, float, int, int], Run]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One contender of the arena.
+
+    name: its key in results files and on the command line.
+    label: how the report names it.
+    optimizer: a class name of ``lrkit.optim`` or ``"module:Class"``.
+    reference: ``"module:Class"`` of the authors' package with the same constructor, used
+        where ``lrkit.optim`` lacks ``optimizer`` (noted in the setting text).
+    options: further constructor arguments (momentum...).
+    schedule: a family of ``SCHEDULES`` shaped by ``shape`` from the budget and the lr, or
+        None: the optimizer's own lr throughout.
+    grid: the suite's lr grid it is tuned over ("sgd", "adam"), or None: one untuned run
+        at ``lr``.
+    lr: the untuned lr (grid None).
+    lr_option: the constructor argument the lr goes to (SLS: ``init_lr``).
+    warmup: the warmup fraction of its schedule (``shape``), or of ``warmup_option``.
+    warmup_option: a constructor argument taking the warmup in steps (schedule-free's
+        ``warmup_steps``), for optimizers that warm up themselves.
+    closure: whether its ``step`` needs a closure (line search).
+    family: "sgd", "adam", "lr_free", "baseline" or "auto", for grouping in the report.
+    runner: trains a cell instead of the default ``train`` call (a method that tunes
+        itself); see the module docstring.
+    """
+
+    name: str
+    label: str
+    optimizer: str
+    options: tuple[tuple[str, Any], ...] = ()
+    reference: str | None = None
+    schedule: str | None = None
+    grid: str | None = None
+    lr: float | None = None
+    lr_option: str = "lr"
+    warmup: float = WARMUP
+    warmup_option: str | None = None
+    closure: bool = False
+    family: str = "sgd"
+    note: str = ""
+    runner: Runner | None = field(default=None, compare=False, repr=False)
+
+    # -- what it is made of --
+    def resolve(self) -> tuple[type | None, str]:
+        """The optimizer class and its name in settings: ``lrkit.optim``'s (or the given
+        ``"module:Class"``), else the authors' package named by ``reference``
+        (``"prodigyopt.Prodigy"``), else ``(None, "")``."""
+        for spec, own in ((self.optimizer, True), (self.reference, False)):
+            if not spec:
+                continue
+            module, _, attr = spec.rpartition(":")
+            try:
+                cls = getattr(importlib.import_module(module or "lrkit.optim"), attr)
+            except (ImportError, AttributeError):
+                continue
+            return cls, attr if own else f"{module}.{attr}"
+        return None, ""
+
+    def optimizer_class(self) -> type | None:
+        return self.resolve()[0]
+
+    @property
+    def missing(self) -> str | None:
+        """Why this method cannot run here (None: it can)."""
+        if self.runner is not None or self.optimizer_class() is not None:
+            return None
+        module, _, attr = self.optimizer.rpartition(":")
+        why = f"{module or 'lrkit.optim'} has no {attr}"
+        if self.reference:
+            why += f" and {self.reference.partition(':')[0]} is not installed"
+        return why
+
+    @property
+    def stand_in(self) -> str | None:
+        """A note when the authors' package stands in for a missing lrkit optimizer."""
+        if self.runner is not None:
+            return None
+        cls, name = self.resolve()
+        if cls is None or name == self.optimizer.rpartition(":")[2]:
+            return None
+        return f"lrkit.optim has no {self.optimizer} yet; using {name}"
+
+    @property
+    def probe(self) -> str:
+        """The optimizer and options of its range test: ``"SGD(momentum=0.9)"``."""
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options)
+        return f"{self.optimizer.rpartition(':')[2]}({args})"
+
+    def kwargs(self, lr: float, steps: int) -> dict[str, Any]:
+        out = {self.lr_option: lr, **dict(self.options)}
+        if self.warmup_option:
+            out[self.warmup_option] = int(round(self.warmup * steps))
+        return out
+
+    def lr_schedule(self, lr: float, steps: int) -> S.Schedule | None:
+        return None if self.schedule is None else shape(self.schedule, lr, steps, self.warmup)
+
+    def setting(self, lr: float, steps: int) -> str:
+        """The complete setting of a cell as text: ``SGD(lr=0.1, momentum=0.9) | cosine(...)``."""
+        if self.runner is not None:  # a self-tuning method: its name and options
+            args = "".join(f", {k}={v!r}" for k, v in self.options)
+            return f"{self.name}(optimizer={self.optimizer!r}{args}, steps={steps})"
+        name = self.resolve()[1] or self.optimizer.rpartition(":")[2]
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(lr, steps).items())
+        sched = self.lr_schedule(lr, steps)
+        return f"{name}({args}) | {sched if sched is not None else 'constant'}"
+
+    def lrs(self, grids: dict[str, tuple[float, ...]]) -> tuple[float, ...]:
+        """The learning rates it runs at in a suite with these grids."""
+        if self.grid is None:
+            return (self.lr if self.lr is not None else 1.0,)
+        return tuple(grids[self.grid])
+
+    # -- one cell --
+    def cell(self, task: Task, lr: float, seed: int, steps: int | None = None) -> Run:
+        """Train ``task`` from ``seed`` at peak ``lr`` for ``steps`` (default: its budget)."""
+        steps = task.steps if steps is None else steps
+        if self.runner is not None:
+            return self.runner(self, task, lr, seed, steps)
+        cls = self.optimizer_class()
+        if cls is None:
+            raise RuntimeError(f"{self.name}: {self.missing}")
+        kwargs = self.kwargs(lr, steps)
+        return train(task, lambda params: cls(params, **kwargs), self.lr_schedule(lr, steps),
+                     seed=seed, steps=steps, closure=self.closure, on_end=_measure)
+
+
+def _measure(opt: torch.optim.Optimizer, run: Run) -> None:
+    """What an optimizer measured about itself: the step size it estimated (learning-rate
+    free methods: d * lr; Prodigy, D-Adaptation, SLS), and the compute of a line search."""
+    group = opt.param_groups[0]
+    estimate = getattr(opt, "estimated_lr", None)
+    if callable(estimate):
+        try:
+            run.info["estimated_lr"] = float(estimate()[0])
+        except (TypeError, IndexError, ValueError):
+            pass
+    elif "d" in group:  # the authors' packages: d (the lr multiplier is the schedule's)
+        run.info["d"] = float(group["d"])
+    evals = getattr(opt, "total_function_evals", None)
+    steps = len(run.losses)
+    if isinstance(evals, int) and steps:
+        # a step: one loss-and-gradient evaluation (forward + backward, about 3 forward
+        # passes) plus evals - 1 loss-only trials (1 each); a plain step costs 3
+        run.compute = (2 * steps + evals) / (3 * steps)
+        run.info["function_evals_per_step"] = evals / steps
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the arena (``METHODS``); a later one of the same name replaces it."""
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(f"get_method(): name must be one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+_OPTIMIZERS = {  # key (and grid): label, class, options
+    "sgd": ("SGD+m", "SGD", (("momentum", 0.9),)),
+    "adam": ("Adam", "Adam", ()),
+}
+for _key, (_label, _cls, _options) in _OPTIMIZERS.items():
+    for _family in SCHEDULES:
+        register(Method(f"{_key}_{_family}", f"{_label} {_family}", _cls, _options,
+                        schedule=_family, grid=_key, family=_key))
+
+register(Method("adam_default", "Adam 1e-3 constant (default)", "Adam", lr=1e-3,
+                warmup=0.0, family="baseline",
+                note="the default choice of most users: Adam at 1e-3, no schedule, untuned"))
+register(Method("sf_adamw", "ScheduleFreeAdamW", "ScheduleFreeAdamW", grid="adam",
+                reference="schedulefree:AdamWScheduleFree",
+                warmup_option="warmup_steps", family="lr_free",
+                note="schedule-free AdamW (Defazio et al. 2024), warmup_steps = 5%, lr tuned"))
+register(Method("sf_adamw_default", "ScheduleFreeAdamW 2.5e-3 (default)", "ScheduleFreeAdamW",
+                reference="schedulefree:AdamWScheduleFree", lr=2.5e-3,
+                warmup_option="warmup_steps", family="lr_free",
+                note="schedule-free AdamW at its package's default lr, untuned"))
+register(Method("prodigy", "Prodigy", "Prodigy", reference="prodigyopt:Prodigy",
+                schedule="cosine", lr=1.0, warmup=0.0,
+                family="lr_free",
+                note="Prodigy (Mishchenko & Defazio 2023), lr=1 with cosine annealing as "
+                     "its authors recommend, untuned"))
+register(Method("dadapt_adam", "DAdaptAdam", "DAdaptAdam", reference="dadaptation:DAdaptAdam",
+                schedule="cosine", lr=1.0, warmup=0.0, family="lr_free",
+                note="D-Adaptation Adam (Defazio & Mishchenko 2023), lr=1 with cosine "
+                     "annealing, untuned"))
+register(Method("sls", "SLS", "SLS", lr=1.0, lr_option="init_lr", closure=True,
+                family="lr_free",
+                note="stochastic Armijo line search (Vaswani et al. 2019), its defaults "
+                     "(init_lr=1), untuned"))
