@@ -48,7 +48,7 @@ class GuardEvent:
 
     def describe(self) -> str:
         what = "non-finite loss" if self.kind == "nonfinite" else (
-            f"loss spike {self.loss:.4g} > {self.median:.4g} (recent median)")
+            f"loss spike {self.loss:.4g} (recent median {self.median:.4g})")
         return (f"step {self.step}: {what}; restored the state of step {self.restored_to}, "
                 f"learning rate x{self.lr_factor:.4g}")
 
@@ -65,8 +65,12 @@ class DivergenceGuard:
                 continue
             optimizer.zero_grad(); loss.backward(); optimizer.step(); scheduler.step()
 
-    A loss is bad when it is not finite, or when it exceeds ``spike`` times the median of
-    the last ``window`` good losses (checked once ``min_history`` losses are known). Every
+    A loss is bad when it is not finite, or when it is a spike: above ``spike`` times the
+    median m of the last ``window`` good losses, and also above m + ``spike`` * (M - m),
+    where M is the largest of them (checked once ``min_history`` losses are known). The
+    second bound scales with the noise: a smooth curve has M close to m and the rule is
+    ``spike`` times the median, while minibatch losses whose ordinary spread reaches 3x
+    their median (a noisy objective near its minimum) are not mistaken for divergence. Every
     ``snapshot_every`` good losses (default ``window``) the guard copies the model, optimizer
     and scheduler state in memory; that copy is the state it restores. After a restore the
     learning rate is multiplied by ``backoff`` once more than the snapshot had it: through
@@ -161,7 +165,7 @@ class DivergenceGuard:
         if not math.isfinite(value):
             self._intervene("nonfinite", value, median)
             return False
-        if len(self._losses) >= self.min_history and value > self.spike * median and median > 0:
+        if len(self._losses) >= self.min_history and value > self.threshold() and median > 0:
             self._intervene("spike", value, median)
             return False
         self._losses.append(value)
@@ -169,6 +173,15 @@ class DivergenceGuard:
         if self._since_snapshot >= self.snapshot_every:
             self._take_snapshot()
         return True
+
+    def threshold(self) -> float:
+        """The loss above which the next one counts as a spike (inf until ``min_history``
+        good losses are known): max(spike * m, m + spike * (M - m)), with m the median and
+        M the largest of the recent good losses."""
+        if len(self._losses) < self.min_history:
+            return math.inf
+        median, top = statistics.median(self._losses), max(self._losses)
+        return max(self.spike * median, median + self.spike * (top - median))
 
     def summary(self) -> str:
         if not self.events:

@@ -188,6 +188,24 @@ def _evaluate(model: torch.nn.Module, batches: Sequence[Any], loss_fn: Any,
     return value if math.isfinite(value) else math.inf
 
 
+def _scored(model: torch.nn.Module, val_fn: Callable[[torch.nn.Module], Any]) -> float:
+    """``val_fn(model)`` in eval mode without gradients, as a float (inf if not finite)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            value = val_fn(model)
+    finally:
+        for m, flag in modes:
+            m.training = flag
+    if torch.is_tensor(value):
+        value = value.detach().float().item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"autopilot(): val_fn must return a number, got {value!r:.40}")
+    value = float(value)
+    return value if math.isfinite(value) else math.inf
+
+
 def _optimizer_factory(optimizer: str | Callable[..., torch.optim.Optimizer]):
     if callable(optimizer) and not isinstance(optimizer, str):
         return optimizer, getattr(optimizer, "__name__", type(optimizer).__name__)
@@ -288,6 +306,7 @@ def autopilot(
     schedule: S.Schedule | str | None = None,
     progress: bool = True,
     guard: bool = True,
+    val_fn: Callable[[torch.nn.Module], float] | None = None,
 ) -> AutopilotReport:
     """Train ``model`` for ``steps`` updates with a learning rate and schedule it chooses.
 
@@ -301,6 +320,10 @@ def autopilot(
     ``val_loader``: probes are scored and the run is followed on it. ``callbacks``:
     ``f(step, loss, lr)`` after every training step. ``schedule``: overrides the default
     family (any schedule or spec text; it is rescaled so its peak is the chosen rate).
+    ``val_fn``: ``model -> number``, lower is better (a validation loss, or minus an
+    accuracy): when given, probes are scored, and the run followed, by it instead of the
+    loss on held batches (it is called in eval mode without gradients; each call is
+    counted as one held-batch evaluation in the compute).
     The model ends trained; the returned ``AutopilotReport`` explains how.
     """
     fn = "autopilot()"
@@ -323,6 +346,9 @@ def autopilot(
     for i, cb in enumerate(callbacks):
         if not callable(cb):
             raise TypeError(f"{fn}: callbacks[{i}] must be callable, got {cb!r}")
+    if val_fn is not None and not callable(val_fn):
+        raise TypeError(f"{fn}: val_fn must be callable (model -> number), got "
+                        f"{type(val_fn).__name__}")
     shape = _shape(schedule, steps)
 
     began = time.perf_counter()
@@ -339,6 +365,11 @@ def autopilot(
     held = list(val_loader) if val_loader is not None else \
         [next(batches) for _ in range(HELD_BATCHES)]
     eval_cost = len(held) / 3.0  # a forward pass is about a third of a training step
+
+    def scorer() -> float:
+        if val_fn is None:
+            return _evaluate(model, held, loss_fn, step_fn)
+        return _scored(model, val_fn)
     report = AutopilotReport(lr=None, schedule="", optimizer=opt_name, steps=steps)
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
     family = DEFAULT_FAMILY
@@ -353,7 +384,7 @@ def autopilot(
             f"schedule is {family!r}")
         chosen = None
     else:
-        chosen, peak = _choose_lr(model, opt, batches, held, loss_fn, step_fn, steps, extra,
+        chosen, peak = _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra,
                                   shape, family, needs_closure, report, eval_cost)
     run_schedule = _schedule(shape, family, peak, steps)
     report.lr = chosen
@@ -367,7 +398,8 @@ def autopilot(
                                 f"{report.schedule}")
     report.wall_time["search"] = time.perf_counter() - began
     _final_run(model, opt, run_schedule, batches, steps, loss_fn, step_fn, needs_closure,
-               val_loader, held, report, callbacks, progress, guard, eval_cost)
+               val_loader is not None or val_fn is not None, scorer, report, callbacks,
+               progress, guard, eval_cost)
     report.wall_time["total"] = time.perf_counter() - began
     return report
 
@@ -382,7 +414,7 @@ def _needs_closure(opt: torch.optim.Optimizer) -> bool:
         return False
 
 
-def _choose_lr(model, opt, batches, held, loss_fn, step_fn, steps, extra, shape, family,
+def _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra, shape, family,
                needs_closure, report, eval_cost) -> tuple[float, float]:
     """Range test, then successive halving over probes; returns (chosen, peak)."""
     from lrkit.finder import find_lr
@@ -427,7 +459,7 @@ def _choose_lr(model, opt, batches, held, loss_fn, step_fn, steps, extra, shape,
                             needs_closure)
             report.compute["probes"] += len(losses) + eval_cost
             diverged = len(losses) < probe_steps or not all(map(math.isfinite, losses))
-            score = math.inf if diverged else _evaluate(model, held, loss_fn, step_fn)
+            score = math.inf if diverged else scorer()
             scores.append(score)
             report.probes.append(Probe(float(lr), probe_steps, float(score), rung))
         order = np.argsort(scores, kind="stable")
@@ -486,15 +518,16 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
 
 
 def _final_run(model, opt, schedule, batches, steps, loss_fn, step_fn, needs_closure,
-               val_loader, held, report, callbacks, progress, use_guard, eval_cost) -> None:
+               follow, scorer, report, callbacks, progress, use_guard, eval_cost) -> None:
     from lrkit.guard import DivergenceError, DivergenceGuard
     from lrkit.scheduler import Scheduler
 
     sched = Scheduler(opt, lr=schedule)
     guard = DivergenceGuard(model, opt, sched) if use_guard else None
     if guard is not None:
-        report.decisions.append("training with DivergenceGuard on (spike 3x the recent "
-                                "median, back-off 0.5, 3 retries)")
+        report.decisions.append("training with DivergenceGuard on (spike: 3x the recent "
+                                "median and 3x the recent spread above it; back-off 0.5, "
+                                "3 retries)")
     if hasattr(opt, "train"):
         opt.train()
     every = max(1, steps // 20)
@@ -523,9 +556,9 @@ def _final_run(model, opt, schedule, batches, steps, loss_fn, step_fn, needs_clo
                 cb(step, loss, lr)
             if bar is not None:
                 bar.update(step, loss, lr, time.perf_counter() - began)
-            if val_loader is not None and (step % every == 0 or step == steps):
+            if follow and (step % every == 0 or step == steps):
                 report.val_steps.append(step)
-                report.val_losses.append(_eval_mode(opt, model, held, loss_fn, step_fn))
+                report.val_losses.append(_eval_mode(opt, scorer))
                 report.compute["training"] += eval_cost
     except DivergenceError as exc:
         report.diverged = True
@@ -547,14 +580,15 @@ def _final_run(model, opt, schedule, batches, steps, loss_fn, step_fn, needs_clo
                                 f"so the model holds the averaged weights")
 
 
-def _eval_mode(opt, model, held, loss_fn, step_fn) -> float:
+def _eval_mode(opt, scorer) -> float:
+    """``scorer()`` with a schedule-free optimizer's averaged weights in place."""
     if hasattr(opt, "eval"):
         opt.eval()
         try:
-            return _evaluate(model, held, loss_fn, step_fn)
+            return scorer()
         finally:
             opt.train()
-    return _evaluate(model, held, loss_fn, step_fn)
+    return scorer()
 
 
 class _Progress:

@@ -294,3 +294,60 @@ register(Method("sls", "SLS", "SLS", lr=1.0, lr_option="init_lr", closure=True,
                 family="lr_free",
                 note="stochastic Armijo line search (Vaswani et al. 2019), its defaults "
                      "(init_lr=1), untuned"))
+
+
+# -- the autopilot: a method that chooses its own learning rate -------------------------------
+def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> Run:
+    """One arena cell of ``lrkit.autopilot``: it trains ``task`` from ``seed`` with the
+    method's optimizer, choosing the peak rate itself (range test, then probes by successive
+    halving, scored by the task's metric as a user scores them on validation data) within
+    ``budget`` (a method option, default 1.5 runs); ``lr`` is ignored. The
+    metric is taken at the task's evaluation steps of the final run; ``run.compute`` is the
+    autopilot's own account (range test + probes + training, in runs of ``steps``)."""
+    import time
+
+    from lrkit.pilot import autopilot
+
+    options = dict(method.options)
+    inst = task.build(seed)
+    run = Run(task.name, seed, steps)
+    checkpoints = set(range(0, steps + 1, task.eval_every)) | {steps // 2, steps}
+    metrics = {0: inst.evaluate(inst.model)}
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        if step in checkpoints:  # a step redone after a guard rollback overwrites
+            metrics[step] = inst.evaluate(inst.model)
+
+    def validation(model: torch.nn.Module) -> float:  # the task's metric, lower is better
+        value = inst.evaluate(model)
+        return -value if task.higher_is_better else value
+
+    began = time.perf_counter()
+    report = autopilot(inst.model, inst.loader, inst.loss_fn, steps=steps,
+                       optimizer=options.get("optimizer", method.optimizer.lower()),
+                       budget=options.get("budget", 1.5), seed=seed,
+                       callbacks=[on_step], progress=False, val_fn=validation)
+    run.wall_time = time.perf_counter() - began
+    if max(metrics) < steps and not report.diverged:  # the final state, if not yet seen
+        metrics[steps] = inst.evaluate(inst.model)
+    for step in sorted(metrics):
+        run.eval_steps.append(step)
+        run.metrics.append(metrics[step])
+        if run.steps_to_target is None and task.reached(metrics[step]):
+            run.steps_to_target = step
+    run.losses = list(report.losses)
+    final = run.metrics[-1]
+    run.diverged = report.diverged or not math.isfinite(final)
+    run.final = task.worst if run.diverged else final
+    run.half = metrics.get(steps // 2, task.worst)
+    run.compute = report.relative_compute
+    run.info = {"chosen_lr": report.lr, "schedule": report.schedule,
+                "suggestion": report.suggestion, "probes": len(report.probes),
+                "guard_events": len(report.guard_events),
+                "compute_parts": {k: v / steps for k, v in report.compute.items()}}
+    return run
+
+
+register(Method("autopilot", "autopilot (Adam)", "Adam", family="auto", runner=autopilot_cell,
+                note="lrkit.autopilot with Adam, budget 1.5 runs: range test, probes by "
+                     "successive halving, linear warmup-decay, DivergenceGuard; untuned"))
