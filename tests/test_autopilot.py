@@ -170,3 +170,46 @@ def test_cli_fit_errors(args, message):
     result = CliRunner().invoke(main, ["fit", *args])
     assert result.exit_code != 0 and message in result.output
     assert "Traceback" not in result.output
+
+
+# -- the bar, reduced: the arena on two tasks -------------------------------------------------
+def test_val_fn_scores_the_probes():
+    model, loader, loss_fn = problem()
+    seen = []
+
+    def val_fn(m):
+        seen.append(m.training)
+        return 1.0
+
+    report = lrkit.autopilot(model, loader, loss_fn, steps=200, val_fn=val_fn, seed=0,
+                             progress=False)
+    assert seen and not any(seen)  # called in eval mode
+    assert all(p.score == 1.0 for p in report.probes) and report.val_losses[-1] == 1.0
+
+
+def test_autopilot_in_the_arena_lands_near_the_grid_best(tmp_path):
+    """Issue 9's bar on two tasks at CI size: the autopilot (Adam) against the best cell of
+    Adam's lr x schedule grid (two schedules, decades 1e-3 ... 1): no divergence, at most
+    2x the compute of one run, and a final metric within 15% of the way from the untrained
+    model to the grid best (log scale, the arena's shortfall)."""
+    from lrkit.bench import bench
+    from lrkit.bench import results as R
+    from lrkit.bench.report import summarize
+    from lrkit.bench.runner import SUITES, Suite
+
+    SUITES["ci"] = Suite("ci", "reduced", tasks=("rosenbrock", "digits_softmax"), seeds=1,
+                         grids={"sgd": (1e-3, 1e-2, 1e-1, 1.0),
+                                "adam": (1e-3, 1e-2, 1e-1, 1.0)})
+    try:
+        out = bench("ci", methods=["autopilot", "adam_cosine", "adam_wsd"], workers=1,
+                    out=tmp_path, report=False, progress=False, log=lambda _: None)
+    finally:
+        del SUITES["ci"]
+    assert out.complete
+    arena = summarize(R.load_rows(tmp_path))
+    for task in arena.tasks:
+        auto, best = arena.entry(task, "autopilot"), arena.grid_best(task, "Adam()")
+        assert not auto.best.diverged, task.name
+        (row,) = auto.best.rows
+        assert row.compute <= 2.0, (task.name, row.compute)
+        assert task.shortfall(auto) <= 0.15, (task.name, auto.score, best.score)

@@ -144,7 +144,7 @@ def _guard():
     opt = _sgd(model)
     return ((model, opt, lrkit.Scheduler(opt, lr=0.1)),
             {"spike": 3.0, "window": 10, "backoff": 0.5, "max_retries": 2, "min_history": 3,
-             "snapshot_every": 5})
+             "snapshot_every": 5, "spread": 3.0})
 
 
 def _task_fields():

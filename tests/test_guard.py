@@ -231,3 +231,32 @@ def test_bad_check_arguments():
         guard.load_state_dict({"steps": 3})
     with pytest.raises(ValueError, match="lr_factor"):
         guard.load_state_dict({**guard.state_dict(), "lr_factor": -1.0})
+
+
+def noisy_losses(n, seed=0):
+    """Minibatch losses of a noisy objective near its minimum: a scaled chi-square with one
+    degree of freedom, whose single values often exceed 3x the median (P ~ 0.24)."""
+    g = torch.Generator().manual_seed(seed)
+    return (0.1 * torch.randn(n, generator=g) ** 2).tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_spread_keeps_ordinary_noise_from_counting_as_spikes(seed):
+    model, opt, sched, *_ = setup()
+    plain = DivergenceGuard(model, opt, sched, backoff=0.99, max_retries=10**6)
+    wide = DivergenceGuard(model, opt, sched, spread=3.0)
+    values = noisy_losses(2000, seed)
+    assert sum(not plain.check(v) for v in values) > 100  # 3x the median: noise trips it
+    assert sum(not wide.check(v) for v in values) <= 3  # 3x the spread above it: rarely
+    assert wide.threshold() > 3 * float(torch.tensor(values[-50:]).median())
+    assert wide.check(0.1) and not wide.check(100.0)  # a real spike still is one
+    assert wide.events[-1].kind == "spike"
+
+
+def test_spread_leaves_the_rule_of_a_smooth_curve_alone():
+    model, opt, sched, *_ = setup()
+    guard = DivergenceGuard(model, opt, sched, spread=3.0, window=20)
+    for i in range(40):
+        assert guard.check(1.0 + 1e-3 * math.sin(i))
+    assert guard.threshold() == pytest.approx(3.0, rel=1e-2)
+    assert not guard.check(3.2)

@@ -66,11 +66,12 @@ class DivergenceGuard:
             optimizer.zero_grad(); loss.backward(); optimizer.step(); scheduler.step()
 
     A loss is bad when it is not finite, or when it is a spike: above ``spike`` times the
-    median m of the last ``window`` good losses, and also above m + ``spike`` * (M - m),
-    where M is the largest of them (checked once ``min_history`` losses are known). The
-    second bound scales with the noise: a smooth curve has M close to m and the rule is
-    ``spike`` times the median, while minibatch losses whose ordinary spread reaches 3x
-    their median (a noisy objective near its minimum) are not mistaken for divergence. Every
+    median m of the last ``window`` good losses (checked once ``min_history`` losses are
+    known). With ``spread=k`` a spike must also exceed m + k (M - m), M the largest of those
+    losses: a bound that scales with the noise, so that minibatch losses whose ordinary
+    spread reaches 3x their median (a noisy objective near its minimum, where single
+    batches' losses vary by orders of magnitude) are not mistaken for divergence, while on a
+    smooth curve (M close to m) the rule stays ``spike`` times the median. Every
     ``snapshot_every`` good losses (default ``window``) the guard copies the model, optimizer
     and scheduler state in memory; that copy is the state it restores. After a restore the
     learning rate is multiplied by ``backoff`` once more than the snapshot had it: through
@@ -101,6 +102,7 @@ class DivergenceGuard:
         *,
         min_history: int = 10,
         snapshot_every: int | None = None,
+        spread: float | None = None,
     ) -> None:
         fn = "DivergenceGuard()"
         if not isinstance(model, torch.nn.Module):
@@ -119,6 +121,8 @@ class DivergenceGuard:
                                   high_open=True)
         self.max_retries = C.nonnegative_int(fn, "max_retries", max_retries)
         self.min_history = C.positive_int(fn, "min_history", min_history)
+        self.spread = None if spread is None else C.in_range(fn, "spread", spread, 0.0,
+                                                             math.inf, low_open=True)
         self.snapshot_every = C.positive_int(
             fn, "snapshot_every", self.window if snapshot_every is None else snapshot_every)
         self.steps = 0
@@ -176,12 +180,14 @@ class DivergenceGuard:
 
     def threshold(self) -> float:
         """The loss above which the next one counts as a spike (inf until ``min_history``
-        good losses are known): max(spike * m, m + spike * (M - m)), with m the median and
-        M the largest of the recent good losses."""
+        good losses are known): ``spike * m``, or with ``spread=k`` max(spike * m,
+        m + k (M - m)), m the median and M the largest of the recent good losses."""
         if len(self._losses) < self.min_history:
             return math.inf
-        median, top = statistics.median(self._losses), max(self._losses)
-        return max(self.spike * median, median + self.spike * (top - median))
+        median = statistics.median(self._losses)
+        if self.spread is None:
+            return self.spike * median
+        return max(self.spike * median, median + self.spread * (max(self._losses) - median))
 
     def summary(self) -> str:
         if not self.events:

@@ -523,7 +523,7 @@ def _final_run(model, opt, schedule, batches, steps, loss_fn, step_fn, needs_clo
     from lrkit.scheduler import Scheduler
 
     sched = Scheduler(opt, lr=schedule)
-    guard = DivergenceGuard(model, opt, sched) if use_guard else None
+    guard = DivergenceGuard(model, opt, sched, spread=3.0) if use_guard else None
     if guard is not None:
         report.decisions.append("training with DivergenceGuard on (spike: 3x the recent "
                                 "median and 3x the recent spread above it; back-off 0.5, "
