@@ -39,7 +39,7 @@ def test_shapes_peak_at_lr_and_end_as_documented(family):
     assert v[0] < 0.05 * lr  # every shape warms up
     end = v[-1] / lr
     expected = {"constant": 1.0, "step_based": 0.01, "exponential": 0.01, "time_based": 0.01,
-                "cosine": 0.0, "one_cycle": 0.0, "wsd": 0.0}[family]
+                "cosine": 0.0, "one_cycle": 0.0, "wsd": 0.0, "linear": 0.0}[family]
     assert end == pytest.approx(expected, abs=6e-3), (family, end)  # at step T - 1
     if family not in ("one_cycle", "wsd"):
         assert v[50] == pytest.approx(lr)  # 5% linear warmup, then the peak

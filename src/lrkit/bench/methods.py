@@ -30,7 +30,9 @@ steps after it:
 - ``cosine``: ``cosine(lr, total=D)``, ends at 0;
 - ``one_cycle``: ``one_cycle(lr, total=T)`` (torch's OneCycleLR defaults: a cosine rise
   from lr / 25 over the first 30%, then a cosine fall to lr / 2.5e5);
-- ``wsd``: ``wsd(lr, total=T, warmup=W, decay=0.2)``, linear decay to 0 over the last 20%.
+- ``wsd``: ``wsd(lr, total=T, warmup=W, decay=0.2)``, linear decay to 0 over the last 20%;
+- ``linear``: ``linear(lr, end=0, total=D)``, linear decay to 0 over all of D (the
+  autopilot's default family).
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from lrkit.bench.train import Run, train
 WARMUP = 0.05
 END_FRACTION = 0.01
 SCHEDULES = ("constant", "step_based", "exponential", "time_based", "cosine", "one_cycle",
-             "wsd")
+             "wsd", "linear")
 
 
 # -- schedule shapes ----------------------------------------------------------------------
@@ -91,6 +93,7 @@ def shape(family: str, lr: float, steps: int, warmup: float = WARMUP) -> S.Sched
         "exponential": lambda: S.exponential(lr, decay=_round(math.log(1 / END_FRACTION) / d)),
         "time_based": lambda: S.time_based(lr, decay=time_based_decay(d)),
         "cosine": lambda: S.cosine(lr, total=d),
+        "linear": lambda: S.linear(lr, end=0.0, total=d),
     }[family]()
     return S.warmup(body, steps=w) if w else body
 
