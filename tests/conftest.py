@@ -22,3 +22,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep each ``xdist_group`` on one worker under ``--dist loadgroup``.
+
+    pytest-xdist groups tests by a ``@group`` suffix it adds to each nodeid by setting
+    ``item._nodeid``, which pytest 9 no longer reads (a node keeps its id in ``_id``): the
+    groups were then split across the workers, and every worker ran the group's
+    module fixtures (the distributed spawn, the resume run) once more. Add the suffix
+    where pytest reads it, if xdist's did not take."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")

@@ -9,6 +9,7 @@ pays the start-up of two processes once.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import torch.multiprocessing as mp
 WORLD = 2
 STEPS = 4
 WRAPPERS = ("ddp", "zero", "fsdp")
+TIMEOUT = datetime.timedelta(seconds=60)
 
 
 def config(info):
@@ -30,10 +32,13 @@ def config(info):
 
 def sharded_kwargs(info) -> dict:
     """Arguments that switch an optimizer's global sums to sums over all ranks (the
-    authors' ``fsdp_in_use``), for ZeRO and FSDP, where each rank holds part of the model."""
+    authors' ``fsdp_in_use``, or lrkit's ``sharded`` where the authors have none: DoG),
+    for ZeRO and FSDP, where each rank holds part of the model."""
     import inspect
-    return {"fsdp_in_use": True} if "fsdp_in_use" in inspect.signature(
-        info.cls.__init__).parameters else {}
+    names = inspect.signature(info.cls.__init__).parameters
+    if "fsdp_in_use" in names:
+        return {"fsdp_in_use": True}
+    return {"sharded": True} if "sharded" in names else {}
 
 
 def half(batch, rank):
@@ -45,10 +50,11 @@ def half(batch, rank):
 def step(opt, model, batch, closure: bool):
     from optim_helpers import loss_of
 
-    def fn():
+    def fn():  # (a line search re-evaluates it under no_grad: no backward there)
         opt.zero_grad()
         loss = loss_of(model, batch)
-        loss.backward()
+        if torch.is_grad_enabled():
+            loss.backward()
         return loss
 
     if closure:
@@ -105,22 +111,36 @@ def nonfinite(wrapper, info, mesh, rank, mode):
     from optim_helpers import batches, loss_of
     model, _, opt = build(wrapper, info, mesh, nonfinite=mode)
     data = batches()
-    step(opt, model, half(data[0], rank), False)
+    closure = "needs_closure" in info.tags
+    step(opt, model, half(data[0], rank), closure)
     before = full(model.parameters())
-    opt.zero_grad()
-    loss_of(model, half(data[1], rank)).backward()
     params = list(model.parameters())
+    target = -1
     if wrapper == "zero":  # the first parameter rank 0's optimizer owns
         owned = {id(p) for g in opt.optim.param_groups for p in g["params"]}
         mine = [i for i, p in enumerate(params) if id(p) in owned]
         index = torch.tensor([mine[0] if rank == 0 else -1])
         dist.all_reduce(index, op=dist.ReduceOp.MAX)
-        params[int(index)].grad.view(-1)[0] = float("nan")
+        target = int(index)
     elif rank == 0:
-        g = params[0].grad
-        (g.to_local() if isinstance(g, DTensor) else g).view(-1)[0] = float("nan")
+        target = 0
+
+    def poisoned():  # the gradient, with a NaN where only one rank's optimizer sees it
+        opt.zero_grad()
+        loss = loss_of(model, half(data[1], rank))
+        if torch.is_grad_enabled():
+            loss.backward()
+            if target >= 0:
+                g = params[target].grad
+                (g.to_local() if isinstance(g, DTensor) else g).view(-1)[0] = float("nan")
+        return loss
+
     try:
-        opt.step()
+        if closure:  # (a line search computes the gradient inside step)
+            opt.step(poisoned)
+        else:
+            poisoned()
+            opt.step()
     except Exception as exc:  # noqa: BLE001 - reported to the test
         return ("error", type(exc).__name__, str(exc))
     local = opt.optim if wrapper == "zero" else opt
@@ -161,7 +181,10 @@ def guarded(wrapper, mesh, rank):
 def worker(rank, init, out):
     torch.set_num_threads(1)
     sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    # a collective that one rank never reaches fails within TIMEOUT instead of gloo's
+    # default 30 minutes
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD,
+                            timeout=TIMEOUT)
     from torch.distributed.device_mesh import init_device_mesh
 
     from lrkit.optim import REGISTRY

@@ -70,7 +70,10 @@ def base_lr(info: Any) -> float:
     cfg = info.configs[-1]
     if "lr" in cfg:
         return cfg["lr"]
-    return inspect.signature(info.cls.__init__).parameters["lr"].default
+    params = inspect.signature(info.cls.__init__).parameters
+    if "lr" in params:
+        return params["lr"].default
+    return 1.0  # (no lr: SLS searches its step size, and a Scheduler's lr does nothing)
 
 
 def build(case: Case, seed: int = 0) -> tuple:
@@ -94,10 +97,11 @@ def train(case: Case, model, opt, sched, start: int, stop: int) -> None:
     for i in range(start, stop):
         batch = data[i % len(data)]
 
-        def closure(batch=batch):
+        def closure(batch=batch):  # (a line search re-evaluates it under no_grad)
             opt.zero_grad()
             loss = loss_of(model, batch)
-            loss.backward()
+            if torch.is_grad_enabled():
+                loss.backward()
             return loss
 
         if "needs_closure" in info.tags:

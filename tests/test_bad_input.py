@@ -89,6 +89,33 @@ EXEMPT = {
        "(benchmarks/), whose arguments the protocol fixes" for n in (
            "least_squares", "least_squares_sweep", "loss_form", "task_sweep",
            "trained_loss", "grid_losses", "within_band")},
+    **dict.fromkeys([f"lrkit.bench.report.{n}" for n in (
+        "Setting", "Entry", "TaskResult", "Arena")] + [
+        "lrkit.bench.results.Row", "lrkit.bench.runner.Job", "lrkit.bench.runner.Plan",
+        "lrkit.bench.runner.BenchResult", "lrkit.pilot.Probe", "lrkit.pilot.AutopilotReport",
+        "lrkit.tuning.TuneResult"],
+        "a record of results that lrkit fills in, not an entry point"),
+    "lrkit.bench.methods.Method": "a record of the arena's methods (checked by type where "
+                                  "bench and plan take one)",
+    "lrkit.bench.methods.register": "registers a built-in method (a Method, checked by type)",
+    "lrkit.bench.runner.Suite": "a record of the arena's suites (get_suite returns them)",
+    **{f"lrkit.optim.{n}": "a step of an optimizer's global sums (the optimizer builds its "
+       "arguments)" for n in ("dadapt.adam_d_sums", "dadapt.sgd_d_sums", "prodigy.d_sums")},
+    **{f"lrkit.bench.report.{n}": "a step of the arena report, on the Arena and rows that "
+       "summarize() builds from a results file" for n in (
+           "loss_form", "profile", "summarize", "fmt", "leaderboard", "summary_table",
+           "findings")},
+    **{f"lrkit.bench.results.{n}": "reads or writes the results files that bench() keeps "
+       "(records lrkit builds)" for n in (
+           "downsample", "run_record", "run_key", "range_key", "ResultsFile", "results_path",
+           "load_rows", "load_range_tests")},
+    **{f"lrkit.bench.runner.{n}": "a step of bench(), on the Suite and Jobs it builds"
+       for n in ("plan", "execute")},
+    **{f"lrkit.plot.{n}": "a figure of the arena report, from the Arena that summarize() "
+       "builds" for n in ("plot_arena_summary", "plot_performance_profiles", "plot_task")},
+    "lrkit.tuning.Report": "the reporter tune() hands an objective (wraps Optuna's trial)",
+    "lrkit.tuning.sample": "a step of tune(): draws from a space with Optuna's trial",
+    "lrkit.tuning.fail_dead_trials": "a step of tune() on the Optuna study it opened",
 }
 
 
@@ -155,6 +182,66 @@ def _task_fields():
     return (), {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
 
 
+def _tmpdir() -> str:
+    import tempfile
+    return tempfile.mkdtemp(prefix="lrkit-bad-input-")
+
+
+_CACHE: dict = {}
+
+
+def _results() -> str:
+    """A results directory of one tiny arena run (made once)."""
+    if "results" not in _CACHE:
+        from lrkit.bench.runner import bench
+        out = _tmpdir()
+        bench("quick", tasks=["rosenbrock"], methods=["sgd_constant"], seeds=1, workers=1,
+              out=out, steps=4, report=False, progress=False, log=lambda line: None)
+        _CACHE["results"] = out
+    return _CACHE["results"]
+
+
+def _figure():
+    from lrkit.plot import new_axes
+    return new_axes()[0]
+
+
+def _autopilot():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    return ((model, _loader(), torch.nn.functional.mse_loss),
+            {"steps": 16, "optimizer": "sgd", "budget": 1.5, "seed": 0, "progress": False,
+             "guard": True, "callbacks": (lambda step, lr, loss: None,)})
+
+
+def _autopilot_report():
+    if "autopilot" not in _CACHE:
+        args, kwargs = _autopilot()
+        _CACHE["autopilot"] = lrkit.autopilot(*args, **kwargs)
+    return _CACHE["autopilot"]
+
+
+def _tune():
+    from lrkit.tuning import LogUniform
+    return ((lambda p: (math.log10(p["lr"]) + 2) ** 2,),
+            {"space": {"lr": LogUniform(1e-4, 1.0)}, "trials": 2,
+             "storage": f"journal:{_tmpdir()}/study.journal", "pruner": "none", "seed": 0,
+             "range_test": False, "stale_after": 120.0, "progress": False})
+
+
+def _tune_result():
+    if "tune" not in _CACHE:
+        args, kwargs = _tune()
+        _CACHE["tune"] = lrkit.tune(*args, **kwargs)
+    return _CACHE["tune"]
+
+
+def _reestimate():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    return ((model, [x for x, _ in _loader()]), {"num_batches": 2})
+
+
 def _stream(g):
     while True:
         yield torch.randn(4, 2, generator=g)
@@ -198,7 +285,39 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.bench.tasks.ConvNet1d": lambda: ((), {"channels": 4, "classes": 3}),
     "lrkit.bench.tasks.CharGRU": lambda: ((), {"vocab": 10, "embed": 4, "hidden": 4}),
     "lrkit.bench.train.train": lambda: (
-        ("quadratic", lambda p: torch.optim.SGD(p, lr=0.01)), {"seed": 0, "steps": 5}),
+        ("quadratic", lambda p: torch.optim.SGD(p, lr=0.01)),
+        {"seed": 0, "steps": 5, "callback": lambda step, loss: None,
+         "on_eval": lambda step, metric: None, "on_end": lambda opt, run: None}),
+    "lrkit.bench.methods.time_based_decay": lambda: ((100,), {"end": 0.01}),
+    "lrkit.bench.methods.shape": lambda: (("cosine", 0.1, 100), {"warmup": 0.05}),
+    "lrkit.bench.methods.get_method": lambda: (("adam_cosine",), {}),
+    "lrkit.bench.runner.get_suite": lambda: (("quick",), {}),
+    "lrkit.bench.runner.bench": lambda: ((("quick",), {
+        "tasks": ["rosenbrock"], "methods": ["sgd_constant"], "seeds": 1, "workers": 1,
+        "out": _tmpdir(), "steps": 4, "report": False, "progress": False,
+        "log": lambda line: None})),
+    "lrkit.bench.write_report": lambda: ((_results(),), {"out": _tmpdir()}),
+    "lrkit.bench.report.write_report": lambda: ((_results(),), {"out": _tmpdir()}),
+    "lrkit.schedules.families.family": lambda: (("cosine", 0.1, 100), {"warmup": 0.05}),
+    "lrkit.schedules.families.time_based_decay": lambda: ((100, 0.1), {}),
+    "lrkit.optim.dog.PolynomialDecayAverager": lambda: ((_model(),), {"gamma": 8.0}),
+    "lrkit.optim.schedulefree.reestimate_batchnorm": _reestimate,
+    "lrkit.pilot.autopilot": _autopilot,
+    "lrkit.plot.save_png_bytes": lambda: ((_figure(),), {"dpi": 50}),
+    "lrkit.plot.method_style": lambda: (("adam_cosine",), {"family": "cosine"}),
+    "lrkit.plot.plot_autopilot": lambda: ((_autopilot_report(),), {}),
+    "lrkit.tuning.LogUniform": lambda: ((1e-4, 1.0), {}),
+    "lrkit.tuning.Uniform": lambda: ((0.0, 1.0), {}),
+    "lrkit.tuning.IntUniform": lambda: ((1, 10), {"log": False}),
+    "lrkit.tuning.Categorical": lambda: ((["cosine", "wsd"],), {}),
+    "lrkit.tuning.default_space": lambda: ((), {"lr_suggestion": 0.01,
+                                                "families": ("constant", "cosine")}),
+    "lrkit.tuning.schedule_of": lambda: (({"lr": 0.1, "schedule": "cosine",
+                                           "warmup": 0.05}, 100), {}),
+    "lrkit.tuning.open_storage": lambda: ((f"journal:{_tmpdir()}/study.journal",),
+                                          {"workers": 1}),
+    "lrkit.tuning.tune": _tune,
+    "lrkit.tuning.write_report": lambda: ((_tune_result(), f"{_tmpdir()}/report.html"), {}),
     "lrkit.bench.data.mnist1d": lambda: ((), {"num_samples": 100}),
 }
 
@@ -289,6 +408,13 @@ def _cases():
                 out.append(pytest.param(qual, par.name,
                                         id=f"{qual.removeprefix('lrkit.')}-{par.name}"))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _in_a_scratch_directory(tmp_path, monkeypatch):
+    """Calls a probe accepts may write (bench's ``out``, a report's path): never into the
+    working tree."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.mark.parametrize("qual,name", _cases())

@@ -4,6 +4,8 @@ each process a subset of the tensors, and the all-reduced sums give every proces
 (or DoG's step size) of a single process: the run matches the unsharded one."""
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -50,7 +52,9 @@ def single_process(name, **extra):
 def _worker(rank: int, world: int, init: str, out: str) -> None:
     from torch.distributed.optim import ZeroRedundancyOptimizer
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    # a collective one process never reaches fails in a minute, not gloo's default 30
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         results = {}
         for name, cfg in CONFIGS.items():

@@ -123,3 +123,48 @@ def boolean(fn: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         _fail(fn, name, "True or False", value, TypeError)
     return value
+
+
+def optional_callable(fn: str, name: str, value: Any) -> Any:
+    """None, or something callable (a hook)."""
+    if value is not None and not callable(value):
+        _fail(fn, name, "a function or None", value, TypeError)
+    return value
+
+
+def path(fn: str, name: str, value: Any) -> Any:
+    """A file-system path: text or an ``os.PathLike``."""
+    import os
+    if not isinstance(value, (str, os.PathLike)):
+        _fail(fn, name, "a path (text or os.PathLike)", value, TypeError)
+    return value
+
+
+def functions(fn: str, name: str, value: Any) -> list[Any]:
+    """A list or tuple of callables."""
+    items = sequence(fn, name, value)
+    for i, f in enumerate(items):
+        if not callable(f):
+            _fail(fn, f"{name}[{i}]", "a function", f, TypeError)
+    return items
+
+
+def text(fn: str, name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        _fail(fn, name, "text (str)", value, TypeError)
+    return value
+
+
+def module(fn: str, name: str, value: Any) -> Any:
+    """A ``torch.nn.Module``."""
+    import torch
+    if not isinstance(value, torch.nn.Module):
+        _fail(fn, name, "a torch.nn.Module", value, TypeError)
+    return value
+
+
+def iterable(fn: str, name: str, value: Any) -> Any:
+    """Something to iterate over (a DataLoader, a list...), not text."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        _fail(fn, name, "an iterable (a DataLoader, a list of batches...)", value, TypeError)
+    return value

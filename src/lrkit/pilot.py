@@ -343,9 +343,9 @@ def autopilot(
     if seed is not None:
         seed = C.nonnegative_int(fn, "seed", seed)
         torch.manual_seed(seed)
-    for i, cb in enumerate(callbacks):
-        if not callable(cb):
-            raise TypeError(f"{fn}: callbacks[{i}] must be callable, got {cb!r}")
+    callbacks = C.functions(fn, "callbacks", callbacks)
+    progress = C.boolean(fn, "progress", progress)
+    guard = C.boolean(fn, "guard", guard)
     if val_fn is not None and not callable(val_fn):
         raise TypeError(f"{fn}: val_fn must be callable (model -> number), got "
                         f"{type(val_fn).__name__}")

@@ -135,7 +135,12 @@ def save_png_bytes(fig: Any, dpi: int = 100) -> bytes:
     import io
 
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
+    fn = "save_png_bytes()"
+    if not isinstance(fig, Figure):
+        raise TypeError(f"{fn}: fig must be a matplotlib Figure, got {type(fig).__name__}")
+    dpi = C.positive_int(fn, "dpi", dpi)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     buf = io.BytesIO()
@@ -147,6 +152,11 @@ def save_png_bytes(fig: Any, dpi: int = 100) -> bytes:
 def plot_autopilot(report: Any, axes: Sequence[Any] | None = None):
     """The autopilot's story in three panels: range test and probes, the schedule it
     used, and the training curve (with guard interventions marked)."""
+    from lrkit.pilot import AutopilotReport
+
+    if not isinstance(report, AutopilotReport):
+        raise TypeError(f"plot_autopilot(): report must be the AutopilotReport that "
+                        f"lrkit.autopilot returns, got {type(report).__name__}")
     if axes is None:
         _, axes = new_axes(3, figsize=(16, 4.2))
     ax_search, ax_sched, ax_curve = axes
@@ -217,6 +227,8 @@ _EXTRA_COLORS = ["#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
 def method_style(name: str, family: str = "") -> dict[str, Any]:
     """Colour by schedule, line style by optimizer (SGD solid, Adam dashed); the methods
     outside that grid have their own."""
+    C.text("method_style()", "name", name)
+    C.text("method_style()", "family", family)
     if name in METHOD_STYLES:
         return dict(METHOD_STYLES[name])
     opt, _, sched = name.partition("_")

@@ -95,6 +95,7 @@ class IntUniform:
     log: bool = False
 
     def __post_init__(self) -> None:
+        C.boolean("IntUniform()", "log", self.log)
         C.integer("IntUniform()", "low", self.low)
         if C.integer("IntUniform()", "high", self.high) < self.low:
             raise ValueError(f"IntUniform(): high must be >= low, got low={self.low!r}, "
@@ -131,7 +132,9 @@ def default_space(lr_suggestion: float | None = None,
     ``S.family``; ``warmup``: the warmup fraction in [0, 0.2]; ``momentum``: SGD's momentum
     or Adam's beta1 in [0.8, 0.99].
     """
-    if lr_suggestion is not None and math.isfinite(lr_suggestion) and lr_suggestion > 0:
+    families = tuple(C.sequence("default_space()", "families", families, min_len=1))
+    if lr_suggestion is not None:
+        lr_suggestion = C.positive("default_space()", "lr_suggestion", lr_suggestion)
         low, high = max(lr_suggestion / 100, 1e-6), min(lr_suggestion * 10, 10.0)
         lr = LogUniform(low, max(high, low * 10))
     else:
@@ -159,6 +162,10 @@ def sample(space: Space, trial: Any) -> dict[str, Any]:
 
 def schedule_of(params: Mapping[str, Any], steps: int) -> S.Schedule | None:
     """The schedule a setting describes (``lr``, ``schedule`` family, ``warmup``)."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"schedule_of(): params must be a dict of settings, got "
+                        f"{type(params).__name__}")
+    steps = C.positive_int("schedule_of()", "steps", steps)
     if "lr" not in params:
         return None
     name = params.get("schedule", "constant")
@@ -335,6 +342,7 @@ class StorageError(ValueError):
 
 def open_storage(storage: str | None, workers: int = 1) -> Any:
     """The Optuna storage a URL names (see the module docstring for the forms)."""
+    workers = C.positive_int("open_storage()", "workers", workers)
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -449,6 +457,10 @@ def _pruner(pruner: Any, steps: int | None = None):
     import optuna
 
     if not isinstance(pruner, str):
+        import optuna
+        if not isinstance(pruner, optuna.pruners.BasePruner):
+            raise TypeError(f"tune(): pruner must be a name or an optuna pruner, got "
+                            f"{type(pruner).__name__}")
         return pruner
     half = max(1, (steps or 2) // 2)
     quarter = max(1, (steps or 4) // 4)
@@ -470,6 +482,9 @@ def _sampler(sampler: Any, seed: int | None):
     import optuna
 
     if not isinstance(sampler, str):
+        if not isinstance(sampler, optuna.samplers.BaseSampler):
+            raise TypeError(f"tune(): sampler must be a name or an optuna sampler, got "
+                            f"{type(sampler).__name__}")
         return sampler
     table = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8,
                                                        multivariate=True, group=True),
@@ -621,6 +636,8 @@ def tune(
     import optuna
 
     fn = "tune()"
+    range_test = C.boolean(fn, "range_test", range_test)
+    progress = C.boolean(fn, "progress", progress)
     trials = C.positive_int(fn, "trials", trials)
     workers = C.positive_int(fn, "workers", workers)
     stale_after = C.positive(fn, "stale_after", stale_after)
@@ -672,7 +689,8 @@ def _default_space_for(study: Any, objective: _Objective, range_test: bool) -> d
         except Exception:  # a failed range test falls back to the wide default range
             suggestion = None
         study.set_user_attr("lrkit_lr_suggestion", suggestion if suggestion else 0.0)
-    return default_space(suggestion or None)
+    usable = isinstance(suggestion, float) and math.isfinite(suggestion) and suggestion > 0
+    return default_space(suggestion if usable else None)
 
 
 def _check_picklable(fn: Any) -> None:
@@ -772,6 +790,13 @@ def write_report(result: TuneResult, path: str) -> str:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ov
 
+    if not isinstance(result, TuneResult):
+        raise TypeError(f"write_report(): result must be the TuneResult that tune() returns, "
+                        f"got {type(result).__name__}")
+    path = C.path("write_report()", "path", path)
+    if os.path.isdir(path):
+        raise ValueError(f"write_report(): path must name an HTML file, got the directory "
+                         f"{path!r}")
     study = result.study
     figures = []
     plots = [("Optimisation history", lambda: ov.plot_optimization_history(study)),

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task
 from lrkit.bench.train import Run, train
@@ -58,6 +59,9 @@ SCHEDULES = ("constant", "step_based", "exponential", "time_based", "cosine", "o
 def time_based_decay(steps: int, end: float = END_FRACTION) -> float:
     """The ``decay`` of ``S.time_based`` whose rate falls to ``end`` of its start after
     ``steps`` steps (bisection on log decay), rounded to 6 significant digits."""
+    fn = "time_based_decay()"
+    steps = C.positive_int(fn, "steps", steps)
+    end = C.in_range(fn, "end", end, 0.0, 1.0, low_open=True, high_open=True)
     target = math.log(1.0 / end)
 
     def fall(d: float) -> float:  # log(lr_0 / lr_steps)
@@ -78,11 +82,16 @@ def _round(x: float) -> float:
 def shape(family: str, lr: float, steps: int, warmup: float = WARMUP) -> S.Schedule:
     """The schedule ``family`` with peak ``lr`` shaped for a budget of ``steps`` steps (see
     the module docstring), its warmup over ``warmup`` of the steps."""
-    if family not in SCHEDULES:
-        raise ValueError(f"shape(): family must be one of {', '.join(SCHEDULES)}, "
-                         f"got {family!r}")
+    fn = "shape()"
+    family = C.choice(fn, "family", family, SCHEDULES)
+    lr = C.positive(fn, "lr", lr)
+    steps = C.positive_int(fn, "steps", steps)
+    warmup = C.in_range(fn, "warmup", warmup, 0.0, 1.0, high_open=True)
     w = int(round(warmup * steps))
     d = steps - w
+    if d < 1:
+        raise ValueError(f"{fn}: warmup={warmup!r} of steps={steps} leaves no step after the "
+                         "warmup; lower warmup or raise steps")
     if family == "one_cycle":
         return S.one_cycle(lr, total=steps)
     if family == "wsd":

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from lrkit import _checks as C
 from lrkit.bench import results as R
 
 TAU_MAX = 4.0
@@ -410,7 +411,13 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
     the HTML page's path."""
     from lrkit import plot as P
 
+    C.path("write_report()", "results", results)
+    if out is not None:
+        C.path("write_report()", "out", out)
     path = R.results_path(results)
+    if not path.exists():
+        raise ValueError(f"write_report(): results must be a results file, or a directory "
+                         f"holding {R.RESULTS}, got {str(results)!r}: {path} does not exist")
     rows = R.load_rows(path)
     if not rows:
         raise ValueError(f"report: {path} holds no finished cells")

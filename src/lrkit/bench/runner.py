@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lrkit import _checks as C
 from lrkit.bench import results as R
 from lrkit.bench.methods import METHODS, Method, get_method
 from lrkit.bench.tasks import TASKS, get_task
@@ -66,8 +67,16 @@ RANGE_TEST_STEPS = 100
 
 
 def get_suite(name: str) -> Suite:
+    """The suite of ``SUITES`` called ``name``."""
+    return _suite("get_suite()", "name", name)
+
+
+def _suite(fn: str, arg: str, name: Any) -> Suite:
+    if not isinstance(name, str):
+        raise TypeError(f"{fn}: {arg} must be a suite name ({', '.join(SUITES)}) or a Suite, "
+                        f"got {type(name).__name__}")
     if name not in SUITES:
-        raise ValueError(f"bench(): suite must be one of {', '.join(SUITES)}, got {name!r}")
+        raise ValueError(f"{fn}: {arg} must be one of {', '.join(SUITES)}, got {name!r}")
     return SUITES[name]
 
 
@@ -238,7 +247,16 @@ def bench(
     second Ctrl-C abandons them.
     """
     began = time.perf_counter()
-    the_suite = get_suite(suite) if isinstance(suite, str) else suite
+    fn = "bench()"
+    the_suite = suite if isinstance(suite, Suite) else _suite(fn, "suite", suite)
+    tasks = None if tasks is None else C.sequence(fn, "tasks", tasks)
+    methods = None if methods is None else C.sequence(fn, "methods", methods)
+    out = C.path(fn, "out", out)
+    report = C.boolean(fn, "report", report)
+    progress = C.boolean(fn, "progress", progress)
+    if not callable(log):
+        raise TypeError(f"{fn}: log must be a function (text -> None), got "
+                        f"{type(log).__name__}")
     if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
         raise ValueError(f"bench(): seeds must be a positive integer, got {seeds!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):

@@ -94,6 +94,9 @@ def train(
                         f"{type(make_optimizer).__name__}")
     steps = task.steps if steps is None else C.positive_int(fn, "steps", steps)
     seed = C.nonnegative_int(fn, "seed", seed)
+    closure = C.boolean(fn, "closure", closure)
+    for name, hook in (("callback", callback), ("on_eval", on_eval), ("on_end", on_end)):
+        C.optional_callable(fn, name, hook)
     inst = task.build(seed) if instance is None else instance
     model, loss_fn = inst.model, inst.loss_fn
     opt = make_optimizer(model.parameters())

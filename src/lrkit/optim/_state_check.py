@@ -10,8 +10,13 @@ What a parameter's state must hold is learnt, not listed: one step of a throwawa
 optimizer of the same class, built from the saved group's settings (which validates
 them), on a tiny parameter of the same number of dimensions, dtype and device, gives the
 state keys and how each tensor's shape follows the parameter's (Adafactor's row and
-column factors included). A torch.optim state_dict of the same algorithm has the same
-layout, so it loads; lrkit's own state_dicts also name their class (``lrkit_optimizer``).
+column factors included). A class whose state holds tensors not shaped like the
+parameter (Prodigy's flattened, sliced ``s`` and ``p0``), or keys kept only in some modes
+(schedule-free's ``y`` in eval mode), states their shapes in ``_state_shapes(group, p)``.
+A torch.optim state_dict of the same algorithm has the same layout, so it loads; lrkit's
+own state_dicts also name their class (``lrkit_optimizer``). The settings are checked by
+the constructor and the class's group checks, and the running values a group keeps (the
+d estimate, schedule-free's weight_sum...) must be finite.
 """
 from __future__ import annotations
 
@@ -87,7 +92,7 @@ def check(opt: Any, sd: Any) -> int:
             key = (p.dim(), p.dtype, p.device)
             if key not in probes:
                 probes[key] = _probe(opt, fn, i, saved, p)
-            _check_state(fn, where, p, st, probes[key])
+            _check_state(fn, where, p, st, probes[key], opt._state_shapes(saved, p))
     return int(skipped)
 
 
@@ -99,12 +104,14 @@ def _name(group: Mapping, i: int, j: int) -> str:
 
 
 def _check_group(opt: Any, fn: str, i: int, saved: Mapping, ours: Mapping) -> None:
+    """A saved param group: the settings this class keeps, valid, and its running values
+    (numbers the step keeps in the group: d, weight_sum, step_size...) finite."""
     sig = inspect.signature(type(opt).__init__).parameters
     for key in ours:
         if key in ("params", "param_names") or key in saved or key not in sig:
             continue
-        if sig[key].default in (None, False):  # a switch a newer version added
-            continue
+        if sig[key].default is None or sig[key].default is False:  # a switch a newer
+            continue                                                 # version added
         raise ValueError(f"{fn}: param group {i} of the state_dict lacks {key!r} (it has "
                          f"{sorted(k for k in saved if k != 'params')}): another algorithm's "
                          "state_dict, or a corrupted one")
@@ -114,6 +121,50 @@ def _check_group(opt: Any, fn: str, i: int, saved: Mapping, ours: Mapping) -> No
             check_lr(fn, saved["lr"])
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{fn}: param group {i}: {_strip(exc, fn)}") from None
+    _check_settings(opt, fn, i, saved)
+    _check_running_values(opt, fn, i, saved)
+
+
+def _settings(cls: type, saved: Mapping) -> dict[str, Any]:
+    """The saved group's constructor arguments (not the lr, which a group may set to 0,
+    nor the switches that choose an implementation), on the reference path."""
+    sig = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in saved.items()
+              if k in sig and k not in ("params", "lr", *IMPL_FLAGS)}
+    if "impl" in sig:
+        kwargs["impl"] = "reference"
+    return kwargs
+
+
+def _check_settings(opt: Any, fn: str, i: int, saved: Mapping) -> None:
+    """The constructor's checks on the saved settings (a throwaway optimizer of one tiny
+    parameter), then the checks of the options a param group sets itself."""
+    cls = type(opt)
+    try:
+        cls([torch.nn.Parameter(torch.zeros(2))], **_settings(cls, saved))
+        cls._validated(f"{fn}: param group {i}",
+                       {k: v for k, v in saved.items() if k not in ("params", "param_names")},
+                       group=True)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fn}: param group {i} holds invalid settings: "
+                        f"{_strip(exc, fn)}") from None
+
+
+def _check_running_values(opt: Any, fn: str, i: int, saved: Mapping) -> None:
+    """Numbers a group holds besides the constructor's arguments (what the step keeps
+    there: the d estimate, schedule-free's weight_sum, the line search's step size...)
+    must be finite."""
+    sig = inspect.signature(type(opt).__init__).parameters
+    for key, v in saved.items():
+        if key in sig or key in ("params", "param_names") or isinstance(v, bool):
+            continue
+        bad = (isinstance(v, numbers.Real) and not math.isfinite(v)) or (
+            isinstance(v, Tensor) and v.is_floating_point()
+            and not bool(torch.isfinite(v.detach()).all()))
+        if bad:
+            raise ValueError(f"{fn}: param group {i} holds {key}={v!r}; the step keeps a "
+                             "finite number there (a corrupted state_dict, or one saved "
+                             "after the optimizer state overflowed)")
 
 
 def _strip(exc: Exception, fn: str) -> str:
@@ -127,11 +178,7 @@ def _probe(opt: Any, fn: str, i: int, saved: Mapping, p: Tensor) -> dict[str, An
     on a tiny parameter like ``p``: key -> None (not a tensor), or a shape pattern whose
     ``None`` entries follow the parameter's size (``()`` for a 0-dim tensor)."""
     cls = type(opt)
-    sig = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in saved.items()
-              if k in sig and k not in ("params", "lr", *IMPL_FLAGS)}
-    if "impl" in sig:
-        kwargs["impl"] = "reference"
+    kwargs = _settings(cls, saved)
     shape = tuple(range(2, 2 + p.dim()))
     dtype = p.dtype
     device = p.device
@@ -144,6 +191,7 @@ def _probe(opt: Any, fn: str, i: int, saved: Mapping, p: Tensor) -> dict[str, An
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{fn}: param group {i} holds invalid settings: "
                         f"{_strip(exc, fn)}") from None
+    _local(probe)
 
     def closure() -> Tensor:
         probe.zero_grad()
@@ -169,44 +217,74 @@ def _probe(opt: Any, fn: str, i: int, saved: Mapping, p: Tensor) -> dict[str, An
     return out
 
 
-def _check_state(fn: str, where: str, p: Tensor, st: Mapping, layout: dict | None) -> None:
+def _local(probe: Any) -> None:
+    """Keep the probe's step to this process: no collective (the ranks of a ZeRO run load
+    different parameters, so they probe different numbers of times)."""
+    probe.agree_across_ranks = False
+    if getattr(probe, "sharded", False) is not False:
+        probe.sharded = False
+
+
+def _check_state(fn: str, where: str, p: Tensor, st: Mapping, layout: dict | None,
+                 shapes: Mapping[str, tuple]) -> None:
+    """One parameter's saved state against the probe's ``layout`` and the class's
+    ``shapes`` (``LrkitOptimizer._state_shapes``: keys not shaped like the parameter)."""
     if layout is not None:
-        lacks = [k for k in layout if k not in st]
-        if lacks:
-            raise ValueError(f"{fn}: the state of {where} lacks {', '.join(map(repr, lacks))} "
-                             f"(it has {sorted(map(str, st))}): another algorithm's "
-                             "state_dict, or a corrupted one")
-        extra = [k for k, v in st.items() if k not in layout and v is not None]
-        if extra:
-            raise ValueError(f"{fn}: the state of {where} holds {', '.join(map(repr, extra))}, "
-                             f"which {fn.split('.')[0]} does not keep (it keeps "
-                             f"{sorted(layout)}): another algorithm's state_dict")
+        _check_keys(fn, where, st, layout, shapes)
     for k, v in st.items():
+        if k in shapes:
+            _check_shape_in(fn, where, k, v, shapes[k])
+            continue
         want = None if layout is None else layout.get(k)
         if want is None or want == "any":
             if isinstance(v, Tensor):
                 _finite(fn, where, k, v)
-            continue
-        if want == ():
-            if isinstance(v, numbers.Real) and not isinstance(v, bool):
-                if not math.isfinite(v):
-                    raise ValueError(f"{fn}: state[{k!r}] of {where} is {v!r}")
-                continue
-            if not isinstance(v, Tensor) or v.numel() != 1:
-                raise TypeError(f"{fn}: state[{k!r}] of {where} must be a number or a "
-                                f"one-element tensor, got {_what(v)}")
-            _finite(fn, where, k, v)
-            continue
-        if not isinstance(v, Tensor):
-            raise TypeError(f"{fn}: state[{k!r}] of {where} must be a tensor, got {_what(v)}")
-        expected = tuple(p.shape[d] if n is None else n for d, n in enumerate(want))
-        if tuple(v.shape) != expected:
-            raise ValueError(f"{fn}: state[{k!r}] of {where} has shape {tuple(v.shape)}, "
-                             f"the parameter needs {expected}")
-        if not (v.is_floating_point() or v.is_complex()):
-            raise TypeError(f"{fn}: state[{k!r}] of {where} must be a floating-point tensor, "
-                            f"got {v.dtype}")
-        _finite(fn, where, k, v)
+        elif want == ():
+            _check_scalar(fn, where, k, v)
+        else:
+            expected = tuple(p.shape[d] if n is None else n for d, n in enumerate(want))
+            _check_shape_in(fn, where, k, v, (expected,))
+
+
+def _check_keys(fn: str, where: str, st: Mapping, layout: dict, shapes: Mapping) -> None:
+    """Every key the probe step created is there, and nothing else but the optional keys
+    the class declares in ``shapes``."""
+    lacks = [k for k in layout if k not in st]
+    if lacks:
+        raise ValueError(f"{fn}: the state of {where} lacks {', '.join(map(repr, lacks))} "
+                         f"(it has {sorted(map(str, st))}): another algorithm's "
+                         "state_dict, or a corrupted one")
+    extra = [k for k, v in st.items() if k not in layout and k not in shapes and v is not None]
+    if extra:
+        raise ValueError(f"{fn}: the state of {where} holds {', '.join(map(repr, extra))}, "
+                         f"which {fn.split('.')[0]} does not keep (it keeps "
+                         f"{sorted({*layout, *shapes})}): another algorithm's state_dict")
+
+
+def _check_scalar(fn: str, where: str, k: str, v: Any) -> None:
+    """A finite number or a finite one-element tensor."""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        if not math.isfinite(v):
+            raise ValueError(f"{fn}: state[{k!r}] of {where} is {v!r}")
+        return
+    if not isinstance(v, Tensor) or v.numel() != 1:
+        raise TypeError(f"{fn}: state[{k!r}] of {where} must be a number or a "
+                        f"one-element tensor, got {_what(v)}")
+    _finite(fn, where, k, v)
+
+
+def _check_shape_in(fn: str, where: str, k: str, v: Any, allowed: tuple) -> None:
+    """A finite floating-point tensor of one of the ``allowed`` shapes."""
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{fn}: state[{k!r}] of {where} must be a tensor, got {_what(v)}")
+    if tuple(v.shape) not in allowed:
+        need = " or ".join(str(tuple(s)) for s in allowed)
+        raise ValueError(f"{fn}: state[{k!r}] of {where} has shape {tuple(v.shape)}, "
+                         f"the parameter needs {need}")
+    if not (v.is_floating_point() or v.is_complex()):
+        raise TypeError(f"{fn}: state[{k!r}] of {where} must be a floating-point tensor, "
+                        f"got {v.dtype}")
+    _finite(fn, where, k, v)
 
 
 def _what(v: Any) -> str:

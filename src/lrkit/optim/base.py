@@ -202,6 +202,25 @@ class LrkitOptimizer(torch.optim.Optimizer):
     def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
         raise NotImplementedError
 
+    @classmethod
+    def _validated(cls, fn: str, values: dict[str, Any], group: bool = False) -> dict[str, Any]:
+        """The options a param group sets itself, checked (``group=True``: as
+        ``add_param_group`` checks them) and in canonical form: name -> value. Raises
+        ValueError/TypeError naming the option. Default: none checked beyond the
+        constructor's arguments."""
+        return {}
+
+    def _state_shapes(self, group: dict[str, Any], p: Tensor) -> dict[str, tuple]:
+        """The state tensors of ``p`` that are not shaped like it, for ``load_state_dict``'s
+        checks (``lrkit.optim._state_check``): key -> the shapes it may have.
+
+        ``group`` is the saved param group, its settings already validated. A listed key
+        must hold a floating-point tensor of one of those shapes; one that a probe step
+        does not create (a key kept only in some modes) is optional. The shapes of the
+        other keys are learnt from the probe step. Default: none.
+        """
+        return {}
+
     def _reference(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
         state = self.state[p]
         if not torch.is_complex(p):
@@ -238,17 +257,22 @@ class LrkitOptimizer(torch.optim.Optimizer):
 
     def _dtensor_step(self) -> None:
         """The step on each rank's local shards (see ``lrkit.optim._distributed``)."""
-        if self.dtensor is None:
-            raise NotImplementedError(
-                f"{type(self).__name__}.step(): DTensor parameters (FSDP2 fully_shard) are "
-                f"not supported by {type(self).__name__}; use it with DDP or "
-                "ZeroRedundancyOptimizer (see the README, 'Distributed training')")
+        self._check_dtensor_supported()
         with _distributed.LocalShards(self) as shards:
             self._shards = shards
             try:
                 self._step()
             finally:
                 self._shards = {}
+
+    def _check_dtensor_supported(self) -> None:
+        """Raise NotImplementedError, on every rank alike and before any collective, where
+        the parameters include DTensors and the class has no DTensor step."""
+        if self._has_dtensor and self.dtensor is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}.step(): DTensor parameters (FSDP2 fully_shard) are "
+                f"not supported by {type(self).__name__}; use it with DDP or "
+                "ZeroRedundancyOptimizer (see the README, 'Distributed training')")
 
     def _step(self) -> None:
         plans = self._prepare()

@@ -105,6 +105,7 @@ class DAdaptAdam(_DAdapt):
     """
 
     kernel = "dadapt_adam"
+    grad_power = 2  # exp_avg_sq holds the squared gradient
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -263,7 +263,7 @@ class PolynomialDecayAverager:
 
     def __init__(self, model: torch.nn.Module, gamma: float = 8.0) -> None:
         self.gamma = C.nonnegative("PolynomialDecayAverager()", "gamma", gamma)
-        self.model = model
+        self.model = C.module("PolynomialDecayAverager()", "model", model)
         self.av_model = deepcopy(model)
         self.t = 1
         self._matched_devices = False

@@ -75,6 +75,7 @@ class Prodigy(L.SharedDOptimizer):
     """
 
     kernel = "prodigy"
+    grad_power = 2  # exp_avg_sq holds d^2 g^2
     _checks = {
         "lr": L.lr_check, "eps": C.positive, "weight_decay": C.nonnegative,
         "d0": C.positive, "d_coef": C.positive, "slice_p": C.positive_int,
@@ -115,6 +116,12 @@ class Prodigy(L.SharedDOptimizer):
         if scalar(group["betas"][0]) > 0:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
+
+    def _state_shapes(self, group: dict[str, Any], p: Tensor) -> dict[str, tuple]:
+        """``s`` and ``p0`` hold every ``slice_p``-th entry of the flattened parameter
+        (``p0`` is 0-dim for a parameter that was all zeros at the first step)."""
+        n = len(range(0, p.numel(), group["slice_p"]))
+        return {"s": ((n,),), "p0": ((n,), ())}
 
     def _adapt(self, work: list[L.Work]) -> None:
         fn = "Prodigy.step()"

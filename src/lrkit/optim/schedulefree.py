@@ -133,6 +133,11 @@ class _ScheduleFree(L.GlobalStepOptimizer):
                     p.lerp_(z, 1 - beta)
             group["train_mode"] = True
 
+    def _state_shapes(self, group: dict[str, Any], p: Tensor) -> dict[str, tuple]:
+        """A group saved in eval mode may keep the training weights ``y`` (exact_switch),
+        shaped like the parameter; in train mode there is no ``y``."""
+        return {} if group.get("train_mode", True) else {"y": (tuple(p.shape),)}
+
     def _check_can_step(self) -> None:
         if not self.training:
             raise RuntimeError(
@@ -205,6 +210,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
 
     _beta_key = "betas"
     kernel = "sf_adamw"
+    grad_power = 2  # exp_avg_sq holds the squared gradient
 
     def __init__(self, params: Any, lr: float | Tensor = 0.0025,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -348,6 +354,12 @@ def reestimate_batchnorm(model: torch.nn.Module, batches: Iterable, optimizer=No
     The model's train/eval mode is restored. Returns the model.
     """
     fn = "reestimate_batchnorm()"
+    C.module(fn, "model", model)
+    C.iterable(fn, "batches", batches)
+    C.optional_callable(fn, "forward", forward)
+    if optimizer is not None and not callable(getattr(optimizer, "eval", None)):
+        raise TypeError(f"{fn}: optimizer must be a schedule-free optimizer (with eval()) or "
+                        f"None, got {type(optimizer).__name__}")
     if num_batches is not None:
         num_batches = C.positive_int(fn, "num_batches", num_batches)
     if optimizer is not None:

@@ -36,7 +36,11 @@ first evaluation, before any trial); a non-finite loss raises ``FloatingPointErr
 ``nonfinite="raise"`` and skips the step otherwise (counted in ``skipped_steps``).
 ``effective_lr()`` is the accepted step size, the same for every element, on the gradient.
 SLS does not support sharded parameters (ZeroRedundancyOptimizer, FSDP): the trial points
-must move every parameter of the model before the closure re-evaluates it.
+must move every parameter of the model before the closure re-evaluates it (DTensor
+parameters raise NotImplementedError). Under DDP each rank evaluates its part of the batch:
+the losses are averaged over the ranks (one all-reduce per evaluation), so every rank
+accepts the same step size, as one process would on the whole batch
+(``agree_across_ranks = False`` turns this off).
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ from torch import Tensor
 
 from lrkit import _checks as C
 from lrkit.optim import _lrfree as L
+from lrkit.optim._distributed import world_size
 from lrkit.optim.base import Explained, uniform
 
 RESETS = ("increase", "keep", "init")
@@ -120,9 +125,29 @@ class SLS(L.GlobalStepOptimizer):
         return [g["last_step_size"] for g in self.param_groups]
 
     # ------------------------------------------------------------------------ step
+    def _agreed_loss(self, loss: Tensor) -> float:
+        """The loss as a number; in a multi-process run (DDP: each rank evaluates its part
+        of the batch) the mean over the ranks, in the loss's dtype, so that every rank
+        takes the same Armijo decisions, as one process would on the whole batch."""
+        loss = loss.detach()
+        n = _ranks(self)
+        if n == 1:
+            return float(loss)
+        total = loss.reshape(1).clone()
+        torch.distributed.all_reduce(total)
+        return float(total / n)
+
+    def _agreed_norm(self, g_sq: float) -> float:
+        """||g||^2, the same on every rank (under DDP the gradients are replicated, so it
+        already is; the all-reduce keeps the ranks' searches in step regardless)."""
+        if _ranks(self) == 1:
+            return g_sq
+        return _global_max(g_sq)
+
     @torch._disable_dynamo
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
         fn = "SLS.step()"
+        self._check_dtensor_supported()  # (its own step: the base class's check is skipped)
         if closure is None:
             raise ValueError(f"{fn}: closure must be a function that re-evaluates the "
                              "minibatch loss, got None")
@@ -134,7 +159,7 @@ class SLS(L.GlobalStepOptimizer):
 
         loss, _ = _loss_and_grads(fn, closure, params)
         rng_after = _RandomState(params)
-        f0 = float(loss.detach())
+        f0 = self._agreed_loss(loss)
         if not math.isfinite(f0):
             if self.nonfinite == "raise":
                 raise FloatingPointError(f"{fn}: the closure's loss is not finite ({f0}); "
@@ -147,7 +172,7 @@ class SLS(L.GlobalStepOptimizer):
         params = [p for plan in plans for p in plan[3]]
         grads = [g for plan in plans for g in plan[4]]
         (g_sq,) = L.to_host([(g * g).sum() for g in grads])
-        g_sq = L.ordered_sum(g_sq)
+        g_sq = self._agreed_norm(L.ordered_sum(g_sq))
 
         eta = _first_guess(h, first)
         evals, accepted = 1, 0.0
@@ -158,7 +183,7 @@ class SLS(L.GlobalStepOptimizer):
                 for trial in range(h["max_backtracks"] + 1):
                     place(params, w0, grads, eta)
                     rng.restore()
-                    f = _evaluate(fn, closure)
+                    f = self._agreed_loss(_evaluate(fn, closure))
                     evals += 1
                     if f <= f0 - h["c"] * eta * g_sq:  # Armijo
                         accepted = eta
@@ -189,6 +214,13 @@ class SLS(L.GlobalStepOptimizer):
         for plan in plans:
             self._last[plan[0]]["accepted"] = accepted
         return loss
+
+
+def _ranks(opt: SLS) -> int:
+    """The processes whose line searches must agree (1: no communication)."""
+    if not opt.agree_across_ranks or torch.compiler.is_compiling():
+        return 1
+    return world_size()
 
 
 def _first_guess(h: dict, group: dict) -> float:
@@ -224,9 +256,21 @@ def _loss_and_grads(fn: str, closure, params: list[torch.Tensor]):
     return loss, list(grads)
 
 
-def _evaluate(fn: str, closure) -> float:
+def _global_max(value: float) -> float:
+    """``value`` max-reduced over the processes of the default group (float64)."""
+    dist = torch.distributed
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _evaluate(fn: str, closure) -> Tensor:
+    """The closure's loss under no_grad (a trial point)."""
     try:
-        return float(closure().detach())
+        return closure()
     except RuntimeError as err:
         if "does not require grad" in str(err):
             raise RuntimeError(

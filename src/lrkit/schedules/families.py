@@ -70,6 +70,9 @@ def family(name: str, peak: float, steps: int, warmup: float = 0.0) -> Schedule:
 
 def time_based_decay(n: int, fraction: float) -> float:
     """The decay at which ``time_based(1, decay)`` reaches ``fraction`` at step ``n``."""
+    fn = "time_based_decay()"
+    n = C.nonnegative_int(fn, "n", n)
+    fraction = C.in_range(fn, "fraction", fraction, 0.0, 1.0, low_open=True)
     if n <= 1:
         return 0.0
     lo, hi = 0.0, 1.0
