@@ -356,7 +356,8 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
     run.info = {"chosen_lr": report.lr, "schedule": report.schedule,
                 "suggestion": report.suggestion, "probes": len(report.probes),
                 "guard_events": len(report.guard_events),
-                "compute_parts": {k: v / steps for k, v in report.compute.items()}}
+                "compute_parts": {k: v / steps for k, v in report.compute.items()},
+                "overhead": (report.compute["range_test"] + report.compute["probes"]) / steps}
     return run
 
 
