@@ -55,7 +55,7 @@ def train(wrapper: str, steps: int, device: torch.device) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     model, opt = build(wrapper, device)
     sched = lrkit.Scheduler(opt, lr=S.warmup(S.cosine(LR, total=steps - 10), steps=10))
-    guard = lrkit.DivergenceGuard(model, opt, sched)
+    guard = lrkit.DivergenceGuard(model, opt, sched, spread=3.0)  # minibatch noise is no spike
     g = torch.Generator().manual_seed(1)  # the same data on every rank
     x = torch.randn(4096, 16, generator=g)
     y = torch.sin(0.3 * x @ torch.randn(16, 1, generator=g))
@@ -104,6 +104,7 @@ def main() -> None:
         torch.cuda.set_device(device)
     for wrapper in args.wrapper.split(","):
         train(wrapper.strip(), args.steps, device)
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 
