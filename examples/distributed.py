@@ -11,6 +11,7 @@ processes end with different parameters. ``--wrapper ddp`` (or zero, fsdp) runs 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -104,6 +105,7 @@ def main() -> None:
         torch.cuda.set_device(device)
     for wrapper in args.wrapper.split(","):
         train(wrapper.strip(), args.steps, device)
+        gc.collect()  # free the wrapped model and optimizer (cycles) while the group lives
     dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 

@@ -180,7 +180,8 @@ def test_readme_torchrun_example_runs():
     args = shlex.split(command)[1:]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT,
                           env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the start of stderr names where a failure began, its end how the launcher saw it
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[:4000] + proc.stderr[-2000:]
     for wrapper in ("ddp", "zero", "fsdp"):
         line = re.search(rf"^{wrapper}: loss ([\d.]+) -> ([\d.]+); parameters identical on 2 "
                          r"ranks", proc.stdout, flags=re.M)
