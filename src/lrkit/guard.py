@@ -169,7 +169,7 @@ class DivergenceGuard:
         if not math.isfinite(value):
             self._intervene("nonfinite", value, median)
             return False
-        if len(self._losses) >= self.min_history and value > self.threshold() and median > 0:
+        if len(self._losses) >= self.min_history and value > self._bound(median) and median > 0:
             self._intervene("spike", value, median)
             return False
         self._losses.append(value)
@@ -184,7 +184,10 @@ class DivergenceGuard:
         m + k (M - m)), m the median and M the largest of the recent good losses."""
         if len(self._losses) < self.min_history:
             return math.inf
-        median = statistics.median(self._losses)
+        return self._bound(statistics.median(self._losses))
+
+    def _bound(self, median: float) -> float:
+        """``threshold()`` given the median of the recent good losses."""
         if self.spread is None:
             return self.spike * median
         return max(self.spike * median, median + self.spread * (max(self._losses) - median))

@@ -35,6 +35,7 @@ Learning-rate-free optimizers (``optimizer="prodigy"``, ``"dadaptadam"``, ``"dog
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import math
 import time
@@ -179,31 +180,32 @@ def _loss_of(model: torch.nn.Module, batch: Any, loss_fn: Any, step_fn: Any) -> 
     return loss_fn(model(inputs), targets)
 
 
-def _evaluate(model: torch.nn.Module, batches: Sequence[Any], loss_fn: Any,
-              step_fn: Any) -> float:
-    """Mean loss over ``batches`` in eval mode, without gradients."""
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode without gradients; every module's train/eval flag restored after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
-            values = [float(_loss_of(model, b, loss_fn, step_fn)) for b in batches]
+            yield
     finally:
         for m, flag in modes:
             m.training = flag
+
+
+def _evaluate(model: torch.nn.Module, batches: Sequence[Any], loss_fn: Any,
+              step_fn: Any) -> float:
+    """Mean loss over ``batches`` in eval mode, without gradients."""
+    with _evaluating(model):
+        values = [float(_loss_of(model, b, loss_fn, step_fn)) for b in batches]
     value = float(np.mean(values)) if values else math.nan
     return value if math.isfinite(value) else math.inf
 
 
 def _scored(model: torch.nn.Module, val_fn: Callable[[torch.nn.Module], Any]) -> float:
     """``val_fn(model)`` in eval mode without gradients, as a float (inf if not finite)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            value = val_fn(model)
-    finally:
-        for m, flag in modes:
-            m.training = flag
+    with _evaluating(model):
+        value = val_fn(model)
     if torch.is_tensor(value):
         value = value.detach().float().item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -323,7 +323,7 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
     options = dict(method.options)
     inst = task.build(seed)
     run = Run(task.name, seed, steps)
-    checkpoints = set(range(0, steps + 1, task.eval_every)) | {steps // 2, steps}
+    checkpoints = task.evaluation_steps(steps)
     metrics = {0: inst.evaluate(inst.model)}
 
     def on_step(step: int, loss: float, lr: float) -> None:
@@ -343,15 +343,9 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
     if max(metrics) < steps and not report.diverged:  # the final state, if not yet seen
         metrics[steps] = inst.evaluate(inst.model)
     for step in sorted(metrics):
-        run.eval_steps.append(step)
-        run.metrics.append(metrics[step])
-        if run.steps_to_target is None and task.reached(metrics[step]):
-            run.steps_to_target = step
+        run.add_metric(task, step, metrics[step])
     run.losses = list(report.losses)
-    final = run.metrics[-1]
-    run.diverged = report.diverged or not math.isfinite(final)
-    run.final = task.worst if run.diverged else final
-    run.half = metrics.get(steps // 2, task.worst)
+    run.finish(task, diverged=report.diverged or not math.isfinite(run.metrics[-1]))
     run.compute = report.relative_compute
     run.info = {"chosen_lr": report.lr, "schedule": report.schedule,
                 "suggestion": report.suggestion, "probes": len(report.probes),

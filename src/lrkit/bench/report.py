@@ -55,15 +55,6 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(vals) if vals and len(vals) == len(values) else math.nan
 
 
-def _overhead(info: dict[str, Any]) -> float:
-    """The compute a self-tuning method spent before its training run, in runs: its
-    ``overhead``, else the parts of its ``compute_parts`` other than ``training``."""
-    if "overhead" in info:
-        return float(info["overhead"])
-    parts = info.get("compute_parts") or {}
-    return float(sum(v for k, v in parts.items() if k != "training"))
-
-
 @dataclass
 class Setting:
     """One (task, method, lr), its seeds pooled."""
@@ -116,7 +107,7 @@ class Setting:
             if r.steps_to_target is None:
                 costs.append(math.inf)
                 continue
-            overhead = _overhead(r.info)
+            overhead = float(r.info.get("overhead", 0.0))
             costs.append(overhead + (r.compute - overhead) * r.steps_to_target / r.steps)
         return float(np.median(costs))
 

@@ -143,6 +143,11 @@ class Task:
             return False
         return value >= self.target if self.higher_is_better else value <= self.target
 
+    def evaluation_steps(self, steps: int) -> set[int]:
+        """The steps at which a run of ``steps`` evaluates the metric: 0, every
+        ``eval_every``, half the budget and the end."""
+        return set(range(0, steps + 1, self.eval_every)) | {steps // 2, steps}
+
     def build(self, seed: int = 0) -> TaskInstance:
         """A fresh model (initialised from ``seed``), loader, loss and metric."""
         seed = C.nonnegative_int(f"{self.name}.build()", "seed", seed)

@@ -54,6 +54,25 @@ class Run:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add_metric(self, task: Task, step: int, value: float) -> None:
+        """Record the metric at ``step``: the curve, the first step at the target, and the
+        value at half the budget."""
+        self.eval_steps.append(step)
+        self.metrics.append(value)
+        if self.steps_to_target is None and task.reached(value):
+            self.steps_to_target = step
+        if step == self.steps // 2:
+            self.half = value
+
+    def finish(self, task: Task, diverged: bool) -> None:
+        """End the record: a diverged run scores the task's worst value, also at half the
+        budget when it did not get there."""
+        self.diverged = diverged
+        self.final = task.worst if diverged else self.metrics[-1]
+        if math.isnan(self.half):
+            self.half = task.worst
+
+
 
 def train(
     task: Task | str,
@@ -103,7 +122,7 @@ def train(
     if callable(schedule) and not isinstance(schedule, S.Schedule):
         schedule = schedule(steps)
     sched = Scheduler(opt, lr=schedule) if schedule is not None else None
-    checkpoints = set(range(0, steps + 1, task.eval_every)) | {steps // 2, steps}
+    checkpoints = task.evaluation_steps(steps)
     run = Run(task.name, inst.seed, steps)
     began = time.perf_counter()
 
@@ -117,12 +136,7 @@ def train(
         value = inst.evaluate(model)
         if modes:
             opt.train()
-        run.eval_steps.append(step)
-        run.metrics.append(value)
-        if run.steps_to_target is None and task.reached(value):
-            run.steps_to_target = step
-        if step == steps // 2:
-            run.half = value
+        run.add_metric(task, step, value)
         if on_eval is not None:
             on_eval(step, value)
         return math.isfinite(value)
@@ -156,10 +170,7 @@ def train(
             callback(step, value)
         if step in checkpoints:
             ok = record(step)
-    run.diverged = not ok
-    run.final = run.metrics[-1] if ok else task.worst
-    if run.diverged and step < steps // 2:
-        run.half = task.worst
+    run.finish(task, diverged=not ok)
     if on_end is not None:
         on_end(opt, run)
     run.wall_time = time.perf_counter() - began

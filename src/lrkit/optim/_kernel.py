@@ -270,6 +270,35 @@ def first_nonfinite_in(batches: list[Batch], power: int = 1) -> tuple[Batch, int
     return None
 
 
+def _common_args(opt: Any, batch: Batch, hp: list[float], flags: int,
+                 first: list[int] | None) -> tuple[_Args, tuple]:
+    """The fields every kernel call sets (tensors, sizes, hyperparameters, flags with
+    ``nonfinite="zero"``, the gradient bound, threads); returns them and the arrays they
+    point into, which must stay alive until the call."""
+    if opt.nonfinite == "zero":
+        flags |= F_ZERO
+    args = _Args()
+    args.n = len(batch.params)
+    pp = _ptrs(batch.params)
+    firsts = array("b", first) if first is not None else None
+    args.p, args.g, args.size = _addr(pp), _addr(batch.gp), _addr(batch.sizes)
+    args.first = _addr(firsts) if firsts is not None else None
+    for i, v in enumerate(hp):
+        args.hp[i] = float(v)
+    args.flags = flags
+    args.gbound = bound(batch.dtype, opt.grad_power)
+    args.nthreads = torch.get_num_threads()
+    return args, (pp, firsts)
+
+
+def _invoke(opt: Any, batch: Batch, args: _Args, keep: tuple) -> None:
+    """Run ``opt.kernel``'s entry point for the batch's dtype; ``keep`` (the arrays the
+    fields point into) is held until it returns."""
+    getattr(library(opt.kernel), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(
+        ctypes.byref(args))
+    del keep
+
+
 def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     """One kernel call updating every tensor of ``batch`` (state already initialised).
     False, changing nothing, where the kernel cannot read the 0-dim state (step...): it
@@ -283,8 +312,6 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
         if len(dtypes) > 1 or not dtypes <= {torch.float32, torch.float64} or not all(
                 t.is_cpu for col in sc if col is not None for t in col):
             return False
-    if opt.nonfinite == "zero":
-        flags |= F_ZERO
     ps = batch.params
     first = opt._kernel_prepare(group, ps)
     cols = []
@@ -300,28 +327,16 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
                 t = st[name] = t.contiguous()
             col.append(t)
         cols.append(_ptrs(col))
-    sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
-    args = _Args()
-    args.n = len(ps)
-    pp = _ptrs(ps)
-    firsts = array("b", first) if first is not None else None
+    args, keep = _common_args(opt, batch, hp, flags, first)
     scp = [_ptrs(x) if x is not None else None for x in sc]
-    args.p, args.g, args.size = _addr(pp), _addr(batch.gp), _addr(batch.sizes)
-    args.first = _addr(firsts) if firsts is not None else None
     args.s1, args.s2, args.s3 = (_addr(c) if c is not None else None for c in cols)
     args.sc1, args.sc2 = (_addr(c) if c is not None else None for c in scp)
-    for i, v in enumerate(hp):
-        args.hp[i] = float(v)
     if opt.kernel == "adafactor":  # the matrix shape of each tensor (rows 0: a vector)
         nrows = array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps])
         ncols = array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps])
         args.rows, args.cols = _addr(nrows), _addr(ncols)
-    args.flags = flags
-    args.gbound = bound(batch.dtype, opt.grad_power)
-    args.nthreads = torch.get_num_threads()
-    args.sc_f64 = sc_f64
-    getattr(library(opt.kernel), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(
-        ctypes.byref(args))
+    args.sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
+    _invoke(opt, batch, args, keep)
     # it wrote through data pointers: tell autograd about the parameters, as torch's
     # in-place ops would (the state never takes part in a graph)
     increment_version(ps)
@@ -336,30 +351,16 @@ def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: l
     ``states`` are up to four per-tensor state columns (s1..s4), ``values`` one double per
     tensor (tv), ``first`` one flag per tensor. Returns the ``nout`` per-tensor sums the
     pass computes, tensor by tensor (a flat list of ``nout * len(batch.params)``)."""
-    if opt.nonfinite == "zero":
-        flags |= F_ZERO
-    n = len(batch.params)
-    args = _Args()
-    args.n = n
-    pp = _ptrs(batch.params)
-    args.p, args.g, args.size = _addr(pp), _addr(batch.gp), _addr(batch.sizes)
+    args, keep = _common_args(opt, batch, hp, flags, first)
     cols = [_ptrs(c) if c is not None else None for c in states]
     cols += [None] * (4 - len(cols))
     args.s1, args.s2, args.s3, args.s4 = (_addr(c) if c is not None else None for c in cols)
-    firsts = array("b", first) if first is not None else None
-    args.first = _addr(firsts) if firsts is not None else None
     tv = array("d", values) if values is not None else None
     args.tv = _addr(tv) if tv is not None else None
-    out = array("d", bytes(8 * n * nout)) if nout else None
+    out = array("d", bytes(8 * len(batch.params) * nout)) if nout else None
     args.out = _addr(out) if out is not None else None
-    for i, v in enumerate(hp):
-        args.hp[i] = float(v)
-    args.flags = flags
-    args.gbound = bound(batch.dtype, opt.grad_power)
-    args.nthreads = torch.get_num_threads()
     args.ival = ival
-    getattr(library(opt.kernel), f"lrk_{opt.kernel}_{_DTYPES[batch.dtype]}")(
-        ctypes.byref(args))
+    _invoke(opt, batch, args, keep)
     if writes_params:
         increment_version(batch.params)
     return out.tolist() if out is not None else []
