@@ -95,7 +95,7 @@ EXEMPT = {
         "Setting", "Entry", "TaskResult", "Arena")] + [
         "lrkit.bench.results.Row", "lrkit.bench.runner.Job", "lrkit.bench.runner.Plan",
         "lrkit.bench.runner.BenchResult", "lrkit.pilot.Probe", "lrkit.pilot.AutopilotReport",
-        "lrkit.tuning.TuneResult"],
+        "lrkit.tuning.report.TuneResult"],
         "a record of results that lrkit fills in, not an entry point"),
     "lrkit.bench.methods.Method": "a record of the arena's methods (checked by type where "
                                   "bench and plan take one)",
@@ -115,9 +115,15 @@ EXEMPT = {
        for n in ("plan", "execute")},
     **{f"lrkit.plot.{n}": "a figure of the arena report, from the Arena that summarize() "
        "builds" for n in ("plot_arena_summary", "plot_performance_profiles", "plot_task")},
-    "lrkit.tuning.Report": "the reporter tune() hands an objective (wraps Optuna's trial)",
-    "lrkit.tuning.sample": "a step of tune(): draws from a space with Optuna's trial",
-    "lrkit.tuning.fail_dead_trials": "a step of tune() on the Optuna study it opened",
+    "lrkit.tuning.objective.Report": "the reporter tune() hands an objective (wraps "
+                                     "Optuna's trial)",
+    "lrkit.tuning.space.sample": "a step of tune(): draws from a space with Optuna's trial",
+    "lrkit.tuning.storage.fail_dead_trials": "a step of tune() on the Optuna study it opened",
+    **{f"lrkit.tuning.{n}": "a step of tune(), on the records it built from its checked "
+       "arguments" for n in (
+           "objective.Objective", "objective.ObjectiveSpec", "objective.resolve",
+           "workers.StudySettings", "workers.run_worker", "workers.run_workers",
+           "workers.LiveTable", "workers.fmt", "storage.Heartbeat")},
 }
 
 
@@ -308,18 +314,19 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.plot.save_png_bytes": lambda: ((_figure(),), {"dpi": 50}),
     "lrkit.plot.method_style": lambda: (("adam_cosine",), {"family": "cosine"}),
     "lrkit.plot.plot_autopilot": lambda: ((_autopilot_report(),), {}),
-    "lrkit.tuning.LogUniform": lambda: ((1e-4, 1.0), {}),
-    "lrkit.tuning.Uniform": lambda: ((0.0, 1.0), {}),
-    "lrkit.tuning.IntUniform": lambda: ((1, 10), {"log": False}),
-    "lrkit.tuning.Categorical": lambda: ((["cosine", "wsd"],), {}),
-    "lrkit.tuning.default_space": lambda: ((), {"lr_suggestion": 0.01,
+    "lrkit.tuning.space.LogUniform": lambda: ((1e-4, 1.0), {}),
+    "lrkit.tuning.space.Uniform": lambda: ((0.0, 1.0), {}),
+    "lrkit.tuning.space.IntUniform": lambda: ((1, 10), {"log": False}),
+    "lrkit.tuning.space.Categorical": lambda: ((["cosine", "wsd"],), {}),
+    "lrkit.tuning.space.default_space": lambda: ((), {"lr_suggestion": 0.01,
                                                 "families": ("constant", "cosine")}),
-    "lrkit.tuning.schedule_of": lambda: (({"lr": 0.1, "schedule": "cosine",
+    "lrkit.tuning.space.schedule_of": lambda: (({"lr": 0.1, "schedule": "cosine",
                                            "warmup": 0.05}, 100), {}),
-    "lrkit.tuning.open_storage": lambda: ((f"journal:{_tmpdir()}/study.journal",),
+    "lrkit.tuning.storage.open_storage": lambda: ((f"journal:{_tmpdir()}/study.journal",),
                                           {"workers": 1}),
-    "lrkit.tuning.tune": _tune,
-    "lrkit.tuning.write_report": lambda: ((_tune_result(), f"{_tmpdir()}/report.html"), {}),
+    "lrkit.tuning.driver.tune": _tune,
+    "lrkit.tuning.report.write_report": lambda: ((_tune_result(),
+                                                  f"{_tmpdir()}/report.html"), {}),
     "lrkit.bench.data.mnist1d": lambda: ((), {"num_samples": 100}),
 }
 
