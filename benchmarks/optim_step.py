@@ -38,10 +38,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test registry
 if "--std-sqrt" in sys.argv:
     os.environ["LRKIT_KERNEL_SQRT"] = "std"
 
-from lrkit.optim import REGISTRY, _kernel  # noqa: E402
+from lrkit.optim import _kernel  # noqa: E402
+from optim_registry import REGISTRY  # noqa: E402
 
 # minimal bytes per float32 parameter for the benchmarked configuration. The
 # learning-rate-free ones need sums over every parameter before the update: Prodigy's

@@ -153,8 +153,8 @@ def guarded(wrapper, mesh, rank):
     import copy
 
     from lrkit import DivergenceGuard, Scheduler
-    from lrkit.optim import REGISTRY
     from optim_helpers import batches, loss_of, same_state
+    from optim_registry import REGISTRY
     model, _, opt = build(wrapper, REGISTRY["Adam"], mesh)
     sched = Scheduler(opt, lr=0.01)
     guard = DivergenceGuard(model, opt, sched, window=2, min_history=1)
@@ -187,7 +187,7 @@ def worker(rank, init, out):
                             timeout=TIMEOUT)
     from torch.distributed.device_mesh import init_device_mesh
 
-    from lrkit.optim import REGISTRY
+    from optim_registry import REGISTRY
     mesh = init_device_mesh("cpu", (WORLD,))
     results = {}
     for info in REGISTRY.values():

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrkit.optim import REGISTRY
+from optim_registry import REGISTRY
 
 # tiny tensors: one thread is fastest, and pytest -n 2 must not oversubscribe two cores
 torch.set_num_threads(1)

@@ -15,8 +15,8 @@ import torch
 
 from lrkit import Plateau, Scheduler
 from lrkit import schedules as S
-from lrkit.optim import REGISTRY
 from optim_helpers import batches, loss_of, make_model
+from optim_registry import REGISTRY
 
 N, K = 8, 3
 

@@ -177,7 +177,7 @@ def _torch_optimizers():
 
 
 def _lrkit_optimizers():
-    from lrkit.optim import REGISTRY
+    from optim_registry import REGISTRY
     return [(info.cls, info.configs[-1]) for info in REGISTRY.values()
             if "needs_closure" not in info.tags]
 

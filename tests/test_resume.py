@@ -25,7 +25,7 @@ pytestmark = pytest.mark.xdist_group("resume")  # one worker runs the new proces
 
 
 def test_every_family_and_optimizer_is_combined():
-    from lrkit.optim import REGISTRY
+    from optim_registry import REGISTRY
     assert set(SCHEDULES) == set(S.REGISTRY), "add the new family to resume_cases.SCHEDULES"
     assert {c.optimizer for c in CASES} == set(REGISTRY)
     assert {c.family for c in CASES} == set(FAMILIES)

@@ -56,17 +56,6 @@ PROBE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 SMALL_PROBE_FACTORS = (0.5, 1.0, 2.0)
 MIN_PROBE_STEPS = 10
 HELD_BATCHES = 4
-# learning-rate-free optimizers: name -> (lrkit.optim class, its lr, its schedule family)
-LR_FREE = {
-    "prodigy": ("Prodigy", 1.0, "cosine"),
-    "dadaptadam": ("DAdaptAdam", 1.0, "cosine"),
-    "dadaptsgd": ("DAdaptSGD", 1.0, "cosine"),
-    "dog": ("DoG", 1.0, "constant"),
-    "ldog": ("LDoG", 1.0, "constant"),
-    "schedulefree": ("ScheduleFreeAdamW", 2.5e-3, "constant"),
-    "schedulefreeadamw": ("ScheduleFreeAdamW", 2.5e-3, "constant"),
-    "schedulefreesgd": ("ScheduleFreeSGD", 1.0, "constant"),
-}
 
 
 @dataclass
@@ -360,15 +349,14 @@ def autopilot(
     shape = _shape(schedule, steps)
 
     began = time.perf_counter()
-    key = optimizer.replace("_", "").replace("-", "").lower() if isinstance(optimizer, str) \
-        else ""
-    lr_free = LR_FREE.get(key)
+    lr_free = _lr_free_class(optimizer)
     if lr_free is not None:
-        make, opt_name = _optimizer_factory(lr_free[0])
+        make, opt_name = _optimizer_factory(lr_free.__name__)
+        opt_name = lr_free.display_name
     else:
         make, opt_name = _optimizer_factory(optimizer)
     opt = make(model.parameters(), lr=1e-3) if lr_free is None else make(model.parameters())
-    needs_closure = _needs_closure(opt)
+    needs_closure = bool(getattr(opt, "needs_closure", False))
     batches = _batches(loader)
     held = list(val_loader) if val_loader is not None else \
         [next(batches) for _ in range(HELD_BATCHES)]
@@ -384,8 +372,8 @@ def autopilot(
     extra = (budget - 1.0) * steps
 
     if lr_free is not None:
-        family = lr_free[2]
-        peak = lr_free[1]
+        family = lr_free.recommended_family or DEFAULT_FAMILY
+        peak = lr_free.recommended_lr
         report.decisions.append(
             f"{opt_name} is learning-rate-free: no range test or probes (its own estimate "
             f"sets the step size); its lr stays at the recommended {peak:g} and the "
@@ -412,14 +400,18 @@ def autopilot(
     return report
 
 
-def _needs_closure(opt: torch.optim.Optimizer) -> bool:
-    try:
-        from lrkit.optim.registry import REGISTRY
+def _lr_free_class(optimizer: Any) -> type | None:
+    """The lrkit optimizer class an optimizer name means when it is learning-rate-free with
+    a recommended lr (``"prodigy"``, ``"dadapt_adam"``, ``"schedulefree"``), else None."""
+    if not isinstance(optimizer, str):
+        return None
+    from lrkit.targets import optimizer_classes
 
-        info = REGISTRY.get(type(opt).__name__)
-        return info is not None and "needs_closure" in info.tags
-    except ImportError:  # pragma: no cover
-        return False
+    key = optimizer.replace("_", "").replace("-", "").lower()
+    cls = optimizer_classes().get(key)
+    if cls is None or not getattr(cls, "lr_free", False) or cls.recommended_lr is None:
+        return None
+    return cls
 
 
 def _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra, shape, family,

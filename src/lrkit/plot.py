@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -212,31 +212,33 @@ def plot_autopilot(report: Any, axes: Sequence[Any] | None = None):
 SCHEDULE_COLORS = {"constant": "#1f77b4", "step_based": "#ff7f0e", "exponential": "#2ca02c",
                    "time_based": "#d62728", "cosine": "#9467bd", "one_cycle": "#8c564b",
                    "wsd": "#e377c2"}
-METHOD_STYLES = {  # methods outside the optimizer x schedule grid
-    "adam_default": {"color": "black", "ls": ":", "marker": "*"},
-    "sf_adamw": {"color": "#17becf", "ls": "-", "marker": "D"},
-    "sf_adamw_default": {"color": "#17becf", "ls": ":", "marker": "*"},
-    "prodigy": {"color": "#bcbd22", "ls": "-.", "marker": "P"},
-    "dadapt_adam": {"color": "#7f7f7f", "ls": "-.", "marker": "X"},
-    "sls": {"color": "#393b79", "ls": "-.", "marker": "h"},
-    "autopilot": {"color": "#ff1493", "ls": "-", "marker": "o"},
-}
 _EXTRA_COLORS = ["#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
 
 
-def method_style(name: str, family: str = "") -> dict[str, Any]:
-    """Colour by schedule, line style by optimizer (SGD solid, Adam dashed); the methods
-    outside that grid have their own."""
+def method_style(name: str, family: str = "",
+                 style: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``style`` when given (a method outside the optimizer x schedule grid has its own);
+    else colour by schedule, line style by optimizer (SGD solid, Adam dashed)."""
     C.text("method_style()", "name", name)
     C.text("method_style()", "family", family)
-    if name in METHOD_STYLES:
-        return dict(METHOD_STYLES[name])
+    if style is not None:
+        if not isinstance(style, Mapping):
+            raise TypeError(f"method_style(): style must be a mapping (color, ls, marker) or "
+                            f"None, got {type(style).__name__}")
+        return dict(style)
     opt, _, sched = name.partition("_")
     if sched in SCHEDULE_COLORS:
         return {"color": SCHEDULE_COLORS[sched], "ls": "--" if opt == "adam" else "-",
                 "marker": "s" if opt == "adam" else "o"}
     return {"color": _EXTRA_COLORS[sum(map(ord, name)) % len(_EXTRA_COLORS)], "ls": "-",
             "marker": "o"}
+
+
+def _style(name: str, family: str = "") -> dict[str, Any]:
+    from lrkit.bench.methods import METHODS
+
+    method = METHODS.get(name)
+    return method_style(name, family, method.style if method is not None else None)
 
 
 def _wide_range(values: Sequence[float]) -> bool:
@@ -301,7 +303,7 @@ def _profile_axes(arena: Any, kind: str, ax: Any, top: int | None = None):
                     key=lambda x: -x[0] if np.isfinite(x[0]) else 1.0)
     shown = scored if top is None else scored[:top]
     for score, m, label in shown:
-        style = method_style(m)
+        style = _style(m)
         ax.step(taus, profile(ratios[m], taus), where="post", color=style["color"],
                 ls=style["ls"], lw=1.6, label=f"{label} ({score:.2f})")
     ax.set_xscale("log")
@@ -351,7 +353,7 @@ def plot_task(arena: Any, task: Any):
     top = task.start * (1.5 if log else 1.05) if not task.higher_is_better else None
     handles = {}
     for e in task.entries:
-        style = method_style(e.method, e.family)
+        style = _style(e.method, e.family)
         if np.isfinite(e.score):
             x, y = e.best.curve()
             (h,) = curves.plot(x, y, color=style["color"], ls=style["ls"], lw=1.3)
@@ -375,7 +377,7 @@ def plot_task(arena: Any, task: Any):
         for e in task.entries:
             if e.probe != probe:
                 continue
-            style = method_style(e.method, e.family)
+            style = _style(e.method, e.family)
             lrs = np.array([s.lr for s in e.settings])
             vals = np.array([s.final for s in e.settings])
             div = np.array([bool(s.diverged) for s in e.settings])
@@ -404,7 +406,7 @@ def plot_task(arena: Any, task: Any):
         ax.set_title(f"lr sensitivity: {probe or 'untuned methods'}", fontsize=10)
     last = panels[-1]
     for e in untuned_lines:
-        style = method_style(e.method, e.family)
+        style = _style(e.method, e.family)
         if np.isfinite(e.score):
             h = last.axhline(e.best.final, color=style["color"], ls=style["ls"], lw=1.4)
             handles.setdefault(e.label, h)

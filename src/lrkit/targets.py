@@ -100,7 +100,8 @@ def _check_shape(text: str, value: Any) -> tuple[Any, Any, Any]:
 
 
 def optimizer_classes() -> dict[str, type]:
-    """Optimizer classes by lower-case name: lrkit.optim's, then torch.optim's others."""
+    """Optimizer classes by lower-case name: lrkit.optim's (and their ``aliases``), then
+    torch.optim's others."""
     import torch
 
     import lrkit.optim
@@ -111,7 +112,9 @@ def optimizer_classes() -> dict[str, type]:
                 and issubclass(getattr(module, n), torch.optim.Optimizer)
                 and n not in ("Optimizer", "LrkitOptimizer")}
 
-    return {**found(torch.optim, dir(torch.optim)), **found(lrkit.optim, lrkit.optim.__all__)}
+    own = found(lrkit.optim, lrkit.optim.__all__)
+    aliases = {alias: cls for cls in own.values() for alias in getattr(cls, "aliases", ())}
+    return {**found(torch.optim, dir(torch.optim)), **own, **aliases}
 
 
 def optimizer_factory(text: str) -> Callable[..., Any]:

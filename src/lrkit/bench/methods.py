@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from lrkit import _checks as C
+from lrkit import optim
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task
 from lrkit.bench.train import Run, train
@@ -130,10 +131,13 @@ class Method:
     warmup: the warmup fraction of its schedule (``shape``), or of ``warmup_option``.
     warmup_option: a constructor argument taking the warmup in steps (schedule-free's
         ``warmup_steps``), for optimizers that warm up themselves.
-    closure: whether its ``step`` needs a closure (line search).
+    closure: whether its ``step`` needs a closure (line search; lrkit's classes say so:
+        ``needs_closure``).
     family: "sgd", "adam", "lr_free", "baseline" or "auto", for grouping in the report.
     runner: trains a cell instead of the default ``train`` call (a method that tunes
         itself); see the module docstring.
+    style: how plots draw it (``color``, ``ls``, ``marker``; None: by its schedule and
+        optimizer).
     """
 
     name: str
@@ -151,6 +155,7 @@ class Method:
     family: str = "sgd"
     note: str = ""
     runner: Runner | None = field(default=None, compare=False, repr=False)
+    style: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     # -- what it is made of --
     def resolve(self) -> tuple[type | None, str]:
@@ -282,28 +287,32 @@ for _key, (_label, _cls, _options) in _OPTIMIZERS.items():
         register(Method(f"{_key}_{_family}", f"{_label} {_family}", _cls, _options,
                         schedule=_family, grid=_key, family=_key))
 
-register(Method("adam_default", "Adam 1e-3 constant (default)", "Adam", lr=1e-3,
-                warmup=0.0, family="baseline",
+register(Method("adam_default", "Adam 1e-3 constant (default)", "Adam",
+                lr=optim.Adam.recommended_lr, warmup=0.0, family="baseline",
+                style={"color": "black", "ls": ":", "marker": "*"},
                 note="the default choice of most users: Adam at 1e-3, no schedule, untuned"))
 register(Method("sf_adamw", "ScheduleFreeAdamW", "ScheduleFreeAdamW", grid="adam",
-                reference="schedulefree:AdamWScheduleFree",
                 warmup_option="warmup_steps", family="lr_free",
+                style={"color": "#17becf", "ls": "-", "marker": "D"},
                 note="schedule-free AdamW (Defazio et al. 2024), warmup_steps = 5%, lr tuned"))
 register(Method("sf_adamw_default", "ScheduleFreeAdamW 2.5e-3 (default)", "ScheduleFreeAdamW",
-                reference="schedulefree:AdamWScheduleFree", lr=2.5e-3,
-                warmup_option="warmup_steps", family="lr_free",
+                lr=optim.ScheduleFreeAdamW.recommended_lr, warmup_option="warmup_steps",
+                family="lr_free", style={"color": "#17becf", "ls": ":", "marker": "*"},
                 note="schedule-free AdamW at its package's default lr, untuned"))
-register(Method("prodigy", "Prodigy", "Prodigy", reference="prodigyopt:Prodigy",
-                schedule="cosine", lr=1.0, warmup=0.0,
-                family="lr_free",
+register(Method("prodigy", "Prodigy", "Prodigy", schedule=optim.Prodigy.recommended_family,
+                lr=optim.Prodigy.recommended_lr, warmup=0.0, family="lr_free",
+                style={"color": "#bcbd22", "ls": "-.", "marker": "P"},
                 note="Prodigy (Mishchenko & Defazio 2023), lr=1 with cosine annealing as "
                      "its authors recommend, untuned"))
-register(Method("dadapt_adam", "DAdaptAdam", "DAdaptAdam", reference="dadaptation:DAdaptAdam",
-                schedule="cosine", lr=1.0, warmup=0.0, family="lr_free",
+register(Method("dadapt_adam", "DAdaptAdam", "DAdaptAdam",
+                schedule=optim.DAdaptAdam.recommended_family,
+                lr=optim.DAdaptAdam.recommended_lr, warmup=0.0, family="lr_free",
+                style={"color": "#7f7f7f", "ls": "-.", "marker": "X"},
                 note="D-Adaptation Adam (Defazio & Mishchenko 2023), lr=1 with cosine "
                      "annealing, untuned"))
-register(Method("sls", "SLS", "SLS", lr=1.0, lr_option="init_lr", closure=True,
-                family="lr_free",
+register(Method("sls", "SLS", "SLS", lr=1.0, lr_option="init_lr",
+                closure=optim.SLS.needs_closure, family="lr_free",
+                style={"color": "#393b79", "ls": "-.", "marker": "h"},
                 note="stochastic Armijo line search (Vaswani et al. 2019), its defaults "
                      "(init_lr=1), untuned"))
 
@@ -356,5 +365,6 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
 
 
 register(Method("autopilot", "autopilot (Adam)", "Adam", family="auto", runner=autopilot_cell,
+                style={"color": "#ff1493", "ls": "-", "marker": "o"},
                 note="lrkit.autopilot with Adam, budget 1.5 runs: range test, probes by "
                      "successive halving, linear warmup-decay, DivergenceGuard; untuned"))

@@ -15,8 +15,10 @@ package's) arguments, defaults and state layout, plus ``nonfinite=`` and ``impl=
   ``reestimate_batchnorm`` for the averaged weights);
 * line search: SLS, whose ``step(closure)`` finds the step length on each minibatch.
 
-``REGISTRY`` lists each one with its reference and the argument combinations its tests
-cover.
+Facts about each class are class attributes (see :class:`LrkitOptimizer`):
+``needs_closure``, ``lr_free``, ``recommended_lr``, ``recommended_family``,
+``display_name``. The test configurations of each one (its reference, the argument
+combinations its tests cover) live in the test suite, ``tests/optim_registry.py``.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ from lrkit.optim.dadapt import DAdaptAdam, DAdaptSGD
 from lrkit.optim.dog import DoG, LDoG, PolynomialDecayAverager
 from lrkit.optim.lion import Lion
 from lrkit.optim.prodigy import Prodigy
-from lrkit.optim.registry import REGISTRY, OptimizerInfo
 from lrkit.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD, reestimate_batchnorm
 from lrkit.optim.sgd import SGD
 from lrkit.optim.sls import SLS
@@ -39,6 +40,5 @@ __all__ = [
     "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax",
     "Lion", "Adafactor", "Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG",
     "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD", "reestimate_batchnorm",
-    "SLS", "DEstimateWarning", "LrkitOptimizer", "Explained", "NonFiniteGradientError",
-    "REGISTRY", "OptimizerInfo",
+    "SLS", "DEstimateWarning", "LrkitOptimizer", "Explained", "NonFiniteGradientError"
 ]

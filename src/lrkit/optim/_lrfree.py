@@ -47,6 +47,8 @@ class DEstimateWarning(UserWarning):
 class GlobalStepOptimizer(LrkitOptimizer):
     """Base of the optimizers whose step needs quantities over all param groups."""
 
+    has_foreach = True  # ``_global_step`` runs a "foreach" path of its own
+
     #: argument checks, name -> check(fn, name, value) returning the canonical value: run
     #: on the constructor's arguments and on the options a param group sets itself
     _checks: ClassVar[dict[str, Callable[[str, str, Any], Any]]] = {}
@@ -100,10 +102,6 @@ class GlobalStepOptimizer(LrkitOptimizer):
             self._global_step(plans)
 
     def _global_step(self, plans: list) -> None:
-        raise NotImplementedError
-
-    def _foreach(self, group: dict[str, Any], params: list, grads: list) -> None:
-        """(Marks that there is a "foreach" path: ``_global_step`` runs it.)"""
         raise NotImplementedError
 
     def _process_group(self) -> Any:

@@ -106,6 +106,7 @@ class Adam(_AdamLike):
     the multiplier on the direction ``m_t``.
     """
 
+    recommended_lr = 1e-3  # Kingma & Ba 2015, and torch's default
     torch_name = "Adam"
     torch_fused = True
     kernel = "adam"

@@ -121,8 +121,30 @@ class LrkitOptimizer(torch.optim.Optimizer):
     (so a Scheduler changing a tensor lr in place never recompiles).
     """
 
+    # -- facts about the algorithm, read by the autopilot, the arena and the tests --------
+    #: ``step`` needs a closure that re-evaluates the loss (a line search): every driver
+    #: (the range test, the autopilot, the arena) then calls ``opt.step(closure)``
+    needs_closure: ClassVar[bool] = False
+    #: learning-rate-free: the optimizer estimates its own step size, ``lr`` only scales
+    #: that estimate, so with a ``recommended_lr`` no range test or search of lr applies
+    lr_free: ClassVar[bool] = False
+    #: the lr its authors recommend (None: search it; for an lr-free optimizer, its
+    #: multiplier of the estimated step size)
+    recommended_lr: ClassVar[float | None] = None
+    #: the schedule family (``lrkit.schedules.family``) its authors recommend with it
+    #: (None: the caller's default)
+    recommended_family: ClassVar[str | None] = None
+    #: how reports and plots name it (default: the class name)
+    display_name: ClassVar[str] = ""
+    #: other names it answers to in optimizer texts (``"schedulefree"``), lower case
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+    # -- its implementations -----------------------------------------------------------
     #: the torch.optim class of the same algorithm (its functional runs foreach/fused)
     torch_name: ClassVar[str | None] = None
+    #: the class has a multi-tensor path of its own, ``_foreach(group, params, grads)``
+    #: (classes with a ``torch_name`` use torch's instead)
+    has_foreach: ClassVar[bool] = False
     #: torch has a fused kernel for this algorithm
     torch_fused: ClassVar[bool] = False
     #: lrkit kernel name (``None``: no C kernel)
@@ -144,6 +166,11 @@ class LrkitOptimizer(torch.optim.Optimizer):
     agree_across_ranks: bool = True
     _has_dtensor = False
     _shards: ClassVar[dict[int, Any]] = {}  # set per step while DTensors are swapped
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("display_name"):
+            cls.display_name = cls.__name__
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str = "raise",
                  impl: str = "auto") -> None:
@@ -169,8 +196,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{fn}: impl must be one of 'auto', 'reference', 'foreach', "
                              f"'kernel' ({type(self).__name__} has no fused torch kernel), "
                              "got 'fused'")
-        if impl in ("foreach", "fused") and self.torch_name is None and not hasattr(
-                self, "_foreach"):
+        if impl in ("foreach", "fused") and self.torch_name is None and not self.has_foreach:
             impl = "reference"
         self.impl = impl
         defaults.setdefault("differentiable", False)  # as torch's __setstate__ adds it
@@ -391,7 +417,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
                     p.device.type == "cuda" for p in params) else "foreach"
         if impl == "reference" or (impl in ("foreach", "fused", "torch")
                                    and self.torch_name is None
-                                   and not hasattr(self, "_foreach")):
+                                   and not self.has_foreach):
             for p, g in zip(params, grads):
                 self._reference(group, p, g)
         elif impl == "torch":

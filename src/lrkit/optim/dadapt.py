@@ -104,6 +104,9 @@ class DAdaptAdam(_DAdapt):
     factor on its step, as in ``dadaptation``).
     """
 
+    lr_free = True
+    recommended_lr = 1.0
+    recommended_family = "cosine"  # the authors: lr=1 with cosine annealing
     kernel = "dadapt_adam"
     grad_power = 2  # exp_avg_sq holds the squared gradient
 
@@ -288,6 +291,9 @@ class DAdaptSGD(_DAdapt):
     and ``x0``.
     """
 
+    lr_free = True
+    recommended_lr = 1.0
+    recommended_family = "cosine"  # the authors: lr=1 with cosine annealing
     kernel = "dadapt_sgd"
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, momentum: float = 0.0,

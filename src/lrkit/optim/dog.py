@@ -54,6 +54,9 @@ class DoG(L.GlobalStepOptimizer):
     ``opt.estimated_lr()`` gives the last step size per group (None before the first step).
     """
 
+    lr_free = True
+    recommended_lr = 1.0
+    recommended_family = "constant"  # the authors: no schedule
     kernel = "dog"
     kernel_exact = False  # the norms are taken in float64
     _layerwise = False

@@ -26,6 +26,7 @@ class Lion(LrkitOptimizer):
     ``foreach=True`` selects lrkit's foreach path (there is no torch namesake).
     """
 
+    has_foreach = True
     kernel = "lion"
     dtensor = "elementwise"
 

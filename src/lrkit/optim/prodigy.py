@@ -74,6 +74,9 @@ class Prodigy(L.SharedDOptimizer):
     ``prodigyopt``; ``d``, ``d_max``, ``d_numerator``, ``k``... in each param group.
     """
 
+    lr_free = True
+    recommended_lr = 1.0
+    recommended_family = "cosine"  # the authors: lr=1 with cosine annealing
     kernel = "prodigy"
     grad_power = 2  # exp_avg_sq holds d^2 g^2
     _checks = {

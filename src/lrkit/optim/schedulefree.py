@@ -209,6 +209,10 @@ class ScheduleFreeAdamW(_ScheduleFree):
     ``exp_avg_sq`` (and ``y`` in eval mode with ``exact_switch``)."""
 
     _beta_key = "betas"
+    lr_free = True
+    recommended_lr = 2.5e-3  # the schedulefree package's default
+    recommended_family = "constant"  # it replaces the schedule
+    aliases = ("schedulefree",)
     kernel = "sf_adamw"
     grad_power = 2  # exp_avg_sq holds the squared gradient
 
@@ -286,6 +290,9 @@ class ScheduleFreeSGD(_ScheduleFree):
     in eval mode with ``exact_switch``)."""
 
     _beta_key = "momentum"
+    lr_free = True
+    recommended_lr = 1.0
+    recommended_family = "constant"  # it replaces the schedule
     kernel = "sf_sgd"
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, momentum: float = 0.9,

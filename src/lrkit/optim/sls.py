@@ -72,6 +72,8 @@ class SLS(L.GlobalStepOptimizer):
     the step (otherwise).
     """
 
+    needs_closure = True
+    lr_free = True  # its step size is ``init_lr``, searched by the line search
     kernel_exact = True
 
     _checks = {

@@ -1,4 +1,5 @@
-"""Every lrkit optimizer with its reference and the argument combinations its tests cover.
+"""Every lrkit optimizer with its reference and the argument combinations its tests cover
+(test metadata: it lives with the tests, not in the package).
 
 The pattern of torch's ``OptimizerInfo`` (torch/testing/_internal/common_optimizers.py):
 one entry per optimizer drives one generic test suite (parity with the reference, fast
@@ -11,14 +12,16 @@ Adding an optimizer (issue 4 and later):
 
 1. write the class on ``LrkitOptimizer`` in its family's file: ``_init_state`` (torch's
    or the author's state keys), ``_reference_step`` (the readable spec), ``_explain``
-   (its effective lr and direction), ``torch_name = None``; a fast path is optional:
-   ``_foreach`` (see Lion) or a kernel in kernels.cpp with ``kernel``/``_kernel_args``;
+   (its effective lr and direction), ``torch_name = None``, and its facts
+   (``needs_closure``, ``lr_free``, ``recommended_lr``, ``recommended_family``,
+   ``display_name``); a fast path is optional: ``_foreach`` with ``has_foreach = True``
+   (see Lion) or a kernel in kernels.cpp with ``kernel``/``_kernel_args``;
 2. ``register(OptimizerInfo(...))`` here: ``reference="prodigyopt:Prodigy"`` (any
    ``module:Class`` taking the same arguments), ``configs`` covering every option,
    ``rtol`` loosened where the reference is an independent implementation,
    ``unsupported`` for argument names the reference lacks, ``invalid`` and
-   ``schedulable``, and ``tags`` (``"lr_free"``, ``"needs_closure"``...) for generic
-   tests to select on.
+   ``schedulable``, and ``tags`` for generic tests to select on (``"needs_closure"`` and
+   ``"lr_free"`` are added from the class's facts).
 
 Every test in tests/test_optim_*.py then covers it: parity, fast paths, exact resume,
 state dicts, nonfinite modes, effective lr, bad arguments, Scheduler, torch.compile.
@@ -47,7 +50,8 @@ class OptimizerInfo:
     rtol: relative tolerance (max |a - b| / max |b| per tensor) after ``steps`` steps
         against the reference, float32 and float64.
     unsupported: config keys the reference lacks (such configs skip the parity check).
-    tags: free-form labels for generic tests ("lr_free", "needs_closure", ...).
+    tags: free-form labels for generic tests ("shared_lr", ...); "needs_closure" and
+        "lr_free" are added from the class's facts of the same names.
     reference_kwargs: what the reference is given besides each config in the tests (its
         single-tensor mode, the one lrkit's reference path mirrors).
     """
@@ -63,6 +67,10 @@ class OptimizerInfo:
     unsupported: tuple[str, ...] = ()
     tags: frozenset[str] = frozenset()
     reference_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        facts = {tag for tag in ("needs_closure", "lr_free") if getattr(self.cls, tag)}
+        object.__setattr__(self, "tags", frozenset(self.tags) | facts)
 
     @property
     def cls(self) -> type:
@@ -80,7 +88,7 @@ class OptimizerInfo:
         out = []
         if cls.kernel is not None:
             out.append("kernel")
-        if cls.torch_name is not None or hasattr(cls, "_foreach"):
+        if cls.torch_name is not None or cls.has_foreach:
             out.append("foreach")
         if cls.torch_fused:
             out.append("fused")
@@ -224,10 +232,11 @@ register(OptimizerInfo(
 # initial weight moves the package's own result by 4e-3 (Prodigy) and 0.4 (DAdaptAdam)
 # relative, so no implementation that rounds its sums differently could agree to 1e-5;
 # the reference paths still equal the packages bit for bit there (tests/test_lrfree.py).
-# Tags: "lr_free"; "shared_lr" (param groups share one d: a group's lr is the common
-# value or 0); "schedule_free" (train()/eval()); "needs_closure" (step(closure) only);
-# "eager_step" (the step reads its sums on the host: torch.compile runs it eagerly).
-_LRFREE = frozenset({"lr_free", "eager_step"})
+# Tags: "lr_free" and "needs_closure" (step(closure) only) from the class's facts;
+# "shared_lr" (param groups share one d: a group's lr is the common value or 0);
+# "schedule_free" (train()/eval()); "eager_step" (the step reads its sums on the host:
+# torch.compile runs it eagerly).
+_EAGER = frozenset({"eager_step"})
 _BAD_D0 = (({"d0": 0.0}, "d0"), ({"growth_rate": 0.5}, "growth_rate"))
 register(OptimizerInfo(
     "Prodigy", "prodigyopt:Prodigy",
@@ -245,7 +254,7 @@ register(OptimizerInfo(
     invalid=_BAD_LR + _BAD_BETAS + _BAD_EPS + _BAD_WD + _BAD_D0 + (
         ({"lr": 0.0}, "lr"), ({"d_coef": 0.0}, "d_coef"), ({"slice_p": 0}, "slice_p"),
         ({"beta3": 1.5}, "beta3")),
-    rtol=1e-5, tags=_LRFREE | {"shared_lr"},
+    rtol=1e-5, tags=_EAGER | {"shared_lr"},
 ))
 register(OptimizerInfo(
     "DAdaptAdam", "dadaptation:DAdaptAdam",
@@ -259,7 +268,7 @@ register(OptimizerInfo(
            "growth_rate": (math.inf, 1.05)},
     invalid=_BAD_LR + _BAD_BETAS + _BAD_EPS + _BAD_WD + _BAD_D0 + (
         ({"log_every": -1}, "log_every"),),
-    rtol=1e-5, tags=_LRFREE | {"shared_lr"},
+    rtol=1e-5, tags=_EAGER | {"shared_lr"},
 ))
 register(OptimizerInfo(
     "DAdaptSGD", "dadaptation:DAdaptSGD",
@@ -269,7 +278,7 @@ register(OptimizerInfo(
     space={"lr": (0.3, 0.5), "momentum": (0.0, 0.5, 0.9), "weight_decay": (0.0, 0.1),
            "d0": (1e-6, 1e-4), "growth_rate": (math.inf, 1.05)},
     invalid=_BAD_LR + _BAD_WD + _BAD_D0 + (({"momentum": 1.0}, "momentum"),),
-    rtol=1e-5, tags=_LRFREE | {"shared_lr"},
+    rtol=1e-5, tags=_EAGER | {"shared_lr"},
 ))
 _DOG = dict(
     configs=({}, {"weight_decay": 0.01}, {"init_eta": 1e-3},
@@ -278,7 +287,7 @@ _DOG = dict(
            "eps": (1e-8, 1e-4), "init_eta": (None, 1e-3)},
     invalid=_BAD_LR + _BAD_WD + (({"lr": 0.0}, "lr"), ({"eps": -1.0}, "eps"),
                                  ({"init_eta": 0.0}, "init_eta")),
-    rtol=1e-5, tags=_LRFREE,
+    rtol=1e-5, tags=_EAGER,
 )
 register(OptimizerInfo("DoG", "dog:DoG", **_DOG))
 register(OptimizerInfo("LDoG", "dog:LDoG", **_DOG))
@@ -293,7 +302,7 @@ register(OptimizerInfo(
            "weight_decay": (0.0, 0.1), "warmup_steps": (0, 10), "r": (0.0, 1.0),
            "weight_lr_power": (0.0, 2.0)},
     invalid=_BAD_LR + _BAD_BETAS + _BAD_EPS + _BAD_WD + _SF,
-    schedulable=("lr", "weight_decay"), rtol=1e-5, tags=_LRFREE | {"schedule_free"},
+    schedulable=("lr", "weight_decay"), rtol=1e-5, tags=_EAGER | {"schedule_free"},
     reference_kwargs={"foreach": False},
 ))
 register(OptimizerInfo(
@@ -305,7 +314,7 @@ register(OptimizerInfo(
            "warmup_steps": (0, 10), "r": (0.0, 1.0), "weight_lr_power": (0.0, 2.0)},
     invalid=_BAD_LR + _BAD_WD + _SF + (({"momentum": 0.0}, "momentum"),),
     schedulable=("lr", "momentum", "weight_decay"), rtol=1e-5,
-    tags=_LRFREE | {"schedule_free"}, reference_kwargs={"foreach": False},
+    tags=_EAGER | {"schedule_free"}, reference_kwargs={"foreach": False},
 ))
 register(OptimizerInfo(
     "SLS", None,
@@ -319,5 +328,5 @@ register(OptimizerInfo(
     invalid=(({"init_lr": -0.1}, "init_lr"), ({"c": 1.0}, "c"), ({"beta": 0.0}, "beta"),
              ({"gamma": 0.5}, "gamma"), ({"max_backtracks": -1}, "max_backtracks"),
              ({"reset": "never"}, "reset"), ({"batches_per_epoch": 0}, "batches_per_epoch")),
-    schedulable=(), tags=_LRFREE | {"needs_closure"},
+    schedulable=(), tags=_EAGER,
 ))
