@@ -27,6 +27,7 @@ run: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	KERAS_BACKEND=torch $(PY) -m pytest -q -n 2
 
 lint: install

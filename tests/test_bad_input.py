@@ -79,7 +79,7 @@ EXEMPT = {
     "lrkit.schedules.base.Schedule": "the abstract base class (its subclasses are checked)",
     "lrkit.optim.base.LrkitOptimizer": "the abstract base class (its subclasses are checked)",
     **dict.fromkeys([f"lrkit.optim.base.{n}" for n in (
-        "scalar", "step_tensor", "check_lr", "check_betas", "uniform", "value", "addcdiv_",
+        "scalar", "step_tensor", "check_betas", "uniform", "value", "addcdiv_",
         "add_", "functional_lr")], "a building block for optimizer subclasses"),
     "lrkit.bench.tasks.register": "registers a built-in task (a Task, checked by type)",
     **{f"lrkit.bench.tasks.{n}": "a loss or metric of the built-in tasks: tensors in, "
@@ -103,16 +103,19 @@ EXEMPT = {
        "arguments)" for n in ("dadapt.adam_d_sums", "dadapt.sgd_d_sums", "prodigy.d_sums")},
     **{f"lrkit.bench.report.{n}": "a step of the arena report, on the Arena and rows that "
        "summarize() builds from a results file" for n in (
-           "loss_form", "profile", "summarize", "fmt", "leaderboard", "summary_table",
+           "loss_form", "summarize", "fmt", "leaderboard", "summary_table",
            "findings")},
     **{f"lrkit.bench.results.{n}": "reads or writes the results files that bench() keeps "
        "(records lrkit builds)" for n in (
            "downsample", "run_record", "run_key", "range_key", "ResultsFile", "results_path",
            "load_rows", "load_range_tests")},
+    "lrkit.bench.results.profile": "a step of the arena report: rho(tau) of the ratios it "
+                                   "computed",
     **{f"lrkit.bench.runner.{n}": "a step of bench(), on the Suite and Jobs it builds"
        for n in ("plan", "execute")},
-    **{f"lrkit.plot.{n}": "a figure of the arena report, from the Arena that summarize() "
-       "builds" for n in ("plot_arena_summary", "plot_performance_profiles", "plot_task")},
+    **{f"lrkit.bench.figures.{n}": "a figure of the arena report, from the Arena that "
+       "summarize() builds"
+       for n in ("plot_arena_summary", "plot_performance_profiles", "plot_task")},
     "lrkit.tuning.objective.Report": "the reporter tune() hands an objective (wraps "
                                      "Optuna's trial)",
     "lrkit.tuning.space.sample": "a step of tune(): draws from a space with Optuna's trial",
@@ -128,7 +131,7 @@ EXEMPT = {
 #: how a message may name an argument other than by its Python name
 ALIASES = {
     ("lrkit.targets.load_target", "text"): ("TARGET",),  # the command line's name for it
-    ("lrkit.targets.optimizer_factory", "text"): ("optimizer",),
+    ("lrkit.optim.names.optimizer_factory", "text"): ("optimizer",),
     ("lrkit.schedules.parse.parse", "text"): ("nonsense-xyz",),  # quotes the text, with a caret
 }
 
@@ -270,13 +273,15 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.finder.ema": lambda: ((_curve()[1], 0.9), {}),
     "lrkit.plot.new_axes": lambda: ((), {"ncols": 2, "figsize": (4.0, 3.0)}),
     "lrkit.plot.plot_schedules": lambda: (([S.cosine(0.1, 10)], 10), {"labels": ["cos"]}),
-    "lrkit.plot.plot_lr_finder": lambda: ((_result(),), {}),
+    "lrkit.plot.plot_lr_finder": lambda: (
+        (_result().lrs, _result().losses, _result().smoothed_losses),
+        {"suggestions": _result().suggestions, "rule": _result().rule, "validation": False}),
     "lrkit.plot.save": None,  # set below: needs a figure and a path
-    "lrkit.schedules.as_schedule": lambda: ((0.1,), {}),
-    "lrkit.schedules.base.from_config": lambda: ((S.cosine(0.1, 10).to_config(),), {}),
+    "lrkit.schedules.parse.as_schedule": lambda: ((0.1,), {}),
+    "lrkit.schedules.registry.from_config": lambda: ((S.cosine(0.1, 10).to_config(),), {}),
     "lrkit.schedules.parse.parse": lambda: (("cosine(0.1, 10)",), {}),
     "lrkit.targets.load_target": lambda: (("quadratic",), {"seed": 0}),
-    "lrkit.targets.optimizer_factory": lambda: (("sgd(momentum=0.9)",), {}),
+    "lrkit.optim.names.optimizer_factory": lambda: (("sgd(momentum=0.9)",), {}),
     "lrkit.adapters.keras.to_keras": lambda: ((S.cosine(0.1, 10),), {}),
     "lrkit.adapters.keras.KerasSchedule": lambda: ((S.cosine(0.1, 10),), {}),
     "lrkit.adapters.optax.to_optax": lambda: ((S.cosine(0.1, 10),), {}),
@@ -310,8 +315,8 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.optim.schedulefree.reestimate_batchnorm": _reestimate,
     "lrkit.pilot.autopilot": _autopilot,
     "lrkit.plot.save_png_bytes": lambda: ((_figure(),), {"dpi": 50}),
-    "lrkit.plot.method_style": lambda: (("adam_cosine",), {"family": "cosine"}),
-    "lrkit.plot.plot_autopilot": lambda: ((_autopilot_report(),), {}),
+    "lrkit.bench.figures.method_style": lambda: (("adam_cosine",), {"family": "cosine"}),
+    "lrkit.plot.plot_autopilot": lambda: ((_autopilot_report().to_dict(),), {}),
     "lrkit.tuning.space.LogUniform": lambda: ((1e-4, 1.0), {}),
     "lrkit.tuning.space.Uniform": lambda: ((0.0, 1.0), {}),
     "lrkit.tuning.space.IntUniform": lambda: ((1, 10), {"log": False}),

@@ -20,7 +20,8 @@ from lrkit import schedules as S
 from lrkit.bench import get_task, train
 from lrkit.bench import results as R
 from lrkit.bench.methods import METHODS, SCHEDULES, Method, shape, time_based_decay
-from lrkit.bench.report import profile, summarize, write_report
+from lrkit.bench.report import summarize, write_report
+from lrkit.bench.results import profile
 from lrkit.bench.runner import SUITES, bench, plan
 from lrkit.cli import main
 

@@ -7,3 +7,7 @@ class SpecError(ValueError):
 
 class NonFiniteGradientError(FloatingPointError):
     """An optimizer step met a NaN or Inf gradient (with ``nonfinite="raise"``)."""
+
+
+class TargetError(ValueError):
+    """A TARGET or optimizer text that cannot be turned into what it names."""

@@ -246,7 +246,15 @@ class LRFinderResult:
         """Loss against lr on a log axis, with every suggestion marked; returns the Axes."""
         from lrkit.plot import plot_lr_finder
 
-        return plot_lr_finder(self, ax)
+        finite = np.isfinite(self.losses)
+        z = edge = None
+        if finite.sum() >= 3:
+            z = zero_lag(self.losses[finite])
+            where, found = edge_of_progress(self.lrs[finite], self.losses[finite])
+            edge = where if found else None
+        return plot_lr_finder(self.lrs, self.losses, self.smoothed_losses, ax, zero_lag=z,
+                              edge=edge, suggestions=self.suggestions, rule=self.rule,
+                              validation=bool(self.settings.get("validation")))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (non-finite losses become None); ``from_dict`` reads it back."""

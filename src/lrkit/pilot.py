@@ -109,7 +109,7 @@ class AutopilotReport:
         """Three panels: the range test and probes, the schedule used, the training curve."""
         from lrkit.plot import plot_autopilot
 
-        return plot_autopilot(self, axes)
+        return plot_autopilot(self.to_dict(), axes)
 
     def to_html(self, path: str | None = None) -> str:
         """A self-contained HTML page (figures embedded); written to ``path`` if given."""
@@ -209,7 +209,7 @@ def _optimizer_factory(optimizer: str | Callable[..., torch.optim.Optimizer]):
     if not isinstance(optimizer, str):
         raise TypeError(f"autopilot(): optimizer must be a name such as 'adamw' or a function "
                         f"params -> optimizer, got {type(optimizer).__name__}")
-    from lrkit.targets import TargetError, optimizer_factory
+    from lrkit.optim.names import TargetError, optimizer_factory
 
     try:
         return optimizer_factory(optimizer), optimizer
@@ -405,7 +405,7 @@ def _lr_free_class(optimizer: Any) -> type | None:
     a recommended lr (``"prodigy"``, ``"dadapt_adam"``, ``"schedulefree"``), else None."""
     if not isinstance(optimizer, str):
         return None
-    from lrkit.targets import optimizer_classes
+    from lrkit.optim.names import optimizer_classes
 
     key = optimizer.replace("_", "").replace("-", "").lower()
     cls = optimizer_classes().get(key)

@@ -15,7 +15,9 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from lrkit import _checks as C
-from lrkit.schedules import Schedule, as_schedule, from_config
+from lrkit.schedules.parse import as_schedule
+from lrkit.schedules.registry import ScheduleLike as Schedule
+from lrkit.schedules.registry import from_config
 
 _PLATEAU_MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")

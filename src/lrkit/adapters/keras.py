@@ -15,8 +15,9 @@ if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") 
 
 import keras  # noqa: E402
 
-from lrkit.schedules import Schedule, from_config  # noqa: E402
 from lrkit.schedules._ops import Ops  # noqa: E402
+from lrkit.schedules.registry import ScheduleLike as Schedule  # noqa: E402
+from lrkit.schedules.registry import from_config  # noqa: E402
 
 
 class _KerasOps(Ops):

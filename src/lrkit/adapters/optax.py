@@ -5,8 +5,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from lrkit.schedules import Schedule
 from lrkit.schedules._ops import Ops
+from lrkit.schedules.registry import ScheduleLike as Schedule
 
 
 class OptaxSchedule:

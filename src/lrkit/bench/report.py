@@ -251,21 +251,13 @@ class Arena:
         if not used:
             return math.nan
         taus = np.linspace(1.0, TAU_MAX, 301)
-        rho = profile(ratios[method], taus)
+        rho = R.profile(ratios[method], taus)
         area = float(np.sum((rho[1:] + rho[:-1]) / 2 * np.diff(taus)))
         return area / (TAU_MAX - 1.0)
 
     def ranking(self) -> list[tuple[str, str, str]]:
         """Methods by mean shortfall, then by wins."""
         return sorted(self.methods, key=lambda m: (self.mean_shortfall(m[0]), -self.wins(m[0])))
-
-
-def profile(ratios: Sequence[float], taus: np.ndarray) -> np.ndarray:
-    """rho(tau): the fraction of ``ratios`` at most each tau."""
-    r = np.asarray(ratios, dtype=np.float64)
-    if r.size == 0:
-        return np.zeros_like(taus)
-    return (r[None, :] <= taus[:, None] * (1 + 1e-12)).mean(axis=1)
 
 
 def summarize(rows: Sequence[R.Row], range_tests: Sequence[dict[str, Any]] = ()) -> Arena:
@@ -410,6 +402,7 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
     directory holding ``results.csv``) into ``out`` (default: beside the results); returns
     the HTML page's path."""
     from lrkit import plot as P
+    from lrkit.bench import figures as F
 
     C.path("write_report()", "results", results)
     if out is not None:
@@ -427,11 +420,11 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
     figures.mkdir(parents=True, exist_ok=True)
 
     pictures: dict[str, Path] = {}
-    pictures["summary"] = P.save(P.plot_arena_summary(arena), str(figures / "summary.png"))
-    pictures["profiles"] = P.save(P.plot_performance_profiles(arena),
+    pictures["summary"] = P.save(F.plot_arena_summary(arena), str(figures / "summary.png"))
+    pictures["profiles"] = P.save(F.plot_performance_profiles(arena),
                                   str(figures / "profiles.png"))
     for t in arena.tasks:
-        pictures[t.name] = P.save(P.plot_task(arena, t), str(figures / f"task_{t.name}.png"))
+        pictures[t.name] = P.save(F.plot_task(arena, t), str(figures / f"task_{t.name}.png"))
     pictures = {k: Path(v) for k, v in pictures.items()}
 
     sections = _sections(arena, path)

@@ -275,3 +275,11 @@ def load_range_tests(path: str | os.PathLike) -> list[dict[str, Any]]:
                     "suggestions": _json(rec["suggestions"], {}),
                     "stop_reason": rec["stop_reason"]})
     return out
+
+
+def profile(ratios: Sequence[float], taus: np.ndarray) -> np.ndarray:
+    """rho(tau): the fraction of ``ratios`` at most each tau."""
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.size == 0:
+        return np.zeros_like(taus)
+    return (r[None, :] <= taus[:, None] * (1 + 1e-12)).mean(axis=1)

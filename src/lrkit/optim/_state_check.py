@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lrkit import _checks as C
+
 #: settings that choose an implementation, not the algorithm (not given to the probe)
 IMPL_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
@@ -116,7 +118,6 @@ def _check_group(opt: Any, fn: str, i: int, saved: Mapping, ours: Mapping) -> No
                          f"{sorted(k for k in saved if k != 'params')}): another algorithm's "
                          "state_dict, or a corrupted one")
     if "lr" in saved:
-        from lrkit.optim.base import check_lr
         try:
             check_lr(fn, saved["lr"])
         except (TypeError, ValueError) as exc:
@@ -298,3 +299,14 @@ def _finite(fn: str, where: str, k: str, v: Tensor) -> None:
     local = v.to_local() if is_dtensor(v) else v
     if (local.is_floating_point() or local.is_complex()) and bool(torch.isnan(local).any()):
         raise ValueError(f"{fn}: state[{k!r}] of {where} holds NaN")
+
+
+def check_lr(fn: str, lr: Any) -> float | Tensor:
+    """A learning rate: a non-negative number or a 1-element tensor."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"{fn}: lr must be a number or a 1-element tensor, got a tensor "
+                             f"of shape {tuple(lr.shape)}")
+        C.nonnegative(fn, "lr", lr.detach().reshape(()).cpu())
+        return lr
+    return C.nonnegative(fn, "lr", lr)

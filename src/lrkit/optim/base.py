@@ -27,6 +27,7 @@ from torch import Tensor
 from lrkit import _checks as C
 from lrkit.errors import NonFiniteGradientError
 from lrkit.optim import _distributed, _kernel, _state_check
+from lrkit.optim._state_check import check_lr  # noqa: F401 (subclasses use base.check_lr)
 
 NONFINITE_MODES = ("raise", "skip", "zero")
 IMPLS = ("auto", "reference", "foreach", "fused", "kernel")
@@ -66,16 +67,6 @@ def step_tensor(group: dict[str, Any], p: Tensor) -> Tensor:
 
 
 # -- argument checks shared by the optimizers ---------------------------------------
-def check_lr(fn: str, lr: Any) -> float | Tensor:
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"{fn}: lr must be a number or a 1-element tensor, got a tensor "
-                             f"of shape {tuple(lr.shape)}")
-        C.nonnegative(fn, "lr", lr.detach().reshape(()).cpu())
-        return lr
-    return C.nonnegative(fn, "lr", lr)
-
-
 def check_betas(fn: str, betas: Any, names=("betas[0]", "betas[1]")) -> tuple:
     items = C.sequence(fn, "betas", betas)
     if len(items) != 2:

@@ -5,7 +5,7 @@ Nothing here imports torch, keras or jax: the adapters (``s.torch``, ``s.keras``
 ``s.optax``) do, when asked.
 """
 from lrkit.errors import SpecError
-from lrkit.schedules.base import REGISTRY, Schedule, from_config
+from lrkit.schedules.base import Schedule
 from lrkit.schedules.classic import (
     Exponential,
     StepBased,
@@ -57,24 +57,8 @@ from lrkit.schedules.decay import (
     wsd,
 )
 from lrkit.schedules.families import FAMILIES, family
-from lrkit.schedules.parse import parse
-
-
-def as_schedule(value: "Schedule | str | float") -> Schedule:
-    """A schedule from a Schedule, spec text or a constant number."""
-    if isinstance(value, Schedule):
-        return value
-    if isinstance(value, str):
-        return parse(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return constant(value)
-        except ValueError as exc:
-            raise ValueError(f"as_schedule(): value must be a Schedule, spec text or a "
-                             f"non-negative finite number, got {value!r}") from exc
-    raise TypeError(f"as_schedule(): value must be a Schedule, spec text or a number, got "
-                    f"{value!r}")
-
+from lrkit.schedules.parse import as_schedule, parse
+from lrkit.schedules.registry import REGISTRY, from_config
 
 __all__ = [
     "REGISTRY", "Schedule", "SpecError", "as_schedule", "from_config", "parse",

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from lrkit.errors import SpecError
+from lrkit import _checks as C
 from lrkit.schedules._ops import NUMPY, Ops
+from lrkit.schedules.registry import REGISTRY, from_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import matplotlib.axes
 
-REGISTRY: dict[str, type[Schedule]] = {}
 
 
 class Schedule:
@@ -99,13 +99,9 @@ class Schedule:
 
     # -- composition --------------------------------------------------------------
     def __mul__(self, other: Any) -> Schedule:
-        from lrkit.schedules.combinators import Product
-
         return Product([self, other])
 
     def __rmul__(self, other: Any) -> Schedule:
-        from lrkit.schedules.combinators import Product
-
         return Product([other, self])
 
     # -- use ----------------------------------------------------------------------
@@ -174,33 +170,31 @@ def _value_to_text(v: Any) -> str:
     return repr(v)
 
 
-def _value_from_config(v: Any, path: str) -> Any:
-    if isinstance(v, dict):
-        return from_config(v, _path=path)
-    if isinstance(v, list):
-        return [_value_from_config(x, f"{path}[{i}]") for i, x in enumerate(v)]
-    return v
+class Product(Schedule):
+    """The pointwise product of schedules and constants: ``s * 0.5``, ``s1 * s2``."""
 
+    name = "product"
 
-def from_config(config: Any, *, _path: str = "config") -> Schedule:
-    """Rebuild a schedule from ``s.to_config()``; raises ``SpecError`` on anything else."""
-    if not isinstance(config, dict):
-        raise SpecError(f"{_path}: a schedule config must be a dict, got {type(config).__name__}")
-    name = config.get("name")
-    if not isinstance(name, str) or name not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY))
-        raise SpecError(f"{_path}: unknown schedule name {name!r}; known: {known}")
-    cls = REGISTRY[name]
-    args = {}
-    for key, value in config.items():
-        if key == "name":
-            continue
-        if not isinstance(key, str):
-            raise SpecError(f"{_path}: argument names must be strings, got {key!r}")
-        args[key] = _value_from_config(value, f"{_path}.{key}")
-    try:
-        return cls(**args)
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"{_path}: {exc}") from None
-    except RecursionError:
-        raise SpecError(f"{_path}: config nested too deeply") from None
+    def __init__(self, factors: list[Schedule | float]) -> None:
+        fn = "product()"
+        items: list[Schedule | float] = []
+        for i, f in enumerate(C.sequence(fn, "factors", factors, min_len=1)):
+            if isinstance(f, Product):
+                items.extend(f.params["factors"])
+            elif isinstance(f, Schedule):
+                items.append(f)
+            elif isinstance(f, numbers.Real) and not isinstance(f, bool):
+                items.append(C.nonnegative(fn, f"factors[{i}]", f))
+            else:
+                raise TypeError(f"{fn}: factors[{i}] must be a Schedule or a number, got {f!r}")
+        self._set(factors=items)
+
+    def _eval(self, n: Any, o: Ops) -> Any:
+        out = o.full_like(n, 1.0)
+        for f in self._params["factors"]:
+            out = out * (f.evaluate(n, o) if isinstance(f, Schedule) else f)
+        return out
+
+    def __str__(self) -> str:
+        return " * ".join(str(f) if isinstance(f, Schedule) else repr(f)
+                          for f in self._params["factors"])

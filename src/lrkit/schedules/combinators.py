@@ -1,12 +1,12 @@
-"""Schedules built from schedules: warmup, join, products, clipping."""
+"""Schedules built from schedules: warmup, join, products (``Product`` lives with
+``Schedule``, whose ``*`` builds it), clipping."""
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 from lrkit import _checks as C
 from lrkit.schedules._ops import Ops
-from lrkit.schedules.base import Schedule
+from lrkit.schedules.base import Product, Schedule
 
 
 def _schedule(fn: str, name: str, value: Any) -> Schedule:
@@ -72,34 +72,7 @@ class Join(Schedule):
         return out
 
 
-class Product(Schedule):
-    """The pointwise product of schedules and constants: ``s * 0.5``, ``s1 * s2``."""
 
-    name = "product"
-
-    def __init__(self, factors: list[Schedule | float]) -> None:
-        fn = "product()"
-        items: list[Schedule | float] = []
-        for i, f in enumerate(C.sequence(fn, "factors", factors, min_len=1)):
-            if isinstance(f, Product):
-                items.extend(f.params["factors"])
-            elif isinstance(f, Schedule):
-                items.append(f)
-            elif isinstance(f, numbers.Real) and not isinstance(f, bool):
-                items.append(C.nonnegative(fn, f"factors[{i}]", f))
-            else:
-                raise TypeError(f"{fn}: factors[{i}] must be a Schedule or a number, got {f!r}")
-        self._set(factors=items)
-
-    def _eval(self, n: Any, o: Ops) -> Any:
-        out = o.full_like(n, 1.0)
-        for f in self._params["factors"]:
-            out = out * (f.evaluate(n, o) if isinstance(f, Schedule) else f)
-        return out
-
-    def __str__(self) -> str:
-        return " * ".join(str(f) if isinstance(f, Schedule) else repr(f)
-                          for f in self._params["factors"])
 
 
 class Clip(Schedule):

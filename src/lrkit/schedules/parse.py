@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrkit.errors import SpecError
-from lrkit.schedules.base import REGISTRY, Schedule
+from lrkit.schedules.registry import REGISTRY, ScheduleLike
 
 _TOKEN = re.compile(
     r"""
@@ -107,7 +107,7 @@ class _Parser:
                 out = out * f
             return out
         for f in factors:
-            if not (_is_number(f) or isinstance(f, Schedule)):
+            if not (_is_number(f) or isinstance(f, ScheduleLike)):
                 raise _error(self.text, start.pos, "'*' multiplies schedules and numbers only")
         return self.build("product", start, [factors], {})
 
@@ -181,7 +181,7 @@ class _Parser:
         self.i += 1
         return self.build(name, name_tok, args, kwargs)
 
-    def build(self, name: str, tok: _Tok, args: list[Any], kwargs: dict[str, Any]) -> Schedule:
+    def build(self, name: str, tok: _Tok, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
             return REGISTRY[name](*args, **kwargs)
         except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
@@ -206,7 +206,7 @@ def _number(text: str) -> int | float:
         raise SpecError(f"malformed number {text!r}") from None
 
 
-def parse(text: str) -> Schedule:
+def parse(text: str) -> Any:
     """Read a schedule from text such as ``warmup(cosine(3e-4, total=10000), steps=500)``.
 
     ``parse(str(s)) == s`` for every schedule ``s``. Raises ``SpecError`` (a ``ValueError``)
@@ -221,6 +221,22 @@ def parse(text: str) -> Schedule:
         raise parser.fail("end of text (or '*')")
     if _is_number(value):
         return parser.build("constant", parser.tokens[0], [value], {})
-    if not isinstance(value, Schedule):
+    if not isinstance(value, ScheduleLike):
         raise _error(text, 0, f"expected a schedule, got {type(value).__name__} {value!r}")
     return value
+
+
+def as_schedule(value: ScheduleLike | str | float) -> ScheduleLike:
+    """A schedule from a schedule, spec text or a constant number."""
+    if isinstance(value, ScheduleLike):
+        return value
+    if isinstance(value, str):
+        return parse(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return REGISTRY["constant"](value)
+        except ValueError as exc:
+            raise ValueError(f"as_schedule(): value must be a Schedule, spec text or a "
+                             f"non-negative finite number, got {value!r}") from exc
+    raise TypeError(f"as_schedule(): value must be a Schedule, spec text or a number, got "
+                    f"{value!r}")

@@ -44,7 +44,7 @@ class Objective:
 
 def _make_optimizer(optimizer: str, params: Mapping[str, Any]):
     """``params -> optimizer`` with the setting's momentum as SGD's momentum or Adam's beta1."""
-    from lrkit.targets import optimizer_factory
+    from lrkit.optim.names import optimizer_factory
 
     factory = optimizer_factory(optimizer)
 
@@ -130,7 +130,7 @@ def _target_objective(text: str, optimizer: str | None, steps: int | None):
 
 def _range_test(build: Callable[[], tuple[Any, Any, Any]], optimizer: str) -> float | None:
     from lrkit.finder import find_lr
-    from lrkit.targets import optimizer_factory
+    from lrkit.optim.names import optimizer_factory
 
     model, loader, loss_fn = build()
     opt = optimizer_factory(optimizer)(model.parameters(), lr=1e-3)
