@@ -277,6 +277,7 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
         (_result().lrs, _result().losses, _result().smoothed_losses),
         {"suggestions": _result().suggestions, "rule": _result().rule, "validation": False}),
     "lrkit.plot.save": None,  # set below: needs a figure and a path
+    "lrkit.pages.render": lambda: (("arena.html",), {"sections": []}),
     "lrkit.schedules.parse.as_schedule": lambda: ((0.1,), {}),
     "lrkit.schedules.registry.from_config": lambda: ((S.cosine(0.1, 10).to_config(),), {}),
     "lrkit.schedules.parse.parse": lambda: (("cosine(0.1, 10)",), {}),

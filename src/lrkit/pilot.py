@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import html
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -113,30 +112,22 @@ class AutopilotReport:
 
     def to_html(self, path: str | None = None) -> str:
         """A self-contained HTML page (figures embedded); written to ``path`` if given."""
+        from lrkit.pages import render
         from lrkit.plot import new_axes, save_png_bytes
 
         fig, axes = new_axes(3, figsize=(16, 4.2))
         self.plot(axes)
         image = base64.b64encode(save_png_bytes(fig)).decode()
-        rows = "".join(
-            f"<tr><td>{p.rung}</td><td>{p.lr:.3g}</td><td>{p.steps}</td>"
-            f"<td>{p.score:.4g}</td></tr>" for p in self.probes)
-        events = "".join(f"<li>{html.escape(e['description'])}</li>"
-                         for e in self.guard_events) or "<li>none</li>"
         compute = ", ".join(f"{k} {v:.0f} steps" for k, v in self.compute.items())
-        lr_text = "learning-rate-free" if self.lr is None else f"{self.lr:.4g}"
-        page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>lrkit autopilot</title><style>body{{font-family:sans-serif;max-width:1100px;
-margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}</style></head><body>
-<h1>lrkit autopilot</h1>
-<p>Optimizer <b>{html.escape(self.optimizer)}</b>, peak learning rate <b>{lr_text}</b>,
-schedule <code>{html.escape(self.schedule)}</code>, {self.steps} steps.
-Compute: {self.relative_compute:.2f}x one plain run ({compute}).
-Final training loss {self._final_loss():.4g}{self._final_val()}.</p>
-<h2>Decisions</h2><ol>{"".join(f"<li>{html.escape(d)}</li>" for d in self.decisions)}</ol>
-<img src="data:image/png;base64,{image}" style="width:100%">
-<h2>Probes</h2><table><tr><th>rung</th><th>lr</th><th>steps</th><th>score</th></tr>{rows}
-</table><h2>Divergence guard</h2><ul>{events}</ul></body></html>"""
+        page = render(
+            "autopilot.html", optimizer=self.optimizer,
+            lr_text="learning-rate-free" if self.lr is None else f"{self.lr:.4g}",
+            schedule=self.schedule, steps=self.steps,
+            relative_compute=f"{self.relative_compute:.2f}", compute=compute,
+            final_loss=f"{self._final_loss():.4g}", final_val=self._final_val(),
+            decisions=self.decisions, image=image,
+            probes=[(p.rung, f"{p.lr:.3g}", p.steps, f"{p.score:.4g}") for p in self.probes],
+            events=[e["description"] for e in self.guard_events])
         if path is not None:
             with open(path, "w") as f:
                 f.write(page)

@@ -24,7 +24,6 @@ How results are read:
 from __future__ import annotations
 
 import base64
-import html
 import math
 import os
 import statistics
@@ -389,13 +388,6 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _html_table(head: list[str], body: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                  for row in body)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
-
-
 # -- the pages ---------------------------------------------------------------------------------
 def write_report(results: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` for a results file (or a
@@ -509,35 +501,15 @@ def _markdown(sections: list[dict[str, Any]], pictures: dict[str, Path], out: Pa
     return "\n".join(lines)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;
-color:#222}table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid
-#ccc;padding:3px 7px;text-align:right}td:nth-child(2),th:nth-child(2),td:first-child{text-align:
-left}th{background:#f0f0f0}img{max-width:100%}.cap{color:#555;font-size:13px}code{background:
-#f4f4f4;padding:0 3px}"""
-
-
 def _html(sections: list[dict[str, Any]], pictures: dict[str, Path]) -> str:
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>lrkit arena report"
-             f"</title><style>{_CSS}</style></head><body><h1>lrkit arena report</h1>"]
-    toc = "".join(f"<li><a href='#s{i}'>{html.escape(s['title'])}</a></li>"
-                  for i, s in enumerate(sections))
-    parts.append(f"<ul>{toc}</ul>")
-    for i, s in enumerate(sections):
-        parts.append(f"<h2 id='s{i}'>{html.escape(s['title'])}</h2>")
-        for para in s.get("text", []):
-            parts.append(f"<p>{_inline_code(html.escape(para))}</p>")
+    """The page: ``sections`` with their pictures embedded (one self-contained file)."""
+    from lrkit.pages import render
+
+    shown = []
+    for s in sections:
+        image = None
         if s.get("picture"):
-            data = base64.b64encode(pictures[s["picture"]].read_bytes()).decode("ascii")
-            parts.append(f"<img alt='{html.escape(s['title'])}' "
-                         f"src='data:image/png;base64,{data}'>")
-            if s.get("caption"):
-                parts.append(f"<p class='cap'>{html.escape(s['caption'])}</p>")
-        if s.get("table"):
-            parts.append(_html_table(*s["table"]))
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _inline_code(text: str) -> str:
-    pieces = text.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+            image = base64.b64encode(pictures[s["picture"]].read_bytes()).decode("ascii")
+        shown.append({"title": s["title"], "text": s.get("text", []), "image": image,
+                      "caption": s.get("caption"), "table": s.get("table")})
+    return render("arena.html", sections=shown)

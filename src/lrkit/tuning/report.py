@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any
 
 from lrkit import _checks as C
 from lrkit import schedules as S
+from lrkit.pages import render
 from lrkit.tuning.space import schedule_of
 from lrkit.tuning.workers import fmt
 
@@ -87,32 +87,19 @@ def write_report(result: TuneResult, path: str) -> str:
             fig.tight_layout()
             fig.savefig(buf, format="png", dpi=100)
             plt.close(fig)
-            figures.append((title, base64.b64encode(buf.getvalue()).decode()))
+            figures.append({"title": title, "image": base64.b64encode(buf.getvalue()).decode()})
         except Exception as exc:  # too few trials for a plot: say so instead
-            figures.append((title, f"unavailable: {html.escape(str(exc))}"))
-    counts = result.counts()
-    rows = ""
+            figures.append({"title": title, "image": None, "error": str(exc)})
     try:
-        best = result.best_trial
+        trial = result.best_trial
         schedule = result.best_schedule
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(fmt(v))}</td></tr>"
-                       for k, v in best.params.items())
-        head = (f"<p>Best trial #{best.number}: <b>{result.best_value:.6g}</b> "
-                f"({result.direction}).</p>")
-        if schedule is not None:
-            head += f"<p>Best schedule: <code>{html.escape(str(schedule))}</code></p>"
+        best = {"number": trial.number, "value": f"{result.best_value:.6g}",
+                "schedule": str(schedule) if schedule is not None else None,
+                "params": [(str(k), fmt(v)) for k, v in trial.params.items()]}
     except ValueError:
-        head = "<p>No completed trial yet.</p>"
-    body = "".join(
-        f"<h2>{t}</h2>" + (f'<img src="data:image/png;base64,{img}">' if not
-                           img.startswith("unavailable") else f"<p>{img}</p>")
-        for t, img in figures)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lrkit tune: "
-            f"{html.escape(study.study_name)}</title><style>body{{font-family:sans-serif;"
-            f"max-width:900px;margin:2em auto}}td{{padding:2px 10px}}</style></head><body>"
-            f"<h1>lrkit tune: {html.escape(study.study_name)}</h1>{head}"
-            f"<table>{rows}</table><p>Trials: {html.escape(str(counts))}</p>{body}"
-            f"</body></html>")
+        best = None
+    page = render("tune.html", study=study.study_name, best=best, direction=result.direction,
+                  counts=str(result.counts()), figures=figures)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(page)
     return str(path)
