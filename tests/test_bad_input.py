@@ -37,6 +37,7 @@ import torch
 
 import lrkit
 from lrkit import schedules as S
+from lrkit.finder import RULES
 from optim_registry import REGISTRY
 from resume_cases import SCHEDULES
 
@@ -266,7 +267,7 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.finder.find_lr": _find,
     "lrkit.finder.suggest": lambda: (_curve(), {"rule": "edge", "smooth": 0.9}),
     **{f"lrkit.finder.{n}": (lambda: ((*_curve(), _curve()[1]), {}))
-       for n in ("steep", "valley", "minimum", "edge")},
+       for n in RULES},  # every rule takes (lrs, losses, smoothed)
     "lrkit.finder.edge_of_progress": lambda: (_curve(), {}),
     "lrkit.finder.centred_smooth": lambda: ((_curve()[1], 3), {}),
     "lrkit.finder.zero_lag": lambda: ((_curve()[1],), {}),
