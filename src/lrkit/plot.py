@@ -209,9 +209,10 @@ def plot_autopilot(report: Any, axes: Sequence[Any] | None = None):
     return axes
 
 # -- the benchmark arena's report ----------------------------------------------------------------
-SCHEDULE_COLORS = {"constant": "#1f77b4", "step_based": "#ff7f0e", "exponential": "#2ca02c",
-                   "time_based": "#d62728", "cosine": "#9467bd", "one_cycle": "#8c564b",
-                   "wsd": "#e377c2"}
+SCHEDULE_COLORS = {  # one colour per family of lrkit.schedules.COMPARED
+    "constant": "#1f77b4", "step_based": "#ff7f0e", "exponential": "#2ca02c",
+    "time_based": "#d62728", "cosine": "#9467bd", "one_cycle": "#8c564b", "wsd": "#e377c2",
+    "linear": "#843c39"}
 METHOD_STYLES = {  # methods outside the optimizer x schedule grid
     "adam_default": {"color": "black", "ls": ":", "marker": "*"},
     "sf_adamw": {"color": "#17becf", "ls": "-", "marker": "D"},

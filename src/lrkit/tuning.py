@@ -44,8 +44,7 @@ from lrkit import schedules as S
 
 DEFAULT_SQLITE = "lrkit-tune.db"
 DEFAULT_JOURNAL = "lrkit-tune.journal"
-DEFAULT_FAMILIES = ("constant", "cosine", "one_cycle", "wsd", "step_based", "exponential",
-                    "time_based")
+DEFAULT_FAMILIES = S.COMPARED  # the families the arena compares (lrkit.schedules.family)
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_TARGET_STEPS = 300
 MAX_FAILURES_IN_A_ROW = 5
