@@ -138,6 +138,20 @@ def _sgd(model=None):
     return torch.optim.SGD((model or _model()).parameters(), lr=0.1)
 
 
+def _loop_step():
+    model = _model()
+    return (model, _sgd(model), lambda m, b: m(b).sum()), {
+        "closure": False, "scaler": None, "autocast": torch.bfloat16,
+        "device": torch.device("cpu"), "guard": None, "name": "train()"}
+
+
+def _loop_step_object():
+    from lrkit.loop import Step
+
+    args, kwargs = _loop_step()
+    return Step(*args, **kwargs)
+
+
 def _loader():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, generator=g)
@@ -256,6 +270,16 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
         "factor": 0.5, "patience": 2, "mode": "min", "threshold": 1e-4,
         "threshold_mode": "rel", "cooldown": 1, "min_lr": [0.0], "eps": 1e-8}),
     "lrkit.guard.DivergenceGuard": _guard,
+    "lrkit.scheduler.scale_lr": lambda: ((_sgd(), 0.5), {"scheduler": None}),
+    "lrkit.loop.batch_loss": lambda: ((torch.nn.functional.mse_loss,), {"fn": "train()"}),
+    "lrkit.loop.endless": lambda: (([(torch.ones(1), torch.ones(1))],), {"fn": "train()"}),
+    "lrkit.loop.has_modes": lambda: ((_sgd(),), {}),
+    "lrkit.loop.averaged": lambda: ((_sgd(),), {}),
+    "lrkit.loop.evaluating": lambda: ((_model(),), {}),
+    "lrkit.loop.Step": _loop_step,
+    "lrkit.loop.Loop": lambda: ((_loop_step_object(),), {
+        "scheduler": None, "accumulate": 2, "nonfinite_errors": (FloatingPointError,),
+        "losses": [], "lrs": []}),
     "lrkit.finder.find_lr": _find,
     "lrkit.finder.suggest": lambda: (_curve(), {"rule": "edge", "smooth": 0.9}),
     **{f"lrkit.finder.{n}": (lambda: ((*_curve(), _curve()[1]), {}))

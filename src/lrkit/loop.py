@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 import torch
 
+from lrkit import _checks as C
+
 Compute = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 
@@ -55,6 +57,11 @@ class _RolledBack(Exception):
 def batch_loss(loss_fn: Callable[[Any, Any], torch.Tensor], fn: str = "train") -> Compute:
     """``compute(model, batch) = loss_fn(model(inputs), targets)`` for a batch ``(inputs,
     targets)``; any other batch raises a TypeError naming ``fn`` and ``step_fn``."""
+    if not callable(loss_fn):
+        raise TypeError(f"batch_loss(): loss_fn must be a function (outputs, targets) -> "
+                        f"loss, got {type(loss_fn).__name__}")
+    fn = C.text("batch_loss()", "fn", fn)
+
     def compute(model: torch.nn.Module, batch: Any) -> torch.Tensor:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             kind = type(batch).__name__ + (f" of length {len(batch)}"
@@ -68,22 +75,28 @@ def batch_loss(loss_fn: Callable[[Any, Any], torch.Tensor], fn: str = "train") -
     return compute
 
 
-def to_device(batch: Any, device: torch.device | None) -> Any:
+def _to_device(batch: Any, device: torch.device | None) -> Any:
     """``batch`` (a tensor, or dicts, lists and tuples of them) moved to ``device``."""
     if device is None:
         return batch
     if torch.is_tensor(batch):
         return batch.to(device)
     if isinstance(batch, dict):
-        return type(batch)((k, to_device(v, device)) for k, v in batch.items())
+        return type(batch)((k, _to_device(v, device)) for k, v in batch.items())
     if isinstance(batch, (list, tuple)):
-        items = [to_device(v, device) for v in batch]
+        items = [_to_device(v, device) for v in batch]
         return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
     return batch
 
 
 def endless(loader: Iterable[Any], fn: str = "train") -> Iterator[Any]:
-    """The batches of ``loader`` for ever, re-iterating it when it runs out."""
+    """The batches of ``loader`` for ever, re-iterating it when it runs out (an empty one
+    raises a ValueError naming ``fn``)."""
+    C.iterable("endless()", "loader", loader)
+    return _endless(loader, C.text("endless()", "fn", fn))
+
+
+def _endless(loader: Iterable[Any], fn: str) -> Iterator[Any]:
     while True:
         empty = True
         for batch in loader:
@@ -94,17 +107,22 @@ def endless(loader: Iterable[Any], fn: str = "train") -> Iterator[Any]:
 
 
 # -- eval mode ---------------------------------------------------------------------------
-def has_modes(optimizer: Any) -> bool:
+def has_modes(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` keeps two sets of weights behind ``train()``/``eval()``
     (schedule-free)."""
+    _optimizer("has_modes()", optimizer)
     return callable(getattr(optimizer, "eval", None)) and \
         callable(getattr(optimizer, "train", None))
 
 
-@contextlib.contextmanager
-def averaged(optimizer: Any) -> Iterator[None]:
+def averaged(optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager[None]:
     """A schedule-free optimizer's evaluation weights in place (``optimizer.eval()``),
     its training weights back after (``optimizer.train()``); nothing for other optimizers."""
+    return _averaged(_optimizer("averaged()", optimizer))
+
+
+@contextlib.contextmanager
+def _averaged(optimizer: Any) -> Iterator[None]:
     if not has_modes(optimizer):
         yield
         return
@@ -115,9 +133,13 @@ def averaged(optimizer: Any) -> Iterator[None]:
         optimizer.train()
 
 
-@contextlib.contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[None]:
+def evaluating(model: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
     """Eval mode without gradients; every module's train/eval flag restored after."""
+    return _evaluating(C.module("evaluating()", "model", model))
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -126,6 +148,13 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, flag in modes:
             m.training = flag
+
+
+def _optimizer(fn: str, optimizer: Any) -> torch.optim.Optimizer:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    return optimizer
 
 
 # -- one step ------------------------------------------------------------------------------
@@ -145,10 +174,33 @@ class Step:
     guard: Guard | None = None
     name: str = "train"  # the caller, named in error messages
 
+    def __post_init__(self) -> None:
+        fn = "Step()"
+        C.module(fn, "model", self.model)
+        _optimizer(fn, self.optimizer)
+        if not callable(self.compute):
+            raise TypeError(f"{fn}: compute must be a function (model, batch) -> loss, got "
+                            f"{type(self.compute).__name__}")
+        C.boolean(fn, "closure", self.closure)
+        if self.scaler is not None and not isinstance(self.scaler, torch.amp.GradScaler):
+            raise TypeError(f"{fn}: scaler must be a torch.amp.GradScaler or None, got "
+                            f"{type(self.scaler).__name__}")
+        if self.autocast is not None and self.autocast not in (torch.bfloat16, torch.float16):
+            raise (TypeError if not isinstance(self.autocast, torch.dtype) else ValueError)(
+                f"{fn}: autocast must be torch.bfloat16, torch.float16 or None, got "
+                f"{self.autocast!r}")
+        if self.device is not None and not isinstance(self.device, torch.device):
+            raise TypeError(f"{fn}: device must be a torch.device or None, got "
+                            f"{type(self.device).__name__}")
+        if self.guard is not None and not callable(getattr(self.guard, "check", None)):
+            raise TypeError(f"{fn}: guard must have check(loss) (a DivergenceGuard) or be "
+                            f"None, got {type(self.guard).__name__}")
+        C.text(fn, "name", self.name)
+
     def loss(self, batch: Any) -> torch.Tensor:
         """The loss of one batch (moved to ``device``, under autocast when set), checked to
         be one number."""
-        batch = to_device(batch, self.device)
+        batch = _to_device(batch, self.device)
         if self.autocast is None:
             loss = self.compute(self.model, batch)
         else:
@@ -271,8 +323,29 @@ class Loop:
     nonfinite_errors: tuple[type[BaseException], ...] = ()
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
-    updates: int = 0
-    diverged: bool = False
+    updates: int = field(default=0, init=False)
+    diverged: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        fn = "Loop()"
+        if not isinstance(self.step, Step):
+            raise TypeError(f"{fn}: step must be an lrkit.loop.Step, got "
+                            f"{type(self.step).__name__}")
+        if self.scheduler is not None and not (
+                callable(getattr(self.scheduler, "step", None))
+                and hasattr(self.scheduler, "last_epoch")):
+            raise TypeError(f"{fn}: scheduler must be an lrkit.Scheduler or None, got "
+                            f"{type(self.scheduler).__name__}")
+        self.accumulate = C.positive_int(fn, "accumulate", self.accumulate)
+        if not isinstance(self.nonfinite_errors, tuple) or not all(
+                isinstance(e, type) and issubclass(e, BaseException)
+                for e in self.nonfinite_errors):
+            raise TypeError(f"{fn}: nonfinite_errors must be a tuple of exception classes, "
+                            f"got {self.nonfinite_errors!r:.60}")
+        for name in ("losses", "lrs"):
+            if not isinstance(getattr(self, name), list):
+                raise TypeError(f"{fn}: {name} must be a list (it is appended to), got "
+                                f"{type(getattr(self, name)).__name__}")
 
     @property
     def position(self) -> int:

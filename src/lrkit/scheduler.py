@@ -346,7 +346,15 @@ def scale_lr(optimizer: torch.optim.Optimizer, factor: float, scheduler: Any = N
 
     With ``Scheduler._apply`` this is the one place that writes learning rates into param
     groups (the guard's back-off and the autopilot go through them)."""
-    factor = C.positive("scale_lr()", "factor", factor)
+    fn = "scale_lr()"
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    factor = C.positive(fn, "factor", factor)
+    if scheduler is not None and not any(
+            hasattr(scheduler, a) for a in ("scale_lr", "base_lrs", "state_dict")):
+        raise TypeError(f"{fn}: scheduler must be an lrkit.Scheduler, a torch scheduler or "
+                        f"None, got {type(scheduler).__name__}")
     if scheduler is not None and hasattr(scheduler, "scale_lr"):
         scheduler.scale_lr(factor)
         return
