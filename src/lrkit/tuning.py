@@ -44,7 +44,9 @@ from lrkit import schedules as S
 
 DEFAULT_SQLITE = "lrkit-tune.db"
 DEFAULT_JOURNAL = "lrkit-tune.journal"
-DEFAULT_FAMILIES = S.COMPARED  # the families the arena compares (lrkit.schedules.family)
+# the families of S.family that tune searches by default: those the arena compares, less
+# linear (the autopilot's default), as issue 8 specified the space
+DEFAULT_FAMILIES = tuple(f for f in S.COMPARED if f != "linear")
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_TARGET_STEPS = 300
 MAX_FAILURES_IN_A_ROW = 5
