@@ -58,14 +58,14 @@ def finder() -> dict:
             "after": [float(p.detach().sum()) for p in inst.model.parameters()]}
 
 
-def autopilot(optimizer: str, steps: int) -> dict:
+def autopilot(optimizer: str, steps: int, **options) -> dict:
     import lrkit
     from lrkit.bench import get_task
 
     torch.set_num_threads(1)
     inst = get_task("quadratic").build(0)
     rep = lrkit.autopilot(inst.model, inst.loader, inst.loss_fn, steps=steps,
-                          optimizer=optimizer, seed=0, progress=False)
+                          optimizer=optimizer, seed=0, progress=False, **options)
     return {"lr": rep.lr, "schedule": rep.schedule, "losses": rep.losses, "lrs": rep.lrs,
             "probes": [[p.lr, p.steps, p.score] for p in rep.probes],
             "guard_events": len(rep.guard_events), "compute": rep.compute,
@@ -84,6 +84,26 @@ def tune_trial() -> dict:
     return {"losses": run.losses, "metrics": run.metrics}
 
 
+def tune_target() -> dict:
+    from lrkit.tuning import _target_objective
+
+    torch.set_num_threads(1)
+    reported = []
+    objective = _target_objective("quadratic", "sgd(momentum=0.9)", 60)
+    value = objective.fn({"lr": 0.05, "schedule": "cosine", "warmup": 0.1},
+                         lambda step, v: reported.append([step, v]))
+    return {"value": value, "reported": reported}
+
+
+EXTRA = {  # recorded from 4cb7062 too, after the first set
+    "autopilot/adam/cosine-given": lambda: autopilot("adam", 150,
+                                                     schedule="cosine(1, total=150)"),
+    "autopilot/sgd/val_fn": lambda: autopilot("sgd(momentum=0.9)", 120, budget=2.0,
+                                              val_fn=lambda m: float(m.theta.sum() ** 2)),
+    "tune/target": tune_target,
+}
+
+
 def compute_all() -> dict:
     out = {f"{m}/{t}/{lr}/{s}/{n}": cell(m, t, lr, s, n) for m, t, lr, s, n in CELLS}
     out["find_lr"] = finder()
@@ -97,3 +117,8 @@ if __name__ == "__main__":
     if "--record" in sys.argv:
         GOLDEN.write_text(json.dumps(compute_all(), indent=1))
         print("wrote", GOLDEN)
+    if "--record-extra" in sys.argv:
+        recorded = json.loads(GOLDEN.read_text())
+        recorded.update({k: f() for k, f in EXTRA.items()})
+        GOLDEN.write_text(json.dumps(recorded, indent=1))
+        print("added", ", ".join(EXTRA))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -13,6 +14,7 @@ import loop_golden as G
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RECORDED = json.loads(G.GOLDEN.read_text())
+CI = bool(os.environ.get("CI"))  # CI (2 cores) replays the cells that take under a second
 
 
 def same(a, b) -> bool:
@@ -26,16 +28,19 @@ def same(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("spec", G.CELLS, ids=lambda c: "/".join(map(str, c)))
+@pytest.mark.parametrize("spec", [c for c in G.CELLS if not (CI and c[1] == "mnist1d_mlp")],
+                         ids=lambda c: "/".join(map(str, c)))
 def test_arena_cell_is_identical(spec):
     got = json.loads(json.dumps(G.cell(*spec)))
     assert same(got, RECORDED["/".join(map(str, spec))])
 
 
-@pytest.mark.parametrize("key", ["find_lr", "autopilot/adam", "autopilot/prodigy",
-                                 "tune/cosine"])
-def test_driver_is_identical(key):
-    run = {"find_lr": G.finder, "autopilot/adam": lambda: G.autopilot("adam", 200),
+DRIVERS = {"find_lr": G.finder, "autopilot/adam": lambda: G.autopilot("adam", 200),
            "autopilot/prodigy": lambda: G.autopilot("prodigy", 60),
-           "tune/cosine": G.tune_trial}[key]
-    assert same(json.loads(json.dumps(run())), RECORDED[key])
+           "tune/cosine": G.tune_trial, **G.EXTRA}
+
+
+@pytest.mark.parametrize("key", [k for k in DRIVERS if not (
+    CI and k in ("autopilot/adam", "autopilot/sgd/val_fn"))])
+def test_driver_is_identical(key):
+    assert same(json.loads(json.dumps(DRIVERS[key]())), RECORDED[key])
