@@ -146,6 +146,20 @@ def _sgd(model=None):
     return torch.optim.SGD((model or _model()).parameters(), lr=0.1)
 
 
+def _loop_step():
+    model = _model()
+    return (model, _sgd(model), lambda m, b: m(b).sum()), {
+        "closure": False, "scaler": None, "autocast": torch.bfloat16,
+        "device": torch.device("cpu"), "guard": None, "name": "train()"}
+
+
+def _loop_step_object():
+    from lrkit.loop import Step
+
+    args, kwargs = _loop_step()
+    return Step(*args, **kwargs)
+
+
 def _loader():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, generator=g)
@@ -264,6 +278,16 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
         "factor": 0.5, "patience": 2, "mode": "min", "threshold": 1e-4,
         "threshold_mode": "rel", "cooldown": 1, "min_lr": [0.0], "eps": 1e-8}),
     "lrkit.guard.DivergenceGuard": _guard,
+    "lrkit.scheduler.scale_lr": lambda: ((_sgd(), 0.5), {"scheduler": None}),
+    "lrkit.loop.batch_loss": lambda: ((torch.nn.functional.mse_loss,), {"fn": "train()"}),
+    "lrkit.loop.endless": lambda: (([(torch.ones(1), torch.ones(1))],), {"fn": "train()"}),
+    "lrkit.loop.has_modes": lambda: ((_sgd(),), {}),
+    "lrkit.loop.averaged": lambda: ((_sgd(),), {}),
+    "lrkit.loop.evaluating": lambda: ((_model(),), {}),
+    "lrkit.loop.Step": _loop_step,
+    "lrkit.loop.Loop": lambda: ((_loop_step_object(),), {
+        "scheduler": None, "accumulate": 2, "nonfinite_errors": (FloatingPointError,),
+        "losses": [], "lrs": []}),
     "lrkit.finder.find_lr": _find,
     "lrkit.finder.suggest": lambda: (_curve(), {"rule": "edge", "smooth": 0.9}),
     **{f"lrkit.finder.{n}": (lambda: ((*_curve(), _curve()[1]), {}))
@@ -288,7 +312,6 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.adapters.keras.KerasSchedule": lambda: ((S.cosine(0.1, 10),), {}),
     "lrkit.adapters.optax.to_optax": lambda: ((S.cosine(0.1, 10),), {}),
     "lrkit.adapters.optax.OptaxSchedule": lambda: ((S.cosine(0.1, 10),), {}),
-    "lrkit.bench.tasks.warmup_cosine": lambda: ((0.1, 100), {"warmup": 0.05}),
     "lrkit.bench.tasks.get_task": lambda: (("quadratic",), {}),
     "lrkit.bench.tasks.Recipe": lambda: (("Adam", 1e-3), {"warmup": 0.05}),
     "lrkit.bench.tasks.Task": _task_fields,
@@ -301,8 +324,6 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
         ("quadratic", lambda p: torch.optim.SGD(p, lr=0.01)),
         {"seed": 0, "steps": 5, "callback": lambda step, loss: None,
          "on_eval": lambda step, metric: None, "on_end": lambda opt, run: None}),
-    "lrkit.bench.methods.time_based_decay": lambda: ((100,), {"end": 0.01}),
-    "lrkit.bench.methods.shape": lambda: (("cosine", 0.1, 100), {"warmup": 0.05}),
     "lrkit.bench.methods.get_method": lambda: (("adam_cosine",), {}),
     "lrkit.bench.runner.get_suite": lambda: (("quick",), {}),
     "lrkit.bench.runner.bench": lambda: ((("quick",), {
@@ -312,7 +333,7 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.bench.write_report": lambda: ((_results(),), {"out": _tmpdir()}),
     "lrkit.bench.report.write_report": lambda: ((_results(),), {"out": _tmpdir()}),
     "lrkit.schedules.families.family": lambda: (("cosine", 0.1, 100), {"warmup": 0.05}),
-    "lrkit.schedules.families.time_based_decay": lambda: ((100, 0.1), {}),
+    "lrkit.schedules.families.time_based_decay": lambda: ((100,), {"end": 0.01}),
     "lrkit.optim.dog.PolynomialDecayAverager": lambda: ((_model(),), {"gamma": 8.0}),
     "lrkit.optim.schedulefree.reestimate_batchnorm": _reestimate,
     "lrkit.pilot.autopilot": _autopilot,

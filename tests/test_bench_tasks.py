@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from lrkit import schedules as S
 from lrkit.bench import TASKS, Batches, Run, get_task, train
-from lrkit.bench.tasks import warmup_cosine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,7 +93,7 @@ def test_same_seed_same_run_whatever_was_run_before():
 def test_diverging_run_is_recorded_not_raised():
     task = get_task("rosenbrock")
     run = train(task, lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-                schedule=lambda n: warmup_cosine(0.1, n), seed=0)
+                schedule=lambda n: S.family("cosine", 0.1, n, 0.05), seed=0)
     assert run.diverged and run.final == math.inf and run.half == math.inf
     assert run.steps_to_target is None and len(run.losses) < task.steps
     assert run.to_dict()["diverged"] is True
@@ -103,7 +103,7 @@ def test_schedule_forms_and_constant_lr():
     task = get_task("quadratic")
     make = task.reference.make_optimizer
     a = train(task, make, "cosine(0.01, total=100)", steps=100)
-    b = train(task, make, lambda n: warmup_cosine(0.01, n, warmup=0), steps=100)
+    b = train(task, make, lambda n: S.family("cosine", 0.01, n, warmup=0), steps=100)
     assert a.metrics == b.metrics
     c = train(task, make, None, steps=100)  # the optimizer's own lr, constant
     d = train(task, make, 0.01, steps=100)

@@ -20,6 +20,7 @@ import torch
 from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit._snapshot import Snapshot
+from lrkit.loop import Step, batch_loss, evaluating
 from lrkit.scheduler import Scheduler
 
 _FN = "find_lr()"
@@ -342,7 +343,9 @@ def find_lr(
     settings = {"start": start, "end": end, "steps": steps, "mode": mode, "smooth": smooth,
                 "diverge": diverge, "accumulate": accumulate,
                 "optimizer": type(optimizer).__name__, "validation": val_loader is not None}
-    compute = step_fn if step_fn is not None else _default_step(loss_fn)
+    compute = step_fn if step_fn is not None else batch_loss(loss_fn, _FN)
+    step = Step(model, optimizer, compute, closure=True, scaler=scaler, device=device,
+                name=_FN)  # a closure serves every optimizer, L-BFGS included
     lrs: list[float] = []
     losses: list[float] = []
     train_losses: list[float] = []
@@ -355,16 +358,16 @@ def find_lr(
             if optimizer.state:  # move its state beside the moved parameters
                 optimizer.load_state_dict(optimizer.state_dict())
         scheduler = Scheduler(optimizer, lr=sweep)
-        batches = _Batches(loader, device)
+        batches = _Batches(loader)
         avg, best = 0.0, math.inf
         for i in range(steps):
             micro = batches.take(accumulate)
             if micro is None:
                 stop_reason = "data"
                 break
-            train_loss = _train_step(model, optimizer, scaler, compute, micro, device)
-            loss = train_loss if val_loader is None else \
-                _val_loss(model, compute, val_loader, device)
+            train_loss = step(micro)
+            assert train_loss is not None  # (no guard: never rolled back)
+            loss = train_loss if val_loader is None else _val_loss(step, val_loader)
             lrs.append(sweep(i))
             train_losses.append(train_loss)
             losses.append(loss)
@@ -419,67 +422,12 @@ def _diagnose(result: LRFinderResult) -> list[str]:
 
 
 # -- one step ----------------------------------------------------------------------------
-def _default_step(loss_fn: Callable[[Any, Any], torch.Tensor]):
-    def compute(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            kind = type(batch).__name__ + (f" of length {len(batch)}"
-                                           if isinstance(batch, (tuple, list)) else "")
-            raise TypeError(f"{_FN}: without step_fn each batch must be an (inputs, targets) "
-                            f"pair, got a {kind}; pass step_fn=lambda model, batch: loss for "
-                            "other batch structures")
-        inputs, targets = batch
-        return loss_fn(model(inputs), targets)
-
-    return compute
-
-
-def _loss_of(compute: Callable[[torch.nn.Module, Any], Any], model: torch.nn.Module,
-             batch: Any) -> torch.Tensor:
-    loss = compute(model, batch)
-    if not torch.is_tensor(loss) or loss.numel() != 1:
-        raise TypeError(f"{_FN}: the loss must be a tensor with one element, got "
-                        f"{type(loss).__name__}"
-                        + (f" of shape {tuple(loss.shape)}" if torch.is_tensor(loss) else ""))
-    return loss.reshape(())
-
-
-def _train_step(model, optimizer, scaler, compute, micro: list[Any], device) -> float:
-    """One optimizer step on the mean gradient of ``micro``; the mean loss before it."""
-    first: list[float] = []
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros(())
-        for batch in micro:
-            loss = _loss_of(compute, model, _to_device(batch, device))
-            part = loss / len(micro)
-            (scaler.scale(part) if scaler is not None else part).backward()
-            total = total + part.detach().float().cpu()
-        if not first:
-            first.append(float(total))
-        return total
-
-    if scaler is None:
-        optimizer.step(closure)  # a closure serves every optimizer, L-BFGS included
-    else:  # GradScaler refuses closures
-        closure()
-        scaler.step(optimizer)
-        scaler.update()
-    return first[0]
-
-
-def _val_loss(model, compute, val_loader: Iterable[Any], device) -> float:
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+def _val_loss(step: Step, val_loader: Iterable[Any]) -> float:
     total, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for batch in val_loader:
-                total += float(_loss_of(compute, model, _to_device(batch, device)))
-                count += 1
-    finally:
-        for m, training in flags:
-            m.training = training
+    with evaluating(step.model):
+        for batch in val_loader:
+            total += float(step.loss(batch))
+            count += 1
     if count == 0:
         raise ValueError(f"{_FN}: val_loader yielded no batches")
     return total / count
@@ -488,10 +436,9 @@ def _val_loss(model, compute, val_loader: Iterable[Any], device) -> float:
 class _Batches:
     """Draws batches from a loader, starting it again when it runs out."""
 
-    def __init__(self, loader: Iterable[Any], device: torch.device | None) -> None:
+    def __init__(self, loader: Iterable[Any]) -> None:
         self.loader = loader
         self.it: Iterator[Any] = iter(loader)
-        self.device = device
 
     def take(self, k: int) -> list[Any] | None:
         out = []
@@ -505,19 +452,6 @@ class _Batches:
                     return None
                 self.it, restarted = iter(self.loader), True
         return out
-
-
-def _to_device(batch: Any, device: torch.device | None) -> Any:
-    if device is None:
-        return batch
-    if torch.is_tensor(batch):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return type(batch)((k, _to_device(v, device)) for k, v in batch.items())
-    if isinstance(batch, (list, tuple)):
-        items = [_to_device(v, device) for v in batch]
-        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
-    return batch
 
 
 # -- argument checks ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch
 
 from lrkit import _checks as C
 from lrkit._snapshot import Snapshot
+from lrkit.scheduler import scale_lr
 
 log = logging.getLogger("lrkit.guard")
 
@@ -249,7 +250,7 @@ class DivergenceGuard:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
         self.lr_factor *= self.backoff
-        self._apply_lr_factor(self.lr_factor / snap["lr_factor"])
+        scale_lr(self.optimizer, self.lr_factor / snap["lr_factor"], self.scheduler)
         event = GuardEvent(self.steps, kind, loss, median, snap["step"], self.lr_factor)
         self.events.append(event)
         log.warning("%s", event.describe())
@@ -258,18 +259,3 @@ class DivergenceGuard:
             raise DivergenceError(
                 f"training kept diverging: {self._retries} interventions in a row without "
                 f"recovering (max_retries={self.max_retries})\n{self.summary()}")
-
-    def _apply_lr_factor(self, factor: float) -> None:
-        """Scale the learning rate by ``factor`` relative to the restored state."""
-        sched = self.scheduler
-        if sched is not None and hasattr(sched, "scale_lr"):
-            sched.scale_lr(factor)
-            return
-        for group in self.optimizer.param_groups:
-            if torch.is_tensor(group["lr"]):
-                group["lr"].mul_(factor)
-            else:
-                group["lr"] = group["lr"] * factor
-        if sched is not None and hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-

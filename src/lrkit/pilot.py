@@ -35,11 +35,10 @@ Learning-rate-free optimizers (``optimizer="prodigy"``, ``"dadaptadam"``, ``"dog
 from __future__ import annotations
 
 import base64
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,8 @@ import torch
 from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit._snapshot import Snapshot
+from lrkit.loop import Loop, Step, averaged, batch_loss, endless, evaluating, has_modes
+from lrkit.scheduler import Scheduler
 
 DEFAULT_FAMILY = "linear"
 WARMUP_FRACTION = 0.05
@@ -142,49 +143,54 @@ class AutopilotReport:
 
 
 # -- the pieces -----------------------------------------------------------------------------
-def _batches(loader: Iterable[Any]) -> Iterator[Any]:
-    """Batches for ever, re-iterating ``loader`` when it runs out."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("autopilot(): loader yields no batches")
+@dataclass
+class _Setup:
+    """What every phase works on: the model, its optimizer and update (``lrkit.loop``), the
+    batch stream, the scorer of the current weights, and the report being written."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Step  # one update (plain or closure) and the loss of a batch
+    batches: Iterator[Any]
+    scorer: Callable[[], float]  # lower is better, in eval mode
+    steps: int  # the run's length
+    eval_cost: float  # one scoring, in training steps
+    report: AutopilotReport
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None  # for the range test
+    step_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None
 
 
-def _loss_of(model: torch.nn.Module, batch: Any, loss_fn: Any, step_fn: Any) -> torch.Tensor:
-    if step_fn is not None:
-        return step_fn(model, batch)
-    inputs, targets = batch
-    return loss_fn(model(inputs), targets)
+@dataclass
+class _Search:
+    """How the peak rate is searched: the compute it may spend (in steps) and the schedule
+    probes compress (a user's ``shape`` at peak 1, else the default ``family``)."""
+
+    extra: float
+    shape: S.Schedule | None
+    family: str
 
 
-@contextlib.contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode without gradients; every module's train/eval flag restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in modes:
-            m.training = flag
+@dataclass
+class _Watch:
+    """What the final run does beside training."""
+
+    follow: bool  # score the weights every 5% of the run
+    callbacks: Sequence[Callable[[int, float, float], Any]]
+    progress: bool
+    guard: bool
 
 
-def _evaluate(model: torch.nn.Module, batches: Sequence[Any], loss_fn: Any,
-              step_fn: Any) -> float:
+def _evaluate(step: Step, batches: Sequence[Any]) -> float:
     """Mean loss over ``batches`` in eval mode, without gradients."""
-    with _evaluating(model):
-        values = [float(_loss_of(model, b, loss_fn, step_fn)) for b in batches]
+    with evaluating(step.model):
+        values = [float(step.loss(b)) for b in batches]
     value = float(np.mean(values)) if values else math.nan
     return value if math.isfinite(value) else math.inf
 
 
 def _scored(model: torch.nn.Module, val_fn: Callable[[torch.nn.Module], Any]) -> float:
     """``val_fn(model)`` in eval mode without gradients, as a float (inf if not finite)."""
-    with _evaluating(model):
+    with evaluating(model):
         value = val_fn(model)
     if torch.is_tensor(value):
         value = value.detach().float().item()
@@ -232,50 +238,24 @@ def _compressed(shape: S.Schedule | None, family: str, peak: float, steps: int,
     """The run's schedule squeezed into ``steps`` steps (for a probe)."""
     if shape is None:
         return S.family(family, peak, max(steps, 2), WARMUP_FRACTION)
-    ratio = full_steps / steps
-    return _Stretched(shape * peak, ratio)
+    return _Stretched(shape * peak, full_steps / steps)
 
 
-class _Stretched:
+class _Stretched(S.Schedule):
     """``s(round(n * ratio))``: a user schedule played faster (probes only)."""
 
     def __init__(self, s: S.Schedule, ratio: float) -> None:
-        self.s, self.ratio = s, ratio
+        self._set(s=s, ratio=ratio)
 
-    def __call__(self, n: Any) -> Any:
-        return self.s(np.rint(np.asarray(n) * self.ratio).astype(np.int64))
-
-
-def _train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
-           batches: Iterator[Any], steps: int, loss_fn: Any, step_fn: Any,
-           needs_closure: bool) -> list[float]:
-    """A probe: ``steps`` updates at ``schedule(k) * lr_scale``; stops at a non-finite loss."""
-    losses: list[float] = []
-    for k in range(steps):
-        _set_lr(optimizer, schedule(k))
-        batch = next(batches)
-        if not _update(model, optimizer, batch, loss_fn, step_fn, needs_closure, losses):
-            break
-    return losses
+    def _eval(self, n: Any, o: Any) -> Any:
+        return self._params["s"].evaluate(np.rint(n * self._params["ratio"]), o)
 
 
-def _update(model, optimizer, batch, loss_fn, step_fn, needs_closure, losses,
-            guard=None) -> bool | None:
-    """One update on ``batch``; False at a non-finite loss, None when the guard rolled back."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = _loss_of(model, batch, loss_fn, step_fn)
-    if guard is not None and not guard.check(loss):
-        return None
-    value = float(loss.detach())
-    losses.append(value)
-    if not math.isfinite(value):
-        return False
-    loss.backward()
-    if needs_closure:
-        optimizer.step(lambda: _loss_of(model, batch, loss_fn, step_fn))
-    else:
-        optimizer.step()
-    return True
+def _probe(setup: _Setup, schedule: S.Schedule, steps: int) -> list[float]:
+    """A probe: ``steps`` updates along ``schedule``; stops at a non-finite loss."""
+    loop = Loop(setup.step, Scheduler(setup.optimizer, lr=schedule))
+    loop.run(setup.batches, steps)
+    return loop.losses
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -347,17 +327,20 @@ def autopilot(
     else:
         make, opt_name = _optimizer_factory(optimizer)
     opt = make(model.parameters(), lr=1e-3) if lr_free is None else make(model.parameters())
-    needs_closure = bool(getattr(opt, "needs_closure", False))
-    batches = _batches(loader)
+    step = Step(model, opt, step_fn if step_fn is not None else batch_loss(loss_fn, fn),
+                closure=bool(getattr(opt, "needs_closure", False)), name=fn)
+    batches = endless(loader, fn)
     held = list(val_loader) if val_loader is not None else \
         [next(batches) for _ in range(HELD_BATCHES)]
-    eval_cost = len(held) / 3.0  # a forward pass is about a third of a training step
 
     def scorer() -> float:
         if val_fn is None:
-            return _evaluate(model, held, loss_fn, step_fn)
+            return _evaluate(step, held)
         return _scored(model, val_fn)
     report = AutopilotReport(lr=None, schedule="", optimizer=opt_name, steps=steps)
+    setup = _Setup(model, opt, step, batches, scorer, steps,
+                   eval_cost=len(held) / 3.0,  # a forward pass: about a third of a step
+                   report=report, loss_fn=loss_fn, step_fn=step_fn)
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
     family = DEFAULT_FAMILY
     extra = (budget - 1.0) * steps
@@ -371,8 +354,7 @@ def autopilot(
             f"schedule is {family!r}")
         chosen = None
     else:
-        chosen, peak = _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra,
-                                  shape, family, needs_closure, report, eval_cost)
+        chosen, peak = _choose_lr(setup, _Search(extra, shape, family))
     run_schedule = _schedule(shape, family, peak, steps)
     report.lr = chosen
     report.schedule = str(run_schedule)
@@ -384,9 +366,8 @@ def autopilot(
         report.decisions.append(f"schedule: the one given, rescaled to peak {peak:.3g}: "
                                 f"{report.schedule}")
     report.wall_time["search"] = time.perf_counter() - began
-    _final_run(model, opt, run_schedule, batches, steps, loss_fn, step_fn, needs_closure,
-               val_loader is not None or val_fn is not None, scorer, report, callbacks,
-               progress, guard, eval_cost)
+    _final_run(setup, run_schedule, _Watch(val_loader is not None or val_fn is not None,
+                                           callbacks, progress, guard))
     report.wall_time["total"] = time.perf_counter() - began
     return report
 
@@ -405,16 +386,16 @@ def _lr_free_class(optimizer: Any) -> type | None:
     return cls
 
 
-def _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra, shape, family,
-               needs_closure, report, eval_cost) -> tuple[float, float]:
+def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
     """Range test, then successive halving over probes; returns (chosen, peak)."""
     from lrkit.finder import find_lr
 
+    report, extra = setup.report, search.extra
     range_steps = int(min(100, max(30, extra * 0.2))) if extra >= 30 else 0
     suggestion = None
     if range_steps:
-        result = find_lr(model, opt, _Replay(batches), loss_fn, step_fn=step_fn,
-                         steps=range_steps)
+        result = find_lr(setup.model, setup.optimizer, _Replay(setup.batches), setup.loss_fn,
+                         step_fn=setup.step_fn, steps=range_steps)
         report.compute["range_test"] = float(len(result.lrs))
         suggestion = result.suggestion
         report.suggestion = suggestion
@@ -430,7 +411,7 @@ def _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra, shap
         suggestion = 1e-3
         report.decisions.append("no usable suggestion: starting from 1e-3")
     left = extra - report.compute["range_test"]
-    plan = _plan(left, eval_cost)
+    plan = _plan(left, setup.eval_cost)
     if plan is None:
         report.decisions.append(
             f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
@@ -438,19 +419,18 @@ def _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra, shap
         return suggestion, suggestion
     factors, rungs, base = plan
     candidates = [suggestion * f for f in factors]
-    snap = Snapshot(model, opt)
+    snap = Snapshot(setup.model, setup.optimizer)
     alive = candidates
     for rung, count in enumerate(rungs):
-        probe_steps = min(base * 2 ** rung, steps)
+        probe_steps = min(base * 2 ** rung, setup.steps)
         scores = []
         for lr in alive:
             snap.restore()
-            schedule = _compressed(shape, family, lr, probe_steps, steps)
-            losses = _train(model, opt, schedule, batches, probe_steps, loss_fn, step_fn,
-                            needs_closure)
-            report.compute["probes"] += len(losses) + eval_cost
+            schedule = _compressed(search.shape, search.family, lr, probe_steps, setup.steps)
+            losses = _probe(setup, schedule, probe_steps)
+            report.compute["probes"] += len(losses) + setup.eval_cost
             diverged = len(losses) < probe_steps or not all(map(math.isfinite, losses))
-            score = math.inf if diverged else scorer()
+            score = math.inf if diverged else setup.scorer()
             scores.append(score)
             report.probes.append(Probe(float(lr), probe_steps, float(score), rung))
         order = np.argsort(scores, kind="stable")
@@ -498,66 +478,47 @@ class _Replay:
         return self.batches
 
 
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
-    for group in opt.param_groups:
-        value = float(lr) * group.get("lr_scale", 1.0)
-        if torch.is_tensor(group["lr"]):
-            group["lr"].fill_(value)
-        else:
-            group["lr"] = value
-    return float(lr)
-
-
-def _final_run(model, opt, schedule, batches, steps, loss_fn, step_fn, needs_closure,
-               follow, scorer, report, callbacks, progress, use_guard, eval_cost) -> None:
+def _final_run(setup: _Setup, schedule: S.Schedule, watch: _Watch) -> None:
+    """Train ``setup.steps`` steps along ``schedule`` (with the guard, following the score
+    when asked), recording the curve, the compute and the decisions in the report."""
     from lrkit.guard import DivergenceError, DivergenceGuard
-    from lrkit.scheduler import Scheduler
 
+    model, opt, report, steps = setup.model, setup.optimizer, setup.report, setup.steps
     sched = Scheduler(opt, lr=schedule)
-    guard = DivergenceGuard(model, opt, sched, spread=3.0) if use_guard else None
+    guard = DivergenceGuard(model, opt, sched, spread=3.0) if watch.guard else None
     if guard is not None:
         report.decisions.append("training with DivergenceGuard on (spike: 3x the recent "
                                 "median and 3x the recent spread above it; back-off 0.5, "
                                 "3 retries)")
-    if hasattr(opt, "train"):
+    if has_modes(opt):
         opt.train()
     every = max(1, steps // 20)
-    bar = _Progress(steps) if progress else None
+    bar = _Progress(steps) if watch.progress else None
     began = time.perf_counter()
-    done = 0  # updates performed, rolled-back ones included
+    loop = Loop(replace(setup.step, guard=guard), sched, losses=report.losses, lrs=report.lrs)
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        for cb in watch.callbacks:
+            cb(step, loss, lr)
+        if bar is not None:
+            bar.update(step, loss, lr, time.perf_counter() - began)
+        if watch.follow and (step % every == 0 or step == steps):
+            report.val_steps.append(step)
+            with averaged(opt):
+                report.val_losses.append(setup.scorer())
+            report.compute["training"] += setup.eval_cost
+
     try:
-        while sched.last_epoch < steps:
-            position = sched.last_epoch
-            lr = sched.get_last_lr()[0]
-            batch = next(batches)
-            ok = _update(model, opt, batch, loss_fn, step_fn, needs_closure, report.losses,
-                         guard)
-            if ok is None:  # rolled back: the curve resumes from the restored step
-                del report.losses[sched.last_epoch:], report.lrs[sched.last_epoch:]
-                continue
-            if not ok:
-                report.diverged = True
-                report.decisions.append(f"stopped: non-finite loss at step {position}")
-                break
-            done += 1
-            sched.step()
-            report.lrs.append(lr)
-            step, loss = sched.last_epoch, report.losses[-1]
-            for cb in callbacks:
-                cb(step, loss, lr)
-            if bar is not None:
-                bar.update(step, loss, lr, time.perf_counter() - began)
-            if follow and (step % every == 0 or step == steps):
-                report.val_steps.append(step)
-                report.val_losses.append(_eval_mode(opt, scorer))
-                report.compute["training"] += eval_cost
+        if not loop.run(setup.batches, steps, on_step):
+            report.diverged = True
+            report.decisions.append(f"stopped: non-finite loss at step {loop.position}")
     except DivergenceError as exc:
         report.diverged = True
         report.decisions.append(f"stopped: {str(exc).splitlines()[0]}")
     finally:
         if bar is not None:
             bar.close()
-    report.compute["training"] += float(done)
+    report.compute["training"] += float(loop.updates)
     if guard is not None:
         report.guard_events = [{"step": e.step, "kind": e.kind, "loss": e.loss,
                                 "lr_factor": e.lr_factor, "description": e.describe()}
@@ -565,21 +526,10 @@ def _final_run(model, opt, schedule, batches, steps, loss_fn, step_fn, needs_clo
         if guard.events:
             report.decisions.append(f"the guard intervened {len(guard.events)} time(s); "
                                     f"learning rate x{guard.lr_factor:.3g} at the end")
-    if hasattr(opt, "eval"):
+    if has_modes(opt):
         opt.eval()  # schedule-free: leave the model at its averaged weights
         report.decisions.append(f"{type(opt).__name__}: switched to eval mode at the end, "
                                 f"so the model holds the averaged weights")
-
-
-def _eval_mode(opt, scorer) -> float:
-    """``scorer()`` with a schedule-free optimizer's averaged weights in place."""
-    if hasattr(opt, "eval"):
-        opt.eval()
-        try:
-            return scorer()
-        finally:
-            opt.train()
-    return scorer()
 
 
 class _Progress:

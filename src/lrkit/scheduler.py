@@ -341,6 +341,34 @@ class Scheduler(LRScheduler):
         return f"Scheduler({', '.join(parts)}, step={self.last_epoch})"
 
 
+def scale_lr(optimizer: torch.optim.Optimizer, factor: float, scheduler: Any = None) -> None:
+    """Multiply the learning rate by ``factor`` from now on. With lrkit's ``Scheduler`` the
+    schedule keeps its shape (``Scheduler.scale_lr``); otherwise every param group's lr is
+    scaled, and a torch scheduler's ``base_lrs`` with it (it recomputes from them).
+
+    With ``Scheduler._apply`` this is the one place that writes learning rates into param
+    groups (the guard's back-off and the autopilot go through them)."""
+    fn = "scale_lr()"
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    factor = C.positive(fn, "factor", factor)
+    if scheduler is not None and not any(
+            hasattr(scheduler, a) for a in ("scale_lr", "base_lrs", "state_dict")):
+        raise TypeError(f"{fn}: scheduler must be an lrkit.Scheduler, a torch scheduler or "
+                        f"None, got {type(scheduler).__name__}")
+    if scheduler is not None and hasattr(scheduler, "scale_lr"):
+        scheduler.scale_lr(factor)
+        return
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].mul_(factor)
+        else:
+            group["lr"] = group["lr"] * factor
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+
+
 def _number_list(fn: str, name: str, value: Any, n: int, check: Any) -> list[float]:
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{fn}: {name} must be a list of {n} numbers, got {value!r:.80}")

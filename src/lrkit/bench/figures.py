@@ -15,7 +15,7 @@ from lrkit.plot import new_axes
 
 SCHEDULE_COLORS = {"constant": "#1f77b4", "step_based": "#ff7f0e", "exponential": "#2ca02c",
                    "time_based": "#d62728", "cosine": "#9467bd", "one_cycle": "#8c564b",
-                   "wsd": "#e377c2"}
+                   "wsd": "#e377c2", "linear": "#843c39"}
 _EXTRA_COLORS = ["#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
 
 

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from lrkit.bench.tasks import Task, warmup_cosine
+from lrkit import schedules as S
+from lrkit.bench.tasks import Task
 from lrkit.bench.train import train
 from lrkit.finder import LRFinderResult, find_lr
 
@@ -82,7 +83,7 @@ def trained_loss(task: Task, optimizer: str, seed: int, lr: float,
                  steps: int | None = None) -> float:
     """The final loss (``loss_form``) of warmup + cosine training with peak ``lr``."""
     run = train(task, lambda params: OPTIMIZERS[optimizer](params, lr),
-                schedule=lambda n: warmup_cosine(lr, n), seed=seed, steps=steps)
+                schedule=lambda n: S.family("cosine", lr, n, 0.05), seed=seed, steps=steps)
     return loss_form(task, run.final)
 
 

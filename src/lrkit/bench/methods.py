@@ -16,23 +16,10 @@ included), and ``grid=None``::
     register(Method("autopilot", "autopilot (AdamW)", "AdamW", family="auto",
                     runner=autopilot_cell))
 
-Schedule shapes (``shape``), for a budget of T steps and a peak lr: every family but
-one_cycle and wsd starts with a linear warmup from 0 over ``W = round(0.05 T)`` steps
-(one_cycle has its own warmup phase; wsd takes W as its warmup); with ``D = T - W`` the
-steps after it:
-
-- ``constant``: the peak lr after the warmup;
-- ``step_based``: ``step_based(lr, drop=0.1, every=ceil(D / 3))``, the rate falls
-  ten-fold at a third and two thirds of D and ends at lr / 100;
-- ``exponential``: ``exponential(lr, decay=ln(100) / D)``, ends at lr / 100;
-- ``time_based``: ``time_based(lr, decay=d)`` (``eta_{n+1} = eta_n / (1 + d n)``) with d
-  solved so that it also ends at lr / 100;
-- ``cosine``: ``cosine(lr, total=D)``, ends at 0;
-- ``one_cycle``: ``one_cycle(lr, total=T)`` (torch's OneCycleLR defaults: a cosine rise
-  from lr / 25 over the first 30%, then a cosine fall to lr / 2.5e5);
-- ``wsd``: ``wsd(lr, total=T, warmup=W, decay=0.2)``, linear decay to 0 over the last 20%;
-- ``linear``: ``linear(lr, end=0, total=D)``, linear decay to 0 over all of D (the
-  autopilot's default family).
+Schedules are the families of ``lrkit.schedules.family`` (one definition for the arena,
+``tune``, the autopilot and the plots; its docstring gives each shape), shaped from the
+budget with a linear warmup over ``WARMUP`` = 5% of the steps; one_cycle's warmup is its
+rise over the first 30% (torch's default, ``S.families.ONE_CYCLE_RISE``).
 """
 from __future__ import annotations
 
@@ -44,68 +31,13 @@ from typing import Any
 
 import torch
 
-from lrkit import _checks as C
 from lrkit import optim
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task
 from lrkit.bench.train import Run, train
 
 WARMUP = 0.05
-END_FRACTION = 0.01
-SCHEDULES = ("constant", "step_based", "exponential", "time_based", "cosine", "one_cycle",
-             "wsd", "linear")
-
-
-# -- schedule shapes ----------------------------------------------------------------------
-def time_based_decay(steps: int, end: float = END_FRACTION) -> float:
-    """The ``decay`` of ``S.time_based`` whose rate falls to ``end`` of its start after
-    ``steps`` steps (bisection on log decay), rounded to 6 significant digits."""
-    fn = "time_based_decay()"
-    steps = C.positive_int(fn, "steps", steps)
-    end = C.in_range(fn, "end", end, 0.0, 1.0, low_open=True, high_open=True)
-    target = math.log(1.0 / end)
-
-    def fall(d: float) -> float:  # log(lr_0 / lr_steps)
-        return -math.log(float(S.time_based(1.0, decay=d)(steps)))
-
-    low, high = 1e-15, 1.0
-    while high / low > 1 + 1e-12:
-        mid = math.sqrt(low * high)
-        low, high = (mid, high) if fall(mid) < target else (low, mid)
-    return _round(math.sqrt(low * high))
-
-
-def _round(x: float) -> float:
-    """6 significant digits: short spec text, the rate's end within 1e-5 of the aim."""
-    return float(f"{x:.6g}")
-
-
-def shape(family: str, lr: float, steps: int, warmup: float = WARMUP) -> S.Schedule:
-    """The schedule ``family`` with peak ``lr`` shaped for a budget of ``steps`` steps (see
-    the module docstring), its warmup over ``warmup`` of the steps."""
-    fn = "shape()"
-    family = C.choice(fn, "family", family, SCHEDULES)
-    lr = C.positive(fn, "lr", lr)
-    steps = C.positive_int(fn, "steps", steps)
-    warmup = C.in_range(fn, "warmup", warmup, 0.0, 1.0, high_open=True)
-    w = int(round(warmup * steps))
-    d = steps - w
-    if d < 1:
-        raise ValueError(f"{fn}: warmup={warmup!r} of steps={steps} leaves no step after the "
-                         "warmup; lower warmup or raise steps")
-    if family == "one_cycle":
-        return S.one_cycle(lr, total=steps)
-    if family == "wsd":
-        return S.wsd(lr, total=steps, warmup=w, decay=0.2)
-    body = {
-        "constant": lambda: S.constant(lr),
-        "step_based": lambda: S.step_based(lr, drop=0.1, every=math.ceil(d / 3)),
-        "exponential": lambda: S.exponential(lr, decay=_round(math.log(1 / END_FRACTION) / d)),
-        "time_based": lambda: S.time_based(lr, decay=time_based_decay(d)),
-        "cosine": lambda: S.cosine(lr, total=d),
-        "linear": lambda: S.linear(lr, end=0.0, total=d),
-    }[family]()
-    return S.warmup(body, steps=w) if w else body
+SCHEDULES = S.families.COMPARED  # the families the arena runs, with SGD and with Adam
 
 
 # -- methods -----------------------------------------------------------------------------
@@ -122,13 +54,13 @@ class Method:
     reference: ``"module:Class"`` of the authors' package with the same constructor, used
         where ``lrkit.optim`` lacks ``optimizer`` (noted in the setting text).
     options: further constructor arguments (momentum...).
-    schedule: a family of ``SCHEDULES`` shaped by ``shape`` from the budget and the lr, or
-        None: the optimizer's own lr throughout.
+    schedule: a family of ``SCHEDULES`` shaped by ``S.family`` from the budget and the lr,
+        or None: the optimizer's own lr throughout.
     grid: the suite's lr grid it is tuned over ("sgd", "adam"), or None: one untuned run
         at ``lr``.
     lr: the untuned lr (grid None).
     lr_option: the constructor argument the lr goes to (SLS: ``init_lr``).
-    warmup: the warmup fraction of its schedule (``shape``), or of ``warmup_option``.
+    warmup: the warmup fraction of its schedule (``S.family``), or of ``warmup_option``.
     warmup_option: a constructor argument taking the warmup in steps (schedule-free's
         ``warmup_steps``), for optimizers that warm up themselves.
     closure: whether its ``step`` needs a closure (line search; lrkit's classes say so:
@@ -210,7 +142,9 @@ class Method:
         return out
 
     def lr_schedule(self, lr: float, steps: int) -> S.Schedule | None:
-        return None if self.schedule is None else shape(self.schedule, lr, steps, self.warmup)
+        if self.schedule is None:
+            return None
+        return S.family(self.schedule, lr, steps, self.warmup)
 
     def setting(self, lr: float, steps: int) -> str:
         """The complete setting of a cell as text: ``SGD(lr=0.1, momentum=0.9) | cosine(...)``."""
@@ -285,7 +219,8 @@ _OPTIMIZERS = {  # key (and grid): label, class, options
 for _key, (_label, _cls, _options) in _OPTIMIZERS.items():
     for _family in SCHEDULES:
         register(Method(f"{_key}_{_family}", f"{_label} {_family}", _cls, _options,
-                        schedule=_family, grid=_key, family=_key))
+                        schedule=_family, grid=_key, family=_key,
+                        warmup=S.families.ONE_CYCLE_RISE if _family == "one_cycle" else WARMUP))
 
 register(Method("adam_default", "Adam 1e-3 constant (default)", "Adam",
                 lr=optim.Adam.recommended_lr, warmup=0.0, family="baseline",

@@ -478,10 +478,10 @@ def _sections(arena: Arena, path: Path) -> list[dict[str, Any]]:
     sections.append({
         "title": "Methods", "table": (["method", "name", "setting (lr 0.1 or its own, "
                                        "1000 steps)", "learning rate"], body),
-        "text": ["Schedules are shaped from each task's budget (lrkit.bench.methods.shape): "
+        "text": ["Schedules are shaped from each task's budget (lrkit.schedules.family): "
                  "5% linear warmup (one_cycle: its own 30%), step_based falls ten-fold at a "
                  "third and two thirds, exponential and time_based fall to 1% of the peak by "
-                 "the end, cosine and wsd (last 20%) to 0."]})
+                 "the end, cosine, linear and wsd (last 20%) to 0."]})
     return sections
 
 

@@ -40,7 +40,8 @@ from lrkit.bench import data as D
 @dataclass(frozen=True)
 class Recipe:
     """A complete training setting: a torch optimizer, its options, and a peak lr used
-    with a linear warmup over ``warmup`` of the steps followed by a cosine decay to 0."""
+    with a linear warmup over ``warmup`` of the steps followed by a cosine decay to 0
+    (``S.family("cosine", lr, steps, warmup)``)."""
 
     optimizer: str
     lr: float
@@ -66,17 +67,7 @@ class Recipe:
         return getattr(torch.optim, self.optimizer)(params, lr=self.lr, **dict(self.options))
 
     def schedule(self, steps: int, lr: float | None = None) -> S.Schedule:
-        return warmup_cosine(self.lr if lr is None else lr, steps, self.warmup)
-
-
-def warmup_cosine(lr: float, steps: int, warmup: float = 0.05) -> S.Schedule:
-    """Linear warmup over ``warmup`` of ``steps``, then cosine decay to 0 at ``steps``."""
-    fn = "warmup_cosine()"
-    C.nonnegative(fn, "lr", lr)
-    steps = C.positive_int(fn, "steps", steps)
-    C.in_range(fn, "warmup", warmup, 0.0, 1.0, high_open=True)
-    w = int(round(warmup * steps))
-    return S.warmup(S.cosine(lr, total=steps - w), steps=w) if w else S.cosine(lr, total=steps)
+        return S.family("cosine", self.lr if lr is None else lr, steps, self.warmup)
 
 
 @dataclass

@@ -4,9 +4,9 @@ It never raises on divergence: a non-finite loss or metric, or an optimizer refu
 non-finite value (``FloatingPointError``, which ``lrkit.NonFiniteGradientError`` is), ends
 the run early, with ``diverged=True`` and the task's worst metric as ``final``.
 
-Optimizers that keep two sets of weights (schedule-free: ``opt.train()`` / ``opt.eval()``)
-are switched to eval mode around every evaluation; optimizers that need a closure (SLS)
-get one with ``closure=True``.
+Its steps are ``lrkit.loop``'s: optimizers that keep two sets of weights (schedule-free:
+``opt.train()`` / ``opt.eval()``) are switched to eval mode around every evaluation;
+optimizers that need a closure (SLS) get one with ``closure=True``.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task, TaskInstance, get_task
+from lrkit.loop import Loop, Step, averaged, batch_loss, has_modes
 from lrkit.scheduler import Scheduler
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -117,7 +118,7 @@ def train(
     for name, hook in (("callback", callback), ("on_eval", on_eval), ("on_end", on_end)):
         C.optional_callable(fn, name, hook)
     inst = task.build(seed) if instance is None else instance
-    model, loss_fn = inst.model, inst.loss_fn
+    model = inst.model
     opt = make_optimizer(model.parameters())
     if callable(schedule) and not isinstance(schedule, S.Schedule):
         schedule = schedule(steps)
@@ -125,66 +126,27 @@ def train(
     checkpoints = task.evaluation_steps(steps)
     run = Run(task.name, inst.seed, steps)
     began = time.perf_counter()
-
-    modes = callable(getattr(opt, "eval", None)) and callable(getattr(opt, "train", None))
-    if modes:  # schedulefree's optimizers start in eval mode
+    if has_modes(opt):  # schedulefree's optimizers start in eval mode
         opt.train()
 
     def record(step: int) -> bool:
-        if modes:
-            opt.eval()
-        value = inst.evaluate(model)
-        if modes:
-            opt.train()
+        with averaged(opt):
+            value = inst.evaluate(model)
         run.add_metric(task, step, value)
         if on_eval is not None:
             on_eval(step, value)
         return math.isfinite(value)
 
-    ok = record(0)
-    batches = iter(inst.loader)
-    step = 0
-    while ok and step < steps:
-        inputs, targets = next(batches)
-        opt.zero_grad(set_to_none=True)
-        try:
-            if closure:
-                loss = opt.step(_closure(model, loss_fn, inputs, targets))
-                value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
-            else:
-                loss = loss_fn(model(inputs), targets)
-                value = float(loss.detach())
-                if math.isfinite(value):
-                    loss.backward()
-                    opt.step()
-        except FloatingPointError:  # the optimizer refused a non-finite loss or gradient
-            value = math.nan
-        run.losses.append(value)
-        if not math.isfinite(value):
-            ok = False
-            break
-        if sched is not None:
-            sched.step()
-        step += 1
+    def on_step(step: int, loss: float, lr: float) -> bool:
         if callback is not None:
-            callback(step, value)
-        if step in checkpoints:
-            ok = record(step)
+            callback(step, loss)
+        return record(step) if step in checkpoints else True
+
+    loop = Loop(Step(model, opt, batch_loss(inst.loss_fn, fn), closure=closure), sched,
+                nonfinite_errors=(FloatingPointError,), losses=run.losses)
+    ok = record(0) and loop.run(iter(inst.loader), steps, on_step)
     run.finish(task, diverged=not ok)
     if on_end is not None:
         on_end(opt, run)
     run.wall_time = time.perf_counter() - began
     return run
-
-
-def _closure(model: torch.nn.Module, loss_fn: Callable, inputs: Any, targets: Any):
-    """The batch's loss; backward only where gradients are enabled (a line search
-    re-evaluates it under ``torch.no_grad()``)."""
-    def closure() -> torch.Tensor:
-        loss = loss_fn(model(inputs), targets)
-        if torch.is_grad_enabled():
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-        return loss
-
-    return closure

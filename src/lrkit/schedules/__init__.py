@@ -5,6 +5,7 @@ Nothing here imports torch, keras or jax: the adapters (``s.torch``, ``s.keras``
 ``s.optax``) do, when asked.
 """
 from lrkit.errors import SpecError
+from lrkit.schedules import families
 from lrkit.schedules.base import Schedule
 from lrkit.schedules.classic import (
     Exponential,
@@ -56,13 +57,13 @@ from lrkit.schedules.decay import (
     step,
     wsd,
 )
-from lrkit.schedules.families import FAMILIES, family
+from lrkit.schedules.families import COMPARED, FAMILIES, family
 from lrkit.schedules.parse import as_schedule, parse
 from lrkit.schedules.registry import REGISTRY, from_config
 
 __all__ = [
     "REGISTRY", "Schedule", "SpecError", "as_schedule", "from_config", "parse",
-    "FAMILIES", "family",
+    "COMPARED", "FAMILIES", "families", "family",
     "Exponential", "StepBased", "TimeBased", "exponential", "step_based", "time_based",
     "Clip", "Join", "Product", "Warmup", "clip", "join", "product", "warmup",
     "CosineRestarts", "Cyclic", "OneCycle", "cosine_restarts", "cyclic", "one_cycle",

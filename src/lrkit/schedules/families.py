@@ -1,24 +1,48 @@
 """Schedule families shaped from a step budget: one peak learning rate, one budget.
 
-Tuning (``lrkit.tune``), the benchmark arena and the autopilot all compare schedule
-*families* at a given peak rate and step budget; ``family(name, peak, steps, warmup)``
-fixes how each family's remaining parameters follow from the budget, in one place:
+Tuning (``lrkit.tune``), the benchmark arena (``lrkit bench``), the autopilot and the
+plots all compare schedule *families* at a given peak rate and step budget;
+``family(name, peak, steps, warmup)`` fixes how each family's remaining parameters follow
+from the budget, here and nowhere else. A warmup fraction ``warmup`` puts
+``W = round(warmup * steps)`` linear warmup steps (from 0, ``S.warmup``) in front; the
+family then spans the ``D = steps - W`` steps after it:
 
 ==============  =================================================================
-constant        ``peak`` throughout
-cosine          half a cosine from ``peak`` to 0 at the end of the budget
-linear          straight line from ``peak`` to 0 at the end
-one_cycle       torch's one-cycle over the budget (its own warmup: ``pct_start``
-                = the warmup fraction, or 0.3 when none is given)
-wsd             warmup-stable-decay, the last 20% of the budget decaying linearly to 0
-step_based      the article's step decay, halving every quarter of the budget
-exponential     the article's exponential decay, down to ``peak / 100`` at the end
-time_based      the article's time-based decay, down to ``peak / 100`` at the end
-inverse_sqrt    ``peak * sqrt(w / n)`` after the warmup (w = warmup steps, at least 1)
+constant        ``peak`` after the warmup
+step_based      ``step_based(peak, drop=0.1, every=ceil(D / 3))``: ten-fold drops at a
+                third and two thirds of D, ``peak / 100`` for the last third
+exponential     ``exponential(peak, decay=ln(100) / D)``: ``peak / 100`` at the end
+time_based      ``time_based(peak, decay=d)`` (``eta_{n+1} = eta_n / (1 + d n)``), d
+                solved so that it too reaches ``peak / 100`` at the end
+cosine          ``cosine(peak, total=D)``: half a cosine to 0 at the end
+one_cycle       ``one_cycle(peak, total=steps, pct_start=warmup)``: torch's one-cycle
+                over the whole budget, its rise from ``peak / 25`` being its warmup
+                (``pct_start`` = the warmup fraction; 0.3, torch's default, when none)
+wsd             ``wsd(peak, total=steps, warmup=W, decay=0.2)``: warmup, stable, then a
+                linear decay to 0 over the last 20% of the budget
+linear          ``linear(peak, end=0, total=D)``: a straight line to 0 at the end
+inverse_sqrt    ``inverse_sqrt(peak, warmup=max(W, 1))``: ``peak * sqrt(W / n)`` after
+                the warmup; it ignores the budget
 ==============  =================================================================
 
-A warmup fraction ``warmup`` puts ``round(warmup * steps)`` linear warmup steps in front
-(``S.warmup``), the family then spanning the rest of the budget.
+"At the end" is step ``steps`` (one past the last update), for every family: cosine and
+linear reach 0 there, so the step, exponential and time-based decays end at ``peak / 100``
+there too, the three classic decays then differing only in how they get there. The decay
+constants are rounded to 6 significant digits (their end within 1e-5 of the aim) so that
+spec text stays short.
+
+Why these shapes (issue 13: the arena, ``tune`` and the autopilot had drifted apart, with
+``step_based`` halving every quarter in one place and falling ten-fold every third in
+another): one definition, and the one the arena measured, so that the figures the README
+and the autopilot quote are figures of the schedules ``tune`` and ``autopilot`` run. The
+ten-fold step drops are the classic practice (He et al. 2016; Goyal et al. 2017), and
+ending the three classic decays at the same ``peak / 100`` compares their shapes, not
+their end points. one_cycle keeps torch's shape, its warmup fraction being its rise
+phase; the arena passes 0.3, torch's default.
+
+``FAMILIES`` lists every name; ``COMPARED`` the eight that the arena runs and ``tune``
+searches by default: all but ``inverse_sqrt``, which is shaped by its warmup alone for
+runs of open-ended length, not for a fixed budget.
 """
 from __future__ import annotations
 
@@ -31,28 +55,35 @@ from lrkit.schedules.combinators import Warmup
 from lrkit.schedules.cyclic import OneCycle
 from lrkit.schedules.decay import WSD, Constant, Cosine, InverseSqrt, Linear
 
-FAMILIES = ("constant", "cosine", "linear", "one_cycle", "wsd", "step_based", "exponential",
-            "time_based", "inverse_sqrt")
-FINAL_FRACTION = 0.01  # exponential and time_based end at peak / 100
+FAMILIES = ("constant", "step_based", "exponential", "time_based", "cosine", "one_cycle",
+            "wsd", "linear", "inverse_sqrt")
+COMPARED = FAMILIES[:-1]  # what the arena runs and tune searches: all but inverse_sqrt
+FINAL_FRACTION = 0.01  # step_based, exponential and time_based end at peak / 100
+ONE_CYCLE_RISE = 0.3  # torch's OneCycleLR pct_start, one_cycle's rise when warmup=0
+WSD_DECAY = 0.2  # wsd's decay phase: the last 20% of the budget
 
 
 def family(name: str, peak: float, steps: int, warmup: float = 0.0) -> Schedule:
-    """The schedule of family ``name`` peaking at ``peak`` over a budget of ``steps``."""
+    """The schedule of family ``name`` peaking at ``peak`` over a budget of ``steps``
+    steps, ``warmup`` of them warming up (see the module docstring for each shape)."""
     fn = "family()"
     name = C.choice(fn, "name", name, FAMILIES)
     peak = C.positive(fn, "peak", peak)
     steps = C.integer(fn, "steps", steps, minimum=2)
     warmup = C.in_range(fn, "warmup", warmup, 0.0, 1.0, high_open=True)
     w = int(round(warmup * steps))
+    rest = steps - w
+    if rest < 1:
+        raise ValueError(f"{fn}: warmup={warmup!r} of steps={steps} leaves no step after "
+                         "the warmup; lower warmup or raise steps")
     if name == "one_cycle":
-        pct = warmup if warmup > 0 else 0.3
-        pct = min(max(pct, 1.5 / steps), 0.95)
-        return OneCycle(peak, steps, pct_start=pct)
+        pct = warmup if warmup > 0 else ONE_CYCLE_RISE
+        return OneCycle(peak, steps, pct_start=min(max(pct, 1.5 / steps), 0.95))
     if name == "wsd":
-        return WSD(peak, steps, warmup=min(w, steps - round(0.2 * steps)), decay=0.2)
+        return WSD(peak, steps, warmup=min(w, steps - round(WSD_DECAY * steps)),
+                   decay=WSD_DECAY)
     if name == "inverse_sqrt":
         return InverseSqrt(peak, max(w, 1))
-    rest = steps - w
     if name == "constant":
         body: Schedule = Constant(peak)
     elif name == "cosine":
@@ -60,30 +91,38 @@ def family(name: str, peak: float, steps: int, warmup: float = 0.0) -> Schedule:
     elif name == "linear":
         body = Linear(peak, 0.0, rest)
     elif name == "step_based":
-        body = StepBased(peak, 0.5, max(1, math.ceil(rest / 4)))
+        body = StepBased(peak, 0.1, math.ceil(rest / 3))
     elif name == "exponential":
-        body = Exponential(peak, -math.log(FINAL_FRACTION) / max(rest - 1, 1))
+        body = Exponential(peak, _round(math.log(1.0 / FINAL_FRACTION) / rest))
     else:
-        body = TimeBased(peak, time_based_decay(rest - 1, FINAL_FRACTION))
+        body = TimeBased(peak, time_based_decay(rest))
     return Warmup(body, w) if w else body
 
 
-def time_based_decay(n: int, fraction: float) -> float:
-    """The decay at which ``time_based(1, decay)`` reaches ``fraction`` at step ``n``."""
+def time_based_decay(steps: int, end: float = FINAL_FRACTION) -> float:
+    """The ``decay`` of ``S.time_based`` whose rate falls to ``end`` of its start after
+    ``steps`` steps (bisection on log decay), rounded to 6 significant digits; 0 for
+    ``steps`` of 0 or 1, where no decay acts yet."""
     fn = "time_based_decay()"
-    n = C.nonnegative_int(fn, "n", n)
-    fraction = C.in_range(fn, "fraction", fraction, 0.0, 1.0, low_open=True)
-    if n <= 1:
+    steps = C.nonnegative_int(fn, "steps", steps)
+    end = C.in_range(fn, "end", end, 0.0, 1.0, low_open=True, high_open=True)
+    if steps <= 1:
         return 0.0
-    lo, hi = 0.0, 1.0
-    while TimeBased(1.0, hi)(n) > fraction:
-        hi *= 2.0
-    for _ in range(200):  # bisection on a monotone function of the decay
-        mid = 0.5 * (lo + hi)
-        if TimeBased(1.0, mid)(n) > fraction:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-15 * hi:
-            break
-    return hi
+    target = math.log(1.0 / end)
+
+    def fall(d: float) -> float:  # log(lr_0 / lr_steps)
+        value = float(TimeBased(1.0, d)(steps))
+        return -math.log(value) if value > 0 else math.inf
+
+    low, high = 1e-15, 1.0
+    while fall(high) < target:  # a fall larger than 1e308-fold needs a decay above 1
+        high *= 2.0
+    while high / low > 1 + 1e-12:
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if fall(mid) < target else (low, mid)
+    return _round(math.sqrt(low * high))
+
+
+def _round(x: float) -> float:
+    """6 significant digits: short spec text, the rate's end within 1e-5 of the aim."""
+    return float(f"{x:.6g}")

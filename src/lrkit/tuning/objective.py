@@ -83,6 +83,7 @@ def _task_objective(task: Any, optimizer: str | None, steps: int | None, seed: i
 def _target_objective(text: str, optimizer: str | None, steps: int | None):
     """A user's ``module:function`` target: the mean training loss of the last tenth of
     ``steps`` updates (default 300), reported every tenth of the run."""
+    from lrkit.loop import Loop, Step, batch_loss, endless
     from lrkit.scheduler import Scheduler
     from lrkit.targets import load_target
 
@@ -91,32 +92,20 @@ def _target_objective(text: str, optimizer: str | None, steps: int | None):
 
     def fn(params: dict[str, Any], report: Report) -> float:
         target = load_target(text)
-        model, loss_fn = target.model, target.loss_fn
+        model = target.model
         opt = _make_optimizer(optimizer, params)(model.parameters())
         schedule = schedule_of(params, budget)
-        sched = Scheduler(opt, lr=schedule) if schedule is not None else None
-        losses: list[float] = []
-        batches = iter(target.loader)
+        loop = Loop(Step(model, opt, batch_loss(target.loss_fn, "tune()")),
+                    Scheduler(opt, lr=schedule) if schedule is not None else None)
         every = max(1, budget // 10)
-        for step in range(1, budget + 1):
-            try:
-                inputs, targets = next(batches)
-            except StopIteration:
-                batches = iter(target.loader)
-                inputs, targets = next(batches)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs), targets)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                return math.inf
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            losses.append(value)
+
+        def on_step(step: int, loss: float, lr: float) -> None:
             if step % every == 0:
-                report(step, sum(losses[-every:]) / every)
-        tail = losses[-max(1, budget // 10):]
+                report(step, sum(loop.losses[-every:]) / every)
+
+        if not loop.run(endless(target.loader, "tune()"), budget, on_step):
+            return math.inf
+        tail = loop.losses[-max(1, budget // 10):]
         return sum(tail) / len(tail)
 
     def suggestion() -> float | None:

@@ -9,8 +9,9 @@ from typing import Any
 from lrkit import _checks as C
 from lrkit import schedules as S
 
-DEFAULT_FAMILIES = ("constant", "cosine", "one_cycle", "wsd", "step_based", "exponential",
-                    "time_based")
+# the families of S.family that tune searches by default: those the arena compares, less
+# linear (the autopilot's default), as issue 8 specified the space
+DEFAULT_FAMILIES = tuple(f for f in S.COMPARED if f != "linear")
 
 
 @dataclass(frozen=True)
