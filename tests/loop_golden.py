@@ -75,7 +75,8 @@ def autopilot(optimizer: str, steps: int, **options) -> dict:
 def tune_trial() -> dict:
     from lrkit.bench import get_task
     from lrkit.bench.train import train
-    from lrkit.tuning import _make_optimizer, schedule_of
+    from lrkit.tuning.objective import _make_optimizer
+    from lrkit.tuning.space import schedule_of
 
     torch.set_num_threads(1)
     params = {"lr": 0.01, "schedule": "cosine", "warmup": 0.1, "momentum": 0.85}
@@ -85,7 +86,7 @@ def tune_trial() -> dict:
 
 
 def tune_target() -> dict:
-    from lrkit.tuning import _target_objective
+    from lrkit.tuning.objective import _target_objective
 
     torch.set_num_threads(1)
     reported = []
