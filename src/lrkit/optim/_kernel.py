@@ -3,7 +3,9 @@
 The source is compiled with the system C++ compiler (``$CXX``, else g++/c++/clang++; no
 torch headers), one library per algorithm on its first use (2-4 seconds each, once per
 machine), into ``$LRKIT_CACHE_DIR`` (default ``~/.cache/lrkit``), keyed by a hash of the
-source, the flags and the CPU. Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
+source, the flags and the CPU. ``LRKIT_KERNEL_MARCH`` picks the target (default ``native``,
+this CPU; e.g. ``x86-64-v2`` or ``armv8-a`` for a baseline build, part of the cache key).
+Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
 False and the optimizers run their reference path on CPU (torch's own CPU default):
 slower, same results.
 """
@@ -14,6 +16,7 @@ import hashlib
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +31,7 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 _SRC = Path(__file__).with_name("kernels.cpp")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
+_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
           "-std=c++17", "-shared", "-fPIC"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _CHECK_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -74,12 +77,21 @@ def _compiler() -> str | None:
         (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
 
 
+def march() -> str:
+    """The ``-march`` target of the kernels: ``$LRKIT_KERNEL_MARCH`` or ``native``."""
+    value = os.environ.get("LRKIT_KERNEL_MARCH", "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+        raise ValueError(f"LRKIT_KERNEL_MARCH must name a compiler target such as native or "
+                         f"x86-64-v2, got {value!r}")
+    return value
+
+
 def _build(algo: str) -> Path | None:
     """The library of one algorithm ("check": only the non-finite check), built once."""
     compiler = _compiler()
     if compiler is None:
         return None
-    flags = [*_FLAGS, f"-DLRK_ONLY_{algo}"]
+    flags = [*_FLAGS, f"-march={march()}", f"-DLRK_ONLY_{algo}"]
     key = hashlib.sha256("\0".join(
         [_SRC.read_text(), " ".join(flags), compiler, platform.machine(), _cpu_id()]
     ).encode()).hexdigest()[:16]
@@ -159,6 +171,16 @@ def _match_torch_sqrt(lib: Any) -> None:
 
 def available() -> bool:
     return library() is not None
+
+
+def mirrors_aten() -> bool:
+    """Whether the kernels compute as ATen's x86 CPU kernels do, operation by operation
+    (bit-exact with torch's single-tensor optimizers): an x86-64 build whose target has
+    FMA (``-march=native`` on any AVX2/AVX-512 CPU; not ``x86-64-v2``), with torch's
+    square root. Elsewhere they differ by rounding (within 1 ulp per operation)."""
+    lib = library()
+    return (lib is not None and TORCH_SQRT and platform.machine() in ("x86_64", "AMD64")
+            and bool(lib.lrk_has_fma()))
 
 
 def _ptrs(tensors: list[Tensor | None]) -> array:
