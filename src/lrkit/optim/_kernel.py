@@ -208,7 +208,9 @@ def bound(dtype: torch.dtype, power: int = 1) -> float:
 
 def first_nonfinite(grads: list[Tensor], power: int = 1) -> int:
     """Index of the first gradient holding NaN, Inf or an entry at or above
-    ``bound(dtype, power)``, or -1: one pass over all of them."""
+    ``bound(dtype, power)``, or -1: one pass over all of them (a sparse gradient's
+    stored values)."""
+    grads = [g._values() if g.is_sparse else g for g in grads]
     lib = library() if not torch.compiler.is_compiling() else None
     if lib is not None and all(g.device.type == "cpu" and g.dtype in _CHECK_CODES
                                and g.layout == torch.strided and g.is_contiguous()
@@ -259,7 +261,7 @@ def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list,
     for p, g in zip(params, grads):
         dt = p.dtype
         if ((dt is f32 or dt is f64) and p.is_cpu and type(p) in _PLAIN
-                and p.is_contiguous() and g.is_contiguous()):
+                and g.layout == torch.strided and p.is_contiguous() and g.is_contiguous()):
             b = batches.get(dt)
             if b is None:
                 b = batches[dt] = Batch(dt)
@@ -327,7 +329,8 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     takes CPU float32 or float64, all alike."""
     state = opt.state
     keys, scal, hp, flags = opt._kernel_args(group)
-    sts = [state[p] for p in batch.params]
+    # no entry for a parameter without state (SGD without momentum), as torch
+    sts = [state[p] for p in batch.params] if any(keys) or any(scal) else []
     sc = [[st[k] for st in sts] if k else None for k in scal]
     if sc[0] is not None:
         dtypes = {t.dtype for col in sc if col is not None for t in col}
