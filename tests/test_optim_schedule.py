@@ -7,7 +7,16 @@ import torch
 
 from lrkit import Scheduler
 from lrkit import schedules as S
-from optim_helpers import INFOS, batches, loss_of, make_model, make_opt, param_groups, rel_err
+from optim_helpers import (
+    INFOS,
+    batches,
+    loss_of,
+    make_model,
+    make_opt,
+    param_groups,
+    parity_rtol,
+    rel_err,
+)
 
 SCHEDULED = [i for i in INFOS if "lr" in i.schedulable]
 COMPILED = [i for i in SCHEDULED if "eager_step" not in i.tags]
