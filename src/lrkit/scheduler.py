@@ -7,7 +7,6 @@ and any number of hyperparameters share one step count.
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 import weakref
@@ -262,8 +261,7 @@ class Scheduler(LRScheduler):
     # -- stepping ----------------------------------------------------------------------
     def step(self, metric: float | None = None) -> None:  # type: ignore[override]
         """Advance one step; with a plateau, ``metric`` is this step's metric."""
-        if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False) \
-                and hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
+        if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False):
             warnings.warn(
                 "Scheduler.step() was called before optimizer.step(): call "
                 "optimizer.step() first, or the first update skips the schedule's value at "
@@ -418,22 +416,20 @@ class Scheduler(LRScheduler):
 _WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_TRACKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _mark_step_called(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    opt._opt_called = True  # type: ignore[attr-defined]
+
+
 def _track_optimizer_step(opt: torch.optim.Optimizer) -> None:
-    """Mark ``opt._opt_called`` on its first step, as torch's LRScheduler does (the same
-    wrapper flag, so torch's schedulers and lrkit's share one wrapper)."""
-    step = opt.step
-    if hasattr(step, "_wrapped_by_lr_sched") or not hasattr(step, "__func__"):
-        return
-    opt_ref, func = weakref.ref(opt), step.__func__
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        o = opt_ref()
-        o._opt_called = True  # type: ignore[union-attr]
-        return func.__get__(o, o.__class__)(*args, **kwargs)
-
-    wrapper._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
-    opt.step = wrapper  # type: ignore[method-assign]
+    """Set ``opt._opt_called`` after its steps (the flag torch's LRScheduler sets), by a
+    step post-hook: it survives torch.compile and is left out of copies, as torch's
+    hooks are."""
+    if opt not in _TRACKED:
+        _TRACKED.add(opt)
+        opt.register_step_post_hook(_mark_step_called)
 
 
 def _number_list(fn: str, name: str, value: Any, n: int, check: Any) -> list[float]:
