@@ -177,10 +177,13 @@ def mirrors_aten() -> bool:
     """Whether the kernels compute as ATen's x86 CPU kernels do, operation by operation
     (bit-exact with torch's single-tensor optimizers): an x86-64 build whose target has
     FMA (``-march=native`` on any AVX2/AVX-512 CPU; not ``x86-64-v2``), with torch's
-    square root. Elsewhere they differ by rounding (within 1 ulp per operation)."""
+    square root, while ATen runs its AVX2/AVX-512 kernels (not with
+    ``ATEN_CPU_CAPABILITY=default``). Elsewhere they differ by rounding (within 1 ulp per
+    operation)."""
     lib = library()
     return (lib is not None and TORCH_SQRT and platform.machine() in ("x86_64", "AMD64")
-            and bool(lib.lrk_has_fma()))
+            and bool(lib.lrk_has_fma())
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
 
 
 def _ptrs(tensors: list[Tensor | None]) -> array:
