@@ -16,6 +16,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from lrkit import _checks as C
+from lrkit.errors import user_stacklevel
 from lrkit.schedules import Schedule, as_schedule, from_config
 
 _PLATEAU_MODES = ("min", "max")
@@ -265,7 +266,7 @@ class Scheduler(LRScheduler):
             warnings.warn(
                 "Scheduler.step() was called before optimizer.step(): call "
                 "optimizer.step() first, or the first update skips the schedule's value at "
-                "step 0 (as torch's schedulers warn)", UserWarning, stacklevel=2)
+                "step 0 (as torch's schedulers warn)", UserWarning, stacklevel=user_stacklevel())
         self._step_count += 1
         self.last_epoch += 1
         if metric is not None:
@@ -303,7 +304,7 @@ class Scheduler(LRScheduler):
                 "this optimizer (two Schedulers, or both inside ChainedScheduler): each "
                 "overwrites the other and the last to step wins. Put the schedules in one "
                 "Scheduler (lrkit.schedules product, join, warmup...) instead",
-                UserWarning, stacklevel=3)
+                UserWarning, stacklevel=user_stacklevel())
 
     def report(self, metric: float) -> None:
         """Give the plateau a metric without advancing the step."""

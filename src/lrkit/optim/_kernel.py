@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from lrkit.errors import user_stacklevel
+
 _SRC = Path(__file__).with_name("kernels.cpp")
 _FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
           "-std=c++17", "-shared", "-fPIC"]
@@ -139,7 +141,7 @@ def library(algo: str = "check") -> Any:
                 detail = getattr(exc, "stderr", "") or exc
                 warnings.warn(f"lrkit: could not build the optimizer kernels ({detail}); "
                               "the optimizers run their reference path", RuntimeWarning,
-                              stacklevel=3)
+                              stacklevel=user_stacklevel())
                 lib = None
         _libs[algo] = lib
         return lib
