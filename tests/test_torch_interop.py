@@ -379,3 +379,11 @@ def test_step_with_a_closure_returns_its_loss(name):
     with torch.no_grad():
         before = loss_of(make_model(), data[0])
     assert float(loss) == pytest.approx(float(before), rel=1e-6)
+
+
+def test_loading_a_state_dict_keeps_the_optimizers_own_settings():
+    w = torch.nn.Parameter(torch.ones(3))
+    src = lrkit.optim.Adam([w], nonfinite="skip", impl="kernel")
+    opt = lrkit.optim.Adam([w], nonfinite="zero", impl="reference")
+    opt.load_state_dict(src.state_dict())
+    assert (opt.impl, opt.nonfinite) == ("reference", "zero")

@@ -541,10 +541,13 @@ class LrkitOptimizer(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # a copy pickled before lrkit kept these (torch's three keys only)
-        state = {"nonfinite": "raise", "impl": "auto", "skipped_steps": 0, "_last": {},
-                 **state}
         super().__setstate__(state)
+        # torch's load_state_dict comes here too (state and param_groups only); a copy
+        # pickled before lrkit kept its own settings lacks them
+        for k, v in (("nonfinite", "raise"), ("impl", "auto"), ("skipped_steps", 0),
+                     ("_last", {})):
+            if k not in self.__dict__:
+                setattr(self, k, v)
         defaults = getattr(self, "defaults", {})
         for group in self.param_groups:
             for k, v in defaults.items():
