@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from lrkit import _checks as C
+from lrkit.errors import user_stacklevel
 from lrkit.schedules.parse import as_schedule
 from lrkit.schedules.registry import ScheduleLike as Schedule
 from lrkit.schedules.registry import from_config
@@ -155,6 +157,14 @@ class Scheduler(LRScheduler):
     ``state_dict()`` holds the step count, every schedule's config and the plateau's
     counters; loading it, before or after the optimizer's own state and whatever the order
     of construction, restores the exact sequence.
+
+    With torch's schedulers: ``SequentialLR`` of lrkit Schedulers runs each from its own
+    step 0 at its milestone (and saves and loads before the later ones started). One
+    Scheduler per optimizer drives a value: two that both step (side by side, or inside
+    ``ChainedScheduler``) would overwrite each other, the last one winning, so the second
+    to step warns; combine their schedules in one Scheduler instead (``product``, ``join``,
+    ``warmup``...). As torch's schedulers, ``step()`` before the first ``optimizer.step()``
+    warns. Param groups added later (``add_param_group``) are scheduled from their own lr.
     """
 
     def __init__(
@@ -179,15 +189,19 @@ class Scheduler(LRScheduler):
         for key in self.schedules:
             self._check_key(key)
         self.plateau = plateau
-        for group in optimizer.param_groups:
-            initial = group["lr"]
-            group.setdefault("initial_lr", initial.clone() if torch.is_tensor(initial) else initial)
-        self.base_lrs = [_as_float(g["initial_lr"]) for g in optimizer.param_groups]
-        self.plateau_scales = [1.0] * len(optimizer.param_groups)
+        if plateau is not None and isinstance(plateau.min_lr, list) and len(
+                plateau.min_lr) != len(optimizer.param_groups):
+            raise ValueError(f"Scheduler(): the plateau's min_lr has {len(plateau.min_lr)} "
+                             f"values, the optimizer {len(optimizer.param_groups)} param "
+                             "groups: give one per group, or a single number")
+        self.base_lrs: list[float] = []
+        self.plateau_scales: list[float] = []
         self.lr_multiplier = 1.0
         self.last_epoch = 0
         self._step_count = 1
         self._last_lr: list[float] = []
+        self._steps_warned = False
+        _track_optimizer_step(optimizer)
         self._apply()
 
     # -- the values at the current step ---------------------------------------------
@@ -199,8 +213,24 @@ class Scheduler(LRScheduler):
                 raise ValueError(f"Scheduler(): {key}= cannot be scheduled: param group {i} has "
                                  f"no such value (it has {keys})")
 
+    def _sync_groups(self) -> None:
+        """Take in param groups added since (``add_param_group``): their own lr is their
+        base, as torch's schedulers and ReduceLROnPlateau take them."""
+        groups = self.optimizer.param_groups
+        for group in groups[len(self.base_lrs):]:
+            initial = group["lr"]
+            group.setdefault("initial_lr", initial.clone() if torch.is_tensor(initial) else initial)
+            self.base_lrs.append(_as_float(group["initial_lr"]))
+            self.plateau_scales.append(1.0)
+        if self.plateau is not None and isinstance(self.plateau.min_lr, list) and len(
+                self.plateau.min_lr) != len(groups):
+            raise ValueError(f"Scheduler: the plateau's min_lr has {len(self.plateau.min_lr)} "
+                             f"values, the optimizer now {len(groups)} param groups (one was "
+                             "added): set plateau.min_lr to one value per group")
+
     def get_lr(self) -> list[float]:
         """The learning rate of each param group at the current step."""
+        self._sync_groups()
         n = self.last_epoch
         if "lr" in self.schedules:
             base = self.schedules["lr"](n)
@@ -220,6 +250,8 @@ class Scheduler(LRScheduler):
         return {key: s(self.last_epoch) for key, s in self.schedules.items()}
 
     def _apply(self) -> None:
+        if self.last_epoch < 0:  # not started (a later scheduler of SequentialLR)
+            return
         lrs = self.get_lr()
         n = self.last_epoch
         others = {k: s(n) for k, s in self.schedules.items() if k != "lr"}
@@ -232,11 +264,49 @@ class Scheduler(LRScheduler):
     # -- stepping ----------------------------------------------------------------------
     def step(self, metric: float | None = None) -> None:  # type: ignore[override]
         """Advance one step; with a plateau, ``metric`` is this step's metric."""
+        if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False):
+            warnings.warn(
+                "Scheduler.step() was called before optimizer.step(): call "
+                "optimizer.step() first, or the first update skips the schedule's value at "
+                "step 0 (as torch's schedulers warn)", UserWarning, stacklevel=user_stacklevel())
         self._step_count += 1
         self.last_epoch += 1
         if metric is not None:
             self._report(metric)
+        self._check_sole_writer()
         self._apply()
+
+    def _update_lr(self, epoch: int | None = None) -> None:
+        """torch's hook: ``SequentialLR`` starts a later scheduler with ``_update_lr(0)``."""
+        self.last_epoch = self.last_epoch + 1 if epoch is None else C.nonnegative_int(
+            "Scheduler._update_lr()", "epoch", epoch)
+        self._check_sole_writer()
+        self._apply()
+
+    def _check_sole_writer(self) -> None:
+        """Warn (once) where another lrkit Scheduler steps the same values of this
+        optimizer in turn with this one (A, B, A): each overwrites the other. A handover
+        (SequentialLR: A, A, B, B) is fine."""
+        keys = set(self.schedules) | ({"lr"} if self.plateau is not None else set())
+        log = _WRITERS.setdefault(self.optimizer, {})
+        me = id(self)
+        clash = []
+        for key in sorted(keys):
+            hist = log.setdefault(key, [])
+            if hist and hist[-1] != me:
+                if me in hist:
+                    clash.append(key)
+                hist[:] = [h for h in hist if h != me][-1:] + [me]
+            elif not hist:
+                hist.append(me)
+        if clash and not self._steps_warned:
+            self._steps_warned = True
+            warnings.warn(
+                f"Scheduler.step(): another lrkit Scheduler also steps {', '.join(clash)} of "
+                "this optimizer (two Schedulers, or both inside ChainedScheduler): each "
+                "overwrites the other and the last to step wins. Put the schedules in one "
+                "Scheduler (lrkit.schedules product, join, warmup...) instead",
+                UserWarning, stacklevel=user_stacklevel())
 
     def report(self, metric: float) -> None:
         """Give the plateau a metric without advancing the step."""
@@ -244,6 +314,7 @@ class Scheduler(LRScheduler):
         self._apply()
 
     def _report(self, metric: float) -> None:
+        self._sync_groups()
         if self.plateau is None:
             raise ValueError("Scheduler.step(metric): a metric needs a plateau; build the "
                              "Scheduler with plateau=lrkit.Plateau(...)")
@@ -289,8 +360,11 @@ class Scheduler(LRScheduler):
         if missing:
             raise ValueError(f"{fn}: not an lrkit Scheduler state_dict: it lacks "
                              f"{', '.join(map(repr, missing))} (needs {', '.join(required)})")
+        self._sync_groups()
         n_groups = len(self.optimizer.param_groups)
-        last_epoch = C.nonnegative_int(fn, "last_epoch", state_dict["last_epoch"])
+        last_epoch = state_dict["last_epoch"]
+        if last_epoch != -1:  # -1: not started yet (a later scheduler of SequentialLR)
+            last_epoch = C.nonnegative_int(fn, "last_epoch", last_epoch)
         configs = state_dict["schedules"]
         if not isinstance(configs, dict):
             raise TypeError(f"{fn}: schedules must be a dict of schedule configs, got "
@@ -367,6 +441,26 @@ def scale_lr(optimizer: torch.optim.Optimizer, factor: float, scheduler: Any = N
             group["lr"] = group["lr"] * factor
     if scheduler is not None and hasattr(scheduler, "base_lrs"):
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+
+
+# per optimizer: per scheduled key, the ids of the last two lrkit Schedulers that stepped it
+_WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+_TRACKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _mark_step_called(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    opt._opt_called = True  # type: ignore[attr-defined]
+
+
+def _track_optimizer_step(opt: torch.optim.Optimizer) -> None:
+    """Set ``opt._opt_called`` after its steps (the flag torch's LRScheduler sets), by a
+    step post-hook: it survives torch.compile and is left out of copies, as torch's
+    hooks are."""
+    if opt not in _TRACKED:
+        _TRACKED.add(opt)
+        opt.register_step_post_hook(_mark_step_called)
 
 
 def _number_list(fn: str, name: str, value: Any, n: int, check: Any) -> list[float]:

@@ -25,6 +25,8 @@ class _KerasOps(Ops):
         super().__init__(keras.ops, keras.config.floatx())
 
     def asfloat(self, n: Any) -> Any:
+        if isinstance(n, int):  # a Python int from 2**31 would overflow int32
+            n = float(n)
         return keras.ops.cast(n, self.float_dtype)
 
 

@@ -21,6 +21,8 @@ class OptaxSchedule:
     def __call__(self, count: Any) -> Any:
         dtype = jnp.result_type(float)  # float32, or float64 with jax_enable_x64
         o = Ops(jnp, dtype)
+        if isinstance(count, int):  # a Python int from 2**31 would overflow int32
+            count = float(count)
         return self.schedule.evaluate(jnp.asarray(count).astype(dtype), o)
 
     def __repr__(self) -> str:

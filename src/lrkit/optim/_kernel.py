@@ -3,7 +3,9 @@
 The source is compiled with the system C++ compiler (``$CXX``, else g++/c++/clang++; no
 torch headers), one library per algorithm on its first use (2-4 seconds each, once per
 machine), into ``$LRKIT_CACHE_DIR`` (default ``~/.cache/lrkit``), keyed by a hash of the
-source, the flags and the CPU. Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
+source, the flags and the CPU. ``LRKIT_KERNEL_MARCH`` picks the target (default ``native``,
+this CPU; e.g. ``x86-64-v2`` or ``armv8-a`` for a baseline build, part of the cache key).
+Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
 False and the optimizers run their reference path on CPU (torch's own CPU default):
 slower, same results.
 """
@@ -14,6 +16,7 @@ import hashlib
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,8 +30,10 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from lrkit.errors import user_stacklevel
+
 _SRC = Path(__file__).with_name("kernels.cpp")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
+_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
           "-std=c++17", "-shared", "-fPIC"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _CHECK_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -74,12 +79,21 @@ def _compiler() -> str | None:
         (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
 
 
+def march() -> str:
+    """The ``-march`` target of the kernels: ``$LRKIT_KERNEL_MARCH`` or ``native``."""
+    value = os.environ.get("LRKIT_KERNEL_MARCH", "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+        raise ValueError(f"LRKIT_KERNEL_MARCH must name a compiler target such as native or "
+                         f"x86-64-v2, got {value!r}")
+    return value
+
+
 def _build(algo: str) -> Path | None:
     """The library of one algorithm ("check": only the non-finite check), built once."""
     compiler = _compiler()
     if compiler is None:
         return None
-    flags = [*_FLAGS, f"-DLRK_ONLY_{algo}"]
+    flags = [*_FLAGS, f"-march={march()}", f"-DLRK_ONLY_{algo}"]
     key = hashlib.sha256("\0".join(
         [_SRC.read_text(), " ".join(flags), compiler, platform.machine(), _cpu_id()]
     ).encode()).hexdigest()[:16]
@@ -127,7 +141,7 @@ def library(algo: str = "check") -> Any:
                 detail = getattr(exc, "stderr", "") or exc
                 warnings.warn(f"lrkit: could not build the optimizer kernels ({detail}); "
                               "the optimizers run their reference path", RuntimeWarning,
-                              stacklevel=3)
+                              stacklevel=user_stacklevel())
                 lib = None
         _libs[algo] = lib
         return lib
@@ -161,6 +175,19 @@ def available() -> bool:
     return library() is not None
 
 
+def mirrors_aten() -> bool:
+    """Whether the kernels compute as ATen's x86 CPU kernels do, operation by operation
+    (bit-exact with torch's single-tensor optimizers): an x86-64 build whose target has
+    FMA (``-march=native`` on any AVX2/AVX-512 CPU; not ``x86-64-v2``), with torch's
+    square root, while ATen runs its AVX2/AVX-512 kernels (not with
+    ``ATEN_CPU_CAPABILITY=default``). Elsewhere they differ by rounding (within 1 ulp per
+    operation)."""
+    lib = library()
+    return (lib is not None and TORCH_SQRT and platform.machine() in ("x86_64", "AMD64")
+            and bool(lib.lrk_has_fma())
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+
+
 def _ptrs(tensors: list[Tensor | None]) -> array:
     return array("Q", [0 if t is None else t.data_ptr() for t in tensors])
 
@@ -186,7 +213,9 @@ def bound(dtype: torch.dtype, power: int = 1) -> float:
 
 def first_nonfinite(grads: list[Tensor], power: int = 1) -> int:
     """Index of the first gradient holding NaN, Inf or an entry at or above
-    ``bound(dtype, power)``, or -1: one pass over all of them."""
+    ``bound(dtype, power)``, or -1: one pass over all of them (a sparse gradient's
+    stored values)."""
+    grads = [g._values() if g.is_sparse else g for g in grads]
     lib = library() if not torch.compiler.is_compiling() else None
     if lib is not None and all(g.device.type == "cpu" and g.dtype in _CHECK_CODES
                                and g.layout == torch.strided and g.is_contiguous()
@@ -237,7 +266,7 @@ def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list,
     for p, g in zip(params, grads):
         dt = p.dtype
         if ((dt is f32 or dt is f64) and p.is_cpu and type(p) in _PLAIN
-                and p.is_contiguous() and g.is_contiguous()):
+                and g.layout == torch.strided and p.is_contiguous() and g.is_contiguous()):
             b = batches.get(dt)
             if b is None:
                 b = batches[dt] = Batch(dt)
@@ -305,7 +334,8 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     takes CPU float32 or float64, all alike."""
     state = opt.state
     keys, scal, hp, flags = opt._kernel_args(group)
-    sts = [state[p] for p in batch.params]
+    # no entry for a parameter without state (SGD without momentum), as torch
+    sts = [state[p] for p in batch.params] if any(keys) or any(scal) else []
     sc = [[st[k] for st in sts] if k else None for k in scal]
     if sc[0] is not None:
         dtypes = {t.dtype for col in sc if col is not None for t in col}

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from lrkit import _checks as C
-from lrkit.errors import NonFiniteGradientError
+from lrkit.errors import NonFiniteGradientError, user_stacklevel
 from lrkit.optim import _kernel
 from lrkit.optim.base import LrkitOptimizer, check_betas, check_lr, scalar
 
@@ -334,19 +334,6 @@ def stall_warning(fn: str, steps: int, group: dict) -> str:
             f"{steps} steps ({why}). Usual causes: zero or vanishing gradients, d0 so small "
             "that the first updates underflow, or an lr of 0. Raise d0 if it is tiny; if d0 "
             "is a deliberate estimate, pass d_stall_steps=None")
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` of a warning that points at the user's call (the first frame
-    outside lrkit and torch)."""
-    import sys
-    frame, level = sys._getframe(1), 1
-    while frame is not None:
-        name = frame.f_code.co_filename.replace("\\", "/")
-        if "/lrkit/" not in name and "/torch/" not in name:
-            return level
-        frame, level = frame.f_back, level + 1
-    return 1
 
 
 def not_finite(fn: str, what: str) -> FloatingPointError:

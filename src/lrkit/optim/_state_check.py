@@ -48,7 +48,7 @@ def check(opt: Any, sd: Any) -> int:
         raise ValueError(f"{fn}: state_dict lacks {', '.join(map(repr, missing))}: not an "
                          f"optimizer state_dict (it has keys {sorted(map(str, sd))})")
     saved_by = sd.get("lrkit_optimizer")
-    if saved_by is not None and saved_by not in {c.__name__ for c in cls.__mro__}:
+    if saved_by is not None and saved_by not in _kin(cls):
         raise ValueError(f"{fn}: this state_dict was saved by lrkit.optim.{saved_by}, not by "
                          f"{cls.__name__}: another algorithm's state")
     skipped = sd.get("skipped_steps", 0)
@@ -96,6 +96,17 @@ def check(opt: Any, sd: Any) -> int:
                 probes[key] = _probe(opt, fn, i, saved, p)
             _check_state(fn, where, p, st, probes[key], opt._state_shapes(saved, p))
     return int(skipped)
+
+
+def _kin(cls: type) -> set[str]:
+    """Names of the classes whose state_dicts ``cls`` loads: its bases and its subclasses
+    (Adam loads AdamW's, whose groups say decoupled_weight_decay=True, as torch's Adam)."""
+    out, todo = {c.__name__ for c in cls.__mro__}, [cls]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            out.add(sub.__name__)
+            todo.append(sub)
+    return out
 
 
 def _name(group: Mapping, i: int, j: int) -> str:

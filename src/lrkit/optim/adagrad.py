@@ -45,6 +45,7 @@ class Adagrad(LrkitOptimizer):
     torch_name = "Adagrad"
     torch_fused = True
     kernel = "adagrad"
+    supports_sparse = True
     grad_power = 2
     dtensor = "elementwise"
 

@@ -187,6 +187,13 @@ class AdamW(Adam):
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, nonfinite=nonfinite, impl=impl)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # as torch's AdamW: a loaded Adam state_dict (decoupled_weight_decay=False) still
+        # runs as AdamW
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
 
 class NAdam(_AdamLike):
     r"""NAdam (Dozat, 2016, "Incorporating Nesterov Momentum into Adam"), as

@@ -155,6 +155,15 @@ class LrkitOptimizer(torch.optim.Optimizer):
     #: non-finite gradient (one all-reduce per step); set False on an optimizer that only
     #: some ranks step, which would otherwise wait for the others forever
     agree_across_ranks: bool = True
+    #: sparse gradients (``nn.Embedding(sparse=True)``) are taken, as torch's namesake
+    #: takes them (its single-tensor functional runs them); else a step raises
+    supports_sparse: ClassVar[bool] = False
+    #: complex parameters reach ``_reference_step`` as real views (``view_as_real``: each
+    #: of the real and imaginary parts is an entry, as torch's optimizers treat them);
+    #: False hands them over complex (Lion's ``sgn``)
+    complex_as_real: ClassVar[bool] = True
+    #: attributes a copy (deepcopy, pickle, torch.save) leaves out: caches rebuilt on use
+    _transient: ClassVar[tuple[str, ...]] = ()
     _has_dtensor = False
     _shards: ClassVar[dict[int, Any]] = {}  # set per step while DTensors are swapped
 
@@ -239,9 +248,11 @@ class LrkitOptimizer(torch.optim.Optimizer):
         return {}
 
     def _reference(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
-        state = self.state[p]
-        if not torch.is_complex(p):
+        state = self.state[p] if p in self.state else {}
+        if not torch.is_complex(p) or not self.complex_as_real:
             self._reference_step(group, p, grad, state)
+            if state and p not in self.state:
+                self.state[p] = state
             return
         real = {k: torch.view_as_real(v) if torch.is_tensor(v) and torch.is_complex(v) else v
                 for k, v in state.items()}
@@ -249,6 +260,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
         for k, v in real.items():
             if k not in state:
                 state[k] = torch.view_as_complex(v) if torch.is_tensor(v) and v.dim() else v
+        if state and p not in self.state:
+            self.state[p] = state
 
     # -- the step template ----------------------------------------------------------
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -313,15 +326,15 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 for i, group in enumerate(self.param_groups)
                 for params in ([p for p in group["params"] if p.grad is not None],)
                 if params]
-        for _, _, _, grads in work:
-            for g in grads:
-                if g.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse "
-                                       "gradients")
+        if not self.supports_sparse and any(g.is_sparse for *_, grads in work for g in grads):
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients (of lrkit's "
+                "optimizers SGD and Adagrad take them, as torch's do)")
         kernel = self._kernel_on() and not (self._shards and self.dtensor == "reference")
         plans = []  # (index, group, kernel batches, other params, their grads)
         for i, group, params, grads in work:
-            if kernel and not (group.get("differentiable") or group.get("capturable")):
+            if kernel and not (group.get("differentiable") or group.get("capturable")
+                               or any(g.is_sparse for g in grads)):
                 plans.append((i, group, *_kernel.split(params, grads)))
             else:
                 plans.append((i, group, [], params, grads))
@@ -333,7 +346,9 @@ class LrkitOptimizer(torch.optim.Optimizer):
         for i, group, batches, params, _ in plans:
             for p in [q for b in batches for q in b.params] + params:
                 if not state.get(p):
-                    state[p].update(self._init_state(group, p))
+                    init = self._init_state(group, p)
+                    if init:  # no entry where there is no state (SGD without momentum)
+                        state[p].update(init)
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}
         return plans
@@ -406,6 +421,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
             if all(not p.is_cpu for p in params):
                 impl = "fused" if self.torch_fused and all(
                     p.device.type == "cuda" for p in params) else "foreach"
+        if self.supports_sparse and any(g.is_sparse for g in grads):
+            impl = "torch"  # torch's single-tensor functional, which takes sparse gradients
         if impl == "reference" or (impl in ("foreach", "fused", "torch")
                                    and self.torch_name is None
                                    and not self.has_foreach):
@@ -529,8 +546,25 @@ class LrkitOptimizer(torch.optim.Optimizer):
         self.skipped_steps = skipped
         self._last = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy keeps (``copy.deepcopy``, pickle, ``torch.save(opt)``): torch's
+        (defaults, state, param_groups) and lrkit's own settings and counters (``impl``,
+        ``nonfinite``, ``skipped_steps``, a subclass's), not the hooks (as torch)."""
+        state = super().__getstate__()
+        for k, v in self.__dict__.items():
+            if not (k.startswith("_optimizer_") or k in _TORCH_RUNTIME
+                    or k in self._transient):
+                state.setdefault(k, v)
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        # torch's load_state_dict comes here too (state and param_groups only); a copy
+        # pickled before lrkit kept its own settings lacks them
+        for k, v in (("nonfinite", "raise"), ("impl", "auto"), ("skipped_steps", 0),
+                     ("_last", {})):
+            if k not in self.__dict__:
+                setattr(self, k, v)
         defaults = getattr(self, "defaults", {})
         for group in self.param_groups:
             for k, v in defaults.items():
@@ -543,6 +577,11 @@ class LrkitOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         text = super().__repr__()
         return text[:-1] + f"    nonfinite: {self.nonfinite}\n    impl: {self.impl}\n)"
+
+
+# left out of copies, as torch leaves them: what torch's __setstate__ recreates, and the
+# step wrapper (a closure) with the flag that schedulers attach
+_TORCH_RUNTIME = ("_zero_grad_profile_name", "step", "_opt_called")
 
 
 @functools.cache
@@ -571,6 +610,11 @@ def _check_switches(fn: str, cls: type, defaults: dict[str, Any]) -> None:
 def _bounded(g: Tensor, power: int = 1) -> Tensor:
     """``g`` with NaN/Inf entries (and those at or above ``_kernel.bound``) as zeros (a
     copy, only where there are any)."""
+    if g.is_sparse:
+        g = g.coalesce()
+        values = _bounded(g.values(), power)
+        return g if values is g.values() else torch.sparse_coo_tensor(
+            g.indices(), values, g.shape, is_coalesced=True)
     limit = _kernel.bound(g.dtype, power)
     ok = (torch.view_as_real(g).abs() < limit).all(-1) if g.is_complex() else g.abs() < limit
     return g if bool(ok.all()) else torch.where(ok, g, torch.zeros((), dtype=g.dtype,

@@ -1172,4 +1172,13 @@ void lrk_set_sqrt(void* vs, void* vd) {
 
 int32_t lrk_abi_version() { return 5; }
 
+// 1 where the build target has FMA: fma_ rounds once, as ATen's vectorised kernels do
+int32_t lrk_has_fma() {
+#ifdef __FMA__
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 }  // extern "C"

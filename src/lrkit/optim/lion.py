@@ -24,11 +24,15 @@ class Lion(LrkitOptimizer):
     weight decay 3-10x larger. ``effective_lr()`` is ``lr`` on the direction
     ``sign(c_t)``, recovered from ``m_t`` and ``p.grad`` (needs beta2 > 0).
     ``foreach=True`` selects lrkit's foreach path (there is no torch namesake).
+
+    Complex parameters step by ``sgn(c_t) = c_t / |c_t|`` (a unit complex number), as
+    lion-pytorch's ``sgn_()`` does, on every path.
     """
 
     has_foreach = True
     kernel = "lion"
     dtensor = "elementwise"
+    complex_as_real = False
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-4,
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
@@ -54,7 +58,7 @@ class Lion(LrkitOptimizer):
         if wd != 0:
             p.mul_(1 - lr * wd)
         exp_avg = state["exp_avg"]
-        update = exp_avg.clone().mul_(beta1).add(grad, alpha=1 - beta1).sign_()
+        update = exp_avg.clone().mul_(beta1).add(grad, alpha=1 - beta1).sgn_()
         add_(p, update, -lr)
         exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
 
@@ -69,7 +73,12 @@ class Lion(LrkitOptimizer):
             torch._foreach_mul_(params, 1 - lr * wd)
         update = torch._foreach_mul(exp_avgs, beta1)
         torch._foreach_add_(update, grads, alpha=1 - beta1)
-        torch._foreach_sign_(update)
+        real = [u for u in update if not u.is_complex()]
+        if real:
+            torch._foreach_sign_(real)
+        for u in update:  # torch has no foreach sgn
+            if u.is_complex():
+                u.sgn_()
         torch._foreach_add_(params, update, alpha=-lr)
         torch._foreach_mul_(exp_avgs, beta2)
         torch._foreach_add_(exp_avgs, grads, alpha=1 - beta2)
@@ -85,6 +94,6 @@ class Lion(LrkitOptimizer):
         beta1, beta2 = hp["betas"]
         g, w, m = self._grad(p, hp), p.detach(), state["exp_avg"]
         m_prev = (m - (1 - beta2) * g) / beta2 if beta2 > 0 else torch.zeros_like(m)
-        d = (beta1 * m_prev + (1 - beta1) * g).sign()
+        d = (beta1 * m_prev + (1 - beta1) * g).sgn()
         decay = lr * wd * (w + lr * d) / (1 - lr * wd) if wd != 0 else 0.0
         return Explained(uniform(lr, w), d, decay, -lr * d - decay)

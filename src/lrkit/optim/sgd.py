@@ -45,6 +45,7 @@ class SGD(LrkitOptimizer):
     torch_name = "SGD"
     torch_fused = True
     kernel = "sgd"
+    supports_sparse = True
     dtensor = "elementwise"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0,

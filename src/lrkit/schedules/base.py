@@ -8,6 +8,7 @@ code runs on numpy, jax and keras (see ``_ops``).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import numbers
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,8 +53,15 @@ class Schedule:
         raise NotImplementedError
 
     def evaluate(self, n: Any, o: Ops) -> Any:
-        """The formula on an array of steps (float dtype) in the backend ``o``."""
-        return self._eval(n, o)
+        """The formula on an array of steps (float dtype) in the backend ``o``.
+
+        Outside numpy (jax, keras) the integer arguments enter as floats: those backends
+        read a Python int as int32 and overflow from 2**31 (``total=10**10``)."""
+        if o.xp is np:
+            return self._eval(n, o)
+        floats = copy.copy(self)
+        floats._params = {k: float(v) if type(v) is int else v for k, v in self._params.items()}
+        return floats._eval(n, o)
 
     def __call__(self, step: Any) -> Any:
         if isinstance(step, (numbers.Integral, float)) and not isinstance(step, bool):
