@@ -2,12 +2,17 @@
 fastest mode on this machine, in one process; the learning-rate-free and schedule-free ones
 against their authors' packages.
 
-    python benchmarks/optim_step.py            # full: median of 15 steps after 3 warm-up
-    python benchmarks/optim_step.py --quick    # median of 9 steps after 2 warm-up
-    python benchmarks/optim_step.py --std-sqrt # kernels with std::sqrt instead of torch's
+    python benchmarks/optim_step.py              # full: median of 15 steps after 3 warm-up
+    python benchmarks/optim_step.py --quick      # median of 9 steps after 2 warm-up
+    python benchmarks/optim_step.py --torch-sqrt # kernels with torch's (MKL's) square root
+    python benchmarks/optim_step.py --case c d   # the training step, the Scheduler
 
 Cases: (a) 10M float32 parameters in 100 tensors of 400x250, (b) 1M in 1000 tensors of
-40x25. Gradients are fixed random tensors (no backward pass is timed). Each lrkit
+40x25: the step alone, gradients are fixed random tensors (no backward pass is timed).
+(c) a whole training step (zero_grad, forward, backward, step) of a 10.5M-parameter MLP,
+lrkit's Adam at its defaults against torch's fused Adam. (d) ``lrkit.Scheduler.step()``
+per call on 10 param groups, each schedule family (5% warmup) against torch's closest
+scheduler (without warmup). Each lrkit
 optimizer runs as a user gets it: impl="auto", nonfinite="raise" (so every step includes
 the pass over the gradients that looks for NaN/Inf); the "check" column is that pass
 alone, and the "zero" columns the same optimizer with nonfinite="zero", which needs no
@@ -39,10 +44,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test registry
-if "--std-sqrt" in sys.argv:
-    os.environ["LRKIT_KERNEL_SQRT"] = "std"
+if "--torch-sqrt" in sys.argv:
+    os.environ["LRKIT_KERNEL_SQRT"] = "torch"
 
+from lrkit import Scheduler  # noqa: E402
 from lrkit.optim import _kernel  # noqa: E402
+from lrkit.schedules import FAMILIES, family  # noqa: E402
 from optim_registry import REGISTRY  # noqa: E402
 
 # minimal bytes per float32 parameter for the benchmarked configuration. The
@@ -160,15 +167,117 @@ def bench(names, case, warmup, reps):
     return n, copy, rows, adam_gbs, adam_label
 
 
+def mlp(seed):
+    torch.manual_seed(seed)
+    dims = (1536, 2048, 2048, 1536, 10)
+    layers = []
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(dims) - 2 else [])
+    return torch.nn.Sequential(*layers)
+
+
+def training_step(warmup, reps):
+    """(c): lrkit's Adam at its defaults (NaN/Inf check included) against torch's fused Adam
+    and against lrkit with nonfinite="zero", whole steps, interleaved."""
+    x = torch.randn(32, 1536, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for label, make in (("lrkit Adam (defaults)", lambda ps: REGISTRY["Adam"].cls(ps)),
+                        ("lrkit Adam nonfinite='zero'",
+                         lambda ps: REGISTRY["Adam"].cls(ps, nonfinite="zero")),
+                        ("torch Adam fused", lambda ps: torch.optim.Adam(ps, fused=True))):
+        model = mlp(0)
+        opt = make(model.parameters())
+
+        def step(model=model, opt=opt):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        runs[label] = step
+    n = sum(p.numel() for p in mlp(0).parameters())
+    times = {k: [] for k in runs}
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    for _ in range(reps):
+        for k, fn in runs.items():
+            times[k] += timed(fn, 0, 1)
+    ref = statistics.median(times["torch Adam fused"])
+    print(f"\n## case (c): a training step of a {n / 1e6:.1f}M-parameter MLP (batch 32), "
+          "forward + backward + step")
+    print("| optimizer | ms per step | steps/s | / torch fused |")
+    print("|---|---:|---:|---:|")
+    for k, ts in times.items():
+        m = statistics.median(ts)
+        print(f"| {k} | {m * 1e3:.2f} | {1 / m:.0f} | {ref / m:.2f}x |")
+
+
+T_SCHED = 10**6
+TORCH_SCHED = {  # the closest torch scheduler to each family (no warmup: the cheaper one)
+    "constant": ("ConstantLR", lambda o: torch.optim.lr_scheduler.ConstantLR(o, 1.0, 0)),
+    "cosine": ("CosineAnnealingLR",
+               lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_SCHED)),
+    "linear": ("LinearLR", lambda o: torch.optim.lr_scheduler.LinearLR(o, 1.0, 0.0, T_SCHED)),
+    "one_cycle": ("OneCycleLR (momentum too)", lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, 0.1, total_steps=T_SCHED)),
+    "wsd": ("LambdaLR", lambda o: torch.optim.lr_scheduler.LambdaLR(
+        o, lambda n: 1.0 if n < 0.8 * T_SCHED else (T_SCHED - n) / (0.2 * T_SCHED))),
+    "step_based": ("StepLR", lambda o: torch.optim.lr_scheduler.StepLR(o, T_SCHED // 4, 0.5)),
+    "exponential": ("ExponentialLR",
+                    lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.999995)),
+    "time_based": ("LambdaLR", lambda o: torch.optim.lr_scheduler.LambdaLR(
+        o, lambda n: 1 / (1 + 1e-4 * n))),
+    "inverse_sqrt": ("LambdaLR", lambda o: torch.optim.lr_scheduler.LambdaLR(
+        o, lambda n: (1000 / max(n, 1000)) ** 0.5)),
+}
+
+
+def scheduler_step(reps):
+    """(d): Scheduler.step() per call, 10 param groups, blocks of 200 calls interleaved."""
+    import warnings
+
+    def groups():
+        ps = [torch.nn.Parameter(torch.zeros(1)) for _ in range(10)]
+        return torch.optim.SGD([{"params": [p]} for p in ps], lr=0.1, momentum=0.9)
+
+    def block(fn, k=200):
+        t = time.perf_counter()
+        for _ in range(k):
+            fn()
+        return (time.perf_counter() - t) / k
+
+    print("\n## case (d): Scheduler.step() per call, 10 param groups "
+          f"(median of {reps} blocks of 200 calls, interleaved)")
+    print("| family (5% warmup) | torch scheduler | lrkit us | torch us | lrkit / torch |")
+    print("|---|---|---:|---:|---:|")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "lr_scheduler.step() before optimizer.step()"
+        for name in FAMILIES:
+            extra = {"momentum": family("one_cycle", 0.95, T_SCHED, 0.05)} \
+                if name == "one_cycle" else {}
+            ours = Scheduler(groups(), lr=family(name, 0.1, T_SCHED, 0.05), **extra)
+            label, make = TORCH_SCHED[name]
+            theirs = make(groups())
+            a, b = [], []
+            for _ in range(reps):
+                a.append(block(ours.step))
+                b.append(block(theirs.step))
+            ma, mb = statistics.median(a) * 1e6, statistics.median(b) * 1e6
+            print(f"| {name} | {label} | {ma:.1f} | {mb:.1f} | {ma / mb:.2f}x |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="median of 9 steps, 2 warm-up")
     ap.add_argument("--only", nargs="*", help="optimizer names (default: all)")
-    ap.add_argument("--case", choices=["a", "b", "both"], default="both")
-    ap.add_argument("--std-sqrt", action="store_true",
-                    help="kernels take std::sqrt (correctly rounded) instead of torch's")
+    ap.add_argument("--case", nargs="*", choices=["a", "b", "c", "d", "both"],
+                    default=["a", "b", "c", "d"])
+    ap.add_argument("--torch-sqrt", action="store_true",
+                    help="kernels take torch's (MKL's) square root: bit for bit torch's "
+                    "single-tensor results, slower")
     args = ap.parse_args(argv)
     warmup, reps = (2, 9) if args.quick else (3, 15)
+    cases = ["a", "b"] if args.case == ["both"] else args.case
     names = args.only or [n for n, i in REGISTRY.items() if "needs_closure" not in i.tags]
     for name in names:  # build the kernels outside the timings
         if REGISTRY[name].cls.kernel:
@@ -177,7 +286,7 @@ def main(argv=None) -> int:
     print(f"# {datetime.date.today()}  {cpu_name()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, kernel {'on' if _kernel.available() else 'OFF'} "
           f"({sqrt}); median of {reps} steps; load average {os.getloadavg()[0]:.2f}")
-    for case in (["a", "b"] if args.case == "both" else [args.case]):
+    for case in [c for c in cases if c in CASES]:
         n, copy, rows, adam_gbs, adam_label = bench(names, case, warmup, reps)
         count, shape = CASES[case]
         print(f"\n## case ({case}): {n / 1e6:g}M float32 params in {count} tensors of "
@@ -193,6 +302,10 @@ def main(argv=None) -> int:
         worst = min(rows, key=lambda r: r[3])
         print(f"\ntorch Adam ({adam_label}) reaches {adam_gbs:.1f} GB/s; slowest lrkit optimizer "
               f"{worst[0]} {worst[3]:.1f} GB/s ({worst[3] / adam_gbs:.2f}x of it)")
+    if "c" in cases:
+        training_step(warmup, reps)
+    if "d" in cases:
+        scheduler_step(reps)
     print(f"\n# load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -22,8 +22,8 @@ from torch.optim.lr_scheduler import ChainedScheduler, ExponentialLR, Sequential
 
 import lrkit
 from lrkit import schedules as S
-from lrkit.optim import REGISTRY
 from optim_helpers import batches, closure_for, loss_of, make_model, make_opt, param_groups
+from optim_registry import REGISTRY
 
 SRC = Path(lrkit.__file__).resolve().parents[1]
 

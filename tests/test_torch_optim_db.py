@@ -23,8 +23,8 @@ from torch.optim.lr_scheduler import ChainedScheduler, ReduceLROnPlateau, Sequen
 
 import lrkit
 from lrkit import schedules as S
-from lrkit.optim import REGISTRY
 from optim_helpers import parity_rtol, rel_err
+from optim_registry import REGISTRY
 from strategies import any_schedule
 
 common = pytest.importorskip("torch.testing._internal.common_optimizers")

@@ -19,7 +19,7 @@ from lrkit import _checks as C
 from lrkit.errors import user_stacklevel
 from lrkit.schedules.parse import as_schedule
 from lrkit.schedules.registry import ScheduleLike as Schedule
-from lrkit.schedules.registry import from_config
+from lrkit.schedules.registry import StepCache, from_config
 
 _PLATEAU_MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
@@ -233,13 +233,12 @@ class Scheduler(LRScheduler):
         self._sync_groups()
         n = self.last_epoch
         if "lr" in self.schedules:
-            base = self.schedules["lr"](n)
-            lrs = [base * g.get("lr_scale", 1.0) for g in self.optimizer.param_groups]
+            base, m = self._value("lr", n), self.lr_multiplier
+            lrs = [base * g.get("lr_scale", 1.0) * m for g in self.optimizer.param_groups]
         elif self.plateau is not None:
-            lrs = list(self.base_lrs)
+            lrs = [lr * self.lr_multiplier for lr in self.base_lrs]
         else:
             return [_as_float(g["lr"]) for g in self.optimizer.param_groups]
-        lrs = [lr * self.lr_multiplier for lr in lrs]
         if self.plateau is not None:
             lrs = [max(lr * scale, self.plateau.min_lr_of(i))
                    for i, (lr, scale) in enumerate(zip(lrs, self.plateau_scales))]
@@ -247,19 +246,36 @@ class Scheduler(LRScheduler):
 
     def values(self) -> dict[str, float]:
         """Every scheduled value at the current step (lr before group scales)."""
-        return {key: s(self.last_epoch) for key, s in self.schedules.items()}
+        return {key: self._value(key, self.last_epoch) for key in self.schedules}
+
+    def _value(self, key: str, n: int) -> float:
+        """``self.schedules[key](n)``, bit for bit, from a block of values evaluated at
+        once (``StepCache``); a schedule replaced in ``self.schedules`` gets a new block."""
+        caches = self.__dict__.setdefault("_caches", {})
+        cache = caches.get(key)
+        s = self.schedules[key]
+        if cache is None or cache.schedule is not s:
+            cache = caches[key] = StepCache(s)
+        return cache(n)
 
     def _apply(self) -> None:
         if self.last_epoch < 0:  # not started (a later scheduler of SequentialLR)
             return
         lrs = self.get_lr()
         n = self.last_epoch
-        others = {k: s(n) for k, s in self.schedules.items() if k != "lr"}
+        others = [(k, self._value(k, n)) for k in self.schedules if k != "lr"]
+        last = []
         for group, lr in zip(self.optimizer.param_groups, lrs):
-            _write(group, "lr", lr)
-            for key, value in others.items():
+            current = group["lr"]  # _write, inlined: this loop runs every step
+            if isinstance(current, torch.Tensor):
+                current.fill_(lr)
+                last.append(float(current.item()))
+            else:
+                group["lr"] = lr
+                last.append(_as_float(lr))
+            for key, value in others:
                 _write_target(key, group, value)
-        self._last_lr = [_as_float(g["lr"]) for g in self.optimizer.param_groups]
+        self._last_lr = last
 
     # -- stepping ----------------------------------------------------------------------
     def step(self, metric: float | None = None) -> None:  # type: ignore[override]
@@ -481,7 +497,9 @@ def _schedule_arg(key: str, value: Any) -> Schedule:
 
 
 def _as_float(v: Any) -> float:
-    return float(v.item()) if torch.is_tensor(v) else float(v)
+    if type(v) is float:  # the common case first: this runs per group on every step
+        return v
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
 
 def _target(key: str, group: dict[str, Any]) -> tuple[str, int | None] | None:
@@ -492,8 +510,7 @@ def _target(key: str, group: dict[str, Any]) -> tuple[str, int | None] | None:
         return ("betas", 0)
     if key in group and key != "params":
         value = group[key]
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) or
-                                           torch.is_tensor(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
             return None
         return (key, None)
     return None
@@ -501,7 +518,7 @@ def _target(key: str, group: dict[str, Any]) -> tuple[str, int | None] | None:
 
 def _write(group: dict[str, Any], key: str, value: float) -> None:
     current = group[key]
-    if torch.is_tensor(current):
+    if isinstance(current, torch.Tensor):
         current.fill_(value)
     else:
         group[key] = value
@@ -515,7 +532,7 @@ def _write_target(key: str, group: dict[str, Any], value: float) -> None:
         _write(group, name, value)
         return
     items = list(group[name])
-    if torch.is_tensor(items[index]):
+    if isinstance(items[index], torch.Tensor):
         items[index].fill_(value)
     else:
         items[index] = value

@@ -38,7 +38,7 @@ _FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _CHECK_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _lock = threading.RLock()
-TORCH_SQRT = False  # the kernels take square roots as torch's CPU Tensor.sqrt does
+TORCH_SQRT = False  # LRKIT_KERNEL_SQRT=torch: square roots as torch's CPU Tensor.sqrt
 
 # flag bits, as in kernels.cpp
 F_MAXIMIZE, F_ZERO, F_DECOUPLED, F_AMSGRAD = 1, 2, 4, 8
@@ -131,7 +131,7 @@ def library(algo: str = "check") -> Any:
                 path = _build(algo)
                 if path is not None:
                     lib = ctypes.CDLL(str(path))
-                    if os.environ.get("LRKIT_KERNEL_SQRT", "torch") != "std":
+                    if os.environ.get("LRKIT_KERNEL_SQRT", "std") == "torch":
                         _match_torch_sqrt(lib)
                     lib.lrk_first_nonfinite.restype = ctypes.c_int64
                     lib.lrk_first_nonfinite.argtypes = [
@@ -148,11 +148,13 @@ def library(algo: str = "check") -> Any:
 
 
 def _match_torch_sqrt(lib: Any) -> None:
-    """Hand the kernels the square root torch's CPU ``Tensor.sqrt`` uses (MKL's
-    vsSqrt/vdSqrt inside libtorch on x86 builds) if it reproduces ``torch.sqrt`` exactly,
-    so the kernels equal torch's single-tensor optimizers bit for bit; otherwise, or with
-    ``LRKIT_KERNEL_SQRT=std``, they keep the correctly rounded ``std::sqrt`` (faster where
-    the step is compute-bound, see benchmarks/README.md)."""
+    """With ``LRKIT_KERNEL_SQRT=torch``: hand the kernels the square root torch's CPU
+    ``Tensor.sqrt`` uses (MKL's vsSqrt/vdSqrt inside libtorch on x86 builds) if it
+    reproduces ``torch.sqrt`` exactly, so the kernels equal torch's single-tensor
+    optimizers bit for bit on x86-64 with FMA. By default the kernels take the correctly
+    rounded ``std::sqrt`` (vsqrtps: 1.3-1.5x faster where the step is compute-bound, see
+    benchmarks/README.md), which keeps them within the contract of every fast path: each
+    operation within 1 ulp of torch's single-tensor result (tests/test_optim_contract.py)."""
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
         torch_lib = ctypes.CDLL(str(path))
@@ -224,7 +226,16 @@ def first_nonfinite(grads: list[Tensor], power: int = 1) -> int:
         codes = array("i", [_CHECK_CODES[g.dtype] for g in grads])
         return int(lib.lrk_first_nonfinite(len(grads), _addr(ptrs), _addr(sizes),
                                            _addr(codes), torch.get_num_threads(), power))
-    found = []
+    found = [idx[int(bad.nonzero()[0, 0])] for idx, bad in nonfinite_flags(grads, power)
+             if bool(bad.any())]
+    return min(found) if found else -1
+
+
+def nonfinite_flags(grads: list[Tensor], power: int = 1) -> list[tuple[list[int], Tensor]]:
+    """Per (device, dtype) of the gradients: their indices and a bool tensor flagging
+    those that hold NaN, Inf or an entry at or above ``bound(dtype, power)`` (torch ops
+    only, no sync with the host: torch.compile traces it without a graph break)."""
+    out = []
     by_key: dict[Any, list[int]] = {}
     for i, g in enumerate(grads):
         by_key.setdefault((g.device, g.dtype), []).append(i)
@@ -234,10 +245,8 @@ def first_nonfinite(grads: list[Tensor], power: int = 1) -> int:
         if group[0].is_complex():
             group = [torch.view_as_real(g) for g in group]
         norms = torch._foreach_norm(group, float("inf"))
-        bad = ~(torch.stack(norms) < limit)  # in their dtype; NaN compares False
-        if bool(bad.any()):
-            found.append(idx[int(bad.nonzero()[0, 0])])
-    return min(found) if found else -1
+        out.append((idx, ~(torch.stack(norms) < limit)))  # in their dtype; NaN compares False
+    return out
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)

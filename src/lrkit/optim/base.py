@@ -5,7 +5,7 @@ A subclass states its algorithm twice: once as a readable single-tensor referenc
 multi-tensor C kernel, or torch's own foreach/fused functional where the algorithm is
 identical). The base class owns everything around the arithmetic:
 
-* ``step(closure)``: the closure under ``torch.enable_grad()``, then one pass over all
+* ``step(closure)``: the closure under ``torch.enable_grad()``, then the check of the
   gradients for non-finite values (``nonfinite=``), then the update;
 * ``impl=``: which implementation runs ("auto", "reference", "foreach", "fused",
   "kernel"), with torch's ``foreach=``/``fused=`` switches mapped onto it;
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from lrkit import _checks as C
 from lrkit.errors import NonFiniteGradientError
-from lrkit.optim import _distributed, _kernel, _state_check
+from lrkit.optim import _distributed, _gradwatch, _kernel, _state_check
 from lrkit.optim._state_check import check_lr  # noqa: F401 (subclasses use base.check_lr)
 
 NONFINITE_MODES = ("raise", "skip", "zero")
@@ -86,8 +86,13 @@ class LrkitOptimizer(torch.optim.Optimizer):
     or Inf. "raise" raises :class:`lrkit.NonFiniteGradientError` naming the parameter
     before anything changes; "skip" leaves parameters and state untouched and counts the
     step in ``skipped_steps`` (saved in ``state_dict``); "zero" treats the non-finite
-    entries as zero. The check is one pass over the gradients (fused into lrkit's kernel
-    where it runs), so no NaN/Inf from a gradient ever reaches the state. An entry whose
+    entries as zero. Large gradients are checked as backward produces them (a
+    post-accumulate-grad hook, while they are in the cache: ``lrkit.optim._gradwatch``),
+    the others, and any written after backward, by one pass at the step ("zero" needs
+    none: lrkit's kernel zeroes such entries as it reads them), so no NaN/Inf from a
+    gradient ever reaches the state. Under ``torch.compile`` "raise" and "zero" stay in
+    the graph ("raise" then raises a RuntimeError from ``torch._assert_async``, before
+    anything changes, without naming the parameter); "skip" breaks it. An entry whose
     square (``grad_power``: Adafactor's fourth power) would overflow counts as non-finite
     too. In a multi-process run the ranks agree before raising or skipping (one
     all-reduce per step; ``agree_across_ranks = False`` turns it off).
@@ -140,7 +145,9 @@ class LrkitOptimizer(torch.optim.Optimizer):
     torch_fused: ClassVar[bool] = False
     #: lrkit kernel name (``None``: no C kernel)
     kernel: ClassVar[str | None] = None
-    #: the kernel runs the reference's operations in its order (bit for bit on x86-64)
+    #: the kernel runs the reference's elementwise operations in its order: each within
+    #: 1 ulp of torch's (std::sqrt against MKL's; bit for bit with LRKIT_KERNEL_SQRT=torch
+    #: on x86-64 with FMA); False: it also sums over all entries, in another order
     kernel_exact: ClassVar[bool] = True
     #: the highest power of the gradient the state holds: 1 (SGD, Lion), 2 (a squared
     #: gradient: Adam...), 4 (Adafactor's products of row and column means of squares).
@@ -273,6 +280,10 @@ class LrkitOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.nonfinite == "raise" and self._traced_check():
+            # before the no-grad block: an error raised inside a compiled graph would leave
+            # that block's grad mode switched on the caller (torch 2.13's dynamo)
+            self._assert_finite()
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
             if self._has_dtensor:
                 self._dtensor_step()
@@ -282,8 +293,11 @@ class LrkitOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        if any(_distributed.is_dtensor(p) for p in self.param_groups[-1]["params"]):
+        params = self.param_groups[-1]["params"]
+        if any(_distributed.is_dtensor(p) for p in params):
             self._has_dtensor = True
+        else:  # check large gradients as backward produces them (lrkit.optim._gradwatch)
+            _gradwatch.hook(self, params)
 
     def _dtensor_step(self) -> None:
         """The step on each rank's local shards (see ``lrkit.optim._distributed``)."""
@@ -365,17 +379,23 @@ class LrkitOptimizer(torch.optim.Optimizer):
         square, for Adam and kin), which would put Inf, then NaN, into the state. In a
         multi-process run the decision to raise or skip is agreed by every rank."""
         power = self.grad_power
+        if self._traced_check():
+            if self.nonfinite == "raise":  # step() asserted in the graph
+                return plans
+            return [(i, group, batches, params, [_bounded(g, power) for g in grads])
+                    for i, group, batches, params, grads in plans]
         if self.nonfinite == "zero":  # the kernel zeroes them as it reads; the rest here
             rest = [g for plan in plans for g in plan[4]]
             if not rest or _kernel.first_nonfinite(rest, power) < 0:
                 return plans
             return [(i, group, batches, params, [_bounded(g, power) for g in grads])
                     for i, group, batches, params, grads in plans]
-        bad = None
-        found = _kernel.first_nonfinite_in([b for plan in plans for b in plan[2]], power)
+        batches = [b for plan in plans for b in plan[2]]
+        bad, batches = _checked_by_hooks(self, batches)
+        found = _kernel.first_nonfinite_in(batches, power) if bad is None else None
         if found is not None:
             bad = found[0].params[found[1]]
-        else:
+        elif bad is None:
             rest = [(p, g) for plan in plans for p, g in zip(plan[3], plan[4])]
             k = _kernel.first_nonfinite([g for _, g in rest], power) if rest else -1
             if k >= 0:
@@ -406,6 +426,23 @@ class LrkitOptimizer(torch.optim.Optimizer):
             f"{type(self).__name__}.step(): the gradient of {what} holds NaN or Inf{big}; "
             "nothing was changed (pass nonfinite='skip' to skip such steps or "
             "nonfinite='zero' to treat those entries as zero)")
+
+    def _traced_check(self) -> bool:
+        """Whether the NaN/Inf check runs inside torch.compile's graph (no graph break):
+        "zero" replaces the entries in the graph; "raise" asserts in the graph
+        (``torch._assert_async``) before the update, a RuntimeError naming no parameter
+        (the names would need the flags on the host). "skip" needs the host's answer and
+        breaks the graph, as does a multi-process run (the ranks agree on the host)."""
+        return torch.compiler.is_compiling() and self.nonfinite != "skip" and not (
+            self.agree_across_ranks and _distributed.world_size() > 1)
+
+    def _assert_finite(self) -> None:
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None]
+        for _, bad in _kernel.nonfinite_flags(grads, self.grad_power):
+            torch._assert_async(~bad.any(), f"{type(self).__name__}.step(): a gradient "
+                                "holds NaN or Inf (or an entry whose power overflows); "
+                                "nothing was changed")
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Every implementation but the kernel (the step template runs that)."""
@@ -607,6 +644,29 @@ def _check_switches(fn: str, cls: type, defaults: dict[str, Any]) -> None:
                                 f"{' (or None)' if none_ok else ''}, got {v!r}")
 
 
+def _checked_by_hooks(opt: LrkitOptimizer, batches: list) -> tuple[Tensor | None, list]:
+    """(a parameter whose gradient the backward hooks found non-finite or None, the
+    batches of gradients they did not check: those the pass must read)."""
+    watch = _gradwatch.of(opt) if batches else None
+    if watch is None:
+        return None, batches
+    rest = []
+    for b in batches:
+        left = _kernel.Batch(b.dtype)
+        for p, g in zip(b.params, b.grads):
+            verdict = watch.verdict(p, g)
+            if verdict:
+                return p, batches
+            if verdict is None:
+                left.params.append(p)
+                left.grads.append(g)
+        if len(left.params) == len(b.params):
+            rest.append(b)
+        elif left.params:
+            rest.append(left.seal())
+    return None, rest
+
+
 def _bounded(g: Tensor, power: int = 1) -> Tensor:
     """``g`` with NaN/Inf entries (and those at or above ``_kernel.bound``) as zeros (a
     copy, only where there are any)."""
@@ -617,8 +677,10 @@ def _bounded(g: Tensor, power: int = 1) -> Tensor:
             g.indices(), values, g.shape, is_coalesced=True)
     limit = _kernel.bound(g.dtype, power)
     ok = (torch.view_as_real(g).abs() < limit).all(-1) if g.is_complex() else g.abs() < limit
-    return g if bool(ok.all()) else torch.where(ok, g, torch.zeros((), dtype=g.dtype,
-                                                                   device=g.device))
+    zero = torch.zeros((), dtype=g.dtype, device=g.device)
+    if torch.compiler.is_compiling():  # no host sync inside a graph
+        return torch.where(ok, g, zero)
+    return g if bool(ok.all()) else torch.where(ok, g, zero)
 
 
 def _as_number(v: Any) -> Any:

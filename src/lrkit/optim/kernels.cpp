@@ -7,9 +7,12 @@
 // region, not a thousand. Each element is read and written once. The arithmetic mirrors
 // the single-tensor reference in lrkit/optim operation by operation as ATen's vectorised
 // CPU kernels compute them (scalars cast to the tensor's type; add(alpha=), lerp and
-// addcmul as fused multiply-adds, addcdiv as a + (v * t1) / t2), so on x86-64 with FMA
-// the results equal torch's bit for bit. Built without other FP contraction, so results
-// do not depend on the thread count or the chunking.
+// addcmul as fused multiply-adds, addcdiv as a + (v * t1) / t2), so every operation is
+// within 1 ulp of torch's single-tensor result on any CPU (square roots: the correctly
+// rounded std::sqrt, where torch's CPU Tensor.sqrt takes MKL's routine; with
+// LRKIT_KERNEL_SQRT=torch the kernels take MKL's too and, on x86-64 with FMA, equal torch
+// bit for bit). Built without other FP contraction, so results do not depend on the
+// thread count or the chunking.
 //
 // Plain C ABI, no torch headers: compiled on first use by lrkit/optim/_kernel.py, one
 // library per algorithm (-DLRK_ONLY_adam ...) plus one with only the check.
@@ -163,8 +166,9 @@ template <typename T> void sgd(const Args* a) {
 
 // ---------------------------------------------------------------- elementwise sqrt
 // torch computes Tensor.sqrt() on CPU with MKL's vsSqrt/vdSqrt (not correctly rounded:
-// up to 0.75 ulp), so the kernels take square roots of blocks of BLOCK elements through
-// the same functions when lrkit finds them in libtorch (lrk_set_sqrt); else std::sqrt.
+// up to 0.75 ulp); the kernels take the correctly rounded std::sqrt (vsqrtps/vsqrtpd), or
+// with LRKIT_KERNEL_SQRT=torch the same MKL functions, found in libtorch (lrk_set_sqrt),
+// on blocks of BLOCK elements.
 // Each algorithm with a square root runs two loops per block: the first updates the
 // state and gathers what goes under the root, the second finishes the update.
 constexpr int64_t BLOCK = 512;

@@ -17,7 +17,7 @@ import numpy as np
 
 from lrkit import _checks as C
 from lrkit.schedules._ops import NUMPY, Ops
-from lrkit.schedules.registry import REGISTRY, from_config
+from lrkit.schedules.registry import REGISTRY, StepCache, from_config  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     import matplotlib.axes
@@ -65,14 +65,21 @@ class Schedule:
 
     def __call__(self, step: Any) -> Any:
         if isinstance(step, (numbers.Integral, float)) and not isinstance(step, bool):
-            return float(self._eval(_as_steps(np.asarray(step)), NUMPY))
+            return self._one(np.asarray([step]))
         if isinstance(step, bool) or isinstance(step, (str, bytes)):
             raise TypeError(f"{self.name}(): step must be an integer or an array of integers,"
                             f" got {step!r}")
         arr = np.asarray(step)
         if arr.ndim == 0:
-            return float(self._eval(_as_steps(arr), NUMPY))
+            return self._one(arr.reshape(1))
         return np.asarray(self._eval(_as_steps(arr), NUMPY), dtype=np.float64)
+
+    def _one(self, arr: np.ndarray) -> float:
+        """One step, evaluated as a 1-element array: numpy's vectorised loops (SIMD pow,
+        exp, cos...) and its 0-dim scalar path may differ in the last bit, and ``s(n)``
+        must equal ``s(steps)[i]`` exactly (the Scheduler serves blocks of the latter)."""
+        out = self._eval(_as_steps(arr), NUMPY)
+        return float(np.asarray(out, dtype=np.float64).reshape(-1)[0])
 
     # -- config and text ----------------------------------------------------------
     def to_config(self) -> dict[str, Any]:

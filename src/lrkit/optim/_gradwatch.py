@@ -1,0 +1,101 @@
+"""The non-finite check of ``nonfinite="raise"``/``"skip"`` without a pass of its own.
+
+A step must know, before it changes anything, whether a gradient holds NaN or Inf. Read
+after backward, 10M float32 gradients are 40 MB that have left the cache: a pass over
+them costs 10-20% of an Adam step. So each large gradient is checked as backward
+produces it, while it is still in the cache: a ``register_post_accumulate_grad_hook`` on
+the parameter runs lrkit's check on that one tensor and records the verdict with the
+tensor's identity and version counter. At the step a verdict counts only if ``p.grad``
+is still that tensor at that version: a gradient written another way (set by hand,
+clipped or unscaled in place after backward, accumulated without a hook) bumps the
+counter or is another tensor, and goes through the pass as before. Writes that bypass
+the version counter (``p.grad.data``, ``ctypes``) are not seen: such a gradient is
+trusted as it was when backward produced it.
+
+Small tensors are not watched: a Python hook costs a few microseconds, more than reading
+a small gradient again (the pass over 1000 tensors of 1000 entries takes 0.1 ms). Nor are
+gradients in a multi-process run (DDP writes the averaged gradient after the hooks, and
+not always through the version counter) or while torch.compile traces.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: parameters with fewer entries are checked by the pass (a hook costs more than re-reading)
+MIN_NUMEL = 1 << 16
+
+_watches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class GradWatch:
+    """The hooks of one optimizer and the verdicts they recorded."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt = weakref.ref(opt)
+        self.handles: dict[int, Any] = {}  # id(param) -> hook handle
+        self.verdicts: dict[int, tuple] = {}  # id(param) -> (grad ref, version, bad)
+        weakref.finalize(opt, GradWatch.close, self.handles)
+
+    @staticmethod
+    def close(handles: dict[int, Any]) -> None:
+        for h in handles.values():
+            h.remove()
+        handles.clear()
+
+    def watch(self, params: list[Tensor]) -> None:
+        """Hook the large parameters not hooked yet."""
+        for p in params:
+            if p.numel() >= MIN_NUMEL and id(p) not in self.handles:
+                self.handles[id(p)] = p.register_post_accumulate_grad_hook(self._hook)
+
+    def _hook(self, p: Tensor) -> None:
+        from lrkit.optim import _kernel
+
+        opt = self.opt()
+        g = p.grad
+        if (opt is None or opt.nonfinite == "zero" or g is None or not _checkable(g)
+                or _distributed()):
+            self.verdicts.pop(id(p), None)
+            return
+        bad = _kernel.first_nonfinite([g], opt.grad_power) >= 0
+        self.verdicts[id(p)] = (weakref.ref(g), g._version, bad)
+
+    def verdict(self, p: Tensor, g: Tensor) -> bool | None:
+        """True/False where the hook checked exactly this gradient, else None."""
+        rec = self.verdicts.get(id(p))
+        if rec is None or rec[0]() is not g or rec[1] != g._version:
+            return None
+        return rec[2]
+
+
+def _checkable(g: Tensor) -> bool:
+    return (g.device.type == "cpu" and g.dtype in (torch.float32, torch.float64)
+            and g.layout == torch.strided and g.is_contiguous())
+
+
+def hook(opt: Any, params: list[Tensor]) -> None:
+    """Watch the large parameters of ``params`` (``add_param_group`` calls it)."""
+    big = [p for p in params if isinstance(p, Tensor) and p.numel() >= MIN_NUMEL
+           and p.requires_grad and type(p) in (Tensor, torch.nn.Parameter)]
+    if big:
+        watch = _watches.get(opt)
+        if watch is None:
+            watch = _watches[opt] = GradWatch(opt)
+        watch.watch(big)
+
+
+def of(opt: Any) -> GradWatch | None:
+    """The optimizer's watch, or None where the step must make the pass for every
+    gradient (no large parameter, a multi-process run, torch.compile tracing)."""
+    watch = _watches.get(opt)
+    if watch is None or torch.compiler.is_compiling() or _distributed():
+        return None
+    return watch

@@ -1,0 +1,71 @@
+"""The Scheduler's cached evaluation (``StepCache``) gives the scalar path's values bit for
+bit, for every schedule kind, in order, after jumps and after a schedule is replaced."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrkit import Scheduler
+from lrkit import schedules as S
+from lrkit.schedules.base import StepCache
+from strategies import ALL
+
+KINDS = sorted(ALL)
+
+
+def bits(x: float) -> int:
+    return int(np.float64(x).view(np.int64))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_cache_equals_scalar_path_bit_for_bit(kind, data):
+    s = data.draw(ALL[kind])
+    cache = StepCache(s)
+    start = data.draw(st.integers(0, 3000))
+    jumps = data.draw(st.lists(st.integers(0, 5000), max_size=3))
+    # in order across several blocks (16, 32, 64...), then jumps, each followed by a run
+    for lo in [start, *jumps]:
+        for n in range(lo, lo + 70):
+            assert bits(cache(n)) == bits(s(n)), (str(s), n)
+
+
+def test_blocks_grow_while_steps_come_in_order_and_restart_after_a_jump():
+    cache = StepCache(S.cosine(0.1, 10_000))
+    for n in range(3000):
+        cache(n)
+    assert cache.block == StepCache.MAX_BLOCK
+    cache(10)
+    assert cache.block == StepCache.MIN_BLOCK and cache.lo == 10
+
+
+def test_scheduler_values_equal_the_schedules_after_resume_and_replacement():
+    params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    opt = torch.optim.SGD([{"params": [p], "lr_scale": 0.5 * (i + 1)}
+                           for i, p in enumerate(params)], lr=0.1, momentum=0.9)
+    lr = S.warmup(S.cosine(0.1, 400), 20)
+    mom = S.one_cycle(0.9, 500)
+    sched = Scheduler(opt, lr=lr, momentum=mom)
+    for n in range(1, 300):
+        sched.step()
+        for g in opt.param_groups:
+            assert g["lr"] == lr(n) * g["lr_scale"]
+            assert g["momentum"] == mom(n)
+    state = sched.state_dict()
+    state["last_epoch"] = 123
+    sched.load_state_dict(state)  # a jump back: the same values as the scalar path
+    assert [g["lr"] for g in opt.param_groups] == [lr(123) * g["lr_scale"]
+                                                   for g in opt.param_groups]
+    other = S.linear(0.2, 0.0, 1000)
+    sched.schedules["lr"] = other  # replaced in place: a new cache
+    sched.step()
+    assert opt.param_groups[0]["lr"] == other(124) * 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sched.values() == {"lr": other(124), "momentum": mom(124)}
