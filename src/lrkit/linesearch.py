@@ -139,22 +139,27 @@ def cubic_minimizer(x1: Any, f1: Any, g1: Any, x2: Any, f2: Any, g2: Any,
                     bounds: tuple[Any, Any] | None = None) -> Any:
     """The minimiser of the cubic through ``(x1, f1, g1)`` and ``(x2, f2, g2)`` (values and
     slopes), clipped to ``bounds`` (default: between x1 and x2); their midpoint where the
-    cubic has no minimiser. Nocedal & Wright (2006), eq. (3.59); the operations of torch's
+    cubic has no finite minimiser (torch's would return NaN there). Nocedal & Wright (2006), eq. (3.59); the operations of torch's
     ``_cubic_interpolate`` (from torch7's ``polyinterp.lua``), in its order."""
     if bounds is not None:
         xmin_bound, xmax_bound = bounds
     else:
         xmin_bound, xmax_bound = (x1, x2) if x1 <= x2 else (x2, x1)
-    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1**2 - g1 * g2
-    if d2_square >= 0:
-        d2 = _sqrt(d2_square)
-        if x1 <= x2:
-            min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
-        else:
-            min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-        return min(max(min_pos, xmin_bound), xmax_bound)
-    return (xmin_bound + xmax_bound) / 2.0
+    middle = (xmin_bound + xmax_bound) / 2.0
+    try:
+        d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
+        d2_square = d1**2 - g1 * g2
+        if d2_square >= 0:
+            d2 = _sqrt(d2_square)
+            if x1 <= x2:
+                min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+            else:
+                min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+            out = min(max(min_pos, xmin_bound), xmax_bound)
+            return out if _finite(out) else middle
+    except ZeroDivisionError:  # (Python floats; tensors give Inf/NaN: the midpoint too)
+        pass
+    return middle
 
 
 def strong_wolfe(fun: Callable, phi0: Any, dphi0: Any, t: Any = 1.0, *, c1: float = 1e-4,
@@ -276,7 +281,7 @@ def hager_zhang(fun: Callable, phi0: Any, dphi0: Any, t: Any = 1.0, *, delta: fl
         \text{(T2, approximate Wolfe)}\quad & (2\delta - 1)\phi'(0) \ge \phi'(t)
         \ge \sigma \phi'(0), \quad \phi(t) \le \phi(0) + \epsilon_k
 
-    with :math:`\epsilon_k = \epsilon |\phi(0)|` and ``0 < delta < 0.5 <= ... ``,
+    with :math:`\epsilon_k = \epsilon |\phi(0)|`, ``0 < delta < 0.5`` and
     ``delta < sigma < 1``. Hager & Zhang, "A new conjugate gradient method with guaranteed
     descent and an efficient line search", SIAM J. Optim. 16 (2005) 170-192, section 4
     (the line search of CG_DESCENT; defaults of its paper and of "Algorithm 851",
@@ -296,9 +301,11 @@ def hager_zhang(fun: Callable, phi0: Any, dphi0: Any, t: Any = 1.0, *, delta: fl
     max_evals = _start(fn, fun, phi0, dphi0, t, max_evals)
     delta = _fraction(fn, "delta", delta)
     sigma = _fraction(fn, "sigma", sigma)
-    if not (delta < 0.5 and delta < sigma):
-        raise ValueError(f"{fn}: delta and sigma must satisfy 0 < delta < 0.5 and delta < "
-                         f"sigma < 1, got delta={delta!r}, sigma={sigma!r}")
+    if delta >= 0.5:
+        raise ValueError(f"{fn}: delta must be in (0, 0.5), got {delta!r}")
+    if sigma <= delta:
+        raise ValueError(f"{fn}: sigma must be greater than delta (0 < delta < sigma < 1), "
+                         f"got delta={delta!r}, sigma={sigma!r}")
     epsilon = C.nonnegative(fn, "epsilon", epsilon)
     theta = _fraction(fn, "theta", theta)
     gamma = _fraction(fn, "gamma", gamma)
