@@ -36,6 +36,10 @@ evaluations and why it stopped, iterations), ``function_evals`` and
 iteration inside ``step`` with the parameters at the new iterate (to record a curve when
 one ``step`` runs many iterations).
 
+``lr=0`` (a schedule's warmup from zero) takes no step; with a line search it also spends
+no evaluation on it (torch's strong Wolfe search evaluates ``t = 0`` up to ``max_eval``
+times there, to the same parameters).
+
 Non-finite values: the loss and gradient of a step's first evaluation follow
 ``nonfinite=`` as in every lrkit optimizer ("raise": ``FloatingPointError`` for the loss,
 ``NonFiniteGradientError`` for the gradient; "skip": nothing changes and
@@ -275,6 +279,7 @@ class LBFGS(LrkitOptimizer):
         """Up to ``max_iter`` L-BFGS iterations; ``closure`` re-evaluates the loss and calls
         ``backward()`` (it runs with gradients enabled). Returns the first loss."""
         fn = "LBFGS.step()"
+        self._check_dtensor_supported()
         if closure is None or not callable(closure):
             raise ValueError(f"{fn}: closure must be a function that re-evaluates the loss "
                              f"and calls backward(), got {closure!r}")
@@ -363,7 +368,9 @@ class LBFGS(LrkitOptimizer):
                 break
 
             ls_func_evals, reason = 0, "fixed"
-            if line_search_fn is not None:
+            if line_search_fn is not None and not t > 0:  # lr = 0: no step, no search
+                opt_cond = False
+            elif line_search_fn is not None:
                 x_init = self._clone_param()
 
                 def phi(step: Any, x_init=x_init, d=d) -> tuple[float, Tensor, Tensor]:
@@ -454,10 +461,16 @@ class LBFGS(LrkitOptimizer):
 
 
 def _check_state_dict(opt: LBFGS, sd: Any) -> int:
+    """Raise if ``sd`` is not an LBFGS state_dict for these parameters (torch's or
+    lrkit's); returns the saved ``skipped_steps``."""
     fn = "LBFGS.load_state_dict()"
-    if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
-        raise TypeError(f"{fn}: state_dict must be an optimizer state_dict (a dict with "
-                        f"'state' and 'param_groups'), got {type(sd).__name__}")
+    if not isinstance(sd, dict):
+        raise TypeError(f"{fn}: state_dict must be a dict (from optimizer.state_dict()), got "
+                        f"{type(sd).__name__}")
+    missing = [k for k in ("state", "param_groups") if k not in sd]
+    if missing:
+        raise ValueError(f"{fn}: state_dict lacks {', '.join(map(repr, missing))}: not an "
+                         "optimizer state_dict")
     saved_by = sd.get("lrkit_optimizer")
     if saved_by is not None and saved_by != "LBFGS":
         raise ValueError(f"{fn}: this state_dict was saved by lrkit.optim.{saved_by}, not by "
@@ -465,64 +478,102 @@ def _check_state_dict(opt: LBFGS, sd: Any) -> int:
     skipped = sd.get("skipped_steps", 0)
     if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
         raise ValueError(f"{fn}: skipped_steps must be a non-negative integer, got {skipped!r}")
-    groups = sd["param_groups"]
+    groups, state = sd["param_groups"], sd["state"]
     if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
-        raise ValueError(f"{fn}: an LBFGS state_dict has one param group, got {groups!r:.80}")
+        raise ValueError(f"{fn}: an LBFGS state_dict has one param group, got "
+                         f"{len(groups) if isinstance(groups, list) else groups!r}")
+    if not isinstance(state, dict):
+        raise TypeError(f"{fn}: state must be a dict, got {type(state).__name__}")
     g = groups[0]
     missing = [k for k in ("lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change",
                            "history_size", "line_search_fn", "params") if k not in g]
     if missing:
-        raise ValueError(f"{fn}: the param group lacks {', '.join(map(repr, missing))}: not "
+        raise ValueError(f"{fn}: param group 0 lacks {', '.join(map(repr, missing))}: not "
                          "an LBFGS state_dict")
     LBFGS._check_settings(fn, g)
-    if len(g["params"]) != len(opt._params):
-        raise ValueError(f"{fn}: the state_dict has {len(g['params'])} parameter(s), this "
-                         f"optimizer {len(opt._params)}")
-    state = sd["state"]
+    if not isinstance(g["params"], list) or len(g["params"]) != len(opt._params):
+        raise ValueError(f"{fn}: param group 0 of the state_dict has {len(g['params'])} "
+                         f"parameter(s), this optimizer's {len(opt._params)}")
     unknown = [k for k in state if k not in g["params"]]
     if unknown:
         raise ValueError(f"{fn}: state holds parameter id(s) {unknown[:5]} that the param "
                          "group does not list")
-    others = [k for k in state if k != g["params"][0] and state[k]]
-    if others:
-        raise ValueError(f"{fn}: LBFGS keeps its state on the first parameter only; the "
-                         f"state_dict has state for parameter id(s) {others[:5]}")
-    st = state.get(g["params"][0], {})
+    first = g["params"][0]
+    for k, v in state.items():
+        if not isinstance(v, dict):
+            raise TypeError(f"{fn}: state[{k!r}] must be a dict, got {type(v).__name__}")
+        if k != first and v:
+            raise ValueError(f"{fn}: LBFGS keeps its state on the first parameter only; the "
+                             f"state_dict has state for parameter id {k!r}")
+    st = state.get(first, {})
     extra = [k for k in st if k not in STATE_KEYS]
     if extra:
         raise ValueError(f"{fn}: unknown state key(s) {extra}; LBFGS keeps {list(STATE_KEYS)}")
-    n = opt._numel()
-    for key in ("d", "prev_flat_grad"):
-        v = st.get(key)
-        if v is not None and (not isinstance(v, Tensor) or v.numel() != n):
-            raise ValueError(f"{fn}: state['{key}'] must be a tensor of {n} elements (the "
-                             f"parameters' count), got {_what(v)}")
-    lists = [st.get(k) for k in ("old_dirs", "old_stps", "ro")]
-    if any(x is not None for x in lists):
-        if not all(isinstance(x, list) for x in lists) or len({len(x) for x in lists}) != 1:
-            raise ValueError(f"{fn}: state['old_dirs'], ['old_stps'] and ['ro'] must be lists "
-                             "of the same length")
-        if len(lists[0]) > g["history_size"]:
-            raise ValueError(f"{fn}: the history holds {len(lists[0])} pairs, more than "
-                             f"history_size={g['history_size']}")
-        for key, x in zip(("old_dirs", "old_stps"), lists[:2]):
-            for i, v in enumerate(x):
-                if not isinstance(v, Tensor) or v.numel() != n:
-                    raise ValueError(f"{fn}: state['{key}'][{i}] must be a tensor of {n} "
-                                     f"elements, got {_what(v)}")
-    for key in ("d", "prev_flat_grad", "t", "H_diag", "prev_loss"):
-        v = st.get(key)
-        if v is not None and not bool(torch.isfinite(torch.as_tensor(v)).all()):
-            raise ValueError(f"{fn}: state['{key}'] holds NaN or Inf")
-    for key in ("old_dirs", "old_stps", "ro"):
-        for i, v in enumerate(st.get(key) or []):
-            if not bool(torch.isfinite(torch.as_tensor(v)).all()):
-                raise ValueError(f"{fn}: state['{key}'][{i}] holds NaN or Inf")
+    if st:  # after a step: the counters; after an iteration: everything (al from the 2nd)
+        need = ["func_evals", "n_iter"]
+        if "d" in st or st.get("n_iter", 0):
+            need += [k for k in STATE_KEYS[2:-1]] + (["al"] if st.get("n_iter", 0) > 1 else [])
+        lacking = [k for k in need if k not in st]
+        if lacking:
+            raise ValueError(f"{fn}: state lacks {', '.join(map(repr, lacking))} (an LBFGS "
+                             "state after an iteration holds them all)")
+    _check_state_values(fn, st, opt._numel(), g["history_size"])
+    return skipped
+
+
+def _check_state_values(fn: str, st: dict, n: int, history_size: int) -> None:
     for key in ("n_iter", "func_evals"):
         v = st.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{fn}: state['{key}'] must be a non-negative integer, got {v!r}")
-    return skipped
+
+    def vector(where: str, v: Any) -> None:
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{fn}: {where} must be a tensor of {n} elements, got {_what(v)}")
+        if v.shape != (n,):
+            raise ValueError(f"{fn}: {where} must have shape ({n},) (the parameters' count), "
+                             f"got {_what(v)}")
+        _finite(where, v)
+
+    def number(where: str, v: Any) -> None:
+        if isinstance(v, Tensor) and v.numel() == 1:
+            _finite(where, v)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{fn}: {where} must be a number or a one-element tensor, got "
+                            f"{_what(v)}")
+        elif not math.isfinite(v):
+            raise ValueError(f"{fn}: {where} holds NaN or Inf")
+
+    def _finite(where: str, v: Tensor) -> None:
+        if not v.is_floating_point():
+            raise TypeError(f"{fn}: {where} must be a floating-point tensor, got {v.dtype}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{fn}: {where} holds NaN or Inf")
+
+    for key in ("d", "prev_flat_grad"):
+        if key in st:
+            vector(f"state['{key}']", st[key])
+    for key in ("t", "H_diag", "prev_loss"):
+        if key in st:
+            number(f"state['{key}']", st[key])
+    lists = {k: st[k] for k in ("old_dirs", "old_stps", "ro") if k in st}
+    for key, x in lists.items():
+        if not isinstance(x, list):
+            raise TypeError(f"{fn}: state['{key}'] must be a list, got {_what(x)}")
+    if len({len(x) for x in lists.values()}) > 1:
+        raise ValueError(f"{fn}: state['old_dirs'], ['old_stps'] and ['ro'] must be lists of "
+                         f"the same length, got {[len(x) for x in lists.values()]}")
+    for key, x in lists.items():
+        if len(x) > history_size:
+            raise ValueError(f"{fn}: state['{key}'] holds {len(x)} pairs, more than "
+                             f"history_size={history_size}")
+        for i, v in enumerate(x):
+            (number if key == "ro" else vector)(f"state['{key}'][{i}]", v)
+    if "al" in st:
+        al = st["al"]
+        if not isinstance(al, list) or len(al) != history_size:
+            raise ValueError(f"{fn}: state['al'] must be a list of history_size="
+                             f"{history_size} entries, got {_what(al)}")
 
 
 def _number(loss: Any) -> float:
@@ -533,4 +584,6 @@ def _number(loss: Any) -> float:
 def _what(v: Any) -> str:
     if isinstance(v, Tensor):
         return f"a tensor of shape {tuple(v.shape)}"
-    return repr(v) if not isinstance(v, (list, dict)) else type(v).__name__
+    if isinstance(v, (list, dict)):
+        return f"a {type(v).__name__} of {len(v)}"
+    return f"{type(v).__name__} {v!r:.40}"
