@@ -134,6 +134,7 @@ class Method:
     family: "sgd", "adam", "lr_free", "baseline" or "auto", for grouping in the report.
     runner: trains a cell instead of the default ``train`` call (a method that tunes
         itself); see the module docstring.
+    tasks: the tasks it runs on (None: every task; L-BFGS: those with a full batch).
     """
 
     name: str
@@ -151,6 +152,7 @@ class Method:
     family: str = "sgd"
     note: str = ""
     runner: Runner | None = field(default=None, compare=False, repr=False)
+    tasks: tuple[str, ...] | None = None
 
     # -- what it is made of --
     def resolve(self) -> tuple[type | None, str]:
@@ -358,3 +360,78 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
 register(Method("autopilot", "autopilot (Adam)", "Adam", family="auto", runner=autopilot_cell,
                 note="lrkit.autopilot with Adam, budget 1.5 runs: range test, probes by "
                      "successive halving, linear warmup-decay, DivergenceGuard; untuned"))
+
+
+# -- L-BFGS on the full batch: the step length from the curvature and a line search ---------
+FULL_BATCH_TASKS = ("quadratic", "digits_softmax", "rosenbrock")
+
+
+def lbfgs_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> Run:
+    """One arena cell of ``lrkit.optim.LBFGS`` on the task's full batch (``FullBatch``):
+    one ``step`` runs L-BFGS iterations until the budget is spent, the budget being the
+    cell's ``steps`` plain minibatch steps, converted into full-batch evaluations (each
+    costs ``full_batch.cost`` steps: its examples over the batch size). The metric at a
+    checkpoint step c is that of the last iterate reached with at most c steps' worth of
+    evaluations, so the curve is charged by function evaluations; ``run.compute`` is what
+    it spent, in runs. ``lr`` is L-BFGS's initial step guess (1: the quasi-Newton step)."""
+    import time
+
+    from lrkit.optim import LBFGS
+
+    inst = task.build(seed)
+    full = inst.full_batch
+    if full is None:
+        raise ValueError(f"{method.name}: task {task.name!r} has no full batch (L-BFGS runs on "
+                         f"{', '.join(FULL_BATCH_TASKS)})")
+    run = Run(task.name, seed, steps)
+    model = inst.model
+    checkpoints = sorted(task.evaluation_steps(steps))
+    budget = max(2, int(steps // full.cost))
+    curve: list[tuple[float, float]] = [(0.0, inst.evaluate(model))]  # (spent, metric)
+    losses: list[float] = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = inst.loss_fn(model(full.inputs), full.targets)
+        loss.backward()
+        return loss
+
+    def watch(o: LBFGS) -> None:
+        curve.append((o.total_function_evals * full.cost, inst.evaluate(model)))
+        losses.append(o.explain().loss)
+
+    options = dict(method.options)
+    opt = LBFGS(model.parameters(), lr=lr, max_iter=budget, max_eval=budget,
+                tolerance_grad=0.0, tolerance_change=0.0, callback=watch, **options)
+    began = time.perf_counter()
+    diverged = False
+    try:
+        opt.step(closure)
+    except FloatingPointError:  # a non-finite loss or gradient at an iterate
+        diverged = True
+    run.wall_time = time.perf_counter() - began
+    for c in checkpoints:
+        value = [m for spent, m in curve if spent <= c][-1]
+        run.add_metric(task, c, value)
+        if not math.isfinite(value):
+            diverged = True
+            break
+    run.losses = losses
+    run.finish(task, diverged=diverged)
+    run.compute = opt.total_function_evals * full.cost / steps
+    info = opt.explain() if opt.total_function_evals > 1 else None
+    run.info = {"function_evals": opt.total_function_evals, "iterations": len(losses),
+                "last_step_size": opt.last_step_size,
+                "curvature_pairs": info.curvature_pairs if info else 0,
+                "full_batch_cost": full.cost}
+    return run
+
+
+for _search, _label in (("strong_wolfe", "strong Wolfe"), ("armijo", "Armijo")):
+    register(Method(
+        f"lbfgs_{_search}", f"L-BFGS {_label} (full batch)", "LBFGS",
+        options=(("line_search_fn", _search), ("history_size", 10)), lr=1.0,
+        family="quasi_newton", runner=lbfgs_cell, tasks=FULL_BATCH_TASKS,
+        note=f"lrkit.optim.LBFGS, {_label} line search, history 10, initial step 1, on the "
+             "full batch; charged by function evaluations (one costs the full batch's "
+             "examples over the batch size, in steps); untuned"))

@@ -82,6 +82,8 @@ class QuasiNewtonStep(NamedTuple):
     iterations: iterations in the last ``step``.
     function_evals: evaluations in the last ``step``.
     directional_derivative: ``g'd`` at the start of the iteration (negative: descent).
+    loss: the loss at the new iterate (at the old one where no evaluation followed the
+        move: the last iteration of a fixed-step ``step``).
     """
 
     step_size: float
@@ -94,6 +96,7 @@ class QuasiNewtonStep(NamedTuple):
     iterations: int
     function_evals: int
     directional_derivative: float
+    loss: float
 
 
 class LBFGS(LrkitOptimizer):
@@ -416,7 +419,7 @@ class LBFGS(LrkitOptimizer):
             state["func_evals"] += ls_func_evals
             self._info = QuasiNewtonStep(
                 float(t), float(guess), len(old_dirs), float(H_diag), line_search_fn,
-                ls_func_evals, reason, n_iter, current_evals, float(gtd))
+                ls_func_evals, reason, n_iter, current_evals, float(gtd), float(loss))
             if self.callback is not None:
                 self.callback(self)
 
