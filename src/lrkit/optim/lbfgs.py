@@ -40,6 +40,11 @@ one ``step`` runs many iterations).
 no evaluation on it (torch's strong Wolfe search evaluates ``t = 0`` up to ``max_eval``
 times there, to the same parameters).
 
+Distributed: under DDP (every rank holds every parameter; the gradients are averaged) the
+losses are averaged over the ranks too, so every rank takes the same steps. Under
+ZeroRedundancyOptimizer or FSDP each rank would hold only part of the vectors L-BFGS
+takes dot products of: not supported (DTensor parameters raise NotImplementedError).
+
 Non-finite values: the loss and gradient of a step's first evaluation follow
 ``nonfinite=`` as in every lrkit optimizer ("raise": ``FloatingPointError`` for the loss,
 ``NonFiniteGradientError`` for the gradient; "skip": nothing changes and
@@ -60,6 +65,7 @@ from torch import Tensor
 from lrkit import _checks as C
 from lrkit import linesearch as LS
 from lrkit.errors import NonFiniteGradientError
+from lrkit.optim._distributed import world_size
 from lrkit.optim.base import Explained, LrkitOptimizer, check_lr, uniform
 
 LINE_SEARCHES = (None, "strong_wolfe", "armijo", "hager_zhang")
@@ -102,7 +108,7 @@ class QuasiNewtonStep(NamedTuple):
 class LBFGS(LrkitOptimizer):
     """L-BFGS (torch's constructor) with lrkit's line searches; see the module docstring."""
 
-    agree_across_ranks = False
+    agree_across_ranks = True
 
     def __init__(self, params: Any, lr: float | Tensor = 1, max_iter: int = 20,
                  max_eval: int | None = None, tolerance_grad: float = 1e-7,
@@ -243,7 +249,21 @@ class LBFGS(LrkitOptimizer):
                 isinstance(orig, Tensor) and orig.numel() != 1):
             raise TypeError("LBFGS.step(): the closure must return the loss (a number or a "
                             f"one-element tensor), got {type(orig).__name__}")
-        return orig, _number(orig), self._gather_flat_grad()
+        return orig, self._value(orig), self._gather_flat_grad()
+
+    def _value(self, loss: Any) -> float:
+        """The closure's loss as a Python float; in a multi-process run (DDP: each rank
+        evaluates its part of the batch) the mean over the ranks, so that every rank takes
+        the same line-search decisions and calls the closure as often (one all-reduce per
+        evaluation; ``agree_across_ranks = False`` turns it off)."""
+        if not isinstance(loss, Tensor):
+            return float(loss)
+        n = world_size() if self.agree_across_ranks else 1
+        if n == 1:
+            return float(loss.detach())
+        total = loss.detach().reshape(1).clone()
+        torch.distributed.all_reduce(total)
+        return float(total / n)
 
     def _screen(self, loss: float, flat_grad: Tensor) -> Tensor | None:  # type: ignore[override]
         """The first evaluation of a step, by ``nonfinite``: the gradient to use, or None
@@ -379,7 +399,7 @@ class LBFGS(LrkitOptimizer):
                 def phi(step: Any, x_init=x_init, d=d) -> tuple[float, Tensor, Tensor]:
                     self._add_grad(step, d)
                     with torch.enable_grad():
-                        value = _number(closure())
+                        value = self._value(closure())
                     g = self._gather_flat_grad()
                     self._set_param(x_init)
                     return value, g.dot(d), g
@@ -405,7 +425,7 @@ class LBFGS(LrkitOptimizer):
                 opt_cond = False
                 if n_iter != max_iter:
                     with torch.enable_grad():
-                        new_loss = _number(closure())
+                        new_loss = self._value(closure())
                     new_grad = self._gather_flat_grad()
                     ls_func_evals = 1
                     if not (math.isfinite(new_loss) and bool(torch.isfinite(new_grad).all())):
@@ -577,11 +597,6 @@ def _check_state_values(fn: str, st: dict, n: int, history_size: int) -> None:
         if not isinstance(al, list) or len(al) != history_size:
             raise ValueError(f"{fn}: state['al'] must be a list of history_size="
                              f"{history_size} entries, got {_what(al)}")
-
-
-def _number(loss: Any) -> float:
-    """The closure's loss as a Python float."""
-    return float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
 
 
 def _what(v: Any) -> str:

@@ -325,7 +325,8 @@ register(OptimizerInfo(
 # reference (its samples in torch's optim_db: default, lr, tensor lr, tolerance_grad,
 # strong_wolfe). One param group ("single_group"); each step runs up to max_iter
 # iterations ("inner_iterations": explain() describes the last one), so fewer steps; its
-# lr is the line search's first guess, not a schedule's (schedulable=()). Armijo and Hager-Zhang (torch has neither) are checked in
+# lr is the line search's first guess, not a schedule's (schedulable=()); it needs every
+# parameter on every rank ("replicated_only": DDP, not ZeroRedundancyOptimizer). Armijo and Hager-Zhang (torch has neither) are checked in
 # tests/test_lbfgs.py and tests/test_linesearch.py.
 register(OptimizerInfo(
     "LBFGS", "torch.optim:LBFGS",
@@ -342,5 +343,6 @@ register(OptimizerInfo(
              ({"history_size": 0}, "history_size"), ({"line_search_fn": "wolfe"},
                                                       "line_search_fn")),
     schedulable=(), steps=10,
-    tags=frozenset({"needs_closure", "single_group", "inner_iterations", "eager_step"}),
+    tags=frozenset({"needs_closure", "single_group", "inner_iterations", "eager_step",
+                    "replicated_only"}),
 ))
