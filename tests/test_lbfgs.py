@@ -168,7 +168,8 @@ def test_reports_the_step_length():
     for p, b in zip(model.parameters(), before):
         e = opt.explain(p)
         assert torch.allclose(p.detach() - b, e.update, rtol=1e-5, atol=1e-7)
-        assert torch.equal(opt.effective_lr(p), e.eta) and float(e.eta.reshape(-1)[0]) == info.step_size
+        assert torch.equal(opt.effective_lr(p), e.eta)
+        assert float(e.eta.reshape(-1)[0]) == info.step_size
     for _ in range(5):
         opt.step(_closure(opt, model, data))
     info = opt.explain()

@@ -139,8 +139,9 @@ def cubic_minimizer(x1: Any, f1: Any, g1: Any, x2: Any, f2: Any, g2: Any,
                     bounds: tuple[Any, Any] | None = None) -> Any:
     """The minimiser of the cubic through ``(x1, f1, g1)`` and ``(x2, f2, g2)`` (values and
     slopes), clipped to ``bounds`` (default: between x1 and x2); their midpoint where the
-    cubic has no finite minimiser (torch's would return NaN there). Nocedal & Wright (2006), eq. (3.59); the operations of torch's
-    ``_cubic_interpolate`` (from torch7's ``polyinterp.lua``), in its order."""
+    cubic has no finite minimiser (torch's returns NaN there). Nocedal & Wright (2006),
+    eq. (3.59); the operations of torch's ``_cubic_interpolate`` (from torch7's
+    ``polyinterp.lua``), in its order."""
     if bounds is not None:
         xmin_bound, xmax_bound = bounds
     else:

@@ -42,6 +42,7 @@ __all__ = [
     "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax",
     "Lion", "Adafactor", "Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG",
     "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD", "reestimate_batchnorm",
-    "SLS", "LBFGS", "QuasiNewtonStep", "DEstimateWarning", "LrkitOptimizer", "Explained", "NonFiniteGradientError",
+    "SLS", "LBFGS", "QuasiNewtonStep", "DEstimateWarning", "LrkitOptimizer", "Explained",
+    "NonFiniteGradientError",
     "REGISTRY", "OptimizerInfo",
 ]

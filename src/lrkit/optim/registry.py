@@ -326,8 +326,9 @@ register(OptimizerInfo(
 # strong_wolfe). One param group ("single_group"); each step runs up to max_iter
 # iterations ("inner_iterations": explain() describes the last one), so fewer steps; its
 # lr is the line search's first guess, not a schedule's (schedulable=()); it needs every
-# parameter on every rank ("replicated_only": DDP, not ZeroRedundancyOptimizer). Armijo and Hager-Zhang (torch has neither) are checked in
-# tests/test_lbfgs.py and tests/test_linesearch.py.
+# parameter on every rank ("replicated_only": DDP, not ZeroRedundancyOptimizer). Armijo
+# and Hager-Zhang (torch has neither) are checked in tests/test_lbfgs.py and
+# tests/test_linesearch.py.
 register(OptimizerInfo(
     "LBFGS", "torch.optim:LBFGS",
     configs=({"max_iter": 4}, {"lr": 0.01, "max_iter": 4},
