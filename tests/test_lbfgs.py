@@ -137,7 +137,7 @@ def test_bad_state_dicts_are_refused_before_loading():
     sd = opt.state_dict()
     fresh = LBFGS(_model().parameters(), history_size=3)
     for mutate, match in [
-        (lambda s: s["state"][0].__setitem__("d", torch.zeros(3)), r"state\['d'\] must be"),
+        (lambda s: s["state"][0].__setitem__("d", torch.zeros(3)), r"state\['d'\] must have"),
         (lambda s: s["state"][0]["old_dirs"].append(torch.zeros(97)), "same length"),
         (lambda s: s["state"][0].__setitem__("H_diag", torch.tensor(math.nan)), "NaN"),
         (lambda s: s["param_groups"][0].__setitem__("max_iter", 0), "max_iter"),

@@ -131,6 +131,7 @@ class LBFGS(LrkitOptimizer):
         self._params = self.param_groups[0]["params"]
         self._numel_cache: int | None = None
         self._info: QuasiNewtonStep | None = None
+        self._last_d: Tensor | None = None
         self._total_evals = 0
 
     @staticmethod
@@ -232,8 +233,7 @@ class LBFGS(LrkitOptimizer):
             raise ValueError("LBFGS.explain(): no step has been taken yet")
         if param is None:
             return self._info
-        state = self.state[self._params[0]]
-        d = self._slice(param, state["d"]).detach()
+        d = self._slice(param, self._last_d).detach()
         t = self._info.step_size
         return Explained(uniform(t, param.detach()), -d, 0.0, d * t)
 
@@ -437,6 +437,7 @@ class LBFGS(LrkitOptimizer):
 
             current_evals += ls_func_evals
             state["func_evals"] += ls_func_evals
+            self._last_d = d  # (the direction of the last move; a later one is new)
             self._info = QuasiNewtonStep(
                 float(t), float(guess), len(old_dirs), float(H_diag), line_search_fn,
                 ls_func_evals, reason, n_iter, current_evals, float(gtd), float(loss))
@@ -477,7 +478,7 @@ class LBFGS(LrkitOptimizer):
         group.pop("differentiable", None)
         self._params = group["params"]
         self.skipped_steps = skipped
-        self._info = None
+        self._info, self._last_d = None, None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         torch.optim.Optimizer.__setstate__(self, state)
