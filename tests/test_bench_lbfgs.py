@@ -52,3 +52,20 @@ def test_a_task_without_a_full_batch_is_refused_clearly():
     m = Method("lb", "L-BFGS", "LBFGS", lr=1.0, runner=lbfgs_cell)
     with pytest.raises(ValueError, match="has no full batch"):
         m.cell(get_task("noisy_quadratic"), 1.0, 0, steps=10)
+
+
+def test_benchmark_table_from_a_small_bench(tmp_path):
+    """benchmarks/lbfgs_arena.py reads a results file into one table per task."""
+    import importlib.util
+    from pathlib import Path
+
+    from lrkit.bench import bench
+    bench("quick", tasks=["rosenbrock"], methods=["lbfgs_strong_wolfe", "adam_default"],
+          workers=1, out=tmp_path, steps=100, report=False, progress=False, log=lambda _: None)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lbfgs_arena.py"
+    spec = importlib.util.spec_from_file_location("lbfgs_arena", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.tables(str(tmp_path / "results.csv"))
+    assert "**rosenbrock**" in text and "| 1 | L-BFGS strong Wolfe (full batch) | 1 (untuned)" \
+        in text and "Adam 1e-3 constant (default)" in text
