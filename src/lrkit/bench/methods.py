@@ -372,8 +372,8 @@ def lbfgs_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> 
     cell's ``steps`` plain minibatch steps, converted into full-batch evaluations (each
     costs ``full_batch.cost`` steps: its examples over the batch size). The metric at a
     checkpoint step c is that of the last iterate reached with at most c steps' worth of
-    evaluations, so the curve is charged by function evaluations; ``run.compute`` is what
-    it spent, in runs. ``lr`` is L-BFGS's initial step guess (1: the quasi-Newton step)."""
+    evaluations, so the curve is charged by function evaluations; ``run.compute`` is the
+    budget, 1 run (``info["spent"]``: what it used before it stopped). ``lr`` is L-BFGS's initial step guess (1: the quasi-Newton step)."""
     import time
 
     from lrkit.optim import LBFGS
@@ -418,9 +418,13 @@ def lbfgs_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> 
             break
     run.losses = losses
     run.finish(task, diverged=diverged)
-    run.compute = opt.total_function_evals * full.cost / steps
+    # its curve is indexed by the compute spent, so the report's time to target (compute x
+    # steps to target / steps) reads it directly with the budget as the run's compute;
+    # what it spent before it stopped (converged, or the budget) is in info["spent"]
+    run.compute = 1.0
     info = opt.explain() if opt.total_function_evals > 1 else None
-    run.info = {"function_evals": opt.total_function_evals, "iterations": len(losses),
+    run.info = {"spent": opt.total_function_evals * full.cost / steps,
+                "function_evals": opt.total_function_evals, "iterations": len(losses),
                 "last_step_size": opt.last_step_size,
                 "curvature_pairs": info.curvature_pairs if info else 0,
                 "full_batch_cost": full.cost}
