@@ -373,7 +373,8 @@ def lbfgs_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> 
     costs ``full_batch.cost`` steps: its examples over the batch size). The metric at a
     checkpoint step c is that of the last iterate reached with at most c steps' worth of
     evaluations, so the curve is charged by function evaluations; ``run.compute`` is the
-    budget, 1 run (``info["spent"]``: what it used before it stopped). ``lr`` is L-BFGS's initial step guess (1: the quasi-Newton step)."""
+    budget, 1 run (``info["spent"]``: what it used before it stopped). ``lr`` is L-BFGS's
+    initial step guess (1: the quasi-Newton step)."""
     import time
 
     from lrkit.optim import LBFGS
