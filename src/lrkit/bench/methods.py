@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task
 from lrkit.bench.train import Run, train
+from lrkit.optim import LBFGS
 
 WARMUP = 0.05
 END_FRACTION = 0.01
@@ -318,8 +320,6 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
     ``budget`` (a method option, default 1.5 runs); ``lr`` is ignored. The
     metric is taken at the task's evaluation steps of the final run; ``run.compute`` is the
     autopilot's own account (range test + probes + training, in runs of ``steps``)."""
-    import time
-
     from lrkit.pilot import autopilot
 
     options = dict(method.options)
@@ -375,10 +375,6 @@ def lbfgs_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> 
     evaluations, so the curve is charged by function evaluations; ``run.compute`` is the
     budget, 1 run (``info["spent"]``: what it used before it stopped). ``lr`` is L-BFGS's
     initial step guess (1: the quasi-Newton step)."""
-    import time
-
-    from lrkit.optim import LBFGS
-
     inst = task.build(seed)
     full = inst.full_batch
     if full is None:
