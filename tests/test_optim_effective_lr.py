@@ -20,7 +20,7 @@ from optim_helpers import (
 
 
 def _last_step(info, cfg):
-    if "inner_iterations" in info.tags:  # (explain() describes a step's last iteration)
+    if "inner_iterations" in tags_of(info.cls):  # (explain(): a step's last iteration)
         cfg = {**cfg, "max_iter": 1, "max_eval": max(cfg.get("max_eval", 25), 25)}
     model = make_model(torch.float64)
     opt = info.cls(param_groups(model, cfg, True, info.cls), **cfg)
