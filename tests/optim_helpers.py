@@ -71,11 +71,12 @@ def batches(dtype: torch.dtype = torch.float32, n: int = 4, seed: int = 1) -> li
 def param_groups(model: nn.Module, cfg: dict[str, Any], groups: bool,
                  cls: type | None = None) -> Any:
     """One group, or two with different lrs (the same lr where the groups share one step
-    size estimate, and none for SLS, whose groups share one line search)."""
-    if not groups:
+    size estimate, and none for SLS, whose groups share one line search; always one for
+    the "single_group" optimizers, L-BFGS)."""
+    tags = tags_of(cls) if cls is not None else frozenset()
+    if not groups or "single_group" in tags:  # (L-BFGS: one history, one group)
         return model.parameters()
     params = list(model.parameters())
-    tags = tags_of(cls) if cls is not None else frozenset()
     if "needs_closure" in tags:
         return [{"params": params[:2]}, {"params": params[2:]}]
     lr = cfg.get("lr", 1e-3)

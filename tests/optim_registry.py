@@ -329,3 +329,29 @@ register(OptimizerInfo(
              ({"reset": "never"}, "reset"), ({"batches_per_epoch": 0}, "batches_per_epoch")),
     schedulable=(), tags=_EAGER,
 ))
+# -- quasi-Newton (issue 18): L-BFGS with lrkit's line searches; torch's LBFGS is the
+# reference (its samples in torch's optim_db: default, lr, tensor lr, tolerance_grad,
+# strong_wolfe). One param group ("single_group"); each step runs up to max_iter
+# iterations ("inner_iterations": explain() describes the last one), so fewer steps; its
+# lr is the line search's first guess, not a schedule's (schedulable=()); it needs every
+# parameter on every rank ("replicated_only": DDP, not ZeroRedundancyOptimizer). Armijo
+# and Hager-Zhang (torch has neither) are checked in tests/test_lbfgs.py and
+# tests/test_linesearch.py.
+register(OptimizerInfo(
+    "LBFGS", "torch.optim:LBFGS",
+    configs=({"max_iter": 4}, {"lr": 0.01, "max_iter": 4},
+             {"tolerance_grad": 1e-6, "max_iter": 4, "history_size": 3},
+             {"line_search_fn": "strong_wolfe", "max_iter": 4},
+             {"line_search_fn": "strong_wolfe", "max_iter": 6, "max_eval": 7, "lr": 0.5,
+              "history_size": 2}),
+    space={"lr": (0.1, 0.5, 1.0), "max_iter": (1, 4), "history_size": (2, 10),
+           "line_search_fn": (None, "strong_wolfe"), "tolerance_grad": (1e-7, 1e-5)},
+    invalid=(({"lr": -0.1}, "lr"), ({"max_iter": 0}, "max_iter"), ({"max_eval": 0}, "max_eval"),
+             ({"tolerance_grad": -1.0}, "tolerance_grad"),
+             ({"tolerance_change": -1.0}, "tolerance_change"),
+             ({"history_size": 0}, "history_size"), ({"line_search_fn": "wolfe"},
+                                                      "line_search_fn")),
+    schedulable=(), steps=10,
+    tags=frozenset({"needs_closure", "single_group", "inner_iterations", "eager_step",
+                    "replicated_only"}),
+))

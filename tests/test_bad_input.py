@@ -77,6 +77,14 @@ EXEMPT = {
                     "a record of results that lrkit fills in, not an entry point"),
     "lrkit.bench.methods.autopilot_cell": "a Method runner: Method.cell calls it with the "
                                           "arguments it has checked",
+    "lrkit.bench.methods.lbfgs_cell": "a Method runner: Method.cell calls it with the "
+                                      "arguments it has checked",
+    **dict.fromkeys(["lrkit.linesearch.LineSearchResult", "lrkit.optim.lbfgs.QuasiNewtonStep",
+                     "lrkit.bench.tasks.FullBatch"],
+                    "a record that lrkit fills in (a search's result, a step's explanation, "
+                    "a built-in task's full batch), not an entry point"),
+    "lrkit.linesearch.cubic_minimizer": "the interpolation step of strong_wolfe (numbers in, "
+                                        "a number out, as torch's _cubic_interpolate)",
     "lrkit.schedules.base.Schedule": "the abstract base class (its subclasses are checked)",
     "lrkit.optim.base.LrkitOptimizer": "the abstract base class (its subclasses are checked)",
     **dict.fromkeys([f"lrkit.optim.base.{n}" for n in (
@@ -366,6 +374,10 @@ def _save():
 
 
 VALID["lrkit.plot.save"] = _save
+# the line searches: a descent direction on a parabola
+for _search in ("armijo", "strong_wolfe", "hager_zhang"):
+    VALID[f"lrkit.linesearch.{_search}"] = lambda: (
+        (lambda t: (t * t - t, 2 * t - 1), 0.0, -1.0, 1.0), {})
 
 # every optimizer of the registry: its first config, on one parameter
 for _info in REGISTRY.values():

@@ -95,7 +95,8 @@ def exact(info, wrapper) -> bool:
     return info.cls.dtensor == "elementwise" and not sharded_kwargs(info)
 
 
-CASES = [(i, w) for i in INFOS for w in WRAPPERS]
+CASES = [(i, w) for i in INFOS for w in WRAPPERS
+         if not (w == "zero" and "replicated_only" in i.tags)]
 
 
 _REFERENCES: dict = {}
@@ -131,7 +132,10 @@ def test_ranks_agree_and_equal_one_process(ranks, info, wrapper, one_thread):
             assert torch.equal(a, b)
     else:
         assert rel_err(r0[1], ref) <= 1e-5
-    assert rel_err(r0[1], whole) <= 1e-4
+    # (L-BFGS runs several iterations per step and divides by differences of gradients,
+    # y = g' - g: the float32 rounding of a loss averaged over halves against the whole
+    # batch's grows through them; the bit-exact claim is the one against ``ref`` above)
+    assert rel_err(r0[1], whole) <= (1e-3 if "inner_iterations" in info.tags else 1e-4)
 
 
 NF = [(i, w, m) for i in INFOS for w in ("zero", "fsdp") for m in ("skip", "raise")]

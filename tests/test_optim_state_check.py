@@ -55,8 +55,8 @@ def corruptions(sd):
         ["param group 0", "parameter(s)"]
     yield "unknown id", mutate(lambda d: d["state"].__setitem__(999, {})), ["999"]
     yield "skipped", mutate(lambda d: d.__setitem__("skipped_steps", -1)), ["skipped_steps"]
-    yield "lr < 0", mutate(lambda d: d["param_groups"][1].__setitem__("lr", -1.0)), ["lr"]
-    yield "lr text", mutate(lambda d: d["param_groups"][1].__setitem__("lr", "0.1")), ["lr"]
+    yield "lr < 0", mutate(lambda d: d["param_groups"][-1].__setitem__("lr", -1.0)), ["lr"]
+    yield "lr text", mutate(lambda d: d["param_groups"][-1].__setitem__("lr", "0.1")), ["lr"]
     yield "lr nan", mutate(lambda d: d["param_groups"][0].__setitem__("lr", math.nan)), ["lr"]
     group = sd["param_groups"][0]
     for key, v in group.items():

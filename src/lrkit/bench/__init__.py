@@ -4,7 +4,7 @@ one of them with a given optimizer and schedule; ``methods`` is the table of con
 runs a suite of cells into a resumable results file; ``report`` turns it into pages."""
 from lrkit.bench.methods import METHODS, Method
 from lrkit.bench.runner import SUITES, Suite, bench
-from lrkit.bench.tasks import TASKS, Batches, Recipe, Task, TaskInstance, get_task
+from lrkit.bench.tasks import TASKS, Batches, FullBatch, Recipe, Task, TaskInstance, get_task
 from lrkit.bench.train import Run, train
 
 
@@ -16,4 +16,4 @@ def write_report(results, out=None):
 
 
 __all__ = ["METHODS", "SUITES", "TASKS", "Batches", "Method", "Recipe", "Run", "Suite", "Task",
-           "TaskInstance", "bench", "get_task", "train", "write_report"]
+           "TaskInstance", "FullBatch", "bench", "get_task", "train", "write_report"]

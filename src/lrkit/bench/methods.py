@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from lrkit import optim
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task
 from lrkit.bench.train import Run, train
+from lrkit.optim import LBFGS
 
 WARMUP = 0.05
 SCHEDULES = S.families.COMPARED  # the families the arena runs, with SGD and with Adam
@@ -70,6 +72,7 @@ class Method:
         itself); see the module docstring.
     style: how plots draw it (``color``, ``ls``, ``marker``; None: by its schedule and
         optimizer).
+    tasks: the tasks it runs on (None: every task; L-BFGS: those with a full batch).
     """
 
     name: str
@@ -88,6 +91,7 @@ class Method:
     note: str = ""
     runner: Runner | None = field(default=None, compare=False, repr=False)
     style: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    tasks: tuple[str, ...] | None = None
 
     # -- what it is made of --
     def resolve(self) -> tuple[type | None, str]:
@@ -260,8 +264,6 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
     ``budget`` (a method option, default 1.5 runs); ``lr`` is ignored. The
     metric is taken at the task's evaluation steps of the final run; ``run.compute`` is the
     autopilot's own account (range test + probes + training, in runs of ``steps``)."""
-    import time
-
     from lrkit.pilot import autopilot
 
     options = dict(method.options)
@@ -303,3 +305,79 @@ register(Method("autopilot", "autopilot (Adam)", "Adam", family="auto", runner=a
                 style={"color": "#ff1493", "ls": "-", "marker": "o"},
                 note="lrkit.autopilot with Adam, budget 1.5 runs: range test, probes by "
                      "successive halving, linear warmup-decay, DivergenceGuard; untuned"))
+
+
+# -- L-BFGS on the full batch: the step length from the curvature and a line search ---------
+FULL_BATCH_TASKS = ("quadratic", "digits_softmax", "rosenbrock")
+
+
+def lbfgs_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> Run:
+    """One arena cell of ``lrkit.optim.LBFGS`` on the task's full batch (``FullBatch``):
+    one ``step`` runs L-BFGS iterations until the budget is spent, the budget being the
+    cell's ``steps`` plain minibatch steps, converted into full-batch evaluations (each
+    costs ``full_batch.cost`` steps: its examples over the batch size). The metric at a
+    checkpoint step c is that of the last iterate reached with at most c steps' worth of
+    evaluations, so the curve is charged by function evaluations; ``run.compute`` is the
+    budget, 1 run (``info["spent"]``: what it used before it stopped). ``lr`` is L-BFGS's
+    initial step guess (1: the quasi-Newton step)."""
+    inst = task.build(seed)
+    full = inst.full_batch
+    if full is None:
+        raise ValueError(f"{method.name}: task {task.name!r} has no full batch (L-BFGS runs on "
+                         f"{', '.join(FULL_BATCH_TASKS)})")
+    run = Run(task.name, seed, steps)
+    model = inst.model
+    checkpoints = sorted(task.evaluation_steps(steps))
+    budget = max(2, int(steps // full.cost))
+    curve: list[tuple[float, float]] = [(0.0, inst.evaluate(model))]  # (spent, metric)
+    losses: list[float] = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = inst.loss_fn(model(full.inputs), full.targets)
+        loss.backward()
+        return loss
+
+    def watch(o: LBFGS) -> None:
+        curve.append((o.total_function_evals * full.cost, inst.evaluate(model)))
+        losses.append(o.explain().loss)
+
+    options = dict(method.options)
+    opt = LBFGS(model.parameters(), lr=lr, max_iter=budget, max_eval=budget,
+                tolerance_grad=0.0, tolerance_change=0.0, callback=watch, **options)
+    began = time.perf_counter()
+    diverged = False
+    try:
+        opt.step(closure)
+    except FloatingPointError:  # a non-finite loss or gradient at an iterate
+        diverged = True
+    run.wall_time = time.perf_counter() - began
+    for c in checkpoints:
+        value = [m for spent, m in curve if spent <= c][-1]
+        run.add_metric(task, c, value)
+        if not math.isfinite(value):
+            diverged = True
+            break
+    run.losses = losses
+    run.finish(task, diverged=diverged)
+    # its curve is indexed by the compute spent, so the report's time to target (compute x
+    # steps to target / steps) reads it directly with the budget as the run's compute;
+    # what it spent before it stopped (converged, or the budget) is in info["spent"]
+    run.compute = 1.0
+    info = opt.explain() if opt.total_function_evals > 1 else None
+    run.info = {"spent": opt.total_function_evals * full.cost / steps,
+                "function_evals": opt.total_function_evals, "iterations": len(losses),
+                "last_step_size": opt.last_step_size,
+                "curvature_pairs": info.curvature_pairs if info else 0,
+                "full_batch_cost": full.cost}
+    return run
+
+
+for _search, _label in (("strong_wolfe", "strong Wolfe"), ("armijo", "Armijo")):
+    register(Method(
+        f"lbfgs_{_search}", f"L-BFGS {_label} (full batch)", "LBFGS",
+        options=(("line_search_fn", _search), ("history_size", 10)), lr=1.0,
+        family="quasi_newton", runner=lbfgs_cell, tasks=FULL_BATCH_TASKS,
+        note=f"lrkit.optim.LBFGS, {_label} line search, history 10, initial step 1, on the "
+             "full batch; charged by function evaluations (one costs the full batch's "
+             "examples over the batch size, in steps); untuned"))

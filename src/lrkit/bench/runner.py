@@ -133,6 +133,8 @@ def plan(suite: Suite, *, tasks: Sequence[str] | None = None,
         base = COST.get(t, task.steps / 1000) * n / task.steps
         probes: dict[str, Method] = {}
         for m in chosen:
+            if m.tasks is not None and t not in m.tasks:
+                continue
             if m.grid is not None and m.runner is None:
                 probes.setdefault(m.probe, m)
             for lr in m.lrs(suite.grids):

@@ -70,9 +70,22 @@ class Recipe:
         return S.family("cosine", self.lr if lr is None else lr, steps, self.warmup)
 
 
+@dataclass(frozen=True)
+class FullBatch:
+    """The whole training objective as one batch, for full-batch methods (L-BFGS):
+    ``loss_fn(model(inputs), targets)`` is the loss the minibatches estimate, and one
+    evaluation of it costs ``cost`` plain minibatch steps (its examples over the batch
+    size: the arena charges full-batch methods by it)."""
+
+    inputs: Any
+    targets: Any
+    cost: float
+
+
 @dataclass
 class TaskInstance:
-    """One seeded build of a task: what a training loop needs."""
+    """One seeded build of a task: what a training loop needs (``full_batch``: the whole
+    objective as one batch, where the task has one; None otherwise)."""
 
     task: Task
     seed: int
@@ -80,6 +93,7 @@ class TaskInstance:
     loader: Batches
     loss_fn: Callable[[Any, Any], torch.Tensor]
     evaluate: Callable[[nn.Module], float]
+    full_batch: FullBatch | None = None
 
     def as_target(self) -> tuple[nn.Module, Batches, Callable[[Any, Any], torch.Tensor]]:
         """``(model, loader, loss_fn)``, what ``lrkit find`` takes."""
@@ -90,7 +104,8 @@ class TaskInstance:
 class Task:
     """A benchmark problem: train ``steps`` steps on batches of ``batch_size``, then score
     ``metric`` (higher is better when ``higher_is_better``) against ``target``.
-    ``builder(task, seed)`` returns ``(model, loader, loss_fn, evaluate)``."""
+    ``builder(task, seed)`` returns ``(model, loader, loss_fn, evaluate)``, or with a fifth
+    item, the task's ``FullBatch``."""
 
     name: str
     description: str
@@ -144,8 +159,8 @@ class Task:
         seed = C.nonnegative_int(f"{self.name}.build()", "seed", seed)
         with preserved_rng():
             torch.manual_seed(seed)
-            model, loader, loss_fn, evaluate = self.builder(self, seed)
-        return TaskInstance(self, seed, model, loader, loss_fn, evaluate)
+            built = self.builder(self, seed)
+        return TaskInstance(self, seed, *built)
 
 
 class Batches:
@@ -255,7 +270,8 @@ def _build_quadratic(task: Task, seed: int):
 
     model = Objective(torch.ones(100), fn)
     loader = Batches(_with_dummy_targets(shuffled_epochs(task.batch_size, points)), seed)
-    return model, loader, mean_value, excess_risk
+    full = FullBatch(points, torch.zeros(len(points)), len(points) / task.batch_size)
+    return model, loader, mean_value, excess_risk, full
 
 
 NQM_DIM = 100
@@ -305,7 +321,9 @@ def _build_rosenbrock(task: Task, seed: int):
             yield noise, torch.zeros(task.batch_size)
 
     model = Objective(torch.tensor(ROSENBROCK_START), fn)
-    return model, Batches(stream, seed), mean_value, value
+    # the expected objective (the noise has mean zero): f itself, at a minibatch's cost
+    full = FullBatch(torch.zeros(1, 2), torch.zeros(1), 1.0)
+    return model, Batches(stream, seed), mean_value, value, full
 
 
 # -- digits: softmax regression to its exact optimum ----------------------------------------
@@ -368,7 +386,8 @@ def _build_digits(task: Task, seed: int):
         return float((w - optimum).norm() / optimum.norm())
 
     loader = Batches(shuffled_epochs(task.batch_size, x.float(), y), seed)
-    return model, loader, loss_fn, distance
+    full = FullBatch(x.float(), y, len(x) / task.batch_size)
+    return model, loader, loss_fn, distance, full
 
 
 # -- MNIST-1D ------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ package's) arguments, defaults and state layout, plus ``nonfinite=`` and ``impl=
   (``estimated_lr()``; ``DEstimateWarning`` when the estimate stalls);
 * schedule-free: ScheduleFreeAdamW, ScheduleFreeSGD (``train()``/``eval()``, and
   ``reestimate_batchnorm`` for the averaged weights);
-* line search: SLS, whose ``step(closure)`` finds the step length on each minibatch.
+* line search: SLS, whose ``step(closure)`` finds the step length on each minibatch;
+  LBFGS (torch's L-BFGS with lrkit's line searches: ``lrkit.linesearch``), whose step
+  length is set by the local curvature and a line search (``explain()`` shows it).
 
 Facts about each class are class attributes (see :class:`LrkitOptimizer`):
 ``needs_closure``, ``lr_free``, ``recommended_lr``, ``recommended_family``,
@@ -30,6 +32,7 @@ from lrkit.optim.adam import Adam, Adamax, AdamW, NAdam, RAdam
 from lrkit.optim.base import Explained, LrkitOptimizer
 from lrkit.optim.dadapt import DAdaptAdam, DAdaptSGD
 from lrkit.optim.dog import DoG, LDoG, PolynomialDecayAverager
+from lrkit.optim.lbfgs import LBFGS, QuasiNewtonStep
 from lrkit.optim.lion import Lion
 from lrkit.optim.prodigy import Prodigy
 from lrkit.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD, reestimate_batchnorm
@@ -40,5 +43,6 @@ __all__ = [
     "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax",
     "Lion", "Adafactor", "Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG",
     "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD", "reestimate_batchnorm",
-    "SLS", "DEstimateWarning", "LrkitOptimizer", "Explained", "NonFiniteGradientError"
+    "SLS", "LBFGS", "QuasiNewtonStep", "DEstimateWarning", "LrkitOptimizer", "Explained",
+    "NonFiniteGradientError",
 ]
