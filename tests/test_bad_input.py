@@ -86,6 +86,8 @@ EXEMPT = {
     "lrkit.linesearch.cubic_minimizer": "the interpolation step of strong_wolfe (numbers in, "
                                         "a number out, as torch's _cubic_interpolate)",
     "lrkit.schedules.base.Schedule": "the abstract base class (its subclasses are checked)",
+    "lrkit.schedules.registry.StepCache": "an internal cache of the Scheduler that takes any "
+        "schedule it is given (tested bit for bit in tests/test_scheduler_cache.py)",
     "lrkit.optim.base.LrkitOptimizer": "the abstract base class (its subclasses are checked)",
     **dict.fromkeys([f"lrkit.optim.base.{n}" for n in (
         "scalar", "step_tensor", "check_betas", "uniform", "value", "addcdiv_",
