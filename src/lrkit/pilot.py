@@ -412,6 +412,60 @@ def autopilot(
     return report
 
 
+def choose_lr(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[Any],
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    *,
+    steps: int,
+    step_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    budget: float = 1.5,
+    schedule: S.Schedule | str | None = None,
+    val_fn: Callable[[torch.nn.Module], float] | None = None,
+) -> AutopilotReport:
+    """The autopilot's choice of the peak rate and the schedule (steps 1 and 2 of
+    ``autopilot``), for a training loop you run yourself (a Lightning callback, say).
+
+    The range test and the probes run on ``model`` and ``optimizer`` within ``budget``
+    (runs of ``steps``) and both are put back as they were; the returned report's ``lr``
+    is the chosen peak and ``schedule`` the spec text of the run's schedule over
+    ``steps`` (``S.parse`` it). The arguments are ``autopilot``'s.
+    """
+    fn = "choose_lr()"
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{fn}: loader must be an iterable of batches, got "
+                        f"{type(loader).__name__}")
+    if loss_fn is None and step_fn is None:
+        raise ValueError(f"{fn}: loss_fn or step_fn is needed to compute the loss")
+    for name, f in (("loss_fn", loss_fn), ("step_fn", step_fn), ("val_fn", val_fn)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{fn}: {name} must be callable, got {type(f).__name__}")
+    steps = C.integer(fn, "steps", steps, minimum=10)
+    budget = C.in_range(fn, "budget", budget, 1.0, 100.0)
+    shape = _shape(schedule, steps)
+    batches = _batches(loader)
+    held = [next(batches) for _ in range(HELD_BATCHES)]
+
+    def scorer() -> float:
+        return _evaluate(model, held, loss_fn, step_fn) if val_fn is None else \
+            _scored(model, val_fn)
+    report = AutopilotReport(lr=None, schedule="", optimizer=type(optimizer).__name__,
+                             steps=steps)
+    report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
+    chosen, peak = _choose_lr(model, optimizer, batches, scorer, loss_fn, step_fn, steps,
+                              (budget - 1.0) * steps, shape, DEFAULT_FAMILY,
+                              _needs_closure(optimizer), report, len(held) / 3.0)
+    report.lr = chosen
+    report.schedule = str(_schedule(shape, DEFAULT_FAMILY, peak, steps))
+    return report
+
+
 def _needs_closure(opt: torch.optim.Optimizer) -> bool:
     try:
         from lrkit.optim.registry import REGISTRY
