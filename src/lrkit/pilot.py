@@ -448,6 +448,8 @@ def choose_lr(
             raise TypeError(f"{fn}: {name} must be callable, got {type(f).__name__}")
     steps = C.integer(fn, "steps", steps, minimum=10)
     budget = C.in_range(fn, "budget", budget, 1.0, 100.0)
+    if schedule is not None and not isinstance(schedule, (S.Schedule, str)):
+        raise TypeError(f"{fn}: schedule must be a Schedule or spec text, got {schedule!r}")
     shape = _shape(schedule, steps)
     batches = _batches(loader)
     held = [next(batches) for _ in range(HELD_BATCHES)]

@@ -151,6 +151,9 @@ class Autopilot(pl.Callback):
                  val_fn: Callable[[torch.nn.Module], float] | None = None) -> None:
         fn = "Autopilot()"
         self.budget = C.in_range(fn, "budget", budget, 1.0, 100.0)
+        if schedule is not None and not isinstance(schedule, (S.Schedule, str)):
+            raise TypeError(f"{fn}: schedule must be a Schedule or spec text, got "
+                            f"{schedule!r}")
         self.schedule = None if schedule is None else S.as_schedule(schedule)
         if val_fn is not None and not callable(val_fn):
             raise TypeError(f"{fn}: val_fn must be callable (model -> number), got "
