@@ -335,17 +335,7 @@ def autopilot(
     The model ends trained; the returned ``AutopilotReport`` explains how.
     """
     fn = "autopilot()"
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(loader, Iterable):
-        raise TypeError(f"{fn}: loader must be an iterable of batches, got "
-                        f"{type(loader).__name__}")
-    if loss_fn is None and step_fn is None:
-        raise ValueError(f"{fn}: loss_fn or step_fn is needed to compute the loss")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"{fn}: loss_fn must be callable, got {type(loss_fn).__name__}")
-    if step_fn is not None and not callable(step_fn):
-        raise TypeError(f"{fn}: step_fn must be callable, got {type(step_fn).__name__}")
+    _check_training(fn, model, loader, loss_fn, step_fn)
     steps = C.integer(fn, "steps", steps, minimum=10)
     budget = C.in_range(fn, "budget", budget, 1.0, 100.0)
     if seed is not None:
@@ -412,6 +402,20 @@ def autopilot(
     return report
 
 
+def _check_training(fn: str, model: Any, loader: Any, loss_fn: Any, step_fn: Any) -> None:
+    """The checks of what autopilot and choose_lr train on."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{fn}: loader must be an iterable of batches, got "
+                        f"{type(loader).__name__}")
+    if loss_fn is None and step_fn is None:
+        raise ValueError(f"{fn}: loss_fn or step_fn is needed to compute the loss")
+    for name, f in (("loss_fn", loss_fn), ("step_fn", step_fn)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{fn}: {name} must be callable, got {type(f).__name__}")
+
+
 def choose_lr(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -433,19 +437,12 @@ def choose_lr(
     ``steps`` (``S.parse`` it). The arguments are ``autopilot``'s.
     """
     fn = "choose_lr()"
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_training(fn, model, loader, loss_fn, step_fn)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got "
                         f"{type(optimizer).__name__}")
-    if not isinstance(loader, Iterable):
-        raise TypeError(f"{fn}: loader must be an iterable of batches, got "
-                        f"{type(loader).__name__}")
-    if loss_fn is None and step_fn is None:
-        raise ValueError(f"{fn}: loss_fn or step_fn is needed to compute the loss")
-    for name, f in (("loss_fn", loss_fn), ("step_fn", step_fn), ("val_fn", val_fn)):
-        if f is not None and not callable(f):
-            raise TypeError(f"{fn}: {name} must be callable, got {type(f).__name__}")
+    if val_fn is not None and not callable(val_fn):
+        raise TypeError(f"{fn}: val_fn must be callable, got {type(val_fn).__name__}")
     steps = C.integer(fn, "steps", steps, minimum=10)
     budget = C.in_range(fn, "budget", budget, 1.0, 100.0)
     if schedule is not None and not isinstance(schedule, (S.Schedule, str)):
