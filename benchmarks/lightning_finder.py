@@ -24,12 +24,12 @@ import math
 import time
 import warnings
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
-
-import lightning.pytorch as pl
-import lrkit
 from lightning.pytorch.tuner import Tuner
+
+import lrkit
 from lrkit.bench import get_task
 from lrkit.bench.tasks import warmup_cosine
 from lrkit.integrations.lightning import RangeTest
