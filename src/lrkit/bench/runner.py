@@ -417,6 +417,8 @@ def _ray_execute(job: Job) -> dict[str, Any]:
 
 def _execute_ray(jobs: list[Job], workers: int, address: str | None, record,
                  bar: _Progress, result: BenchResult, log) -> None:
+    if not jobs:  # all done: no cluster to start
+        return
     try:
         import ray
     except ImportError:
