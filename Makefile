@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: run test install lint bench-optim clean
+.PHONY: run test install lint docs bench-optim clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: install
 	$(VENV)/bin/lint-imports
 	KERAS_BACKEND=torch $(PY) -m pytest -q -n 2
 
+# The documentation site (site/): every python example of every page runs while it builds,
+# and --strict fails on a broken example, link or reference. No network needed.
+docs: install
+	KERAS_BACKEND=torch NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: install
 	$(VENV)/bin/ruff check .
 
@@ -37,4 +42,4 @@ bench-optim: install
 	$(PY) benchmarks/optim_step.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

@@ -248,6 +248,14 @@ def _autopilot():
              "guard": True, "callbacks": (lambda step, lr, loss: None,)})
 
 
+def _choose_lr():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    return ((model, _sgd(model), _loader(), torch.nn.functional.mse_loss),
+            {"steps": 16, "budget": 1.5, "schedule": "cosine(1.0, total=16)",
+             "val_fn": lambda m: 0.0})
+
+
 def _autopilot_report():
     if "autopilot" not in _CACHE:
         args, kwargs = _autopilot()
@@ -347,6 +355,14 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.optim.dog.PolynomialDecayAverager": lambda: ((_model(),), {"gamma": 8.0}),
     "lrkit.optim.schedulefree.reestimate_batchnorm": _reestimate,
     "lrkit.pilot.autopilot": _autopilot,
+    "lrkit.pilot.choose_lr": _choose_lr,
+    "lrkit.integrations.lightning.RangeTest": lambda: ((), {
+        "steps": 50, "start": 1e-6, "end": 1.0, "rule": "edge", "factor": 1.0}),
+    "lrkit.integrations.lightning.Autopilot": lambda: ((), {
+        "budget": 1.5, "schedule": "cosine(1.0, total=100)", "val_fn": lambda m: 0.0}),
+    "lrkit.integrations.lightning.ScheduleFree": lambda: ((), {"save_averaged": True}),
+    "lrkit.integrations.transformers.schedule": lambda: (("polynomial", 0.1), {
+        "num_warmup_steps": 5, "num_training_steps": 50, "power": 2.0, "lr_end": 1e-4}),
     "lrkit.plot.save_png_bytes": lambda: ((_figure(),), {"dpi": 50}),
     "lrkit.bench.figures.method_style": lambda: (("adam_cosine",), {"family": "cosine"}),
     "lrkit.plot.plot_autopilot": lambda: ((_autopilot_report().to_dict(),), {}),

@@ -174,12 +174,13 @@ def test_divergence_guard_decides_on_every_rank_together(ranks, wrapper):
     assert all(torch.equal(a, b) for a, b in zip(got[0][5], got[1][5]))
 
 
-def test_readme_torchrun_example_runs():
-    """The README's torchrun command, as written (torchrun is ``python -m
-    torch.distributed.run``): DDP, ZeRO and FSDP2 each train, and the ranks agree."""
+def test_docs_torchrun_example_runs():
+    """The documentation's torchrun command (docs/distributed.md), as written (torchrun is
+    ``python -m torch.distributed.run``): DDP, ZeRO and FSDP2 each train, and the ranks
+    agree."""
     import re
     import shlex
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "distributed.md").read_text()
     (command,) = re.findall(r"^torchrun .*$", text, flags=re.M)
     args = shlex.split(command)[1:]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT,

@@ -388,11 +388,17 @@ def _names(text: str | None) -> list[str] | None:
                    "full-budget results).")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="Write the report at the end.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="local: worker processes on this machine; ray: Ray "
+                                      "tasks on a Ray cluster (--address) or a local one.")
+@click.option("--address", default=None,
+              help="The Ray cluster to run on (e.g. auto, ray://head:10001); default: a "
+                   "local Ray instance of --workers CPUs. Only with --executor ray.")
 @click.option("--list", "list_only", is_flag=True, help="List suites, tasks and methods, "
                                                        "then exit.")
 def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
           workers: int | None, out: str, steps: int | None, report: bool,
-          list_only: bool) -> None:
+          executor: str, address: str | None, list_only: bool) -> None:
     """Run the benchmark arena: tasks x methods x learning rates x paired seeds.
 
     Every finished cell is appended to OUT/results.csv at once; rerunning the same
@@ -419,8 +425,11 @@ def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
     for m in method_list or ():
         if m not in METHODS:
             raise click.UsageError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    if address is not None and executor != "ray":
+        raise click.UsageError("--address is the Ray cluster's; add --executor ray")
     result = run_bench(suite, tasks=task_list, methods=method_list, seeds=seeds,
                        workers=workers, out=out, steps=steps, report=report,
+                       executor=executor, address=address,
                        log=lambda line: click.echo(line, err=True))
     click.echo(f"{result.new} cells run, {result.before} already done, of {result.total}, "
                f"in {result.wall_time:.0f} s; results in {result.results}")

@@ -295,17 +295,7 @@ def autopilot(
     The model ends trained; the returned ``AutopilotReport`` explains how.
     """
     fn = "autopilot()"
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(loader, Iterable):
-        raise TypeError(f"{fn}: loader must be an iterable of batches, got "
-                        f"{type(loader).__name__}")
-    if loss_fn is None and step_fn is None:
-        raise ValueError(f"{fn}: loss_fn or step_fn is needed to compute the loss")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"{fn}: loss_fn must be callable, got {type(loss_fn).__name__}")
-    if step_fn is not None and not callable(step_fn):
-        raise TypeError(f"{fn}: step_fn must be callable, got {type(step_fn).__name__}")
+    _check_training(fn, model, loader, loss_fn, step_fn)
     steps = C.integer(fn, "steps", steps, minimum=10)
     budget = C.in_range(fn, "budget", budget, 1.0, 100.0)
     if seed is not None:
@@ -369,6 +359,70 @@ def autopilot(
     _final_run(setup, run_schedule, _Watch(val_loader is not None or val_fn is not None,
                                            callbacks, progress, guard))
     report.wall_time["total"] = time.perf_counter() - began
+    return report
+
+
+def _check_training(fn: str, model: Any, loader: Any, loss_fn: Any, step_fn: Any) -> None:
+    """The checks of what autopilot and choose_lr train on."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{fn}: loader must be an iterable of batches, got "
+                        f"{type(loader).__name__}")
+    if loss_fn is None and step_fn is None:
+        raise ValueError(f"{fn}: loss_fn or step_fn is needed to compute the loss")
+    for name, f in (("loss_fn", loss_fn), ("step_fn", step_fn)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{fn}: {name} must be callable, got {type(f).__name__}")
+
+
+def choose_lr(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[Any],
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    *,
+    steps: int,
+    step_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    budget: float = 1.5,
+    schedule: S.Schedule | str | None = None,
+    val_fn: Callable[[torch.nn.Module], float] | None = None,
+) -> AutopilotReport:
+    """The autopilot's choice of the peak rate and the schedule (steps 1 and 2 of
+    ``autopilot``), for a training loop you run yourself (a Lightning callback, say).
+
+    The range test and the probes run on ``model`` and ``optimizer`` within ``budget``
+    (runs of ``steps``) and both are put back as they were; the returned report's ``lr``
+    is the chosen peak and ``schedule`` the spec text of the run's schedule over
+    ``steps`` (``S.parse`` it). The arguments are ``autopilot``'s.
+    """
+    fn = "choose_lr()"
+    _check_training(fn, model, loader, loss_fn, step_fn)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{fn}: optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    if val_fn is not None and not callable(val_fn):
+        raise TypeError(f"{fn}: val_fn must be callable, got {type(val_fn).__name__}")
+    steps = C.integer(fn, "steps", steps, minimum=10)
+    budget = C.in_range(fn, "budget", budget, 1.0, 100.0)
+    if schedule is not None and not isinstance(schedule, (S.Schedule, str)):
+        raise TypeError(f"{fn}: schedule must be a Schedule or spec text, got {schedule!r}")
+    shape = _shape(schedule, steps)
+    step = Step(model, optimizer, step_fn if step_fn is not None else batch_loss(loss_fn, fn),
+                closure=bool(getattr(optimizer, "needs_closure", False)), name=fn)
+    batches = endless(loader, fn)
+    held = [next(batches) for _ in range(HELD_BATCHES)]
+
+    def scorer() -> float:
+        return _evaluate(step, held) if val_fn is None else _scored(model, val_fn)
+    report = AutopilotReport(lr=None, schedule="", optimizer=type(optimizer).__name__,
+                             steps=steps)
+    report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
+    setup = _Setup(model, optimizer, step, batches, scorer, steps, eval_cost=len(held) / 3.0,
+                   report=report, loss_fn=loss_fn, step_fn=step_fn)
+    chosen, peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
+    report.lr = chosen
+    report.schedule = str(_schedule(shape, DEFAULT_FAMILY, peak, steps))
     return report
 
 

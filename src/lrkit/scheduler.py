@@ -348,6 +348,18 @@ class Scheduler(LRScheduler):
         self.lr_multiplier *= C.positive("Scheduler.scale_lr()", "factor", factor)
         self._apply()
 
+    def set_schedule(self, key: str, schedule: Schedule | str | float) -> None:
+        """Schedule ``key`` (``"lr"``, ``"momentum"``, any key the constructor takes) by
+        ``schedule`` from the current step on: the step count is kept, the value is applied
+        at once, and ``state_dict()`` saves the new schedule (a resume continues it)."""
+        if not isinstance(key, str):
+            raise TypeError(f"Scheduler.set_schedule(): key must be a hyperparameter name "
+                            f"(str), got {type(key).__name__}")
+        value = _schedule_arg(key, schedule)
+        self._check_key(key)
+        self.schedules[key] = value
+        self._apply()
+
     def get_last_lr(self) -> list[float]:
         """The learning rate of each param group in use now."""
         return list(self._last_lr)

@@ -9,9 +9,11 @@ the cells that were running. Beside the runs, one range test (``lrkit.find_lr`` 
 defaults) per task x optimizer x seed goes to ``OUT/range_tests.csv``: the report marks its
 suggestion on the lr-sensitivity curves.
 
-Cells run in ``workers`` processes (one torch thread each), the longest first; a live
-progress bar weighs each cell by its expected cost, so its time remaining holds while
-cheap and expensive tasks mix.
+Cells run in ``workers`` processes (one torch thread each), the longest first, or, with
+``executor="ray"``, as Ray tasks (one CPU and one torch thread each) on a running Ray
+cluster or a local one; either way the driver writes the files, so results, resume and
+report are the same. A live progress bar weighs each cell by its expected cost, so its
+time remaining holds while cheap and expensive tasks mix.
 """
 from __future__ import annotations
 
@@ -237,6 +239,8 @@ def bench(
     report: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    executor: str = "local",
+    address: str | None = None,
 ) -> BenchResult:
     """Run a suite of the arena (``SUITES``: "quick", "full") into ``out``, resuming.
 
@@ -247,6 +251,12 @@ def bench(
     ``out/range_tests.csv`` and, with ``report``, the report (``lrkit.bench.report``).
     Ctrl-C (or SIGTERM) stops it after the running cells finish and are recorded; a
     second Ctrl-C abandons them.
+
+    ``executor="ray"`` runs the cells as Ray tasks (one CPU, one torch thread each): on
+    the cluster at ``address`` (``"auto"``, ``"ray://head:10001"``, ...), or, without one,
+    on a local Ray instance of ``workers`` CPUs started for this bench and stopped after
+    it (a session already opened with ``ray.init`` is used as it is). Ctrl-C cancels the
+    Ray tasks still running; their cells run again on resume.
     """
     began = time.perf_counter()
     fn = "bench()"
@@ -263,6 +273,14 @@ def bench(
         raise ValueError(f"bench(): seeds must be a positive integer, got {seeds!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"bench(): steps must be a positive integer, got {steps!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"bench(): executor must be one of {', '.join(EXECUTORS)}, "
+                         f"got {executor!r}")
+    if address is not None and (executor != "ray" or not isinstance(address, str)
+                                or not address):
+        raise ValueError(f"bench(): address is the Ray cluster's address (a non-empty "
+                         f"string, with executor='ray'), got {address!r} with "
+                         f"executor={executor!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = R.ResultsFile(out / R.RESULTS, R.RUN_COLUMNS)
@@ -287,7 +305,10 @@ def bench(
     bar = _Progress(the_plan, progress, log)
     try:
         with bar, _sigterm_as_interrupt():
-            _execute_all(the_plan.jobs, workers, record, bar, result, log)
+            if executor == "ray":
+                _execute_ray(the_plan.jobs, workers, address, record, bar, result, log)
+            else:
+                _execute_all(the_plan.jobs, workers, record, bar, result, log)
     except KeyboardInterrupt:
         result.interrupted = True
     result.wall_time = time.perf_counter() - began
@@ -306,6 +327,9 @@ def bench(
             log(f"error: the report failed ({exc}); the results are in {runs.path}, "
                 f"`lrkit report {runs.path}` retries it")
     return result
+
+
+EXECUTORS = ("local", "ray")
 
 
 def _workers(workers: int | None, jobs: int) -> int:
@@ -383,6 +407,60 @@ def _execute_all(jobs: list[Job], workers: int, record, bar: _Progress, result: 
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _ray_execute(job: Job) -> dict[str, Any]:
+    """A Ray task: one cell on one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    return execute(job)
+
+
+def _execute_ray(jobs: list[Job], workers: int, address: str | None, record,
+                 bar: _Progress, result: BenchResult, log) -> None:
+    if not jobs:  # all done: no cluster to start
+        return
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("bench(): executor='ray' needs the ray package "
+                           "(pip install 'lrkit[ray]')") from None
+    started = False
+    if not ray.is_initialized():
+        if address is None:  # a local instance for this bench only
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=256 * 2**20)
+        else:
+            ray.init(address=address, log_to_driver=False)
+        started = True
+        log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs")
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
+    pending: dict[Any, Job] = {}
+    try:
+        pending = {remote.remote(job): job for job in jobs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except Exception as exc:  # the cell's own error, as the local executor
+                    cause = getattr(exc, "cause", None) or exc
+                    result.errors.append(f"{job.describe()}: {type(cause).__name__}: {cause}")
+                    bar.advance(job, None)
+                    continue
+                record(job, rec)
+                bar.advance(job, rec)
+    except KeyboardInterrupt:
+        log(f"stopping: cancelling the {len(pending)} Ray tasks left (their cells run "
+            "again on resume)")
+        raise
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
 
 
 def _stop_submitting(pending: dict[Future, Job]) -> int:

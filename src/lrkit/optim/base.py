@@ -316,7 +316,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
             raise NotImplementedError(
                 f"{type(self).__name__}.step(): DTensor parameters (FSDP2 fully_shard) are "
                 f"not supported by {type(self).__name__}; use it with DDP or "
-                "ZeroRedundancyOptimizer (see the README, 'Distributed training')")
+                "ZeroRedundancyOptimizer (see the documentation, docs/distributed.md)")
 
     def _step(self) -> None:
         plans = self._prepare()
