@@ -417,8 +417,12 @@ class LrkitOptimizer(torch.optim.Optimizer):
         """
         for i, group in enumerate(self.param_groups):
             if any(q is param for q in group["params"]):
-                state = self.state.get(param)
-                if i not in self._last and not state:
+                state = self.state.get(param) or {}
+                # a parameter the group's steps skipped (frozen, unused: no gradient)
+                # has no state, or the state Adagrad makes at construction (step 0);
+                # SGD without momentum keeps none and reads param.grad
+                if (not state and (i not in self._last or param.grad is None)) or (
+                        "step" in state and _as_number(state["step"]) == 0):
                     break
                 hp = self._last.get(i) or {k: v for k, v in group.items()
                                            if k not in _NOT_HYPERPARAMS}
