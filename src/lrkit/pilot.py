@@ -516,6 +516,7 @@ class _Replay:
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
+    opt.lr_scale_applied = True  # type: ignore[attr-defined]
     for group in opt.param_groups:
         value = float(lr) * group.get("lr_scale", 1.0)
         if torch.is_tensor(group["lr"]):

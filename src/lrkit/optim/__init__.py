@@ -25,7 +25,7 @@ from lrkit.optim._lrfree import DEstimateWarning
 from lrkit.optim.adafactor import Adafactor
 from lrkit.optim.adagrad import Adadelta, Adagrad, RMSprop
 from lrkit.optim.adam import Adam, Adamax, AdamW, NAdam, RAdam
-from lrkit.optim.base import Explained, LrkitOptimizer
+from lrkit.optim.base import Explained, LrkitOptimizer, LrScaleWarning
 from lrkit.optim.dadapt import DAdaptAdam, DAdaptSGD
 from lrkit.optim.dog import DoG, LDoG, PolynomialDecayAverager
 from lrkit.optim.lion import Lion
@@ -39,6 +39,7 @@ __all__ = [
     "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax",
     "Lion", "Adafactor", "Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG",
     "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD", "reestimate_batchnorm",
-    "SLS", "DEstimateWarning", "LrkitOptimizer", "Explained", "NonFiniteGradientError",
+    "SLS", "DEstimateWarning", "LrkitOptimizer", "LrScaleWarning", "Explained",
+    "NonFiniteGradientError",
     "REGISTRY", "OptimizerInfo",
 ]
