@@ -94,6 +94,15 @@ def test_any_batch_structure_through_step_fn_and_callbacks():
     assert report.losses[-1] < report.losses[0]
 
 
+def test_dict_batches_without_step_fn_say_what_to_pass():
+    """The message find_lr gives, named for the autopilot (not torch's linear() error)."""
+    model, loader, loss_fn = problem()
+    dict_loader = [{"x": x, "y": y} for x, y in loader]
+    with pytest.raises(TypeError, match=r"^autopilot\(\): without step_fn each batch must be "
+                       r"an \(inputs, targets\) pair, got a dict; pass step_fn=lambda"):
+        lrkit.autopilot(model, dict_loader, loss_fn, steps=50, progress=False)
+
+
 def test_the_guard_rolls_back_a_nan_and_the_run_still_completes():
     model, loader, loss_fn = problem()
     calls = {"n": 0}

@@ -413,13 +413,7 @@ def _diagnose(result: LRFinderResult) -> list[str]:
 # -- one step ----------------------------------------------------------------------------
 def _default_step(loss_fn: Callable[[Any, Any], torch.Tensor]):
     def compute(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            kind = type(batch).__name__ + (f" of length {len(batch)}"
-                                           if isinstance(batch, (tuple, list)) else "")
-            raise TypeError(f"{_FN}: without step_fn each batch must be an (inputs, targets) "
-                            f"pair, got a {kind}; pass step_fn=lambda model, batch: loss for "
-                            "other batch structures")
-        inputs, targets = batch
+        inputs, targets = C.batch_pair(_FN, batch)
         return loss_fn(model(inputs), targets)
 
     return compute

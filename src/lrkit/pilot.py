@@ -176,7 +176,7 @@ def _batches(loader: Iterable[Any]) -> Iterator[Any]:
 def _loss_of(model: torch.nn.Module, batch: Any, loss_fn: Any, step_fn: Any) -> torch.Tensor:
     if step_fn is not None:
         return step_fn(model, batch)
-    inputs, targets = batch
+    inputs, targets = C.batch_pair("autopilot()", batch)
     return loss_fn(model(inputs), targets)
 
 
