@@ -177,7 +177,7 @@ def find(target: str, optimizer: str, start: float, end: float, steps: int, mode
         raise click.ClickException(str(exc)) from None
     with _progress(steps, f"range test on {loaded.name}") as advance:
         result = find_lr(loaded.model, opt, loaded.loader, loaded.loss_fn, start=start,
-                         end=end, steps=steps, mode=mode, callback=advance)
+                         end=end, steps=steps, mode=mode, callback=advance, warn=False)
     _print_suggestions(result)
     from lrkit.plot import new_axes, save
 

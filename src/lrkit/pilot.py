@@ -431,7 +431,7 @@ def _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra, shap
     suggestion = None
     if range_steps:
         result = find_lr(model, opt, _Replay(batches), loss_fn, step_fn=step_fn,
-                         steps=range_steps)
+                         steps=range_steps, warn=False)
         report.compute["range_test"] = float(len(result.lrs))
         suggestion = result.suggestion
         report.suggestion = suggestion

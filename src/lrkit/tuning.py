@@ -293,7 +293,7 @@ def _range_test(build: Callable[[], tuple[Any, Any, Any]], optimizer: str) -> fl
 
     model, loader, loss_fn = build()
     opt = optimizer_factory(optimizer)(model.parameters(), lr=1e-3)
-    result = find_lr(model, opt, loader, loss_fn)
+    result = find_lr(model, opt, loader, loss_fn, warn=False)
     value = result.suggestion
     return float(value) if value is not None and math.isfinite(value) else None
 

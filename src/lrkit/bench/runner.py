@@ -177,7 +177,8 @@ def _range_test(task, method: Method, seed: int, began: float) -> dict[str, Any]
     opt = method.optimizer_class()(inst.model.parameters(), **kwargs)
     if callable(getattr(opt, "train", None)):  # schedule-free: sweep the training weights
         opt.train()
-    result = find_lr(inst.model, opt, inst.loader, inst.loss_fn, steps=RANGE_TEST_STEPS)
+    result = find_lr(inst.model, opt, inst.loader, inst.loss_fn, steps=RANGE_TEST_STEPS,
+                     warn=False)
     return {"task": task.name, "probe": method.probe, "seed": seed,
             "suggestion": result.suggestion, "rule": result.rule,
             "suggestions": result.suggestions, "stop_reason": result.stop_reason,
