@@ -177,6 +177,38 @@ def test_bad_storage_urls(url, message):
         open_storage(url)
 
 
+SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize("url, workers", [
+    (f"postgresql://alice:{SECRET}@127.0.0.1:1/db", 1),     # unreachable server
+    (f"postgres://alice:{SECRET}@127.0.0.1:1/db", 1),
+    (f"postgresql+nosuchdriver://alice:{SECRET}@127.0.0.1:1/db", 1),
+    (f"mysql://alice:{SECRET}@127.0.0.1:1/db", 1),
+    (f"foo://alice:{SECRET}@host/db", 1),                  # unknown kind
+    (f"sqlite://alice:{SECRET}@/x.db", 2),                  # refused for workers
+])
+def test_storage_errors_never_show_the_password(url, workers, tmp_path):
+    with pytest.raises(StorageError) as err:
+        open_storage(url, workers)
+    assert SECRET not in str(err.value) and "alice:***@" in str(err.value)
+    result = CliRunner().invoke(main, ["tune", "rosenbrock", "--storage", url, "--workers",
+                                       str(workers), "--trials", "1",
+                                       "--out", str(tmp_path / "r.html")])
+    assert result.exit_code != 0 and "alice:***@" in result.output
+    assert SECRET not in result.output
+
+
+def test_redact_hides_only_the_password():
+    from lrkit.tuning import redact
+
+    assert redact("postgresql://u:p%40ss@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact("postgresql+psycopg://u:pw@h/db?x=1") == "postgresql+psycopg://u:***@h/db?x=1"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact("sqlite:///a:b@c.db") == "sqlite:///a:b@c.db"  # a path, not a password
+    assert redact("journal:/x/y.journal") == "journal:/x/y.journal"
+
+
 def test_sqlite_refuses_parallel_workers(tmp_path):
     with pytest.raises(StorageError, match="not safe"):
         tune(quadratic, space={"lr": LogUniform(1e-3, 1)}, storage=f"sqlite:///{tmp_path}/x.db",
