@@ -283,6 +283,8 @@ def bench(
         (tests if job.kind == "range_test" else runs).add(rec)
         result.new += 1
 
+    for name in dict.fromkeys(job.task for job in the_plan.jobs):  # before the workers
+        TASKS[name].prepare(log if progress else None)               # read it from disk
     bar = _Progress(the_plan, progress, log)
     try:
         with bar, _sigterm_as_interrupt():
