@@ -25,6 +25,7 @@ from lrkit.tuning import (
     IntUniform,
     LogUniform,
     StorageError,
+    StudyMismatchError,
     Uniform,
     default_space,
     open_storage,
@@ -127,6 +128,27 @@ def test_module_function_target(tmp_path, monkeypatch):
                   seed=0, pruner="none")
     assert result.counts() == {"complete": 5}
     assert result.best_value < 2.0
+
+
+def test_a_study_scored_with_other_settings_is_refused(tmp_path, monkeypatch):
+    """Issue 16: a rerun with --steps 200 on a study scored at 300 steps ran no trial and
+    printed a schedule rebuilt for 200 steps; now it says why it cannot resume."""
+    monkeypatch.chdir(HERE)
+    storage = journal(tmp_path)
+    first = tune("tune_targets:regression", trials=2, steps=30, storage=storage, seed=0,
+                 pruner="none", range_test=False)
+    assert first.study.user_attrs["lrkit_settings"] == {"steps": 30, "optimizer": "adam"}
+    with pytest.raises(StudyMismatchError, match=r"scored with steps=30; this run asks for "
+                                                 r"steps=20.*name a new study"):
+        tune("tune_targets:regression", trials=3, steps=20, storage=storage, seed=0)
+    result = CliRunner().invoke(main, ["tune", "tune_targets:regression", "--trials", "3",
+                                       "--steps", "30", "--optimizer", "sgd",
+                                       "--storage", storage, "--out", str(tmp_path / "r.html")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "optimizer='adam'; this run asks for optimizer='sgd'" in result.output
+    again = tune("tune_targets:regression", trials=3, steps=30, storage=storage, seed=0,
+                 pruner="none", range_test=False)  # the same settings resume
+    assert len(again.study.trials) == 3
 
 
 def test_seeded_search_reaches_the_grid_best_within_10_percent(tmp_path):

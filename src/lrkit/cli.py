@@ -282,7 +282,7 @@ def tune(target: str, trials: int, storage: str | None, study: str | None, worke
     the same --storage (PostgreSQL or a journal file on shared storage).
     """
     from lrkit.targets import TargetError
-    from lrkit.tuning import StorageError
+    from lrkit.tuning import StorageError, StudyMismatchError
     from lrkit.tuning import tune as run_tune
 
     _prepare(target)
@@ -290,7 +290,7 @@ def tune(target: str, trials: int, storage: str | None, study: str | None, worke
         result = run_tune(target, trials=trials, storage=storage, study=study,
                           workers=workers, optimizer=optimizer, steps=steps, pruner=pruner,
                           sampler=sampler, seed=seed, report=out, progress=True)
-    except (TargetError, StorageError) as exc:
+    except (TargetError, StorageError, StudyMismatchError) as exc:
         raise click.ClickException(str(exc)) from None
     counts = ", ".join(f"{n} {k}" for k, n in sorted(result.counts().items()))
     click.echo(f"trials: {counts}")

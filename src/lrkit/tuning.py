@@ -200,6 +200,9 @@ class _Objective:
     fn: Callable[[dict[str, Any], Report], float]
     steps: int | None = None
     lr_suggestion: Callable[[], float | None] | None = None
+    #: what a trial's value depends on besides its parameters, recorded in the study so
+    #: that a rerun with other settings does not mix values that cannot be compared
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def _make_optimizer(optimizer: str, params: Mapping[str, Any]):
@@ -237,7 +240,8 @@ def _task_objective(task: Any, optimizer: str | None, steps: int | None, seed: i
         return _range_test(lambda: task.build(seed).as_target(), optimizer)
 
     return _Objective(task.name, "maximize" if task.higher_is_better else "minimize", fn,
-                      budget, suggestion)
+                      budget, suggestion,
+                      {"steps": budget, "optimizer": optimizer, "seed": seed})
 
 
 def _target_objective(text: str, optimizer: str | None, steps: int | None):
@@ -285,7 +289,8 @@ def _target_objective(text: str, optimizer: str | None, steps: int | None):
             return t.model, t.loader, t.loss_fn
         return _range_test(build, optimizer)
 
-    return _Objective(text, "minimize", fn, budget, suggestion)
+    return _Objective(text, "minimize", fn, budget, suggestion,
+                      {"steps": budget, "optimizer": optimizer})
 
 
 def _range_test(build: Callable[[], tuple[Any, Any, Any]], optimizer: str) -> float | None:
@@ -685,6 +690,7 @@ def tune(
     if the_study.direction.name.lower() != objective.direction:
         raise ValueError(f"{fn}: study {study_name!r} already exists with direction "
                          f"{the_study.direction.name.lower()}, not {objective.direction}")
+    _check_settings(the_study, objective.settings)
     if space is None:
         space = _default_space_for(the_study, objective, range_test)
     shared = dict(space=space, trials=trials, storage=storage, study_name=study_name,
@@ -702,6 +708,26 @@ def tune(
     if report:
         result.report_path = write_report(result, report)
     return result
+
+
+class StudyMismatchError(ValueError):
+    """A study's trials were scored with other settings than the ones asked for."""
+
+
+def _check_settings(study: Any, settings: dict[str, Any]) -> None:
+    """Record ``settings`` in a new study; refuse to add trials to one scored otherwise."""
+    recorded = study.user_attrs.get("lrkit_settings")
+    if recorded is None:
+        study.set_user_attr("lrkit_settings", settings)
+        return
+    differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if differ:
+        had = ", ".join(f"{k}={old!r}" for k, (old, _) in differ.items())
+        asked = ", ".join(f"{k}={new!r}" for k, (_, new) in differ.items())
+        raise StudyMismatchError(
+            f"tune(): study {study.study_name!r} was scored with {had}; this run asks for "
+            f"{asked}, and values scored otherwise cannot be compared. Rerun with the "
+            "study's settings to resume it, or name a new study (--study NAME, study=)")
 
 
 def _default_space_for(study: Any, objective: _Objective, range_test: bool) -> dict:
