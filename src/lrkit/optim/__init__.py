@@ -31,14 +31,20 @@ from lrkit.optim.dog import DoG, LDoG, PolynomialDecayAverager
 from lrkit.optim.lion import Lion
 from lrkit.optim.prodigy import Prodigy
 from lrkit.optim.registry import REGISTRY, OptimizerInfo
-from lrkit.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD, reestimate_batchnorm
+from lrkit.optim.schedulefree import (
+    ScheduleFreeAdamW,
+    ScheduleFreeModeWarning,
+    ScheduleFreeSGD,
+    reestimate_batchnorm,
+)
 from lrkit.optim.sgd import SGD
 from lrkit.optim.sls import SLS
 
 __all__ = [
     "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax",
     "Lion", "Adafactor", "Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG",
-    "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD", "reestimate_batchnorm",
+    "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD",
+    "ScheduleFreeModeWarning", "reestimate_batchnorm",
     "SLS", "DEstimateWarning", "LrkitOptimizer", "LrScaleWarning", "Explained",
     "NonFiniteGradientError",
     "REGISTRY", "OptimizerInfo",
