@@ -332,6 +332,58 @@ def test_cli_prints_the_best_schedule_and_writes_a_report(tmp_path):
     assert "Optimisation history" in page and "Slice on lr" in page
 
 
+def test_report_shows_pruned_trials_and_says_what_value_is(tmp_path, monkeypatch):
+    """Issue 16: 1 complete and 5 pruned trials gave one point per plot, uniform
+    importances, no word on what "value" is, and a leaked ExperimentalWarning."""
+    import warnings
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from lrkit import plot, tuning
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("lrkit_objective", "test_accuracy of task mnist1d_mlp after 50 "
+                                           "training steps with adam, maximised")
+    dist = {"lr": FloatDistribution(1e-6, 1.0, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=dist,
+                                              value=0.9, intermediate_values={10: 0.5}))
+    for i in range(5):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 10.0 ** -(i + 1)}, distributions=dist,
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={10: 0.1 * i, 20: 0.1 * i + 0.05}))
+    drawn = []
+    real = plot.plot_trials
+    monkeypatch.setattr(plot, "plot_trials", lambda ax, *a, **k: drawn.append(a) or
+                        real(ax, *a, **k))
+    out = tmp_path / "r.html"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuning.write_report(tuning.TuneResult(study, "maximize", 50), str(out))
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+    history, lr_slice = drawn
+    assert history[2] == [1, 2, 3, 4, 5] and history[3] == pytest.approx(
+        [0.05, 0.15, 0.25, 0.35, 0.45])  # pruned trials at their last reported value
+    assert lr_slice[2] == pytest.approx([0.1, 0.01, 1e-3, 1e-4, 1e-5])
+    page = out.read_text()
+    assert "Value: test_accuracy of task mnist1d_mlp after 50 training steps" in page
+    assert "<p class='summary'>Trials: 1 complete, 5 pruned</p>" in page
+    assert page.count("data:image/png;base64,") == 2
+    assert "unavailable: needs 5 completed trials, the study has 1" in page
+
+
+def test_tune_records_what_value_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(HERE)
+    result = tune("tune_targets:regression", trials=1, steps=20, storage=journal(tmp_path),
+                  range_test=False)
+    assert result.study.user_attrs["lrkit_objective"] == (
+        "mean training loss of tune_targets:regression over the last tenth of 20 training "
+        "steps with adam, minimised")
+    help_text = CliRunner().invoke(main, ["tune", "--help"]).output
+    assert "mean training loss over the last tenth of --steps" in " ".join(help_text.split())
+
+
 @pytest.mark.parametrize("args, message", [
     (["nosuch.module:fn"], "cannot import"),
     (["not_a_task"], "neither"),

@@ -415,3 +415,31 @@ def plot_task(arena: Any, task: Any):
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside right center",
                fontsize=7, frameon=False)
     return fig
+
+
+def plot_trials(ax: Any, xs: Sequence[float], values: Sequence[float],
+                pruned_xs: Sequence[float], pruned_values: Sequence[float], *,
+                xlabel: str, ylabel: str, best: Sequence[float] | None = None,
+                log_x: bool = False, title: str = "") -> Any:
+    """Search trials on ``ax``: completed ones as dots, pruned ones as hollow circles at
+    their last reported (intermediate) value, and the best value so far as a step line
+    (``best``, one per x, for a history)."""
+    if len(xs):
+        ax.scatter(xs, values, s=28, color="tab:blue", label="completed", zorder=3)
+    if len(pruned_xs):
+        ax.scatter(pruned_xs, pruned_values, s=36, facecolors="none", edgecolors="tab:gray",
+                   label="pruned (last reported value)", zorder=2)
+    if best is not None and len(xs):
+        ax.step(xs, best, where="post", color="tab:red", lw=1.2, label="best so far")
+    if log_x:
+        ax.set_xscale("log")
+    finite = [v for v in (*values, *pruned_values) if np.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

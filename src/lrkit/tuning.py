@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import html
 import inspect
-import io
 import math
 import multiprocessing as mp
 import os
@@ -203,6 +202,8 @@ class _Objective:
     #: what a trial's value depends on besides its parameters, recorded in the study so
     #: that a rerun with other settings does not mix values that cannot be compared
     settings: dict[str, Any] = field(default_factory=dict)
+    #: what "value" means, in words (the report and the study's user attributes say it)
+    description: str = ""
 
 
 def _make_optimizer(optimizer: str, params: Mapping[str, Any]):
@@ -241,7 +242,10 @@ def _task_objective(task: Any, optimizer: str | None, steps: int | None, seed: i
 
     return _Objective(task.name, "maximize" if task.higher_is_better else "minimize", fn,
                       budget, suggestion,
-                      {"steps": budget, "optimizer": optimizer, "seed": seed})
+                      {"steps": budget, "optimizer": optimizer, "seed": seed},
+                      f"{task.metric} of task {task.name} after {budget} training steps with "
+                      f"{optimizer} (task seed {seed}), "
+                      f"{'maximised' if task.higher_is_better else 'minimised'}")
 
 
 def _target_objective(text: str, optimizer: str | None, steps: int | None):
@@ -290,7 +294,9 @@ def _target_objective(text: str, optimizer: str | None, steps: int | None):
         return _range_test(build, optimizer)
 
     return _Objective(text, "minimize", fn, budget, suggestion,
-                      {"steps": budget, "optimizer": optimizer})
+                      {"steps": budget, "optimizer": optimizer},
+                      f"mean training loss of {text} over the last tenth of {budget} "
+                      f"training steps with {optimizer}, minimised")
 
 
 def _range_test(build: Callable[[], tuple[Any, Any, Any]], optimizer: str) -> float | None:
@@ -313,7 +319,8 @@ def _callable_objective(fn: Callable[..., float], direction: str, name: str | No
         def call(settings: dict[str, Any], report: Report) -> float:
             return fn(settings)
     label = name or getattr(fn, "__name__", "objective")
-    return _Objective(label, direction, call)
+    return _Objective(label, direction, call,
+                      description=f"the number {label}(params) returns, {direction[:-1]}ed")
 
 
 def _resolve(objective_or_target: Any, optimizer: str | None, steps: int | None, seed: int,
@@ -691,6 +698,8 @@ def tune(
         raise ValueError(f"{fn}: study {study_name!r} already exists with direction "
                          f"{the_study.direction.name.lower()}, not {objective.direction}")
     _check_settings(the_study, objective.settings)
+    if objective.description:
+        the_study.set_user_attr("lrkit_objective", objective.description)
     if space is None:
         space = _default_space_for(the_study, objective, range_test)
     shared = dict(space=space, trials=trials, storage=storage, study_name=study_name,
@@ -832,14 +841,10 @@ def _fmt(v: Any) -> str:
 
 
 def write_report(result: TuneResult, path: str) -> str:
-    """A self-contained HTML page: the best setting and Optuna's plots (optimisation
-    history, parameter importances, slice on lr) as embedded PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as ov
-
+    """A self-contained HTML page: what a trial's value is, the best setting, and three
+    plots as embedded PNGs: the history of the search and a slice on lr (completed trials,
+    and pruned ones at their last reported value), and Optuna's parameter importances
+    (from 5 completed trials on)."""
     if not isinstance(result, TuneResult):
         raise TypeError(f"write_report(): result must be the TuneResult that tune() returns, "
                         f"got {type(result).__name__}")
@@ -847,50 +852,97 @@ def write_report(result: TuneResult, path: str) -> str:
     if os.path.isdir(path):
         raise ValueError(f"write_report(): path must name an HTML file, got the directory "
                          f"{path!r}")
-    study = result.study
-    figures = []
-    plots = [("Optimisation history", lambda: ov.plot_optimization_history(study)),
-             ("Parameter importances", lambda: ov.plot_param_importances(study)),
-             ("Slice on lr", lambda: ov.plot_slice(study, params=["lr"]))]
     import warnings
 
-    for title, make in plots:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ax = make()
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            buf = io.BytesIO()
-            fig.set_size_inches(7, 4)
-            fig.tight_layout()
-            fig.savefig(buf, format="png", dpi=100)
-            plt.close(fig)
-            figures.append((title, base64.b64encode(buf.getvalue()).decode()))
-        except Exception as exc:  # too few trials for a plot: say so instead
-            figures.append((title, f"unavailable: {html.escape(str(exc))}"))
+    import optuna
+
+    study = result.study
+    with warnings.catch_warnings():  # Optuna marks its plots experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        figures = [(title, _figure(make)) for title, make in _report_plots(result)]
     counts = result.counts()
     rows = ""
+    meaning = study.user_attrs.get("lrkit_objective") or "the objective's return value"
+    head = f"<p>Value: {html.escape(meaning)}.</p>"
     try:
         best = result.best_trial
         schedule = result.best_schedule
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in best.params.items())
-        head = (f"<p>Best trial #{best.number}: <b>{result.best_value:.6g}</b> "
-                f"({result.direction}).</p>")
+        head += (f"<p>Best trial #{best.number}: <b>{result.best_value:.6g}</b> "
+                 f"({result.direction}).</p>")
         if schedule is not None:
             head += f"<p>Best schedule: <code>{html.escape(str(schedule))}</code></p>"
     except ValueError:
-        head = "<p>No completed trial yet.</p>"
+        head += "<p>No completed trial yet.</p>"
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     body = "".join(
         f"<h2>{t}</h2>" + (f'<img src="data:image/png;base64,{img}">' if not
                            img.startswith("unavailable") else f"<p>{img}</p>")
         for t, img in figures)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lrkit tune: "
             f"{html.escape(study.study_name)}</title><style>body{{font-family:sans-serif;"
-            f"max-width:900px;margin:2em auto}}td{{padding:2px 10px}}</style></head><body>"
+            f"max-width:900px;margin:2em auto}}td{{padding:2px 10px}}"
+            f"table{{border-collapse:collapse;margin:1em 0}}table td{{border:1px solid #ccc}}"
+            f"p.summary{{margin-top:1em}}</style></head><body>"
             f"<h1>lrkit tune: {html.escape(study.study_name)}</h1>{head}"
-            f"<table>{rows}</table><p>Trials: {html.escape(str(counts))}</p>{body}"
+            f"<table>{rows}</table><p class='summary'>Trials: {html.escape(summary)}</p>{body}"
             f"</body></html>")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(page)
     return str(path)
+
+
+def _figure(make: Callable[[], Any]) -> str:
+    """The figure ``make()`` draws as base64 PNG, or ``"unavailable: why"``."""
+    from lrkit.plot import save_png_bytes
+
+    try:
+        ax = make()
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(7, 4)
+        return base64.b64encode(save_png_bytes(fig)).decode()
+    except Exception as exc:  # too few trials for a plot: say so instead
+        return f"unavailable: {html.escape(str(exc))}"
+
+
+def _report_plots(result: TuneResult) -> list[tuple[str, Callable[[], Any]]]:
+    """The report's plots: (title, function drawing it and returning its axes)."""
+    from optuna.trial import TrialState
+
+    from lrkit.plot import new_axes, plot_trials
+
+    trials = result.study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in pruned}
+    pick = max if result.direction == "maximize" else min
+    best = [pick(t.value for t in done[:i + 1]) for i in range(len(done))]
+    ylabel = "value (pruned: last reported)"
+
+    def history():
+        _, (ax,) = new_axes(1)
+        return plot_trials(ax, [t.number for t in done], [t.value for t in done],
+                           [t.number for t in pruned], [last[t.number] for t in pruned],
+                           xlabel="trial", ylabel=ylabel, best=best)
+
+    def lr_slice():
+        have = [t for t in done if "lr" in t.params]
+        cut = [t for t in pruned if "lr" in t.params]
+        if not have and not cut:
+            raise ValueError("no trial has an lr")
+        _, (ax,) = new_axes(1)
+        return plot_trials(ax, [t.params["lr"] for t in have], [t.value for t in have],
+                           [t.params["lr"] for t in cut], [last[t.number] for t in cut],
+                           xlabel="lr", ylabel=ylabel, log_x=True)
+
+    def importances():
+        if len(done) < 5:
+            raise ValueError(f"needs 5 completed trials, the study has {len(done)} (pruned "
+                             f"trials have no final value)")
+        import optuna.visualization.matplotlib as ov
+
+        return ov.plot_param_importances(result.study)
+
+    return [("Optimisation history", history), ("Slice on lr", lr_slice),
+            ("Parameter importances", importances)]
