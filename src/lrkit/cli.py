@@ -330,8 +330,10 @@ def tune(target: str, trials: int, storage: str | None, study: str | None, worke
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="autopilot-report.html",
               show_default=True, help="Where to write the HTML report.")
+@click.option("--save", type=click.Path(dir_okay=False), default=None,
+              help="Save the trained model's state_dict there (torch.save), e.g. model.pt.")
 def fit(target: str, steps: int | None, optimizer: str, budget: float, schedule: str | None,
-        seed: int, out: str) -> None:
+        seed: int, out: str, save: str | None) -> None:
     """Train TARGET with the autopilot: it picks the learning rate and schedule, guards
     the run and explains its choices.
 
@@ -368,9 +370,15 @@ def fit(target: str, steps: int | None, optimizer: str, budget: float, schedule:
                f"{report._final_loss():.4g}" + (" (diverged)" if report.diverged else ""))
     if task is not None:
         value = _task_metric(task, loaded.model, seed)
+        report.metrics[task.metric] = (value, task.target)
         click.echo(f"{task.metric}: {value:.4g} (target {task.target:g})")
     report.to_html(out)
     click.echo(f"report written to {out}")
+    if save:
+        import torch
+
+        torch.save(loaded.model.state_dict(), save)
+        click.echo(f"model weights (state_dict) written to {save}")
 
 
 def _task_metric(task, model, seed: int) -> float:

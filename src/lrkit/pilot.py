@@ -76,7 +76,7 @@ class Probe:
     lr: float
     steps: int
     score: float  # loss on the held batches at the end (inf when it diverged)
-    rung: int
+    rung: int  # from 1, as explain() counts them
 
 
 @dataclass
@@ -99,6 +99,9 @@ class AutopilotReport:
     compute: dict[str, float] = field(default_factory=dict)  # in steps of one plain run
     wall_time: dict[str, float] = field(default_factory=dict)  # seconds per phase
     diverged: bool = False
+    #: the trained model's scores that a caller measured (a task's metric: ``lrkit fit``
+    #: adds it), shown in the HTML page: name -> (value, target or None)
+    metrics: dict[str, tuple[float, float | None]] = field(default_factory=dict)
 
     @property
     def relative_compute(self) -> float:
@@ -143,7 +146,7 @@ margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}</style></head><body>
 <p>Optimizer <b>{html.escape(self.optimizer)}</b>, peak learning rate <b>{lr_text}</b>,
 schedule <code>{html.escape(self.schedule)}</code>, {self.steps} steps.
 Compute: {self.relative_compute:.2f}x one plain run ({compute}).
-Final training loss {self._final_loss():.4g}{self._final_val()}.</p>
+Final training loss {self._final_loss():.4g}{self._final_val()}.{self._metrics()}</p>
 <h2>Decisions</h2><ol>{"".join(f"<li>{html.escape(d)}</li>" for d in self.decisions)}</ol>
 <img src="data:image/png;base64,{image}" style="width:100%">
 <h2>Probes</h2><table><tr><th>rung</th><th>lr</th><th>steps</th><th>score</th></tr>{rows}
@@ -156,6 +159,12 @@ Final training loss {self._final_loss():.4g}{self._final_val()}.</p>
     def _final_loss(self) -> float:
         tail = [v for v in self.losses[-max(1, len(self.losses) // 20):] if math.isfinite(v)]
         return float(np.mean(tail)) if tail else math.nan
+
+    def _metrics(self) -> str:
+        return "".join(
+            f" <b>{html.escape(name)}</b> {value:.4g}"
+            + (f" (target {target:g})" if target is not None else "") + "."
+            for name, (value, target) in self.metrics.items())
 
     def _final_val(self) -> str:
         return f", validation loss {self.val_losses[-1]:.4g}" if self.val_losses else ""
@@ -469,7 +478,7 @@ def _choose_lr(model, opt, batches, scorer, loss_fn, step_fn, steps, extra, shap
             diverged = len(losses) < probe_steps or not all(map(math.isfinite, losses))
             score = math.inf if diverged else scorer()
             scores.append(score)
-            report.probes.append(Probe(float(lr), probe_steps, float(score), rung))
+            report.probes.append(Probe(float(lr), probe_steps, float(score), rung + 1))
         order = np.argsort(scores, kind="stable")
         keep = max(1, math.ceil(count / 2))
         alive = [alive[i] for i in order[:keep]]

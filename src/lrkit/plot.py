@@ -130,6 +130,20 @@ def plot_lr_finder(result: Any, ax: Any = None):
     return ax
 
 
+def _clip_blow_up(ax: Any, losses: Sequence[float]) -> None:
+    """A range test's loss on a log axis (when positive) cut at 4x its first value, so the
+    final blow-up does not flatten the part of the curve that decides."""
+    finite = np.asarray([v for v in losses if np.isfinite(v)], dtype=float)
+    if not len(finite):
+        return
+    low, top = float(finite.min()), min(float(finite.max()), 4.0 * abs(float(finite[0])))
+    if low > 0:
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.1, max(top, low * 1.1) * 1.1)
+    elif top > low:
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
+
+
 def save_png_bytes(fig: Any, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (for pages that embed their figures); closes it."""
     import io
@@ -163,6 +177,7 @@ def plot_autopilot(report: Any, axes: Sequence[Any] | None = None):
     rt = report.range_test
     if rt:
         ax_search.plot(rt["lrs"], rt["losses"], color="0.6", lw=1, label="range test loss")
+        _clip_blow_up(ax_search, rt["losses"])
         if report.suggestion:
             ax_search.axvline(report.suggestion, color="tab:blue", ls="--", lw=1,
                               label=f"suggestion {report.suggestion:.2g}")
