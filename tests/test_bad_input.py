@@ -118,6 +118,13 @@ EXEMPT = {
     "lrkit.tuning.Report": "the reporter tune() hands an objective (wraps Optuna's trial)",
     "lrkit.tuning.sample": "a step of tune(): draws from a space with Optuna's trial",
     "lrkit.tuning.fail_dead_trials": "a step of tune() on the Optuna study it opened",
+    "lrkit.tuning.redact": "hides a password in a storage URL for display; open_storage "
+                           "checks the URL",
+    "lrkit.plot.plot_trials": "a figure of the tuning report, from the Optuna study that "
+                              "write_report() reads",
+    **{f"lrkit.bench.{n}": "the data and reference optimum of the built-in tasks, which "
+       "Task.prepare and the builders call with fixed arguments" for n in (
+           "data.cached", "tasks.digits_optimum", "tasks.newton_softmax")},
 }
 
 
