@@ -277,7 +277,7 @@ def test_a_killed_worker_leaves_its_trial_failed_not_lost(tmp_path):
         cwd = os.getcwd()
         os.chdir(HERE)
         result = tune("tune_targets:slow_regression", space={"lr": LogUniform(1e-3, 0.1)},
-                      trials=3, steps=20, storage=storage, study="killed", pruner="none")
+                      trials=3, steps=200, storage=storage, study="killed", pruner="none")
     finally:
         os.chdir(cwd)
         os.environ.pop("LRKIT_TEST_SLEEP", None)
