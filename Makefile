@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job: the arena's quick suite (under 10 minutes on 2 cores), resumable;
+# The main job: the arena's quick suite (about 4 minutes on 2 idle cores), resumable;
 # results, report.md and report.html in bench-results/.
 run: install
 	$(VENV)/bin/lrkit bench --suite quick --out bench-results

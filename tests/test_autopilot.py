@@ -94,6 +94,15 @@ def test_any_batch_structure_through_step_fn_and_callbacks():
     assert report.losses[-1] < report.losses[0]
 
 
+def test_dict_batches_without_step_fn_say_what_to_pass():
+    """The message find_lr gives, named for the autopilot (not torch's linear() error)."""
+    model, loader, loss_fn = problem()
+    dict_loader = [{"x": x, "y": y} for x, y in loader]
+    with pytest.raises(TypeError, match=r"^autopilot\(\): without step_fn each batch must be "
+                       r"an \(inputs, targets\) pair, got a dict; pass step_fn=lambda"):
+        lrkit.autopilot(model, dict_loader, loss_fn, steps=50, progress=False)
+
+
 def test_the_guard_rolls_back_a_nan_and_the_run_still_completes():
     model, loader, loss_fn = problem()
     calls = {"n": 0}
@@ -159,6 +168,49 @@ def test_cli_fit_on_a_builtin_task(tmp_path):
     assert result.exit_code == 0, result.output
     assert "peak lr" in result.output and "risk:" in result.output
     assert out.exists()
+
+
+def test_cli_fit_reports_the_metric_saves_the_model_and_counts_rungs_from_1(tmp_path):
+    """Issue 16: the HTML left out the task metric, no way to save the model, rungs 0-2 in
+    the HTML and 1-3 in explain(), and a linear range-test axis flattened by the blow-up."""
+    import re
+
+    import matplotlib.pyplot as plt
+
+    from lrkit.bench import get_task
+    from lrkit.pilot import AutopilotReport
+
+    out, weights = tmp_path / "fit.html", tmp_path / "model.pt"
+    seen = {}
+    real = AutopilotReport.to_html
+
+    def keep(self, path=None):
+        seen["report"] = self
+        return real(self, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AutopilotReport, "to_html", keep)
+        result = CliRunner().invoke(main, ["fit", "noisy_quadratic", "--steps", "200",
+                                           "--optimizer", "sgd(momentum=0.9)", "--out",
+                                           str(out), "--save", str(weights)])
+    assert result.exit_code == 0, result.output
+    printed = re.search(r"risk: (\S+) \(target", result.output)[1]
+    page = out.read_text()
+    assert f"<b>risk</b> {printed} (target 0.015)" in page
+    model = get_task("noisy_quadratic").build(0).model
+    model.load_state_dict(torch.load(weights))
+    assert str(weights) in result.output
+    report = seen["report"]
+    rungs = sorted({p.rung for p in report.probes})
+    assert rungs and rungs[0] == 1
+    for rung in rungs:
+        assert f"rung {rung} (" in report.explain()
+    assert "<tr><td>0</td>" not in page and "<tr><td>1</td>" in page
+    fig, axes = plt.subplots(1, 3)
+    report.plot(axes)
+    first = next(v for v in report.range_test["losses"] if math.isfinite(v))
+    assert axes[0].get_yscale() == "log" and axes[0].get_ylim()[1] <= 4.0 * 1.1 * first * 1.0001
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("args, message", [

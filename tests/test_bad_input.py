@@ -136,6 +136,13 @@ EXEMPT = {
            "objective.Objective", "objective.ObjectiveSpec", "objective.resolve",
            "workers.StudySettings", "workers.run_worker", "workers.run_workers",
            "workers.LiveTable", "workers.fmt", "storage.Heartbeat")},
+    "lrkit.tuning.storage.redact": "hides a password in a storage URL for display; "
+                                   "open_storage checks the URL",
+    "lrkit.plot.plot_trials": "a figure of the tuning report, from the Optuna study that "
+                              "write_report() reads",
+    **{f"lrkit.bench.{n}": "the data and reference optimum of the built-in tasks, which "
+       "Task.prepare and the builders call with fixed arguments" for n in (
+           "data.cached", "tasks.digits_optimum", "tasks.newton_softmax")},
 }
 
 

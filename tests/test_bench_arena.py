@@ -328,3 +328,24 @@ def test_cli_bench_errors_are_one_line(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     res = runner.invoke(main, ["report", str(tmp_path / "empty.csv")])
     assert res.exit_code == 1 and "holds no finished cells" in res.output
+
+
+def test_single_task_summary_keeps_its_labels_inside_the_figure():
+    """Issue 16: with one task the summary clipped and overlapped the colour-bar label and
+    the profile's y label."""
+    from lrkit.plot import plot_arena_summary
+
+    rows = [_row(method=m, lr=0.1, seed=0, final=f, stt=50 if f < 0.5 else None)
+            for m, f in (("a", 0.4), ("b", 0.9), ("c", 0.45))]
+    fig = plot_arena_summary(summarize(rows, []))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = [t for ax in fig.axes for t in (ax.yaxis.label, ax.xaxis.label) if t.get_text()]
+    assert len(texts) >= 3
+    extents = [t.get_window_extent(renderer) for t in texts]
+    for t, e in zip(texts, extents):
+        assert box.x0 <= e.x0 and e.x1 <= box.x1 and box.y0 <= e.y0 and e.y1 <= box.y1, \
+            t.get_text()
+    import matplotlib.pyplot as plt
+    plt.close(fig)

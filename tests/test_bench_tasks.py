@@ -125,6 +125,35 @@ def test_digits_optimum_is_exact():
     assert inst.evaluate(inst.model) == pytest.approx(1.0)  # starts from zero
 
 
+def test_digits_optimum_stops_at_rounding_and_is_cached_on_disk(tmp_path, monkeypatch):
+    """Newton's method stops at the objective's rounding (a dozen solves, not 100 with
+    backtracking that can never succeed); the result is computed once per machine."""
+    from lrkit.bench import tasks as T
+
+    monkeypatch.setenv("LRKIT_CACHE", str(tmp_path))
+    T.digits_optimum.cache_clear()
+    solve, solves = torch.linalg.solve, []
+    monkeypatch.setattr(torch.linalg, "solve", lambda *a: solves.append(1) or solve(*a))
+    heard = []
+    try:
+        w = T.digits_optimum(log=heard.append)
+        assert len(solves) <= 15
+        assert len(heard) == 1 and "optimum" in heard[0] and str(tmp_path) in heard[0]
+        assert len(list(tmp_path.glob("digits-optimum-*.npz"))) == 1
+        T.digits_optimum.cache_clear()
+        monkeypatch.setattr(T, "newton_softmax", lambda *a: pytest.fail("not cached"))
+        again = T.digits_optimum(log=heard.append)
+        assert torch.equal(again, w) and len(heard) == 1
+    finally:
+        T.digits_optimum.cache_clear()
+    x, y = T._digits_tensors()
+    weight = w[:-10].view(10, -1).clone().requires_grad_(True)
+    bias = w[-10:].clone().requires_grad_(True)
+    reg = 0.5 * T.DIGITS_L2 * (weight.pow(2).sum() + bias.pow(2).sum())
+    (torch.nn.functional.cross_entropy(x @ weight.T + bias, y) + reg).backward()
+    assert torch.cat([weight.grad.flatten(), bias.grad]).norm() < 1e-10
+
+
 def test_train_checks_its_arguments():
     make = get_task("quadratic").reference.make_optimizer
     with pytest.raises(TypeError, match="train\\(\\): task must be a Task or a task name"):

@@ -72,6 +72,26 @@ def test_find_on_a_built_in_task(tmp_path):
     assert "range test on rosenbrock" in result.output or "rosenbrock" in result.output
 
 
+def test_a_task_s_first_build_says_what_it_computes(tmp_path, monkeypatch):
+    """digits_softmax's first build on a machine computes its optimum: the command line
+    says so before the wait, and a second run reads it from the cache, silently."""
+    from lrkit.bench import tasks as T
+
+    monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(T, "newton_softmax", lambda x, y, l2: torch.ones(650, dtype=x.dtype))
+    T.digits_optimum.cache_clear()
+    try:
+        outputs = [CliRunner().invoke(main, ["find", "digits_softmax", "--steps", "5", "--out",
+                                             str(tmp_path / "f.png")]) for _ in range(2)]
+    finally:
+        T.digits_optimum.cache_clear()
+    assert all(r.exit_code == 0 for r in outputs), outputs[0].output
+    assert ("preparing task digits_softmax: computing its exact optimum by Newton's method"
+            in outputs[0].output)
+    assert str(tmp_path / "cache") in outputs[0].output
+    assert "preparing" not in outputs[1].output
+
+
 @pytest.mark.parametrize("target, message", [
     ("nosuchpkg.mod:setup", "Error: cannot import 'nosuchpkg.mod' for TARGET "
                             "'nosuchpkg.mod:setup': ModuleNotFoundError"),

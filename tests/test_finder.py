@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -494,3 +495,14 @@ def test_warnings_for_curves_that_do_not_say_much():
     assert any("still falling" in w for w in r.warnings)
     r = run_curve(lambda lr: 1 + lr, start=1e-3, end=1.0)  # never fell
     assert any("never fell" in w for w in r.warnings)
+
+
+def test_warnings_are_also_python_warnings_at_the_callers_line():
+    with pytest.warns(lrkit.LRFinderWarning, match=r"^find_lr\(\): .*still falling") as rec:
+        r = run_curve(lambda lr: 1 / (1 + lr), end=1e-3)
+    assert [str(w.message) for w in rec] == [f"find_lr(): {w}" for w in r.warnings]
+    assert all(w.filename == run_curve.__code__.co_filename for w in rec)  # not finder.py
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lrkit.LRFinderWarning)
+        r = run_curve(lambda lr: 1 / (1 + lr), end=1e-3, warn=False)
+    assert any("still falling" in w for w in r.warnings)

@@ -260,3 +260,55 @@ def test_spread_leaves_the_rule_of_a_smooth_curve_alone():
         assert guard.check(1.0 + 1e-3 * math.sin(i))
     assert guard.threshold() == pytest.approx(3.0, rel=1e-2)
     assert not guard.check(3.2)
+
+
+def collapse(seed=0):
+    """Minibatch losses that fall from chance level (2.3) to 0.2, then climb back within 40
+    steps and stay there: a run that collapsed to chance without any single spike."""
+    g = torch.Generator().manual_seed(seed)
+    noise = (1 + 0.2 * torch.randn(400, generator=g)).clamp(min=0.3).tolist()
+    level = [2.3 * (0.2 / 2.3) ** min(1.0, i / 120) for i in range(200)]
+    level += [0.2 + 2.1 * min(1.0, i / 40) for i in range(200)]
+    return [a * b for a, b in zip(level, noise)]
+
+
+@pytest.mark.parametrize("kwargs", [{"spread": 3.0}, {"window": 20, "spread": 3.0},
+                                    {"spread": 10.0}])
+def test_a_sustained_rise_back_to_the_start_is_caught(kwargs):
+    """Issue 16: spread=3 let a run climb back to chance level with 0 interventions."""
+    model, opt, sched, *_ = setup()
+    guard = DivergenceGuard(model, opt, sched, max_retries=10**6, **kwargs)
+    verdicts = [guard.check(v) for v in collapse()]
+    rises = [e for e in guard.events if e.kind == "rise"]
+    assert rises, guard.summary()
+    first = rises[0]
+    assert 200 < first.step <= 300  # within a few blocks of the climb
+    assert first.restored_to <= 215  # a state from before the climb was half-way
+    assert "sustained rise" in first.describe()
+    assert verdicts[first.step] is False
+    plain = DivergenceGuard(model, opt, sched, rise=None, **kwargs)
+    assert all(plain.check(v) for v in collapse()) and not plain.events
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_rise_rule_leaves_noise_and_a_plateau_alone(seed):
+    model, opt, sched, *_ = setup()
+    for kwargs in ({"spread": 3.0}, {"spread": 3.0, "window": 20}):
+        guard = DivergenceGuard(model, opt, sched, **kwargs)
+        for v in noisy_losses(2000, seed):
+            guard.check(v)
+        assert not [e for e in guard.events if e.kind == "rise"]
+    guard = DivergenceGuard(model, opt, sched, spread=3.0)
+    falls = [2.3 * (0.05 / 2.3) ** min(1.0, i / 300) for i in range(1000)]  # then a plateau
+    g = torch.Generator().manual_seed(seed)
+    assert all(guard.check(v * float(1 + 0.3 * torch.rand(1, generator=g))) for v in falls)
+
+
+def test_events_number_steps_from_zero_like_the_loop():
+    """Issue 16: a NaN injected at loop step 25 was reported as step 26."""
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched, window=10)
+    train(model, opt, sched, guard, x, y, 40, poison={25: float("nan")})
+    (event,) = guard.events
+    assert event.step == 25 and event.describe().startswith("step 25: non-finite loss")
+    assert event.restored_to == 20  # the snapshot after 20 good losses: the start of step 20

@@ -155,3 +155,72 @@ def test_reestimate_batchnorm_accepts_a_forward_function_and_a_batch_limit():
                          num_batches=2)
     assert seen == [8, 8] and int(model[1].num_batches_tracked) == 2
     assert math.isfinite(float(model[1].running_var.sum()))
+
+
+def _trained(cls, steps=5):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = cls(model.parameters(), lr=0.01 if cls is ScheduleFreeAdamW else 0.1)
+    x = torch.randn(16, 4)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    return model, opt, x
+
+
+@pytest.mark.parametrize("cls", [ScheduleFreeAdamW, ScheduleFreeSGD])
+def test_bind_ties_the_optimizer_mode_to_the_model(cls):
+    """Issue 16: model.eval() without opt.eval() scored the training weights."""
+    import warnings
+
+    from lrkit.optim import ScheduleFreeModeWarning
+
+    model, opt, x = _trained(cls)
+    handle = opt.bind(model)
+    y = [p.detach().clone() for p in model.parameters()]
+    model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error", ScheduleFreeModeWarning)
+        bound_out = model(x)
+    assert not opt.training  # the forward saw eval mode: the averaged weights x
+    ref, ref_opt, _ = _trained(cls)
+    ref_opt.eval()
+    with torch.no_grad():
+        assert torch.equal(bound_out, ref.eval()(x))
+    model.train()
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()  # back to y before the forward, bit for bit
+    assert opt.training
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), y))
+    opt.step()
+    handle.remove()
+    model.eval()
+    with pytest.warns(ScheduleFreeModeWarning), torch.no_grad():
+        model(x)
+    assert opt.training  # unbound: the model's mode no longer moves the optimizer
+
+
+@pytest.mark.parametrize("cls", [ScheduleFreeAdamW, ScheduleFreeSGD])
+def test_evaluating_with_the_training_weights_warns_once_at_the_callers_line(cls):
+    from lrkit.optim import ScheduleFreeModeWarning
+
+    model, opt, x = _trained(cls)
+    model.eval()
+    with pytest.warns(ScheduleFreeModeWarning, match=r"opt.eval\(\).*opt.bind\(model\)") as rec:
+        with torch.no_grad():
+            model(x)
+            model(x)
+    ours = [w for w in rec if issubclass(w.category, ScheduleFreeModeWarning)]
+    assert len(ours) == 1 and ours[0].filename == __file__
+    import warnings
+
+    fresh, opt2, _ = _trained(cls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScheduleFreeModeWarning)
+        opt2.eval()
+        with torch.no_grad():
+            fresh.eval()(x)  # the right way: no warning
+        opt2.train()
+        fresh.train()
+        fresh(x).sum().backward()  # training forwards never warn

@@ -97,3 +97,25 @@ def test_explain_before_any_step_says_so():
         opt.explain(model[0].weight)
     assert opt.effective_lr()[0][0] is None
     assert math.isnan(opt.lr_stats()[0]["median"])
+
+
+@pytest.mark.parametrize("info,cfg", CASES, ids=[f"{i.name}-{case_id(c)}" for i, c in CASES])
+def test_frozen_and_unused_parameters_are_skipped(info, cfg):
+    """Fine-tuning passes frozen layers through model.parameters(): the group steps while
+    they never get a gradient; effective_lr()/lr_stats() report them as not stepped."""
+    model = make_model(torch.float64)
+    frozen = model[0].weight.requires_grad_(False)
+    unused = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))  # never in the loss
+    opt = info.cls([{"params": [*model.parameters(), unused]}], **cfg)
+    train(opt, model, batches(torch.float64), 3)
+    nested = opt.effective_lr()
+    params = opt.param_groups[0]["params"]
+    for p, eta in zip(params, nested[0]):
+        if p is frozen or p is unused:
+            assert eta is None
+            with pytest.raises(ValueError, match="not been updated"):
+                opt.explain(p)
+        else:
+            assert eta is not None and eta.shape == p.shape
+    stats = opt.lr_stats()[0]
+    assert all(math.isfinite(v) for v in stats.values()), stats

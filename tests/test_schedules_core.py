@@ -84,12 +84,15 @@ def test_text_reads_like_python_calls():
         ("cosine(0.1, total=100", 21, "',' or ')'"),
         ("cosine 0.1", 7, "'('"),
         ("", 0, "a schedule"),
-        ("cosine(0.1, total=0)", 0, "total must be a positive integer"),
+        ("cosine(0.1, total=0)", 12, "total must be a positive integer"),  # the argument
         ("nosuch(1)", 0, "unknown schedule 'nosuch'"),
         ("cosine(0.1, total=10, total=20)", 22, "given twice"),
         ("cosine(total=10, 0.1)", 17, "positional argument cannot follow"),
         ("cosine(0.1, 10) $", 16, "unexpected character '$'"),
-        ("cosine(0.1, 10, bogus=3)", 0, "unexpected keyword argument 'bogus'"),
+        ("cosine(0.1, 10, bogus=3)", 16, "unknown argument 'bogus'; it takes lr, total, end"),
+        ("cosine(0.1, totl=10)", 12, "cosine(): unknown argument 'totl'"),  # issue 16
+        ("warmup(20, cosine(1.0, total=180))", 7, "s must be a Schedule"),
+        ("cosine(0.1, -3)", 12, "total must be a positive integer"),
         ("[1, 2]", 0, "expected a schedule"),
     ],
 )

@@ -25,6 +25,7 @@ from lrkit.tuning import (
     IntUniform,
     LogUniform,
     StorageError,
+    StudyMismatchError,
     Uniform,
     default_space,
     open_storage,
@@ -129,6 +130,27 @@ def test_module_function_target(tmp_path, monkeypatch):
     assert result.best_value < 2.0
 
 
+def test_a_study_scored_with_other_settings_is_refused(tmp_path, monkeypatch):
+    """Issue 16: a rerun with --steps 200 on a study scored at 300 steps ran no trial and
+    printed a schedule rebuilt for 200 steps; now it says why it cannot resume."""
+    monkeypatch.chdir(HERE)
+    storage = journal(tmp_path)
+    first = tune("tune_targets:regression", trials=2, steps=30, storage=storage, seed=0,
+                 pruner="none", range_test=False)
+    assert first.study.user_attrs["lrkit_settings"] == {"steps": 30, "optimizer": "adam"}
+    with pytest.raises(StudyMismatchError, match=r"scored with steps=30; this run asks for "
+                                                 r"steps=20.*name a new study"):
+        tune("tune_targets:regression", trials=3, steps=20, storage=storage, seed=0)
+    result = CliRunner().invoke(main, ["tune", "tune_targets:regression", "--trials", "3",
+                                       "--steps", "30", "--optimizer", "sgd",
+                                       "--storage", storage, "--out", str(tmp_path / "r.html")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "optimizer='adam'; this run asks for optimizer='sgd'" in result.output
+    again = tune("tune_targets:regression", trials=3, steps=30, storage=storage, seed=0,
+                 pruner="none", range_test=False)  # the same settings resume
+    assert len(again.study.trials) == 3
+
+
 def test_seeded_search_reaches_the_grid_best_within_10_percent(tmp_path):
     """Issue 8: a seeded search on a built-in task, at most 30 trials, within 10% of the
     best final metric of the grid (9 log-spaced peak lrs x the 7 default families, SGD
@@ -177,6 +199,38 @@ def test_bad_storage_urls(url, message):
         open_storage(url)
 
 
+SECRET = "s3cretpw"
+
+
+@pytest.mark.parametrize("url, workers", [
+    (f"postgresql://alice:{SECRET}@127.0.0.1:1/db", 1),     # unreachable server
+    (f"postgres://alice:{SECRET}@127.0.0.1:1/db", 1),
+    (f"postgresql+nosuchdriver://alice:{SECRET}@127.0.0.1:1/db", 1),
+    (f"mysql://alice:{SECRET}@127.0.0.1:1/db", 1),
+    (f"foo://alice:{SECRET}@host/db", 1),                  # unknown kind
+    (f"sqlite://alice:{SECRET}@/x.db", 2),                  # refused for workers
+])
+def test_storage_errors_never_show_the_password(url, workers, tmp_path):
+    with pytest.raises(StorageError) as err:
+        open_storage(url, workers)
+    assert SECRET not in str(err.value) and "alice:***@" in str(err.value)
+    result = CliRunner().invoke(main, ["tune", "rosenbrock", "--storage", url, "--workers",
+                                       str(workers), "--trials", "1",
+                                       "--out", str(tmp_path / "r.html")])
+    assert result.exit_code != 0 and "alice:***@" in result.output
+    assert SECRET not in result.output
+
+
+def test_redact_hides_only_the_password():
+    from lrkit.tuning import redact
+
+    assert redact("postgresql://u:p%40ss@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact("postgresql+psycopg://u:pw@h/db?x=1") == "postgresql+psycopg://u:***@h/db?x=1"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact("sqlite:///a:b@c.db") == "sqlite:///a:b@c.db"  # a path, not a password
+    assert redact("journal:/x/y.journal") == "journal:/x/y.journal"
+
+
 def test_sqlite_refuses_parallel_workers(tmp_path):
     with pytest.raises(StorageError, match="not safe"):
         tune(quadratic, space={"lr": LogUniform(1e-3, 1)}, storage=f"sqlite:///{tmp_path}/x.db",
@@ -223,7 +277,7 @@ def test_a_killed_worker_leaves_its_trial_failed_not_lost(tmp_path):
         cwd = os.getcwd()
         os.chdir(HERE)
         result = tune("tune_targets:slow_regression", space={"lr": LogUniform(1e-3, 0.1)},
-                      trials=3, steps=20, storage=storage, study="killed", pruner="none")
+                      trials=3, steps=200, storage=storage, study="killed", pruner="none")
     finally:
         os.chdir(cwd)
         os.environ.pop("LRKIT_TEST_SLEEP", None)
@@ -276,6 +330,58 @@ def test_cli_prints_the_best_schedule_and_writes_a_report(tmp_path):
     page = out.read_text()
     assert page.count("data:image/png;base64,") >= 2
     assert "Optimisation history" in page and "Slice on lr" in page
+
+
+def test_report_shows_pruned_trials_and_says_what_value_is(tmp_path, monkeypatch):
+    """Issue 16: 1 complete and 5 pruned trials gave one point per plot, uniform
+    importances, no word on what "value" is, and a leaked ExperimentalWarning."""
+    import warnings
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from lrkit import plot, tuning
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("lrkit_objective", "test_accuracy of task mnist1d_mlp after 50 "
+                                           "training steps with adam, maximised")
+    dist = {"lr": FloatDistribution(1e-6, 1.0, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=dist,
+                                              value=0.9, intermediate_values={10: 0.5}))
+    for i in range(5):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 10.0 ** -(i + 1)}, distributions=dist,
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={10: 0.1 * i, 20: 0.1 * i + 0.05}))
+    drawn = []
+    real = plot.plot_trials
+    monkeypatch.setattr(plot, "plot_trials", lambda ax, *a, **k: drawn.append(a) or
+                        real(ax, *a, **k))
+    out = tmp_path / "r.html"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuning.write_report(tuning.TuneResult(study, "maximize", 50), str(out))
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+    history, lr_slice = drawn
+    assert history[2] == [1, 2, 3, 4, 5] and history[3] == pytest.approx(
+        [0.05, 0.15, 0.25, 0.35, 0.45])  # pruned trials at their last reported value
+    assert lr_slice[2] == pytest.approx([0.1, 0.01, 1e-3, 1e-4, 1e-5])
+    page = out.read_text()
+    assert "Value: test_accuracy of task mnist1d_mlp after 50 training steps" in page
+    assert "<p class='summary'>Trials: 1 complete, 5 pruned</p>" in page
+    assert page.count("data:image/png;base64,") == 2
+    assert "unavailable: needs 5 completed trials, the study has 1" in page
+
+
+def test_tune_records_what_value_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(HERE)
+    result = tune("tune_targets:regression", trials=1, steps=20, storage=journal(tmp_path),
+                  range_test=False)
+    assert result.study.user_attrs["lrkit_objective"] == (
+        "mean training loss of tune_targets:regression over the last tenth of 20 training "
+        "steps with adam, minimised")
+    help_text = CliRunner().invoke(main, ["tune", "--help"]).output
+    assert "mean training loss over the last tenth of --steps" in " ".join(help_text.split())
 
 
 @pytest.mark.parametrize("args, message", [

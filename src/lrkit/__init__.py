@@ -22,6 +22,7 @@ _LAZY = {
     "DivergenceError": "lrkit.guard",
     "find_lr": "lrkit.finder",
     "LRFinderResult": "lrkit.finder",
+    "LRFinderWarning": "lrkit.finder",
     "optim": "lrkit.optim",
     "NonFiniteGradientError": "lrkit.errors",
     "tune": "lrkit.tuning",

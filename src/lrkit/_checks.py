@@ -18,6 +18,18 @@ def _fail(fn: str, name: str, allowed: str, value: Any, exc: type[Exception] = V
     raise exc(f"{fn}: {name} must be {allowed}, got {value!r}")
 
 
+def batch_pair(fn: str, batch: Any) -> tuple[Any, Any]:
+    """A batch as ``(inputs, targets)``, for entry points that take ``loss_fn`` and an
+    optional ``step_fn``; any other structure names ``step_fn`` as the way out."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        kind = type(batch).__name__ + (f" of length {len(batch)}"
+                                       if isinstance(batch, (tuple, list)) else "")
+        raise TypeError(f"{fn}: without step_fn each batch must be an (inputs, targets) "
+                        f"pair, got a {kind}; pass step_fn=lambda model, batch: loss for "
+                        "other batch structures")
+    return batch[0], batch[1]
+
+
 def real(fn: str, name: str, value: Any) -> float:
     """A finite real number (bools and strings are refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -10,6 +10,7 @@ random generators back exactly as they were. The recorded curve goes to every ru
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,10 @@ from lrkit.scheduler import Scheduler
 
 _FN = "find_lr()"
 MODES = ("exp", "linear")
+
+
+class LRFinderWarning(UserWarning):
+    """A doubt about a range test's curve (also listed in ``LRFinderResult.warnings``)."""
 
 
 # -- suggestion rules ------------------------------------------------------------------
@@ -300,6 +305,7 @@ def find_lr(
     val_loader: Iterable[Any] | None = None,
     device: str | torch.device | None = None,
     callback: Callable[[int, float, float], None] | None = None,
+    warn: bool = True,
 ) -> LRFinderResult:
     """Run the learning-rate range test and suggest an initial learning rate.
 
@@ -325,6 +331,10 @@ def find_lr(
     ``device``, the model and its batches are moved there for the sweep and the model back
     afterwards. ``callback(step, lr, loss)`` is called after each step (a progress bar).
     A one-shot iterator as ``loader`` is consumed and cannot be restored.
+
+    Doubts about the curve (a loss still falling at the sweep's end or never falling,
+    a loader that ran out...) are listed in ``result.warnings`` and, with ``warn=True``,
+    also emitted as ``LRFinderWarning`` at the caller's line.
     """
     _check_objects(model, optimizer, loader, loss_fn, scaler, step_fn, val_loader, callback)
     start = C.positive(_FN, "start", start)
@@ -337,6 +347,7 @@ def find_lr(
     diverge = _check_diverge(diverge)
     accumulate = C.positive_int(_FN, "accumulate", accumulate)
     device = _check_device(device)
+    warn = C.boolean(_FN, "warn", warn)
 
     sweep = (S.exponential_decay(start, rate=end / start, every=steps - 1) if mode == "exp"
              else S.linear(start, end, total=steps - 1))
@@ -352,6 +363,7 @@ def find_lr(
     smoothed: list[float] = []
     stop_reason = "completed"
     snapshot = Snapshot(model, optimizer, scaler)
+    scale_applied = vars(optimizer).get("lr_scale_applied")  # the sweep's Scheduler sets it
     try:
         if device is not None:
             model.to(device)
@@ -386,6 +398,10 @@ def find_lr(
             scheduler.step()
     finally:
         snapshot.restore()
+        if scale_applied is None:
+            vars(optimizer).pop("lr_scale_applied", None)
+        else:
+            optimizer.lr_scale_applied = scale_applied  # type: ignore[attr-defined]
     if not lrs:
         raise ValueError(f"{_FN}: loader yielded no batches")
     arrays = [np.asarray(a, dtype=np.float64) for a in (lrs, losses, smoothed, train_losses)]
@@ -394,6 +410,9 @@ def find_lr(
     result = LRFinderResult(*arrays, suggestions=suggestions, stop_reason=stop_reason,
                             settings=settings)
     result.warnings.extend(_diagnose(result))
+    if warn:
+        for text in result.warnings:
+            warnings.warn(f"{_FN}: {text}", LRFinderWarning, stacklevel=2)
     return result
 
 

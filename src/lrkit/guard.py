@@ -30,6 +30,7 @@ from lrkit._snapshot import Snapshot
 from lrkit.scheduler import scale_lr
 
 log = logging.getLogger("lrkit.guard")
+RISE_BLOCK = 50  # losses per median of the sustained-rise rule
 
 
 class DivergenceError(RuntimeError):
@@ -40,16 +41,18 @@ class DivergenceError(RuntimeError):
 class GuardEvent:
     """One intervention of the guard."""
 
-    step: int  # the guard's count of checked losses when it happened
-    kind: str  # "nonfinite" or "spike"
+    step: int  # the 0-based index of the loss among those checked: a loop's own step
+    kind: str  # "nonfinite", "spike" or "rise"
     loss: float
     median: float  # the recent median the loss was compared with (nan when none yet)
-    restored_to: int  # the step whose state was restored
+    restored_to: int  # the step whose starting state was restored
     lr_factor: float  # the total factor on the learning rate after this event
 
     def describe(self) -> str:
-        what = "non-finite loss" if self.kind == "nonfinite" else (
-            f"loss spike {self.loss:.4g} (recent median {self.median:.4g})")
+        what = {"nonfinite": "non-finite loss",
+                "spike": f"loss spike {self.loss:.4g} (recent median {self.median:.4g})",
+                "rise": f"sustained rise: the median of the last losses, {self.loss:.4g}, "
+                        f"gave back most of the progress (best {self.median:.4g})"}[self.kind]
         return (f"step {self.step}: {what}; restored the state of step {self.restored_to}, "
                 f"learning rate x{self.lr_factor:.4g}")
 
@@ -89,6 +92,21 @@ class DivergenceGuard:
 
     A spike is judged against a positive median: with a loss that can be negative (a
     log-likelihood), only non-finite losses trigger it.
+
+    A run can also fail without any spike: the loss climbs back, step by step, to where
+    training started and stays there (a collapse to chance level), while the median of the
+    window climbs with it. With ``rise=r`` (default 0.5) the guard also intervenes (kind
+    ``"rise"``) when the median of a block of ``RISE_BLOCK`` (50) consecutive good losses
+    has given back more than ``r`` of the progress made: it lies above
+    ``best + r (start - best)``, ``start`` the median of the first block and ``best`` the
+    lowest block median so far, once the loss has fallen to a quarter of its start
+    (``best <= start / 4``: blocks of 50 and that margin keep minibatch noise from faking
+    either). Snapshots are not taken while the median of the last ``min_history`` losses
+    is more than half-way there, so the state restored predates the rise.
+    ``rise=None`` turns this off.
+
+    Steps are numbered from 0 in the order the losses are checked: ``GuardEvent.step`` is
+    the loop's own step when the loop checks one loss per step from step 0.
     """
 
     def __init__(
@@ -104,6 +122,7 @@ class DivergenceGuard:
         min_history: int = 10,
         snapshot_every: int | None = None,
         spread: float | None = None,
+        rise: float | None = 0.5,
     ) -> None:
         fn = "DivergenceGuard()"
         if not isinstance(model, torch.nn.Module):
@@ -124,12 +143,18 @@ class DivergenceGuard:
         self.min_history = C.positive_int(fn, "min_history", min_history)
         self.spread = None if spread is None else C.in_range(fn, "spread", spread, 0.0,
                                                              math.inf, low_open=True)
+        self.rise = None if rise is None else C.in_range(fn, "rise", rise, 0.0, 1.0,
+                                                         low_open=True)
         self.snapshot_every = C.positive_int(
             fn, "snapshot_every", self.window if snapshot_every is None else snapshot_every)
         self.steps = 0
         self.events: list[GuardEvent] = []
         self.lr_factor = 1.0
         self._losses: deque[float] = deque(maxlen=self.window)
+        self._recent: deque[float] = deque(maxlen=self.min_history)  # snapshot gating
+        self._block: list[float] = []  # the rise rule's current block
+        self._start = math.nan  # median of the first block
+        self._best = math.inf  # lowest block median
         self._retries = 0
         self._since_snapshot = 0
         self._snapshot: dict[str, Any] = {}
@@ -174,10 +199,32 @@ class DivergenceGuard:
             self._intervene("spike", value, median)
             return False
         self._losses.append(value)
+        self._recent.append(value)
+        if self.rise is not None:
+            self._block.append(value)
+            if len(self._block) == RISE_BLOCK:
+                block = statistics.median(self._block)
+                self._block = []
+                if self._above(block, self.rise):
+                    self._intervene("rise", block, self._best)
+                    self._recent.clear()
+                    return False
+                if math.isnan(self._start):
+                    self._start = block
+                self._best = min(self._best, block)
         self._since_snapshot += 1
-        if self._since_snapshot >= self.snapshot_every:
+        if self._since_snapshot >= self.snapshot_every and not (
+                self.rise is not None and len(self._recent) == self.min_history
+                and self._above(statistics.median(self._recent), 0.5 * self.rise)):
             self._take_snapshot()
         return True
+
+    def _above(self, median: float, fraction: float) -> bool:
+        """``median`` gave back more than ``fraction`` of the progress from the first block
+        to the best one (never before the loss fell to a quarter of its start)."""
+        if not (self._start > 0 and self._best <= self._start / 4):
+            return False
+        return median > self._best + fraction * (self._start - self._best)
 
     def threshold(self) -> float:
         """The loss above which the next one counts as a spike (inf until ``min_history``
@@ -204,7 +251,9 @@ class DivergenceGuard:
     def state_dict(self) -> dict[str, Any]:
         """The guard's counters and history (not the snapshot), for checkpoints."""
         return {"steps": self.steps, "lr_factor": self.lr_factor, "retries": self._retries,
-                "losses": list(self._losses), "events": [asdict(e) for e in self.events]}
+                "losses": list(self._losses), "events": [asdict(e) for e in self.events],
+                "recent": list(self._recent), "block": list(self._block),
+                "start": self._start, "best": self._best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counters and history (and snapshot the current state)."""
@@ -227,6 +276,11 @@ class DivergenceGuard:
             raise TypeError(f"{fn}: events: {exc}") from None
         self.steps, self.lr_factor = steps, lr_factor
         self._losses = deque(losses, maxlen=self.window)
+        self._recent = deque((float(v) for v in state.get("recent", ())),
+                             maxlen=self.min_history)  # absent from older checkpoints
+        self._block = [float(v) for v in state.get("block", ())]
+        self._start = float(state.get("start", math.nan))
+        self._best = float(state.get("best", math.inf))
         self.events = events
         self._take_snapshot()
         self._retries = retries
@@ -251,7 +305,7 @@ class DivergenceGuard:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
         self.lr_factor *= self.backoff
         scale_lr(self.optimizer, self.lr_factor / snap["lr_factor"], self.scheduler)
-        event = GuardEvent(self.steps, kind, loss, median, snap["step"], self.lr_factor)
+        event = GuardEvent(self.steps - 1, kind, loss, median, snap["step"], self.lr_factor)
         self.events.append(event)
         log.warning("%s", event.describe())
         self._since_snapshot = 0

@@ -63,13 +63,7 @@ def batch_loss(loss_fn: Callable[[Any, Any], torch.Tensor], fn: str = "train") -
     fn = C.text("batch_loss()", "fn", fn)
 
     def compute(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            kind = type(batch).__name__ + (f" of length {len(batch)}"
-                                           if isinstance(batch, (tuple, list)) else "")
-            raise TypeError(f"{fn}: without step_fn each batch must be an (inputs, targets) "
-                            f"pair, got a {kind}; pass step_fn=lambda model, batch: loss for "
-                            "other batch structures")
-        inputs, targets = batch
+        inputs, targets = C.batch_pair(fn, batch)
         return loss_fn(model(inputs), targets)
 
     return compute

@@ -65,7 +65,7 @@ class Probe:
     lr: float
     steps: int
     score: float  # loss on the held batches at the end (inf when it diverged)
-    rung: int
+    rung: int  # from 1, as explain() counts them
 
 
 @dataclass
@@ -88,6 +88,9 @@ class AutopilotReport:
     compute: dict[str, float] = field(default_factory=dict)  # in steps of one plain run
     wall_time: dict[str, float] = field(default_factory=dict)  # seconds per phase
     diverged: bool = False
+    #: the trained model's scores that a caller measured (a task's metric: ``lrkit fit``
+    #: adds it), shown in the HTML page: name -> (value, target or None)
+    metrics: dict[str, tuple[float, float | None]] = field(default_factory=dict)
 
     @property
     def relative_compute(self) -> float:
@@ -126,7 +129,7 @@ class AutopilotReport:
             schedule=self.schedule, steps=self.steps,
             relative_compute=f"{self.relative_compute:.2f}", compute=compute,
             final_loss=f"{self._final_loss():.4g}", final_val=self._final_val(),
-            decisions=self.decisions, image=image,
+            metrics=self._metrics(), decisions=self.decisions, image=image,
             probes=[(p.rung, f"{p.lr:.3g}", p.steps, f"{p.score:.4g}") for p in self.probes],
             events=[e["description"] for e in self.guard_events])
         if path is not None:
@@ -137,6 +140,11 @@ class AutopilotReport:
     def _final_loss(self) -> float:
         tail = [v for v in self.losses[-max(1, len(self.losses) // 20):] if math.isfinite(v)]
         return float(np.mean(tail)) if tail else math.nan
+
+    def _metrics(self) -> list[tuple[str, str, str | None]]:
+        """The task metrics as (name, value, target) texts, for the page."""
+        return [(name, f"{value:.4g}", None if target is None else f"{target:g}")
+                for name, (value, target) in self.metrics.items()]
 
     def _final_val(self) -> str:
         return f", validation loss {self.val_losses[-1]:.4g}" if self.val_losses else ""
@@ -449,7 +457,7 @@ def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
     suggestion = None
     if range_steps:
         result = find_lr(setup.model, setup.optimizer, _Replay(setup.batches), setup.loss_fn,
-                         step_fn=setup.step_fn, steps=range_steps)
+                         step_fn=setup.step_fn, steps=range_steps, warn=False)
         report.compute["range_test"] = float(len(result.lrs))
         suggestion = result.suggestion
         report.suggestion = suggestion
@@ -486,7 +494,7 @@ def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
             diverged = len(losses) < probe_steps or not all(map(math.isfinite, losses))
             score = math.inf if diverged else setup.scorer()
             scores.append(score)
-            report.probes.append(Probe(float(lr), probe_steps, float(score), rung))
+            report.probes.append(Probe(float(lr), probe_steps, float(score), rung + 1))
         order = np.argsort(scores, kind="stable")
         keep = max(1, math.ceil(count / 2))
         alive = [alive[i] for i in order[:keep]]

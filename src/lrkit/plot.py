@@ -162,6 +162,20 @@ def _floats(fn: str, name: str, values: Any, size: int | None = None) -> np.ndar
     return out
 
 
+def _clip_blow_up(ax: Any, losses: Sequence[float]) -> None:
+    """A range test's loss on a log axis (when positive) cut at 4x its first value, so the
+    final blow-up does not flatten the part of the curve that decides."""
+    finite = np.asarray([v for v in losses if np.isfinite(v)], dtype=float)
+    if not len(finite):
+        return
+    low, top = float(finite.min()), min(float(finite.max()), 4.0 * abs(float(finite[0])))
+    if low > 0:
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.1, max(top, low * 1.1) * 1.1)
+    elif top > low:
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
+
+
 def save_png_bytes(fig: Any, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (for pages that embed their figures); closes it."""
     import io
@@ -197,6 +211,7 @@ def plot_autopilot(report: Mapping[str, Any], axes: Sequence[Any] | None = None)
     rt = report.range_test
     if rt:
         ax_search.plot(rt["lrs"], rt["losses"], color="0.6", lw=1, label="range test loss")
+        _clip_blow_up(ax_search, rt["losses"])
         if report.suggestion:
             ax_search.axvline(report.suggestion, color="tab:blue", ls="--", lw=1,
                               label=f"suggestion {report.suggestion:.2g}")
@@ -248,3 +263,31 @@ class _Record:
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         self.__dict__.update(data)
+
+
+def plot_trials(ax: Any, xs: Sequence[float], values: Sequence[float],
+                pruned_xs: Sequence[float], pruned_values: Sequence[float], *,
+                xlabel: str, ylabel: str, best: Sequence[float] | None = None,
+                log_x: bool = False, title: str = "") -> Any:
+    """Search trials on ``ax``: completed ones as dots, pruned ones as hollow circles at
+    their last reported (intermediate) value, and the best value so far as a step line
+    (``best``, one per x, for a history)."""
+    if len(xs):
+        ax.scatter(xs, values, s=28, color="tab:blue", label="completed", zorder=3)
+    if len(pruned_xs):
+        ax.scatter(pruned_xs, pruned_values, s=36, facecolors="none", edgecolors="tab:gray",
+                   label="pruned (last reported value)", zorder=2)
+    if best is not None and len(xs):
+        ax.step(xs, best, where="post", color="tab:red", lw=1.2, label="best so far")
+    if log_x:
+        ax.set_xscale("log")
+    finite = [v for v in (*values, *pruned_values) if np.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

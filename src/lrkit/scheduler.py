@@ -184,6 +184,7 @@ class Scheduler(LRScheduler):
         self.schedules: dict[str, Schedule] = {}
         if lr is not None:
             self.schedules["lr"] = _schedule_arg("lr", lr)
+            optimizer.lr_scale_applied = True  # type: ignore[attr-defined]
         for key, value in hyperparams.items():
             self.schedules[key] = _schedule_arg(key, value)
         for key in self.schedules:

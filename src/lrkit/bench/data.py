@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,11 @@ def cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def mnist1d(num_samples: int = MNIST1D_SAMPLES) -> dict[str, np.ndarray]:
+def mnist1d(num_samples: int = MNIST1D_SAMPLES,
+            log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
     """MNIST-1D with ``num_samples`` samples (80% train, 20% test), the package's other
-    default arguments unchanged: x (float32, n x 40), y (int64), x_test, y_test."""
+    default arguments unchanged: x (float32, n x 40), y (int64), x_test, y_test.
+    ``log`` hears one line when the data must be generated."""
     num_samples = C.positive_int("mnist1d()", "num_samples", num_samples)
     from mnist1d.data import get_dataset_args, make_dataset
     from mnist1d.utils import ObjectView
@@ -41,18 +44,32 @@ def mnist1d(num_samples: int = MNIST1D_SAMPLES) -> dict[str, np.ndarray]:
     args = get_dataset_args(as_dict=True)
     args.pop("url", None)
     args["num_samples"] = int(num_samples)
-    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / f"mnist1d-{num_samples}-{key}.npz"
+    def make() -> dict[str, np.ndarray]:
+        with preserved_rng():  # make_dataset seeds numpy's and Python's global generators
+            data = make_dataset(ObjectView(dict(args)))
+        return {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64),
+                "x_test": data["x_test"].astype(np.float32),
+                "y_test": data["y_test"].astype(np.int64)}
+
+    return cached(f"mnist1d-{num_samples}", json.dumps(args, sort_keys=True).encode(), make,
+                  f"generating MNIST-1D ({num_samples} samples, about 11 s)", log)
+
+
+def cached(name: str, key: bytes, make: Callable[[], dict[str, np.ndarray]],
+           what: str = "", log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+    """The arrays ``make()`` returns, from ``cache_dir()/NAME-HASH.npz`` when a run on this
+    machine made them already (``HASH``: of ``key``, everything they depend on). On a
+    miss, ``log("WHAT (once; cached in DIR)")`` is called before ``make`` runs."""
+    path = cache_dir() / f"{name}-{hashlib.sha256(key).hexdigest()[:12]}.npz"
     if path.exists():
         try:
             with np.load(path) as f:
-                return {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+                return {k: f[k] for k in f.files}
         except (OSError, ValueError, KeyError):  # a damaged file: make it again
             pass
-    with preserved_rng():  # make_dataset seeds numpy's and Python's global generators
-        data = make_dataset(ObjectView(dict(args)))
-    out = {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64),
-           "x_test": data["x_test"].astype(np.float32), "y_test": data["y_test"].astype(np.int64)}
+    if log is not None and what:
+        log(f"{what} (once; cached in {cache_dir()})")
+    out = make()
     _save_atomic(path, out)
     return out
 

@@ -56,7 +56,7 @@ def plot_arena_summary(arena: Any):
     ranking = arena.ranking()
     tasks = arena.tasks
     n, k = len(ranking), len(tasks)
-    fig, (ax, prof) = new_axes(2, figsize=(10.5 + 1.5 * k, 1.6 + 0.34 * n))
+    fig, (ax, prof) = new_axes(2, figsize=(10.5 + 1.5 * k, max(3.8, 1.6 + 0.34 * n)))
     fig.set_layout_engine("constrained")
     matrix = np.full((n, k), np.nan)
     cmap = _shortfall_cmap()
@@ -82,7 +82,7 @@ def plot_arena_summary(arena: Any):
                              for m, label, _ in ranking], fontsize=8)
     ax.tick_params(length=0)
     cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, extend="max")
-    cbar.set_label("shortfall from the task's best (0 best, 1 untrained)", fontsize=8)
+    cbar.set_label("shortfall from the task's best\n(0 best, 1 untrained)", fontsize=8)
     ax.set_title("Final metric of each method's best setting (bold: target met); "
                  "rows by mean shortfall", fontsize=9)
     _profile_axes(arena, "time", prof, top=12)

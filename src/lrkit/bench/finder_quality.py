@@ -62,7 +62,7 @@ def least_squares_sweep(seed: int, **find_kwargs) -> tuple[LRFinderResult, float
     """The range test of plain SGD on ``least_squares(seed)``, and that problem's L."""
     model, loader, loss_fn, top = least_squares(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return find_lr(model, opt, loader, loss_fn, **find_kwargs), top
+    return find_lr(model, opt, loader, loss_fn, warn=False, **find_kwargs), top
 
 
 def loss_form(task: Task, value: float) -> float:
@@ -76,7 +76,7 @@ def task_sweep(task: Task, optimizer: str, seed: int, **find_kwargs) -> LRFinder
     """The range test (find_lr's defaults unless overridden) on ``task.build(seed)``."""
     inst = task.build(seed)
     opt = OPTIMIZERS[optimizer](inst.model.parameters(), 1e-3)
-    return find_lr(inst.model, opt, inst.loader, inst.loss_fn, **find_kwargs)
+    return find_lr(inst.model, opt, inst.loader, inst.loss_fn, warn=False, **find_kwargs)
 
 
 def trained_loss(task: Task, optimizer: str, seed: int, lr: float,

@@ -117,6 +117,11 @@ class Task:
     reference: Recipe
     builder: Callable[[Task, int], tuple[nn.Module, Batches, Callable, Callable]] = field(
         repr=False, compare=False)
+    #: the slow part of a first build (generated data, a reference optimum), done once
+    #: per machine and cached on disk; ``preparer(log)`` calls ``log(line)`` before work
+    #: that takes seconds (see ``prepare``)
+    preparer: Callable[[Callable[[str], None] | None], Any] | None = field(
+        default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fn = "Task()"
@@ -132,6 +137,14 @@ class Task:
         if not callable(self.builder):
             raise TypeError(f"{fn}: builder must be callable (task, seed) -> (model, loader, "
                             f"loss_fn, evaluate), got {self.builder!r}")
+
+    def prepare(self, log: Callable[[str], None] | None = None) -> None:
+        """Make what every build of this task reads from the disk cache (a no-op when it is
+        there already); ``log(line)`` hears what is computed, so a command line can say why
+        its first build takes seconds. Building calls it too, silently."""
+        if self.preparer is not None:
+            self.preparer(None if log is None else
+                          (lambda line: log(f"preparing task {self.name}: {line}")))
 
     @property
     def eval_every(self) -> int:
@@ -337,34 +350,56 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(x), torch.tensor(y)
 
 
-@functools.lru_cache(maxsize=1)
-def digits_optimum() -> torch.Tensor:
+@functools.lru_cache(maxsize=2)
+def digits_optimum(log: Callable[[str], None] | None = None) -> torch.Tensor:
     """The exact minimiser of ``cross_entropy(x W' + b, y) + DIGITS_L2 / 2 (|W|^2 + |b|^2)``,
-    as ``[W.flatten(), b]`` in float64: Newton's method with backtracking, to a gradient
-    norm below 1e-12 (about ten iterations)."""
+    as ``[W.flatten(), b]`` in float64 (``newton_softmax``), computed once per machine and
+    cached on disk (``lrkit.bench.data.cached``, keyed by the data and ``DIGITS_L2``);
+    ``log`` hears one line when it must be computed."""
     x, y = _digits_tensors()
-    n, k = len(x), 10
-    xa = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1)
+    key = b"".join([x.numpy().tobytes(), y.numpy().tobytes(),
+                    repr((DIGITS_L2, "newton-decrement-v2")).encode()])
+    arrays = D.cached("digits-optimum", key,
+                      lambda: {"w": newton_softmax(x, y, DIGITS_L2).numpy()},
+                      "computing its exact optimum by Newton's method (about "
+                      "15 s)", log)
+    return torch.from_numpy(arrays["w"])
+
+
+def newton_softmax(x: torch.Tensor, y: torch.Tensor, l2: float) -> torch.Tensor:
+    """The minimiser of L2-regularised softmax regression in float64, as ``[W.flatten(),
+    b]``: Newton's method with backtracking (Boyd & Vandenberghe, Convex Optimization,
+    9.5). It stops when the Newton decrement ``lambda^2 = g' H^-1 g`` (twice the
+    predicted gain of the next step) falls to the rounding of the objective,
+    ``lambda^2 / 2 <= 4 eps |f|``: the gradient cannot be computed more exactly than its
+    own rounding (about 6e-12 here), so a fixed gradient tolerance below that would never
+    be met. About a dozen iterations; also stops if a line search finds no decrease."""
+    n, k = len(x), int(y.max()) + 1
+    xa = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1).double()
     onehot = F.one_hot(y, k).double()
     w = torch.zeros(k, xa.shape[1], dtype=torch.float64)
+    eps = torch.finfo(torch.float64).eps
 
     def objective(w: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(xa @ w.T, y) + 0.5 * DIGITS_L2 * w.pow(2).sum()
+        return F.cross_entropy(xa @ w.T, y) + 0.5 * l2 * w.pow(2).sum()
 
-    for _ in range(100):
+    for _ in range(50):
         p = torch.softmax(xa @ w.T, 1)
-        grad = (p - onehot).T @ xa / n + DIGITS_L2 * w
-        if grad.norm() < 1e-12:
-            break
+        grad = (p - onehot).T @ xa / n + l2 * w
         # Hessian: mean_i (diag(p_i) - p_i p_i') kron x_i x_i', plus the L2 term
         coupling = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
         hess = torch.einsum("iabk,ij->ajbk", coupling[..., None] * xa[:, None, None, :], xa) / n
         size = w.numel()
-        hess = hess.reshape(size, size) + DIGITS_L2 * torch.eye(size, dtype=torch.float64)
+        hess = hess.reshape(size, size) + l2 * torch.eye(size, dtype=torch.float64)
         step = torch.linalg.solve(hess, grad.reshape(-1)).reshape(w.shape)
-        t, f0, slope = 1.0, objective(w), float((grad * step).sum())
-        while objective(w - t * step) > f0 - 0.25 * t * slope and t > 1e-10:
+        f0, decrement = objective(w), float((grad * step).sum())
+        if decrement / 2 <= 4 * eps * abs(float(f0)):
+            break
+        t = 1.0
+        while objective(w - t * step) > f0 - 0.25 * t * decrement:
             t *= 0.5
+            if t < 1e-10:  # no decrease left to find: at the rounding floor
+                return torch.cat([w[:, :-1].flatten(), w[:, -1]])
         w = w - t * step
     return torch.cat([w[:, :-1].flatten(), w[:, -1]])
 
@@ -391,8 +426,12 @@ def _build_digits(task: Task, seed: int):
 
 
 # -- MNIST-1D ------------------------------------------------------------------------------
+def _mnist1d_data(log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+    return D.mnist1d(D.MNIST1D_SAMPLES, log)
+
+
 def _mnist1d_tensors():
-    d = D.mnist1d()
+    d = _mnist1d_data()
     return (torch.from_numpy(d["x"]), torch.from_numpy(d["y"]),
             torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"]))
 
@@ -507,16 +546,17 @@ register(Task(
 register(Task(
     "mnist1d_mlp", "MLP (40-256-256-10) on MNIST-1D, 25,000 generated samples",
     steps=1500, batch_size=128, metric="test_accuracy", higher_is_better=True, target=0.8,
-    reference=Recipe("Adam", 1e-2), builder=_build_mnist1d(_mlp)))
+    reference=Recipe("Adam", 1e-2), builder=_build_mnist1d(_mlp), preparer=_mnist1d_data))
 register(Task(
     "mnist1d_cnn", "the MNIST-1D paper's 1-D CNN, 25,000 generated samples",
     steps=1500, batch_size=128, metric="test_accuracy", higher_is_better=True, target=0.9,
-    reference=Recipe("Adam", 3e-2), builder=_build_mnist1d(ConvNet1d)))
+    reference=Recipe("Adam", 3e-2), builder=_build_mnist1d(ConvNet1d),
+    preparer=_mnist1d_data))
 register(Task(
     "digits_softmax", "L2-regularised softmax regression on scikit-learn's digits, raw "
     "pixel values (condition number about 1e4); relative distance to the exact optimum",
     steps=1500, batch_size=64, metric="distance_to_optimum", higher_is_better=False,
-    target=0.3, reference=_sgd(0.01), builder=_build_digits))
+    target=0.3, reference=_sgd(0.01), builder=_build_digits, preparer=digits_optimum))
 register(Task(
     "rosenbrock", "noisy 2-D Rosenbrock from (-0.5, 1.5), additive gradient noise; "
     "f(u, v)", steps=1000, batch_size=32, metric="value", higher_is_better=False,

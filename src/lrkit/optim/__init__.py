@@ -29,20 +29,26 @@ from lrkit.optim._lrfree import DEstimateWarning
 from lrkit.optim.adafactor import Adafactor
 from lrkit.optim.adagrad import Adadelta, Adagrad, RMSprop
 from lrkit.optim.adam import Adam, Adamax, AdamW, NAdam, RAdam
-from lrkit.optim.base import Explained, LrkitOptimizer
+from lrkit.optim.base import Explained, LrkitOptimizer, LrScaleWarning
 from lrkit.optim.dadapt import DAdaptAdam, DAdaptSGD
 from lrkit.optim.dog import DoG, LDoG, PolynomialDecayAverager
 from lrkit.optim.lbfgs import LBFGS, QuasiNewtonStep
 from lrkit.optim.lion import Lion
 from lrkit.optim.prodigy import Prodigy
-from lrkit.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD, reestimate_batchnorm
+from lrkit.optim.schedulefree import (
+    ScheduleFreeAdamW,
+    ScheduleFreeModeWarning,
+    ScheduleFreeSGD,
+    reestimate_batchnorm,
+)
 from lrkit.optim.sgd import SGD
 from lrkit.optim.sls import SLS
 
 __all__ = [
     "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax",
     "Lion", "Adafactor", "Prodigy", "DAdaptAdam", "DAdaptSGD", "DoG", "LDoG",
-    "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD", "reestimate_batchnorm",
-    "SLS", "LBFGS", "QuasiNewtonStep", "DEstimateWarning", "LrkitOptimizer", "Explained",
-    "NonFiniteGradientError",
+    "PolynomialDecayAverager", "ScheduleFreeAdamW", "ScheduleFreeSGD",
+    "ScheduleFreeModeWarning", "reestimate_batchnorm",
+    "SLS", "LBFGS", "QuasiNewtonStep", "DEstimateWarning", "LrkitOptimizer", "LrScaleWarning",
+    "Explained", "NonFiniteGradientError",
 ]

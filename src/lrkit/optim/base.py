@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
 
@@ -158,6 +159,11 @@ class LrkitOptimizer(torch.optim.Optimizer):
     #: local shards and sums its reductions across ranks with ``shard_sum``), or None (not
     #: supported: the step raises NotImplementedError)
     dtensor: ClassVar[str | None] = None
+    #: set True by whoever writes each group's lr as a base rate times the group's
+    #: ``lr_scale`` (``lrkit.Scheduler`` with an lr schedule, ``find_lr``, the autopilot).
+    #: The optimizer itself steps at ``group["lr"]``: a group holding an ``lr_scale``
+    #: while nothing applies it makes the first step warn once (``LrScaleWarning``).
+    lr_scale_applied: bool = False
     #: in a multi-process run, agree with the other ranks before raising or skipping on a
     #: non-finite gradient (one all-reduce per step); set False on an optimizer that only
     #: some ranks step, which would otherwise wait for the others forever
@@ -210,6 +216,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._last: dict[int, dict[str, Any]] = {}
         super().__init__(params, defaults)
+        self.register_step_pre_hook(_warn_unapplied_lr_scale)
 
     # -- what a subclass provides ---------------------------------------------------
     def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
@@ -488,8 +495,12 @@ class LrkitOptimizer(torch.optim.Optimizer):
         """
         for i, group in enumerate(self.param_groups):
             if any(q is param for q in group["params"]):
-                state = self.state.get(param)
-                if i not in self._last and not state:
+                state = self.state.get(param) or {}
+                # a parameter the group's steps skipped (frozen, unused: no gradient)
+                # has no state, or the state Adagrad makes at construction (step 0);
+                # SGD without momentum keeps none and reads param.grad
+                if (not state and (i not in self._last or param.grad is None)) or (
+                        "step" in state and _as_number(state["step"]) == 0):
                     break
                 hp = self._last.get(i) or {k: v for k, v in group.items()
                                            if k not in _NOT_HYPERPARAMS}
@@ -681,6 +692,27 @@ def _bounded(g: Tensor, power: int = 1) -> Tensor:
     if torch.compiler.is_compiling():  # no host sync inside a graph
         return torch.where(ok, g, zero)
     return g if bool(ok.all()) else torch.where(ok, g, zero)
+
+
+class LrScaleWarning(UserWarning):
+    """A param group's ``lr_scale`` is not applied: nothing writes ``lr * lr_scale``."""
+
+
+def _warn_unapplied_lr_scale(opt: LrkitOptimizer, args: Any, kwargs: Any) -> None:
+    """Step pre-hook: warn once when a group holds an ``lr_scale`` nothing applies."""
+    if opt.lr_scale_applied or getattr(opt, "_lr_scale_warned", False):
+        return
+    scaled = {i: g["lr_scale"] for i, g in enumerate(opt.param_groups)
+              if g.get("lr_scale", 1.0) != 1.0}
+    if scaled:
+        opt._lr_scale_warned = True
+        groups = ", ".join(f"group {i}: lr_scale={v}" for i, v in scaled.items())
+        warnings.warn(
+            f"{type(opt).__name__}.step(): {groups} is not applied: the optimizer steps at "
+            "each group's lr, and lr_scale is read by lrkit.Scheduler (lr = schedule(step) "
+            "* lr_scale), find_lr and the autopilot. Attach a Scheduler, e.g. "
+            "lrkit.Scheduler(opt, lr=base_lr) for a constant rate, or set each group's lr "
+            "yourself", LrScaleWarning, stacklevel=3)
 
 
 def _as_number(v: Any) -> Any:

@@ -30,7 +30,12 @@ The traps of ``schedulefree`` are closed here:
   part of that state_dict; ``train()`` uses it only if the parameters still hold the ``x``
   that ``eval()`` put there, and otherwise recomputes :math:`y` from them);
 * :func:`reestimate_batchnorm` recomputes BatchNorm statistics for the averaged weights;
-* ``p.grad`` is never modified (``schedulefree`` normalizes it in place).
+* ``p.grad`` is never modified (``schedulefree`` normalizes it in place);
+* ``opt.bind(model)`` ties the optimizer's mode to the model's (``model.eval()`` then a
+  forward evaluates the averaged weights :math:`x`); unbound, a forward of a module in
+  eval mode without gradients while the optimizer holds the training weights :math:`y`
+  warns once (``ScheduleFreeModeWarning``): the usual sign of ``model.eval()`` without
+  ``opt.eval()``, which silently scores the wrong weights.
 
 ``exact_switch=False`` recomputes :math:`y = (1-\beta) z + \beta x` on ``train()``, as
 ``schedulefree`` does: no extra memory in eval mode, a rounding error at every switch.
@@ -47,6 +52,8 @@ over it (the gradient, the weight decay, and the pull of :math:`y` toward :math:
 """
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,10 +66,55 @@ from lrkit.optim import _lrfree as L
 from lrkit.optim.base import Explained, scalar
 
 
+class ScheduleFreeModeWarning(UserWarning):
+    """A module evaluated (eval mode, no gradients) with a schedule-free optimizer's
+    training weights y in its parameters: ``opt.eval()`` (or ``opt.bind(model)``) missing."""
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # schedule-free optimizers the check watches
+_HOOK: list = []  # the one global forward pre-hook, registered with the first optimizer
+
+
+def _check_mode(module: torch.nn.Module, args: Any) -> None:
+    """Global forward pre-hook: warn once per optimizer when an eval-mode forward without
+    gradients reads parameters that an unbound optimizer in train mode has stepped."""
+    if module.training or torch.is_grad_enabled() or not _LIVE:
+        return
+    p = next(iter(module._parameters.values()), None)  # one of its own parameters tells
+    if p is None:
+        return
+    for opt in list(_LIVE):
+        if (not opt._mode_warned and opt._bound == 0 and id(p) in opt._param_ids
+                and opt.training and opt.param_groups[0]["k"] > 0):
+            opt._mode_warned = True
+            warnings.warn(
+                f"{type(module).__name__} is evaluated (eval mode, no gradients) while "
+                f"{type(opt).__name__} is in train mode, so its parameters hold the training "
+                "weights y, not the averaged weights x that schedule-free methods evaluate; "
+                "call opt.eval() before evaluating and opt.train() after, or opt.bind(model) "
+                "once to make the optimizer follow model.train()/model.eval()",
+                ScheduleFreeModeWarning, stacklevel=_callers_level())
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame outside torch and lrkit (the user's forward
+    call, however deep the module sits in the model)."""
+    import os
+    import sys
+
+    inside = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class _ScheduleFree(L.GlobalStepOptimizer):
     """What both share: the average's weights, train/eval switching, the mode guard."""
 
     _beta_key = ""
+    _bound = 0
+    _mode_warned = False
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, exact_switch: bool,
                  nonfinite: str, impl: str) -> None:
@@ -72,6 +124,37 @@ class _ScheduleFree(L.GlobalStepOptimizer):
         self.exact_switch = C.boolean(fn, "exact_switch", exact_switch)
         defaults.update(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         super().__init__(params, defaults, nonfinite=nonfinite, impl=impl)
+        _LIVE.add(self)
+        if not _HOOK:
+            _HOOK.append(torch.nn.modules.module.register_module_forward_pre_hook(_check_mode))
+
+    def bind(self, model: torch.nn.Module) -> Any:
+        """Make this optimizer's mode follow ``model``'s: before each forward of ``model``,
+        ``model.training`` decides (train: the training weights y; eval: the averaged
+        weights x), so ``model.eval()`` then evaluating scores the right weights, and
+        ``model.train()`` then training steps from y. The switch happens at the next
+        forward: to export x without one, call ``opt.eval()``. Returns torch's
+        ``RemovableHandle``; ``handle.remove()`` unbinds."""
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{type(self).__name__}.bind(): model must be a torch.nn.Module, "
+                            f"got {type(model).__name__}")
+        opt_ref = weakref.ref(self)
+
+        def follow(module: torch.nn.Module, args: Any) -> None:
+            opt = opt_ref()
+            if opt is not None and opt.training != module.training:
+                opt.train() if module.training else opt.eval()
+
+        handle = model.register_forward_pre_hook(follow)
+        self._bound += 1
+        unbind = handle.remove
+
+        def remove() -> None:
+            if handle.id in model._forward_pre_hooks:
+                self._bound -= 1
+            unbind()
+        handle.remove = remove  # type: ignore[method-assign]
+        return handle
 
     _checks: dict = {
         "lr": lambda f, n, v: L.check_lr(f, v) if isinstance(v, Tensor) else
@@ -89,6 +172,8 @@ class _ScheduleFree(L.GlobalStepOptimizer):
         if self.param_groups:  # a group added later starts in the optimizer's mode
             param_group.setdefault("train_mode", self.param_groups[0]["train_mode"])
         super().add_param_group(param_group)
+        ids = self.__dict__.setdefault("_param_ids", set())  # for the mode check
+        ids.update(id(p) for p in self.param_groups[-1]["params"])
 
     def _beta(self, group: dict) -> float:
         return float(scalar(group["betas"][0] if self._beta_key == "betas"

@@ -109,7 +109,7 @@ class _Parser:
         for f in factors:
             if not (_is_number(f) or isinstance(f, ScheduleLike)):
                 raise _error(self.text, start.pos, "'*' multiplies schedules and numbers only")
-        return self.build("product", start, [factors], {})
+        return self.build("product", start, [factors], {}, [])
 
     def factor(self) -> Any:
         sign = 1
@@ -163,8 +163,10 @@ class _Parser:
         self.take("(", "'('")
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
+        where: list[int] = []  # the position of each argument, positional then keyword
         while not self.at(")"):
             key_tok = self.tok
+            where.append(key_tok.pos)
             if key_tok.kind == "name" and self.tokens[self.i + 1].text == "=" and \
                     self.tokens[self.i + 1].kind == "punct":
                 self.i += 2
@@ -179,16 +181,34 @@ class _Parser:
             if not self.at(")"):
                 self.take(",", f"',' or ')' in the arguments of {name}()")
         self.i += 1
-        return self.build(name, name_tok, args, kwargs)
+        return self.build(name, name_tok, args, kwargs, where)
 
-    def build(self, name: str, tok: _Tok, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    def build(self, name: str, tok: _Tok, args: list[Any], kwargs: dict[str, Any],
+              where: list[int]) -> Any:
         try:
             return REGISTRY[name](*args, **kwargs)
         except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
             message = str(exc)
             if isinstance(exc, TypeError) and "__init__()" in message:
                 message = message.replace("__init__()", f"{name}()")
-            raise _error(self.text, tok.pos, message) from None
+            names = _parameters(REGISTRY[name])
+            positions = dict(zip(names, where)) | dict(zip(kwargs, where[len(args):]))
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
+            if unknown:
+                message = (f"{name}(): unknown argument {unknown[1]!r}; it takes "
+                           f"{', '.join(names)}")
+            # point at the argument the message names, else at the call
+            named = unknown[1] if unknown else next(
+                (n for n in positions if re.search(rf"\b{n}\b", message)), None)
+            raise _error(self.text, positions.get(named, tok.pos), message) from None
+
+
+def _parameters(cls: Any) -> list[str]:
+    """The argument names a schedule's constructor takes, in order."""
+    import inspect
+
+    return [p.name for p in inspect.signature(cls).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _is_number(v: Any) -> bool:
@@ -220,7 +240,7 @@ def parse(text: str) -> Any:
     if parser.tok.kind != "end":
         raise parser.fail("end of text (or '*')")
     if _is_number(value):
-        return parser.build("constant", parser.tokens[0], [value], {})
+        return parser.build("constant", parser.tokens[0], [value], {}, [])
     if not isinstance(value, ScheduleLike):
         raise _error(text, 0, f"expected a schedule, got {type(value).__name__} {value!r}")
     return value

@@ -29,7 +29,7 @@ One module per idea: ``space`` (distributions and the default space), ``objectiv
 """
 from __future__ import annotations
 
-from lrkit.tuning.driver import tune
+from lrkit.tuning.driver import StudyMismatchError, tune
 from lrkit.tuning.objective import DEFAULT_TARGET_STEPS, Report
 from lrkit.tuning.report import TuneResult, write_report
 from lrkit.tuning.space import (
@@ -51,12 +51,14 @@ from lrkit.tuning.storage import (
     StorageError,
     fail_dead_trials,
     open_storage,
+    redact,
 )
 from lrkit.tuning.workers import MAX_FAILURES_IN_A_ROW
 
 __all__ = [
     "DEFAULT_FAMILIES", "DEFAULT_JOURNAL", "DEFAULT_SQLITE", "DEFAULT_TARGET_STEPS",
     "HEARTBEAT_SECONDS", "MAX_FAILURES_IN_A_ROW", "Categorical", "Distribution", "IntUniform",
-    "LogUniform", "Report", "Space", "StorageError", "TuneResult", "Uniform", "default_space",
-    "fail_dead_trials", "open_storage", "sample", "schedule_of", "tune", "write_report",
+    "LogUniform", "Report", "Space", "StorageError", "StudyMismatchError", "TuneResult",
+    "Uniform", "default_space", "fail_dead_trials", "open_storage", "redact", "sample",
+    "schedule_of", "tune", "write_report",
 ]

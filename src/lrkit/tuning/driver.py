@@ -77,6 +77,9 @@ def tune(
     if the_study.direction.name.lower() != objective.direction:
         raise ValueError(f"{fn}: study {study_name!r} already exists with direction "
                          f"{the_study.direction.name.lower()}, not {objective.direction}")
+    _check_settings(the_study, objective.settings)
+    if objective.description:
+        the_study.set_user_attr("lrkit_objective", objective.description)
     if space is None:
         space = _default_space_for(the_study, objective, range_test)
     settings = StudySettings(space, trials, storage, study_name, pruner, sampler, workers,
@@ -93,6 +96,26 @@ def tune(
     if report:
         result.report_path = write_report(result, report)
     return result
+
+
+class StudyMismatchError(ValueError):
+    """A study's trials were scored with other settings than the ones asked for."""
+
+
+def _check_settings(study: Any, settings: dict[str, Any]) -> None:
+    """Record ``settings`` in a new study; refuse to add trials to one scored otherwise."""
+    recorded = study.user_attrs.get("lrkit_settings")
+    if recorded is None:
+        study.set_user_attr("lrkit_settings", settings)
+        return
+    differ = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if differ:
+        had = ", ".join(f"{k}={old!r}" for k, (old, _) in differ.items())
+        asked = ", ".join(f"{k}={new!r}" for k, (_, new) in differ.items())
+        raise StudyMismatchError(
+            f"tune(): study {study.study_name!r} was scored with {had}; this run asks for "
+            f"{asked}, and values scored otherwise cannot be compared. Rerun with the "
+            "study's settings to resume it, or name a new study (--study NAME, study=)")
 
 
 def _default_space_for(study: Any, objective: Objective, range_test: bool) -> dict:

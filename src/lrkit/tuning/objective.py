@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lrkit.tuning.space import schedule_of
@@ -40,6 +40,11 @@ class Objective:
     fn: Callable[[dict[str, Any], Report], float]
     steps: int | None = None
     lr_suggestion: Callable[[], float | None] | None = None
+    #: what a trial's value depends on besides its parameters, recorded in the study so
+    #: that a rerun with other settings does not mix values that cannot be compared
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: what "value" means, in words (the report and the study's user attributes say it)
+    description: str = ""
 
 
 def _make_optimizer(optimizer: str, params: Mapping[str, Any]):
@@ -77,7 +82,11 @@ def _task_objective(task: Any, optimizer: str | None, steps: int | None, seed: i
         return _range_test(lambda: task.build(seed).as_target(), optimizer)
 
     return Objective(task.name, "maximize" if task.higher_is_better else "minimize", fn,
-                      budget, suggestion)
+                     budget, suggestion,
+                     {"steps": budget, "optimizer": optimizer, "seed": seed},
+                     f"{task.metric} of task {task.name} after {budget} training steps with "
+                     f"{optimizer} (task seed {seed}), "
+                     f"{'maximised' if task.higher_is_better else 'minimised'}")
 
 
 def _target_objective(text: str, optimizer: str | None, steps: int | None):
@@ -114,7 +123,10 @@ def _target_objective(text: str, optimizer: str | None, steps: int | None):
             return t.model, t.loader, t.loss_fn
         return _range_test(build, optimizer)
 
-    return Objective(text, "minimize", fn, budget, suggestion)
+    return Objective(text, "minimize", fn, budget, suggestion,
+                     {"steps": budget, "optimizer": optimizer},
+                     f"mean training loss of {text} over the last tenth of {budget} "
+                     f"training steps with {optimizer}, minimised")
 
 
 def _range_test(build: Callable[[], tuple[Any, Any, Any]], optimizer: str) -> float | None:
@@ -123,7 +135,7 @@ def _range_test(build: Callable[[], tuple[Any, Any, Any]], optimizer: str) -> fl
 
     model, loader, loss_fn = build()
     opt = optimizer_factory(optimizer)(model.parameters(), lr=1e-3)
-    result = find_lr(model, opt, loader, loss_fn)
+    result = find_lr(model, opt, loader, loss_fn, warn=False)
     value = result.suggestion
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -137,7 +149,8 @@ def _callable_objective(fn: Callable[..., float], direction: str, name: str | No
         def call(settings: dict[str, Any], report: Report) -> float:
             return fn(settings)
     label = name or getattr(fn, "__name__", "objective")
-    return Objective(label, direction, call)
+    return Objective(label, direction, call,
+                     description=f"the number {label}(params) returns, {direction[:-1]}ed")
 
 
 @dataclass(frozen=True)

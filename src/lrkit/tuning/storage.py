@@ -4,6 +4,7 @@ trial it runs; ``fail_dead_trials`` fails those of dead local processes and stal
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -21,8 +22,26 @@ class StorageError(ValueError):
     """A storage URL that cannot be used."""
 
 
+_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^/@:]*:)(?P<password>[^@]*)@")
+
+
+def redact(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``: the
+    only form a storage URL is shown in (errors, progress, reports, logs)."""
+    return _PASSWORD.sub(r"\g<head>***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (a driver's message about ``url``) with the URL's password hidden."""
+    match = _PASSWORD.match(url)
+    if match and match["password"]:
+        text = text.replace(match["password"], "***")
+    return text.replace(url, redact(url))
+
+
 def open_storage(storage: str | None, workers: int = 1) -> Any:
-    """The Optuna storage a URL names (see the module docstring for the forms)."""
+    """The Optuna storage a URL names (see the module docstring for the forms); errors
+    show the URL with its password hidden (``redact``)."""
     workers = C.positive_int("open_storage()", "workers", workers)
     import optuna
     from optuna.storages import JournalStorage
@@ -32,23 +51,26 @@ def open_storage(storage: str | None, workers: int = 1) -> Any:
         storage = f"journal:{DEFAULT_JOURNAL}" if workers > 1 else f"sqlite:///{DEFAULT_SQLITE}"
     if not isinstance(storage, str) or not storage.strip():
         raise StorageError(f"storage must be a URL such as sqlite:///study.db, "
-                           f"postgresql://user@host/db or journal:PATH, got {storage!r}")
+                           f"postgresql://user@host/db or journal:PATH, got "
+                           f"{redact(storage) if isinstance(storage, str) else storage!r}")
     url = storage.strip()
+    shown = redact(url)
     if url.startswith("journal:") or url.endswith((".journal", ".log")):
         path = url[len("journal:"):] if url.startswith("journal:") else url
         if not path:
-            raise StorageError(f"storage {url!r}: a journal needs a file path (journal:PATH)")
+            raise StorageError(f"storage {shown!r}: a journal needs a file path (journal:PATH)")
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(path))
         except OSError as exc:
-            raise StorageError(f"storage {url!r}: cannot open the journal file: {exc}") from None
+            raise StorageError(f"storage {shown!r}: cannot open the journal file: "
+                               f"{exc}") from None
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in ("sqlite", "postgresql", "postgres", "mysql"):
-        raise StorageError(f"storage {url!r}: unknown kind; use sqlite:///FILE, "
+        raise StorageError(f"storage {shown!r}: unknown kind; use sqlite:///FILE, "
                            f"postgresql://USER@HOST/DB, mysql://... or journal:FILE")
     if scheme == "sqlite" and workers > 1:
-        raise StorageError(f"storage {url!r}: SQLite is not safe for {workers} parallel "
+        raise StorageError(f"storage {shown!r}: SQLite is not safe for {workers} parallel "
                            f"writers; use journal:FILE (one machine) or PostgreSQL")
     if scheme == "postgres":
         url = "postgresql" + url[len("postgres"):]
@@ -56,16 +78,18 @@ def open_storage(storage: str | None, workers: int = 1) -> Any:
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except ImportError as exc:
-            raise StorageError(f"storage {url!r} needs a database driver: {exc} (pip install "
-                               f"'lrkit[tune]' brings PostgreSQL's)") from None
+            raise StorageError(f"storage {shown!r} needs a database driver: "
+                               f"{_scrub(str(exc), url)} (pip install 'lrkit[tune]' "
+                               f"brings PostgreSQL's)") from None
         except Exception as exc:  # sqlalchemy raises many kinds: report one clear line
             # workers starting together on a new database race to create its tables; the
             # loser finds them on the next attempt
             if attempt < 3 and "refused" not in str(exc):
                 time.sleep(0.2 + 0.3 * attempt)
                 continue
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StorageError(f"storage {url!r} cannot be opened: {first}") from None
+            text = _scrub(str(exc), url).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise StorageError(f"storage {shown!r} cannot be opened: {first}") from None
     raise AssertionError("unreachable")
 
 
