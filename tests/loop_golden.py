@@ -1,6 +1,13 @@
-"""Seeded cells recorded from main at 4cb7062, before the one training loop (issue 13):
-``python tests/loop_golden.py --record`` writes ``tests/data/loop_golden.json``;
-``tests/test_loop_identity.py`` replays every cell and asserts identical numbers.
+"""Seeded cells, first recorded from main at 4cb7062, before the one training loop (issue
+13): ``python tests/loop_golden.py --record --record-extra`` writes
+``tests/data/loop_golden.json``; ``tests/test_loop_identity.py`` replays every cell and
+asserts identical numbers. The one loop replayed the 4cb7062 numbers bit for bit (branch
+house-loop, ce87060). Two later changes moved some of them on purpose, and the file was
+recorded again when they were merged: the kernels' correctly rounded square root (issue 19;
+with ``LRKIT_KERNEL_SQRT=torch`` the 4cb7062 numbers of Adam, Prodigy and the autopilot
+came back) and the digits_softmax optimum solved to its rounding (issue 16; the
+``distance_to_optimum`` metric of the four digits_softmax cells). They now hold the loop
+to its numbers against regressions.
 
 Each cell is an arena method on a task for a few steps (plain steps, a closure, the
 schedule-free eval switch, a learning-rate-free optimizer, every schedule family the arena

@@ -333,7 +333,7 @@ def test_cli_bench_errors_are_one_line(tmp_path):
 def test_single_task_summary_keeps_its_labels_inside_the_figure():
     """Issue 16: with one task the summary clipped and overlapped the colour-bar label and
     the profile's y label."""
-    from lrkit.plot import plot_arena_summary
+    from lrkit.bench.figures import plot_arena_summary
 
     rows = [_row(method=m, lr=0.1, seed=0, final=f, stt=50 if f < 0.5 else None)
             for m, f in (("a", 0.4), ("b", 0.9), ("c", 0.45))]

@@ -134,8 +134,8 @@ def test_load_target_and_optimizer_factory(target_module):
     make = optimizer_factory("AdamW(betas=(0.8, 0.9))")
     opt = make(torch.nn.Linear(2, 1).parameters(), lr=0.5)
     assert isinstance(opt, lrkit.optim.AdamW)  # lrkit's, where lrkit has the algorithm
-    assert isinstance(optimizer_factory("lbfgs")(torch.nn.Linear(2, 1).parameters()),
-                      torch.optim.LBFGS)  # torch's otherwise
+    assert isinstance(optimizer_factory("asgd")(torch.nn.Linear(2, 1).parameters()),
+                      torch.optim.ASGD)  # torch's otherwise
     assert opt.param_groups[0]["betas"] == (0.8, 0.9) and opt.param_groups[0]["lr"] == 0.5
     with pytest.raises(TargetError, match="got 3"):
         optimizer_factory(3)

@@ -12,15 +12,17 @@ from lrkit.optim import LrScaleWarning
 from optim_helpers import INFOS, batches, make_model, train
 
 
-def _scaled_groups(model):
+def _scaled_groups(model, info=None):
     params = list(model.parameters())
+    if info is not None and "single_group" in info.tags:  # L-BFGS: one group only
+        return [{"params": params, "lr_scale": 0.1}]
     return [{"params": params[:2], "lr_scale": 0.1}, {"params": params[2:]}]
 
 
 @pytest.mark.parametrize("info", INFOS, ids=[i.name for i in INFOS])
 def test_lr_scale_without_scheduler_warns_once_at_the_callers_line(info):
     model = make_model()
-    opt = info.cls(_scaled_groups(model), **info.configs[0])
+    opt = info.cls(_scaled_groups(model, info), **info.configs[0])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(opt, model, batches(), 3)

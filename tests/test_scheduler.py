@@ -242,3 +242,24 @@ def test_works_with_torch_training_loop_and_no_warnings():
             opt.step()
             sched.step()
     assert sched.last_epoch == 20
+
+
+def test_schedulers_used_one_after_another_are_not_two_writers():
+    """A Scheduler that is gone (the autopilot's probes make one each) writes no more: the
+    next one on the same optimizer is no second writer, even where it reuses the old id."""
+    import warnings
+
+    import lrkit
+    from lrkit import schedules as S
+
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for lr in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+            sched = lrkit.Scheduler(opt, lr=S.constant(lr))
+            for _ in range(2):
+                opt.step()
+                sched.step()
+            assert opt.param_groups[0]["lr"] == lr
+            del sched

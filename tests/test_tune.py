@@ -368,7 +368,7 @@ def test_report_shows_pruned_trials_and_says_what_value_is(tmp_path, monkeypatch
     assert lr_slice[2] == pytest.approx([0.1, 0.01, 1e-3, 1e-4, 1e-5])
     page = out.read_text()
     assert "Value: test_accuracy of task mnist1d_mlp after 50 training steps" in page
-    assert "<p class='summary'>Trials: 1 complete, 5 pruned</p>" in page
+    assert '<p class="summary">Trials: 1 complete, 5 pruned</p>' in page
     assert page.count("data:image/png;base64,") == 2
     assert "unavailable: needs 5 completed trials, the study has 1" in page
 

@@ -306,16 +306,19 @@ class Scheduler(LRScheduler):
         (SequentialLR: A, A, B, B) is fine."""
         keys = set(self.schedules) | ({"lr"} if self.plateau is not None else set())
         log = _WRITERS.setdefault(self.optimizer, {})
-        me = id(self)
         clash = []
         for key in sorted(keys):
-            hist = log.setdefault(key, [])
-            if hist and hist[-1] != me:
-                if me in hist:
+            # weak references: a Scheduler that is gone (a probe's, say) writes no more,
+            # and its id may be reused by a new one
+            hist = [r for r in log.get(key, []) if r() is not None]
+            mine = [r for r in hist if r() is self]
+            if hist and hist[-1]() is not self:
+                if mine:
                     clash.append(key)
-                hist[:] = [h for h in hist if h != me][-1:] + [me]
+                hist = [r for r in hist if r() is not self][-1:] + [weakref.ref(self)]
             elif not hist:
-                hist.append(me)
+                hist = [weakref.ref(self)]
+            log[key] = hist
         if clash and not self._steps_warned:
             self._steps_warned = True
             warnings.warn(
@@ -472,7 +475,8 @@ def scale_lr(optimizer: torch.optim.Optimizer, factor: float, scheduler: Any = N
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
 
 
-# per optimizer: per scheduled key, the ids of the last two lrkit Schedulers that stepped it
+# per optimizer: per scheduled key, weak references to the last two lrkit Schedulers that
+# stepped it
 _WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

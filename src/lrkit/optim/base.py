@@ -350,7 +350,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
         if not self.supports_sparse and any(g.is_sparse for *_, grads in work for g in grads):
             raise RuntimeError(
                 f"{type(self).__name__} does not support sparse gradients (of lrkit's "
-                "optimizers SGD and Adagrad take them, as torch's do)")
+                "optimizers SGD and Adagrad take them, as torch's do, and LBFGS densifies "
+                "them as torch's LBFGS does)")
         kernel = self._kernel_on() and not (self._shards and self.dtensor == "reference")
         plans = []  # (index, group, kernel batches, other params, their grads)
         for i, group, params, grads in work:

@@ -111,6 +111,7 @@ class LBFGS(LrkitOptimizer):
     needs_closure = True  # each iteration re-evaluates the loss (the line search's trials)
     recommended_lr = 1.0  # the first step guess: the quasi-Newton step itself
     display_name = "L-BFGS"
+    supports_sparse = True  # as torch's LBFGS: a sparse gradient joins the flat one densified
     agree_across_ranks = True
 
     def __init__(self, params: Any, lr: float | Tensor = 1, max_iter: int = 20,
@@ -169,6 +170,9 @@ class LBFGS(LrkitOptimizer):
 
     def _gather_flat_grad(self) -> Tensor:
         views = []
+        # which parameters the step saw a gradient of: a frozen or unused one (None, a zero
+        # gradient here) is never moved, and explain() says it was not updated
+        self._had_grad = [p.grad is not None for p in self._params]
         for p in self._params:
             if p.grad is None:
                 view = p.new(p.numel()).zero_()
@@ -236,6 +240,11 @@ class LBFGS(LrkitOptimizer):
             raise ValueError("LBFGS.explain(): no step has been taken yet")
         if param is None:
             return self._info
+        had = getattr(self, "_had_grad", None)
+        for q, seen in zip(self._params, had or ()):
+            if q is param and not seen:
+                raise ValueError("LBFGS.explain(): this parameter has not been updated by a "
+                                 "step of this optimizer yet (it had no gradient)")
         d = self._slice(param, self._last_d).detach()
         t = self._info.step_size
         return Explained(uniform(t, param.detach()), -d, 0.0, d * t)
