@@ -35,11 +35,10 @@ from lrkit import _checks as C
 IMPL_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
 
-def check(opt: Any, sd: Any) -> int:
-    """Raise if ``sd`` cannot be loaded into ``opt`` unchanged in meaning; returns the
-    saved ``skipped_steps`` (0 when absent)."""
-    cls = type(opt)
-    fn = f"{cls.__name__}.load_state_dict()"
+def check_top(fn: str, cls: type, sd: Any) -> tuple[int, Any, Any]:
+    """The checks of a state_dict's top level that every lrkit optimizer shares: a mapping
+    with ``state`` and ``param_groups``, saved by ``cls`` or its kin (``lrkit_optimizer``),
+    a valid ``skipped_steps``; returns ``(skipped_steps, param_groups, state)``."""
     if not isinstance(sd, Mapping):
         raise TypeError(f"{fn}: state_dict must be a dict (from optimizer.state_dict()), got "
                         f"{type(sd).__name__}")
@@ -59,6 +58,15 @@ def check(opt: Any, sd: Any) -> int:
         raise TypeError(f"{fn}: param_groups must be a list of dicts, got {groups!r:.80}")
     if not isinstance(state, Mapping):
         raise TypeError(f"{fn}: state must be a dict, got {type(state).__name__}")
+    return skipped, groups, state
+
+
+def check(opt: Any, sd: Any) -> int:
+    """Raise if ``sd`` cannot be loaded into ``opt`` unchanged in meaning; returns the
+    saved ``skipped_steps`` (0 when absent)."""
+    cls = type(opt)
+    fn = f"{cls.__name__}.load_state_dict()"
+    skipped, groups, state = check_top(fn, cls, sd)
     if len(groups) != len(opt.param_groups):
         raise ValueError(f"{fn}: the state_dict has {len(groups)} param group(s), this "
                          f"optimizer {len(opt.param_groups)}")

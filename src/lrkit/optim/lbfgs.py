@@ -66,6 +66,7 @@ from lrkit import _checks as C
 from lrkit import linesearch as LS
 from lrkit.errors import NonFiniteGradientError
 from lrkit.optim._distributed import world_size
+from lrkit.optim._state_check import check_top
 from lrkit.optim.base import Explained, LrkitOptimizer, check_lr, uniform
 
 LINE_SEARCHES = (None, "strong_wolfe", "armijo", "hager_zhang")
@@ -500,26 +501,9 @@ def _check_state_dict(opt: LBFGS, sd: Any) -> int:
     """Raise if ``sd`` is not an LBFGS state_dict for these parameters (torch's or
     lrkit's); returns the saved ``skipped_steps``."""
     fn = "LBFGS.load_state_dict()"
-    if not isinstance(sd, dict):
-        raise TypeError(f"{fn}: state_dict must be a dict (from optimizer.state_dict()), got "
-                        f"{type(sd).__name__}")
-    missing = [k for k in ("state", "param_groups") if k not in sd]
-    if missing:
-        raise ValueError(f"{fn}: state_dict lacks {', '.join(map(repr, missing))}: not an "
-                         "optimizer state_dict")
-    saved_by = sd.get("lrkit_optimizer")
-    if saved_by is not None and saved_by != "LBFGS":
-        raise ValueError(f"{fn}: this state_dict was saved by lrkit.optim.{saved_by}, not by "
-                         "LBFGS: another algorithm's state")
-    skipped = sd.get("skipped_steps", 0)
-    if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
-        raise ValueError(f"{fn}: skipped_steps must be a non-negative integer, got {skipped!r}")
-    groups, state = sd["param_groups"], sd["state"]
-    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
-        raise ValueError(f"{fn}: an LBFGS state_dict has one param group, got "
-                         f"{len(groups) if isinstance(groups, list) else groups!r}")
-    if not isinstance(state, dict):
-        raise TypeError(f"{fn}: state must be a dict, got {type(state).__name__}")
+    skipped, groups, state = check_top(fn, LBFGS, sd)
+    if len(groups) != 1:
+        raise ValueError(f"{fn}: an LBFGS state_dict has one param group, got {len(groups)}")
     g = groups[0]
     missing = [k for k in ("lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change",
                            "history_size", "line_search_fn", "params") if k not in g]
