@@ -397,9 +397,11 @@ def _names(text: str | None) -> list[str] | None:
 
 
 @main.command()
-@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+@click.option("--suite", type=click.Choice(["quick", "full", "heldout"]), default="quick",
+              show_default=True,
               help="quick: 5 fast tasks, 1 seed, lr decades (about 4 min on 2 idle cores); full: "
-                   "all 7 tasks, 3 seeds, half decades.")
+                   "all 7 tasks, 3 seeds, half decades; heldout: the 3 held-out tasks, 3 seeds, "
+                   "the Adam grid and the untuned contenders.")
 @click.option("--tasks", default=None, help="Comma-separated tasks (default: the suite's).")
 @click.option("--methods", default=None,
               help="Comma-separated methods (default: all; see --list).")
@@ -434,12 +436,13 @@ def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
     from lrkit.bench.methods import METHODS
     from lrkit.bench.runner import SUITES
     from lrkit.bench.runner import bench as run_bench
-    from lrkit.bench.tasks import TASKS
+    from lrkit.bench.tasks import HELD_OUT, TASKS
 
     if list_only:
         for s in SUITES.values():
             click.echo(f"suite {s.name}: {s.description}")
         click.echo("tasks: " + ", ".join(TASKS))
+        click.echo("held-out tasks (suite heldout): " + ", ".join(HELD_OUT))
         for m in METHODS.values():
             state = f"  [skipped here: {m.missing}]" if m.missing else \
                 (f"  [{m.stand_in}]" if m.stand_in else "")
@@ -447,8 +450,9 @@ def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
         return
     task_list, method_list = _names(tasks), _names(methods)
     for t in task_list or ():
-        if t not in TASKS:
-            raise click.UsageError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+        if t not in TASKS and t not in HELD_OUT:
+            raise click.UsageError(f"unknown task {t!r}; choose from "
+                                   f"{', '.join([*TASKS, *HELD_OUT])}")
     for m in method_list or ():
         if m not in METHODS:
             raise click.UsageError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")

@@ -36,6 +36,7 @@ from lrkit import optim
 from lrkit import schedules as S
 from lrkit.bench.tasks import Task
 from lrkit.bench.train import Run, train
+from lrkit.finder import DEFAULT_RULE
 from lrkit.optim import LBFGS
 
 WARMUP = 0.05
@@ -238,6 +239,20 @@ register(Method("sf_adamw_default", "ScheduleFreeAdamW 2.5e-3 (default)", "Sched
                 lr=optim.ScheduleFreeAdamW.recommended_lr, warmup_option="warmup_steps",
                 family="lr_free", style={"color": "#17becf", "ls": ":", "marker": "*"},
                 note="schedule-free AdamW at its package's default lr, untuned"))
+# AlgoPerf's self-tuning winner (Defazio et al. 2024, "The Road Less Scheduled"; the
+# AlgoPerf v0.5 submission's HPARAMS): one calibrated configuration, no search. Its
+# warmup_steps are 2% of the step budget here (the submission: 2% of 0.75 x the workload's
+# step hint); its label smoothing and dropout belong to the workloads, not the optimizer.
+ALGOPERF_SF_ADAMW = (("betas", (0.9, 0.9955159689799007)),
+                     ("weight_decay", 0.08121616522670176), ("weight_lr_power", 2.0),
+                     ("r", 0.75))
+register(Method("sf_adamw_algoperf", "ScheduleFreeAdamW AlgoPerf (calibrated)",
+                "ScheduleFreeAdamW", ALGOPERF_SF_ADAMW, lr=0.0025, warmup=0.02,
+                warmup_option="warmup_steps", family="lr_free",
+                style={"color": "#17becf", "ls": "--", "marker": "v"},
+                note="AlgoPerf's self-tuning winner, schedule-free AdamW v2's calibrated "
+                     "configuration: lr 0.0025, betas (0.9, 0.9955), weight decay 0.081, "
+                     "weight_lr_power 2, r 0.75, warmup_steps = 2% of the budget; untuned"))
 register(Method("prodigy", "Prodigy", "Prodigy", schedule=optim.Prodigy.recommended_family,
                 lr=optim.Prodigy.recommended_lr, warmup=0.0, family="lr_free",
                 style={"color": "#bcbd22", "ls": "-.", "marker": "P"},
@@ -305,6 +320,52 @@ register(Method("autopilot", "autopilot (Adam)", "Adam", family="auto", runner=a
                 style={"color": "#ff1493", "ls": "-", "marker": "o"},
                 note="lrkit.autopilot with Adam, budget 1.5 runs: range test, probes by "
                      "successive halving, linear warmup-decay, DivergenceGuard; untuned"))
+
+
+# -- the range test's suggestion, untuned: linear decay to zero at it ---------------------------
+def suggested_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> Run:
+    """One arena cell of "train at the range test's suggestion": ``lrkit.find_lr`` with its
+    defaults (100 steps from 1e-7 to 10; the model, optimizer and generators restored
+    after) on the task built from ``seed``, with the method's optimizer, then training at
+    the suggestion of the method's ``rule`` option (the finder's default rule) as the peak
+    of its schedule family (linear decay to zero after a 5% warmup: Defazio et al. 2023,
+    arXiv 2310.07831; Bergsma et al. 2025, arXiv 2502.15938); ``lr`` is ignored. Where the
+    rule finds nothing, the optimizer's ``recommended_lr`` (``info["fallback"]``).
+    ``run.compute`` counts the range test's steps: 1 + its steps / ``steps``."""
+    from lrkit.finder import find_lr
+
+    cls = method.optimizer_class()
+    if cls is None:
+        raise RuntimeError(f"{method.name}: {method.missing}")
+    rule = dict(method.options).get("rule", DEFAULT_RULE)
+    inst = task.build(seed)
+    began = time.perf_counter()
+    opt = cls(inst.model.parameters())
+    result = find_lr(inst.model, opt, inst.loader, inst.loss_fn, warn=False)
+    searched = time.perf_counter() - began
+    chosen = result.suggestion if result.rule == rule else result.suggest(rule)
+    fallback = chosen is None or not math.isfinite(chosen) or chosen <= 0
+    if fallback:
+        chosen = float(getattr(cls, "recommended_lr", None) or 1e-3)
+    chosen = float(chosen)
+    run = train(task, lambda params: cls(params, lr=chosen),
+                S.family(method.schedule or "linear", chosen, steps, method.warmup),
+                seed=seed, steps=steps, instance=inst, on_end=_measure)
+    overhead = len(result.lrs) / steps
+    run.wall_time += searched
+    run.compute = 1.0 + overhead
+    run.info = {**run.info, "chosen_lr": chosen, "suggestion": result.suggestion,
+                "rule": rule, "fallback": fallback, "range_test_steps": len(result.lrs),
+                "stop_reason": result.stop_reason, "overhead": overhead}
+    return run
+
+
+register(Method("adam_linear_suggested", "Adam linear at the range test's suggestion", "Adam",
+                options=(("rule", DEFAULT_RULE),), schedule="linear", family="auto",
+                runner=suggested_cell, style={"color": "#843c39", "ls": "-.", "marker": "*"},
+                note="lrkit.find_lr with its defaults, then Adam with a 5% warmup and linear "
+                     "decay to zero at the default rule's suggestion; untuned (compute: "
+                     "one run plus the range test's steps)"))
 
 
 # -- L-BFGS on the full batch: the step length from the curvature and a line search ---------
