@@ -279,14 +279,64 @@ def test_report_semantics_on_hand_made_rows():
     assert task.shortfall(a) == pytest.approx(math.log(0.5 / 0.45) / math.log(10 / 0.45))
     assert task.shortfall(arena.entry(task, "b")) == pytest.approx(
         math.log(1 / 0.45) / math.log(10 / 0.45))
-    # time to target: a's fastest lr reaches it at median(50, 100)/100 = 0.75 runs; c at
-    # 25/100 x 2 (its compute) = 0.5; b never
-    ratios, used = arena.ratios("time")
+    # time to target, oracle: a's fastest lr reaches it at median(50, 100)/100 = 0.75 runs;
+    # c at 25/100 x 2 (its compute) = 0.5; b never
+    ratios, used = arena.ratios("time_oracle")
     assert used == ["t"] and ratios["c"] == [1.0] and ratios["a"] == [1.5]
     assert ratios["b"] == [math.inf]
+    # charged (the default): a tuned over 2 lrs pays both cells, 2 x 0.75 = 1.5 runs
+    ratios, used = arena.ratios("time")
+    assert used == ["t"] and ratios["c"] == [1.0] and ratios["a"] == [3.0]
     assert list(profile([1.0, 2.0, math.inf], np.array([1.0, 1.5, 2.0, 100.0]))) == \
         pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3])
     assert arena.profile_score("c", "time") == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="ratios\\(\\): kind must be one of"):
+        arena.ratios("speed")
+
+
+def test_time_to_target_charges_a_tuned_method_its_whole_grid():
+    """Issue 14: a tuned method pays its number of lr cells x its fastest cell's cost to
+    target; an untuned one its run; a self-tuning one its run's compute, search included.
+    The oracle view keeps the best cell's cost alone."""
+    def tuned(lr, stt, seed=0):
+        return _row(method="grid", lr=lr, seed=seed, final=0.4 if stt else 0.9, stt=stt,
+                    grid="adam")
+
+    rows = [tuned(lr, stt, s) for lr, stt in ((1e-3, None), (1e-2, 40), (1e-1, 20), (1.0, None))
+            for s in (0, 1)]
+    rows += [_row(method="grid", lr=10.0, seed=s, diverged=True, grid="adam") for s in (0, 1)]
+    rows += [_row(method="fixed", lr=1e-3, seed=s, final=0.45, stt=60, grid="") for s in (0, 1)]
+    # a self-tuning run: 0.25 runs of search (its overhead) then training, compute 1.25
+    rows += [_row(method="auto", lr=1.0, seed=s, final=0.42, stt=50, grid="", compute=1.25,
+                  info={"overhead": 0.25}) for s in (0, 1)]
+    arena = summarize(rows, [])
+    (task,) = arena.tasks
+    grid, fixed, auto = (arena.entry(task, m) for m in ("grid", "fixed", "auto"))
+    assert grid.cells == 5 and fixed.cells == 1 and auto.cells == 1  # a diverged lr counts
+    assert grid.oracle_cost_to_target == pytest.approx(0.2)
+    assert grid.cost_to_target == pytest.approx(5 * 0.2)
+    assert fixed.cost_to_target == fixed.oracle_cost_to_target == pytest.approx(0.6)
+    assert auto.cost_to_target == pytest.approx(0.25 + 1.0 * 0.5)
+    charged, _ = arena.ratios("time")
+    oracle, _ = arena.ratios("time_oracle")
+    assert charged["fixed"] == [pytest.approx(0.6 / 0.6)]
+    assert charged["grid"] == [pytest.approx(1.0 / 0.6)]
+    assert charged["auto"] == [pytest.approx(0.75 / 0.6)]
+    assert oracle["grid"] == [1.0] and oracle["fixed"] == [pytest.approx(3.0)]
+    assert arena.profile_score("grid", "time_oracle") == pytest.approx(1.0)
+    assert arena.profile_score("grid", "time") < arena.profile_score("fixed", "time") == 1.0
+    from lrkit.bench.report import leaderboard, summary_table
+
+    head, body = summary_table(arena)
+    charged_col = head.index("time-to-target profile (grid charged)")
+    oracle_col = head.index("time-to-target profile (oracle: best cell only)")
+    by_label = {row[0]: row for row in body}
+    assert float(by_label["grid"][oracle_col]) == pytest.approx(1.0)
+    assert float(by_label["grid"][charged_col]) < 1.0
+    head, body = leaderboard(task)
+    col = head.index("cost to target (charged)")
+    row = next(r for r in body if r[1] == "grid")
+    assert row[col] == "1" and row[col + 1] == "0.2"
 
 
 def test_report_builds_from_a_small_results_file(tmp_path):
