@@ -11,6 +11,7 @@ import torch
 
 from lrkit import schedules as S
 from lrkit.bench import TASKS, Batches, Run, get_task, train
+from lrkit.bench.tasks import HELD_OUT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +39,23 @@ def test_registry_has_the_seven_tasks():
         get_task("mnist")
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+def test_held_out_tasks_are_outside_the_arena_suites():
+    """Issue 14's held-out discipline: three tasks no suite but "heldout" runs."""
+    from lrkit.bench.runner import SUITES
+
+    assert list(HELD_OUT) == ["shapes_bn", "tiny_transformer", "noisy_regression"]
+    assert not set(HELD_OUT) & set(TASKS)
+    for name in ("quick", "full"):
+        assert not set(SUITES[name].tasks) & set(HELD_OUT)
+    held = SUITES["heldout"]
+    assert held.tasks == tuple(HELD_OUT) and held.seeds == 3
+    assert held.grids["adam"] == SUITES["full"].grids["adam"]
+    for task in HELD_OUT.values():
+        assert get_task(task.name) is task
+        assert task.reached(task.target) and not task.reached(task.worst)
+
+
+@pytest.mark.parametrize("name", [*TASKS, *HELD_OUT])
 def test_build_is_paired_by_seed_and_leaves_global_rng_alone(name):
     task = get_task(name)
     state = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())  # noqa: NPY002
@@ -61,7 +78,7 @@ def test_build_is_paired_by_seed_and_leaves_global_rng_alone(name):
     assert m is a.model and loader is a.loader and loss_fn is a.loss_fn
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("name", [*TASKS, *HELD_OUT])
 def test_known_good_setting_reaches_the_target(name):
     task = get_task(name)
     steps = REDUCED_STEPS.get(name, task.steps)
@@ -74,6 +91,22 @@ def test_known_good_setting_reaches_the_target(name):
     assert steps // 2 in run.eval_steps and run.half == run.metrics[
         run.eval_steps.index(steps // 2)]
     assert len(run.losses) == steps and run.wall_time > 0
+
+
+@pytest.mark.parametrize("name", list(HELD_OUT))
+def test_held_out_task_trains_a_few_steps_deterministically(name):
+    """Same seed, same curve bit for bit; the loss falls; the metric is finite."""
+    task = get_task(name)
+    ref = task.reference
+
+    def run(seed: int) -> Run:
+        return train(task, ref.make_optimizer, ref.schedule(20), seed=seed, steps=20)
+
+    a, b, c = run(0), run(0), run(1)
+    assert a.metrics == b.metrics and a.losses == b.losses
+    assert a.losses != c.losses
+    assert not a.diverged and all(math.isfinite(v) for v in a.metrics)
+    assert np.mean(a.losses[-5:]) < np.mean(a.losses[:5])
 
 
 def test_same_seed_same_run_whatever_was_run_before():

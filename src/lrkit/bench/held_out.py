@@ -238,8 +238,8 @@ def _build_regression(task: Task, seed: int):
 register(Task(
     "shapes_bn", "2-D CNN with BatchNorm (3 conv blocks, global pooling) on 16x16 images of "
     "8 generated shapes with noise; test accuracy in eval mode",
-    steps=600, batch_size=32, metric="test_accuracy", higher_is_better=True, target=0.9,
-    reference=Recipe("Adam", 1e-2), builder=_build_shapes), held_out=True)
+    steps=600, batch_size=32, metric="test_accuracy", higher_is_better=True, target=0.8,
+    reference=Recipe("Adam", 3e-2), builder=_build_shapes), held_out=True)
 register(Task(
     "tiny_transformer", "causal transformer (2 pre-norm layers, d=64, 4 heads, context 32) "
     "on char_lm's corpus; validation loss (nats per character)",
