@@ -1,17 +1,25 @@
-"""Issue 9's bar, read from an arena results file: the autopilot against the best cell of
-the same optimizer's lr x schedule grid, and the untuned contenders, per task.
+"""Issue 14's bar, read from arena results: a self-tuning method (the autopilot) against the
+best cell of the Adam grid (every schedule family x the half-decade lrs), per task, on the
+seven arena tasks and on the three held-out ones, beside the untuned contenders.
 
-    lrkit bench --suite full --methods adam_constant,adam_step_based,adam_exponential,\\
-        adam_time_based,adam_cosine,adam_one_cycle,adam_wsd,adam_linear,adam_default,\\
-        sf_adamw_default,prodigy,autopilot --out bench-full
-    python benchmarks/autopilot_bar.py bench-full
+    ADAM=adam_constant,adam_step_based,adam_exponential,adam_time_based,adam_cosine,\\
+        adam_one_cycle,adam_wsd,adam_linear
+    UNTUNED=adam_default,sf_adamw_default,sf_adamw_algoperf,prodigy,adam_linear_suggested
+    lrkit bench --suite full --methods $ADAM,$UNTUNED,autopilot --out bench-full
+    lrkit bench --suite heldout --out bench-heldout            # its methods are these
+    python benchmarks/autopilot_bar.py bench-full bench-heldout [--method autopilot]
 
-For each task: the final metric (mean over the paired seeds) of the autopilot; of the grid
-best (the best (schedule, lr) cell of every tuned Adam method, chosen on that same mean);
-of Prodigy, ScheduleFreeAdamW at its default lr and Adam at 1e-3 constant; each one's
-compute in runs of the task's budget (the grid's is its number of cells per seed); the
-autopilot's gap to the grid best, relative, in the metric's better direction; and whether
-it meets the bar: within 1% and at most 2x the compute of one run, not diverged on any seed.
+Every results directory (or file) given is read and pooled. For each task: the final
+metric of ``--method`` (the mean over its paired seeds) and of the grid's best cell (the
+best (family, lr) of every tuned Adam method, chosen on that same mean); the gap, relative,
+in the metric's better direction (positive: worse than the grid); its compute in runs of
+the task's budget (the grid's: its number of cells per seed); how many seeds diverged;
+whether it meets the bar: within 1% of the grid's best, at most 2x one run's compute, no
+seed diverged. Then the counts the issue asks for (5 of the 7 arena tasks, 2 of the 3
+held-out ones) and the mean shortfall (the arena report's: log(score / best) /
+log(start / best), 0 the task's best entry, 1 the untrained model) of the method against
+that of the best tuned single family (the Adam family whose best lr has the lowest mean
+shortfall over the same tasks), and the same lines for each untuned contender.
 """
 from __future__ import annotations
 
@@ -19,56 +27,222 @@ import argparse
 import math
 import statistics
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from lrkit.bench import results as R
-from lrkit.bench.report import summarize
+from lrkit.bench.report import Arena, Entry, TaskResult, summarize
+from lrkit.bench.tasks import HELD_OUT, TASKS
 
-UNTUNED = (("prodigy", "Prodigy"), ("sf_adamw_default", "SF-AdamW 2.5e-3"),
+UNTUNED = (("prodigy", "Prodigy"), ("sf_adamw_default", "SF-AdamW default"),
+           ("sf_adamw_algoperf", "SF-AdamW AlgoPerf"),
+           ("adam_linear_suggested", "Adam linear at suggestion"),
            ("adam_default", "Adam 1e-3 const"))
+GROUPS = (("arena", "arena tasks", len(TASKS), 5), ("held-out", "held-out tasks",
+                                                     len(HELD_OUT), 2))
 
 
+@dataclass
+class Cell:
+    """One method on one task, against the grid's best cell."""
+
+    final: float  # mean over seeds (nan: a seed diverged)
+    compute: float
+    diverged: int
+    seeds: tuple[int, ...]
+    gap: float  # relative to the grid's best, positive = worse; inf when diverged
+    shortfall: float
+    ok: bool
+
+
+@dataclass
+class TaskBar:
+    task: str
+    group: str
+    metric: str
+    best_final: float
+    best_label: str
+    best_lr: float
+    best_seeds: tuple[int, ...]
+    cells: int
+    method: Cell | None
+    contenders: dict[str, Cell] = field(default_factory=dict)
+
+
+def group_of(task: str) -> str:
+    return "held-out" if task in HELD_OUT else "arena"
+
+
+def relative_gap(task: TaskResult, value: float, best: float) -> float:
+    """How much worse ``value`` is than ``best``, relative, in the metric's better
+    direction (negative: better); inf for a non-finite value."""
+    if not math.isfinite(value):
+        return math.inf
+    sign = -1.0 if task.higher_is_better else 1.0
+    return sign * (value - best) / max(abs(best), 1e-300)
+
+
+def _cell(task: TaskResult, entry: Entry, best: float, tolerance: float,
+          max_compute: float) -> Cell:
+    b = entry.best
+    gap = relative_gap(task, b.final, best) if not b.diverged else math.inf
+    ok = not b.diverged and gap <= tolerance and b.compute <= max_compute
+    return Cell(b.final, b.compute, b.diverged, tuple(r.seed for r in b.rows), gap,
+                task.shortfall(entry), ok)
+
+
+def grid_entries(task: TaskResult, probe: str) -> list[Entry]:
+    """The tuned entries of the grid's optimizer (``probe``: "Adam()") on a task."""
+    return [e for e in task.entries if e.tuned and e.probe == probe]
+
+
+def bar(arena: Arena, method: str = "autopilot", probe: str = "Adam()",
+        tolerance: float = 0.01, max_compute: float = 2.0,
+        contenders: Sequence[str] = tuple(n for n, _ in UNTUNED)) -> list[TaskBar]:
+    """Per task with a grid: ``method`` and each of ``contenders`` against the best cell
+    of ``probe``'s grid."""
+    out = []
+    for task in arena.tasks:
+        grid = grid_entries(task, probe)
+        if not grid:
+            continue
+        best_entry = min(grid, key=lambda e: (e.score, e.method))
+        best = best_entry.best
+        row = TaskBar(task.name, group_of(task.name), task.metric, best.final,
+                      best_entry.label, best.lr, tuple(r.seed for r in best.rows),
+                      sum(len(e.settings) for e in grid), None)
+        entry = arena.entry(task, method)
+        if entry is not None:
+            row.method = _cell(task, entry, best.final, tolerance, max_compute)
+        for name in contenders:
+            e = arena.entry(task, name)
+            if e is not None:
+                row.contenders[name] = _cell(task, e, best.final, tolerance, max_compute)
+        out.append(row)
+    return out
+
+
+def best_family(arena: Arena, tasks: Sequence[str], probe: str = "Adam()"
+                ) -> tuple[str, str, float] | None:
+    """The tuned family of ``probe``'s grid with the lowest mean shortfall over ``tasks``
+    (only families that ran on all of them): (name, label, mean shortfall)."""
+    chosen = [t for t in arena.tasks if t.name in tasks]
+    if not chosen:
+        return None
+    families: dict[str, tuple[str, list[float]]] = {}
+    for t in chosen:
+        for e in grid_entries(t, probe):
+            families.setdefault(e.method, (e.label, []))[1].append(t.shortfall(e))
+    scored = [(statistics.fmean(v), name, label) for name, (label, v) in families.items()
+              if len(v) == len(chosen)]
+    if not scored:
+        return None
+    value, name, label = min(scored)
+    return name, label, value
+
+
+def mean_shortfall(rows: Sequence[TaskBar], name: str | None) -> float:
+    cells = [r.method if name is None else r.contenders.get(name) for r in rows]
+    if not cells or any(c is None for c in cells):
+        return math.nan
+    return statistics.fmean(c.shortfall for c in cells)
+
+
+# -- the text --------------------------------------------------------------------------------
 def fmt(x: float) -> str:
     return "diverged" if not math.isfinite(x) else f"{x:.4g}"
 
 
+def _gap(x: float) -> str:
+    return f"{x:+.1%}" if math.isfinite(x) else "inf"
+
+
+def _brief(c: Cell | None) -> str:
+    if c is None:
+        return "-"
+    div = f", {c.diverged} div" if c.diverged else ""
+    return f"{fmt(c.final)} ({_gap(c.gap)}, {c.compute:.2f}x{div})"
+
+
+def render(arena: Arena, rows: list[TaskBar], method: str, probe: str, tolerance: float,
+           max_compute: float) -> str:
+    lines = []
+    head = ["task", "metric", method, "gap", "compute", "diverged", "bar",
+            f"grid best ({probe.rstrip('()')})", "its setting", "grid cells",
+            *[label for _, label in UNTUNED]]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        c = r.method
+        body = [r.task + (" (held-out)" if r.group == "held-out" else ""), r.metric]
+        if c is None:
+            body += ["-"] * 5
+        else:
+            seeds = "" if c.seeds == r.best_seeds else f" (seeds {list(c.seeds)})"
+            body += [fmt(c.final) + seeds, _gap(c.gap), f"{c.compute:.2f}x",
+                     f"{c.diverged}/{len(c.seeds)}", "yes" if c.ok else "no"]
+        body += [fmt(r.best_final), f"{r.best_label} lr={r.best_lr:g}", str(r.cells)]
+        body += [_brief(r.contenders.get(name)) for name, _ in UNTUNED]
+        lines.append("| " + " | ".join(body) + " |")
+    lines.append("")
+    seeds = sorted({len(r.best_seeds) for r in rows})
+    lines.append(f"The bar: within {tolerance:.0%} of the grid's best cell, at most "
+                 f"{max_compute:g}x one run's compute, no seed diverged. Seeds per cell: "
+                 f"{', '.join(map(str, seeds)) or '-'}; compute in runs of the task's budget; "
+                 "gap relative, positive = worse than the grid.")
+    lines.append("")
+    for group, name, total, needs in GROUPS:
+        grouped = [r for r in rows if r.group == group]
+        if not grouped:
+            lines.append(f"{name}: none in the results")
+            continue
+        ran = [r for r in grouped if r.method is not None]
+        met = sum(r.method.ok for r in ran)
+        short = f"{group}: " if group == "held-out" else ""
+        lines.append(f"{short}{method} within {tolerance:.0%} on {met} of {total} {name} "
+                     f"(needs {needs}; {len(ran)} in the results)"
+                     + (": met" if met >= needs else ": not met"))
+        tasks = [r.task for r in grouped]
+        fam = best_family(arena, tasks, probe)
+        mine = mean_shortfall(ran, None) if len(ran) == len(grouped) else math.nan
+        if fam is not None:
+            verdict = ("below it: met" if mine < fam[2] else "not below it: not met") \
+                if math.isfinite(mine) else "-"
+            lines.append(f"  mean shortfall over the {len(grouped)} {name}: {method} "
+                         f"{fmt(mine)}, best tuned single family {fam[1]} ({fam[0]}) "
+                         f"{fmt(fam[2])}; {verdict}")
+        for cname, label in UNTUNED:
+            cells = [r.contenders.get(cname) for r in grouped]
+            if all(c is None for c in cells):
+                continue
+            within = sum(1 for c in cells if c is not None and c.ok)
+            present = sum(1 for c in cells if c is not None)
+            lines.append(f"  {label} ({cname}): within {tolerance:.0%} on {within} of "
+                         f"{present}, mean shortfall "
+                         f"{fmt(mean_shortfall(grouped, cname))}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", help="a results.csv or the directory holding it")
-    ap.add_argument("--auto", default="autopilot", help="the self-tuning method's name")
-    ap.add_argument("--probe", default="Adam()", help="its optimizer as the grid names it")
+    ap.add_argument("results", nargs="+",
+                    help="results.csv files or the directories holding them (pooled)")
+    ap.add_argument("--method", "--auto", dest="method", default="autopilot",
+                    help="the self-tuning method's name in the results (default: autopilot)")
+    ap.add_argument("--probe", default="Adam()", help="the grid's optimizer as the results "
+                                                      "name it (default: Adam())")
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--max-compute", type=float, default=2.0)
     args = ap.parse_args(argv)
-    arena = summarize(R.load_rows(args.results))
-    head = ["task", "metric", "autopilot", "compute", "grid best (Adam)", "its setting",
-            "grid cells", "gap", "bar"] + [label for _, label in UNTUNED]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    met = 0
-    for task in arena.tasks:
-        auto = arena.entry(task, args.auto)
-        grid = [e for e in task.entries if e.tuned and e.probe == args.probe]
-        if auto is None or not grid:
-            continue
-        best_entry = min(grid, key=lambda e: e.score)
-        best = best_entry.best
-        cells = sum(len(e.settings) for e in grid)
-        a = auto.best
-        sign = -1.0 if task.higher_is_better else 1.0
-        gap = sign * (a.final - best.final) / abs(best.final) if math.isfinite(a.final) \
-            else math.inf
-        ok = (not a.diverged and gap <= args.tolerance and a.compute <= args.max_compute)
-        met += ok
-        row = [task.name, task.metric, fmt(a.final), f"{a.compute:.2f}x", fmt(best.final),
-               f"{best_entry.label} lr={best.lr:g}", str(cells),
-               f"{gap:+.1%}" if math.isfinite(gap) else "inf", "yes" if ok else "no"]
-        for name, _ in UNTUNED:
-            e = arena.entry(task, name)
-            row.append(f"{fmt(e.best.final)} ({e.best.compute:.2f}x)" if e else "-")
-        print("| " + " | ".join(row) + " |")
-    seeds = statistics.median(e.seeds for t in arena.tasks for e in t.entries)
-    print(f"\nbar met on {met} of {len(arena.tasks)} tasks (needs 5 of 7); seeds per cell: "
-          f"{seeds:g}; compute in runs of the task's budget")
+    rows = [row for path in args.results for row in R.load_rows(path)]
+    arena = summarize(rows)
+    table = bar(arena, args.method, args.probe, args.tolerance, args.max_compute)
+    if not table:
+        print(f"no task in {', '.join(args.results)} has a {args.probe} grid",
+              file=sys.stderr)
+        return 1
+    if all(r.method is None for r in table):
+        print(f"warning: no results of method {args.method!r}", file=sys.stderr)
+    print(render(arena, table, args.method, args.probe, args.tolerance, args.max_compute))
     return 0
 
 

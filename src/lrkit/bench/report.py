@@ -295,13 +295,14 @@ class Arena:
 def summarize(rows: Sequence[R.Row], range_tests: Sequence[dict[str, Any]] = ()) -> Arena:
     """Aggregate rows (of one or several budgets) into the report's tables."""
     from lrkit.bench.methods import METHODS
-    from lrkit.bench.tasks import TASKS
+    from lrkit.bench.tasks import HELD_OUT, TASKS
 
     notes: list[str] = []
     by_task: dict[str, list[R.Row]] = defaultdict(list)
     for r in rows:
         by_task[r.task].append(r)
-    task_order = sorted(by_task, key=lambda t: (list(TASKS).index(t) if t in TASKS else 99, t))
+    known = [*TASKS, *HELD_OUT]  # the arena's tasks, then the held-out ones
+    task_order = sorted(by_task, key=lambda t: (known.index(t) if t in known else 99, t))
     method_order = {name: i for i, name in enumerate(METHODS)}
     seen: dict[str, tuple[str, str, str]] = {}
     tasks = []
