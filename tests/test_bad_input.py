@@ -79,6 +79,8 @@ EXEMPT = {
                                           "arguments it has checked",
     "lrkit.bench.methods.lbfgs_cell": "a Method runner: Method.cell calls it with the "
                                       "arguments it has checked",
+    "lrkit.bench.methods.suggested_cell": "a Method runner: Method.cell calls it with the "
+                                          "arguments it has checked",
     **dict.fromkeys(["lrkit.linesearch.LineSearchResult", "lrkit.optim.lbfgs.QuasiNewtonStep",
                      "lrkit.bench.tasks.FullBatch"],
                     "a record that lrkit fills in (a search's result, a step's explanation, "
@@ -345,6 +347,10 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.bench.tasks.shuffled_epochs": lambda: ((8, torch.randn(16, 2)), {}),
     "lrkit.bench.tasks.ConvNet1d": lambda: ((), {"channels": 4, "classes": 3}),
     "lrkit.bench.tasks.CharGRU": lambda: ((), {"vocab": 10, "embed": 4, "hidden": 4}),
+    "lrkit.bench.held_out.ShapesCNN": lambda: ((), {"width": 4, "classes": 3}),
+    "lrkit.bench.held_out.CausalBlock": lambda: ((8, 2), {}),
+    "lrkit.bench.held_out.TinyTransformer": lambda: ((), {"vocab": 10, "d": 8, "heads": 2,
+                                                          "layers": 1, "context": 8}),
     "lrkit.bench.train.train": lambda: (
         ("quadratic", lambda p: torch.optim.SGD(p, lr=0.01)),
         {"seed": 0, "steps": 5, "callback": lambda step, loss: None,

@@ -129,6 +129,10 @@ class CausalBlock(nn.Module):
     (``scaled_dot_product_attention``), then ``x + mlp(ln(x))`` (GELU, width 4 ``d``)."""
 
     def __init__(self, d: int, heads: int) -> None:
+        C.positive_int("CausalBlock()", "d", d)
+        C.positive_int("CausalBlock()", "heads", heads)
+        if d % heads:
+            raise ValueError(f"CausalBlock(): d must be a multiple of heads ({heads}), got {d}")
         super().__init__()
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
@@ -156,7 +160,7 @@ class TinyTransformer(nn.Module):
         if d % heads:
             raise ValueError(f"TinyTransformer(): d must be a multiple of heads ({heads}), "
                              f"got {d}")
-        super().__init__()
+        super().__init__()  # (CausalBlock checks d and heads again)
         self.embed = nn.Embedding(vocab, d)
         self.position = nn.Parameter(torch.randn(context, d) * 0.02)
         self.blocks = nn.Sequential(*(CausalBlock(d, heads) for _ in range(layers)))
