@@ -347,9 +347,9 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.bench.tasks.shuffled_epochs": lambda: ((8, torch.randn(16, 2)), {}),
     "lrkit.bench.tasks.ConvNet1d": lambda: ((), {"channels": 4, "classes": 3}),
     "lrkit.bench.tasks.CharGRU": lambda: ((), {"vocab": 10, "embed": 4, "hidden": 4}),
-    "lrkit.bench.held_out.ShapesCNN": lambda: ((), {"width": 4, "classes": 3}),
-    "lrkit.bench.held_out.CausalBlock": lambda: ((8, 2), {}),
-    "lrkit.bench.held_out.TinyTransformer": lambda: ((), {"vocab": 10, "d": 8, "heads": 2,
+    "lrkit.bench.tasks.ShapesCNN": lambda: ((), {"width": 4, "classes": 3}),
+    "lrkit.bench.tasks.CausalBlock": lambda: ((8, 2), {}),
+    "lrkit.bench.tasks.TinyTransformer": lambda: ((), {"vocab": 10, "d": 8, "heads": 2,
                                                           "layers": 1, "context": 8}),
     "lrkit.bench.train.train": lambda: (
         ("quadratic", lambda p: torch.optim.SGD(p, lr=0.01)),
