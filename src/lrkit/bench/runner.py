@@ -72,8 +72,8 @@ SUITES: dict[str, Suite] = {
 # the weights of the progress bar and of the scheduling order, not a promise.
 COST = {"quadratic": 0.4, "noisy_quadratic": 0.4, "mnist1d_mlp": 2.5, "mnist1d_cnn": 5.2,
         "digits_softmax": 0.8, "rosenbrock": 0.5, "char_lm": 11.0,
-        # the held-out tasks: measured on the same machine under a load that doubled
-        # char_lm's time (21.9 s), halved
+        # the held-out tasks, estimated: median 9.3, 13.2 and 4.6 s measured on the same
+        # machine under a load average of 6, which made char_lm take 2-3x its 11 s
         "shapes_bn": 4.5, "tiny_transformer": 5.5, "noisy_regression": 1.9}
 RANGE_TEST_STEPS = 100
 

@@ -584,9 +584,10 @@ register(Task(
 # design or tune the autopilot or the range test's rule, on which a self-tuning method is
 # reported only at the end (``lrkit bench --suite heldout``). Registered in ``HELD_OUT``
 # instead of ``TASKS``, so the quick and full suites, ``lrkit tune`` and ``lrkit find``
-# never see them; ``get_task`` finds them. Each trains its budget in about 2-5 s on one
-# idle CPU thread; nothing is downloaded (the data is generated, or the Python standard
-# library's source, as ``char_lm``'s).
+# never see them; ``get_task`` finds them. Each is sized to train its budget in about 2-6 s
+# on one idle CPU thread (measured: median 4.6-13.2 s under a load average of 6 on 2
+# cores, where char_lm takes 2-3x its 11 s); nothing is downloaded (the data is
+# generated, or the Python standard library's source, as ``char_lm``'s).
 #
 # - ``shapes_bn``: a 2-D CNN (3 conv + BatchNorm blocks, global pooling) on 16x16 images of
 #   8 generated shapes (random position, size, contrast, background gradient; pixel noise);
