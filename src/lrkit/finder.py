@@ -173,7 +173,7 @@ def edge_of_progress(lrs: np.ndarray, losses: np.ndarray) -> tuple[float, bool]:
     return float(lrs[lowest + above[0] if above.size else n - 1]), bool(above.size)
 
 
-def uses_noise(rule: Any) -> bool:
+def _uses_noise(rule: Any) -> bool:
     """Whether a rule reads the gradient noise: called as ``rule(lrs, losses, smoothed,
     noise=...)`` (mark one with ``rule.uses_noise = True``)."""
     return bool(getattr(rule, "uses_noise", False))
@@ -333,8 +333,9 @@ def suggest(lrs: Any, losses: Any, smoothed: Any = None, rule: str | Rule = DEFA
     """Apply one rule to a recorded curve, leaving out its non-finite points first.
 
     ``smoothed`` defaults to the debiased EMA (factor ``smooth``) of the finite losses.
-    A rule that reads the gradient noise (``uses_noise``) gets ``noise`` (a
-    ``GradientNoise``; None: not measured) as a keyword; the others never see it.
+    A rule that reads the gradient noise (one with the attribute ``uses_noise = True``,
+    as ``noisy``) gets ``noise`` (a ``GradientNoise``; None: not measured) as a keyword,
+    ``rule(lrs, losses, smoothed, noise=noise)``; the others never see it.
     """
     fn = "suggest()"
     lrs, losses = _curves(fn, lrs=lrs, losses=losses)
@@ -357,7 +358,7 @@ def suggest(lrs: Any, losses: Any, smoothed: Any = None, rule: str | Rule = DEFA
                         f"{type(noise).__name__}")
     if keep.sum() < MIN_POINTS:
         return None
-    if uses_noise(rule):
+    if _uses_noise(rule):
         value = rule(lrs[keep], losses[keep], smoothed[keep], noise=noise)
     else:
         value = rule(lrs[keep], losses[keep], smoothed[keep])
@@ -664,36 +665,38 @@ def _diagnose(result: LRFinderResult) -> list[str]:
 class _GradientPairs:
     """Per step of the sweep: ``|g_t|^2``, ``g_t . g_{t-1}`` and ``|g_t - g_{t-1}|^2`` of the
     gradients the optimizer stepped on (those left on its parameters after the step,
-    unscaled by a GradScaler's ``step``; averaged over micro-batches with ``accumulate``).
-    It keeps one copy of the previous gradient; a step whose gradient is missing or not
-    finite records NaN and breaks the chain of pairs."""
+    unscaled by a GradScaler's ``step``; averaged over micro-batches with ``accumulate``),
+    in float32 (float64 for float64 gradients). It keeps one flat copy of the previous
+    gradient; a step whose gradient is missing or not finite records NaN and breaks the
+    chain of pairs."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.prev: list[torch.Tensor] | None = None
+        self.prev: torch.Tensor | None = None
         self.sq: list[float] = []
         self.dot: list[float] = []
         self.diff: list[float] = []
 
     def record(self) -> None:
-        grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        grads = [g.to_dense() if g.is_sparse else g for g in grads]
+        grads = [p.grad for p in self.params if p.grad is not None]
+        flat = None
         sq = dot = diff = math.nan
         if grads:
             with torch.no_grad():
-                sq = sum(float(g.double().pow(2).sum()) for g in grads)
+                dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) \
+                    else torch.float32  # float32 sums err far below the sampling noise
+                flat = torch.cat([(g.to_dense() if g.is_sparse else g).reshape(-1).to(dtype)
+                                  for g in grads])
+                sq = float(flat @ flat)
                 if not math.isfinite(sq):
-                    grads, sq = [], math.nan
-                elif self.prev is not None and len(self.prev) == len(grads) and all(
-                        a.shape == b.shape for a, b in zip(self.prev, grads)):
-                    dot = sum(float((g.double() * h.double()).sum())
-                              for g, h in zip(grads, self.prev))
-                    diff = sum(float((g.double() - h.double()).pow(2).sum())
-                               for g, h in zip(grads, self.prev))
+                    flat, sq = None, math.nan
+                elif self.prev is not None and self.prev.shape == flat.shape:
+                    dot, diff = (float(v) for v in torch.stack(
+                        [flat @ self.prev, (flat - self.prev).pow(2).sum()]))
         self.sq.append(sq)
         self.dot.append(dot)
         self.diff.append(diff)
-        self.prev = [g.clone() for g in grads] if grads else None
+        self.prev = flat
 
 
 # -- one step ----------------------------------------------------------------------------
