@@ -245,3 +245,28 @@ def test_bad_inputs_are_named():
         gradient_noise(lrs, losses, lrs, lrs, lrs, batch_size=0)
     with pytest.raises(TypeError, match="grad_sq"):
         gradient_noise(lrs, losses, "abc", lrs, lrs)
+
+
+def test_lbfgs_sparse_and_unused_parameters_are_recorded():
+    """A closure optimizer (L-BFGS), a sparse embedding gradient and a parameter that never
+    gets a gradient: the record has one finite entry per step all the same."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    head = torch.nn.Linear(3, 1)
+    unused = torch.nn.Linear(2, 2)
+    model = torch.nn.ModuleDict({"emb": emb, "head": head, "unused": unused})
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 10, (8,), generator=g), torch.randn(8, 1, generator=g))
+               for _ in range(12)]
+
+    def step_fn(m, batch):
+        idx, y = batch
+        return mse(m["head"](m["emb"](idx)), y)
+
+    for opt in (torch.optim.SGD(model.parameters(), lr=0.1),
+                torch.optim.LBFGS(list(head.parameters()), lr=0.1, max_iter=2)):
+        r = find_lr(model, opt, batches, step_fn=step_fn, start=1e-6, end=1e-3, steps=12,
+                    warn=False)
+        assert len(r.grad_sq) == 12 and np.isfinite(r.grad_sq).all()
+        assert np.isfinite(r.grad_diff[1:]).all()
+        assert r.settings["batch_size"] == 8

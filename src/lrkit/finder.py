@@ -664,7 +664,6 @@ def _diagnose(result: LRFinderResult) -> list[str]:
     return out
 
 
-
 # -- the gradient noise ------------------------------------------------------------------
 class _GradientPairs:
     """Per step of the sweep: ``|g_t|^2``, ``g_t . g_{t-1}`` and ``|g_t - g_{t-1}|^2`` of the
@@ -689,8 +688,9 @@ class _GradientPairs:
             with torch.no_grad():
                 dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) \
                     else torch.float32  # float32 sums err far below the sampling noise
-                flat = torch.cat([(g.to_dense() if g.is_sparse else g).reshape(-1).to(dtype)
-                                  for g in grads])
+                where = grads[0].device  # (a model split over devices: gathered on one)
+                flat = torch.cat([(g.to_dense() if g.is_sparse else g).reshape(-1)
+                                  .to(device=where, dtype=dtype) for g in grads])
                 sq = float(flat @ flat)
                 if not math.isfinite(sq):
                     flat, sq = None, math.nan
