@@ -73,7 +73,8 @@ EXEMPT = {
     # builds itself (results, events, explanations)
     **dict.fromkeys(["lrkit.guard.GuardEvent", "lrkit.optim.base.Explained",
                      "lrkit.finder.LRFinderResult", "lrkit.bench.train.Run",
-                     "lrkit.targets.Target", "lrkit.bench.tasks.TaskInstance"],
+                     "lrkit.targets.Target", "lrkit.bench.tasks.TaskInstance",
+                     "lrkit.finder.GradientNoise"],
                     "a record of results that lrkit fills in, not an entry point"),
     "lrkit.bench.methods.autopilot_cell": "a Method runner: Method.cell calls it with the "
                                           "arguments it has checked",
@@ -320,6 +321,8 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     **{f"lrkit.finder.{n}": (lambda: ((*_curve(), _curve()[1]), {}))
        for n in RULES},  # every rule takes (lrs, losses, smoothed)
     "lrkit.finder.edge_of_progress": lambda: (_curve(), {}),
+    "lrkit.finder.gradient_noise": lambda: (
+        (*_curve(), *(np.linspace(1.0, 2.0, 40),) * 3), {"batch_size": 16}),
     "lrkit.finder.centred_smooth": lambda: ((_curve()[1], 3), {}),
     "lrkit.finder.zero_lag": lambda: ((_curve()[1],), {}),
     "lrkit.finder.ema": lambda: ((_curve()[1], 0.9), {}),

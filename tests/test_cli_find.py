@@ -63,6 +63,9 @@ def test_find_on_a_user_target_writes_plot_and_json(target_module, tmp_path):
     data = json.loads(js.read_text())
     assert data["target"] == "mytargets:setup" and data["settings"]["optimizer"] == "SGD"
     assert len(data["lrs"]) <= 60 and data["suggestion"] == data["suggestions"][data["rule"]]
+    assert len(data["grad_sq"]) == len(data["lrs"])
+    if data["noise"] is not None:  # the measured gradient noise is printed and saved
+        assert "gradient noise" in result.output and data["noise"]["pairs"] >= 3
 
 
 def test_find_on_a_built_in_task(tmp_path):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SEEDS = range(10)
 
 
-@pytest.mark.parametrize("rule", [DEFAULT_RULE, "minimum"])
+@pytest.mark.parametrize("rule", [DEFAULT_RULE, "minimum", "noisy"])
 def test_least_squares_suggestion_for_sgd_lies_between_005_and_2_over_l(rule):
     for seed in SEEDS:  # L log-uniform in [1, 1000]
         result, top = least_squares_sweep(seed)

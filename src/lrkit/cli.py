@@ -247,6 +247,11 @@ def _print_suggestions(result) -> None:
         table.add_row(rule + mark, "-" if lr is None else f"{lr:.3g}")
     console = Console()
     console.print(table)
+    noise = result.noise
+    if noise is not None:
+        scale = "" if noise.scale is None else f", B_simple = {noise.scale:.3g} examples"
+        console.print(f"gradient noise: tr(Sigma_B) / |G|^2 = {noise.ratio:.3g}{scale} "
+                      f"({noise.pairs} pairs of steps at lr <= {noise.lr_max:.2g})")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
