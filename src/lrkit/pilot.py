@@ -91,6 +91,8 @@ class AutopilotReport:
     #: the trained model's scores that a caller measured (a task's metric: ``lrkit fit``
     #: adds it), shown in the HTML page: name -> (value, target or None)
     metrics: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    #: the probes' horizon fit: lengths, optima, beta, optimum, peak
+    horizon: dict[str, Any] = field(default_factory=dict)
 
     @property
     def relative_compute(self) -> float:
@@ -353,6 +355,9 @@ def autopilot(
         chosen = None
     else:
         chosen, peak = _choose_lr(setup, _Search(extra, shape, family))
+        if shape is None and len(report.horizon.get("lengths", ())) > 1:
+            family = _family_for(report.horizon["beta"])
+            report.decisions.append(_family_reason(family, report.horizon["beta"]))
     run_schedule = _schedule(shape, family, peak, steps)
     report.lr = chosen
     report.schedule = str(run_schedule)
@@ -366,6 +371,7 @@ def autopilot(
     report.wall_time["search"] = time.perf_counter() - began
     _final_run(setup, run_schedule, _Watch(val_loader is not None or val_fn is not None,
                                            callbacks, progress, guard))
+    _realised(setup)
     report.wall_time["total"] = time.perf_counter() - began
     return report
 
@@ -449,10 +455,38 @@ def _lr_free_class(optimizer: Any) -> type | None:
 
 
 def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
-    """Range test, then successive halving over probes; returns (chosen, peak)."""
+    """Range test, then probes at three lengths; returns (chosen, peak)."""
+    report = setup.report
+    suggestion = _range_test(setup, search.extra)
+    left = search.extra - report.compute["range_test"]
+    plan = _plan(left, setup.eval_cost)
+    if plan is None:
+        report.decisions.append(
+            f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
+            f"suggestion {suggestion:.3g} is the peak")
+        return suggestion, suggestion
+    horizon = _horizon_search(setup, search, suggestion, plan)
+    report.horizon = horizon
+    peak = horizon["peak"]
+    if len(horizon["lengths"]) == 1:
+        report.decisions.append(
+            f"peak learning rate {peak:.3g}: the probes' optimum (one length: the budget "
+            f"allows no horizon fit); {peak / suggestion:.3g}x the range test's suggestion")
+        return peak, peak
+    report.decisions.append(
+        f"peak learning rate {peak:.3g}: the probes' optimum {horizon['optimum']:.3g} at "
+        f"{horizon['lengths'][-1]} steps, times ({setup.steps} / {horizon['lengths'][-1]})"
+        f"^-{horizon['beta']:.2f} (the horizon exponent fitted on the optima at "
+        f"{', '.join(map(str, horizon['lengths']))} steps); {peak / suggestion:.3g}x the "
+        f"range test's suggestion")
+    return peak, peak
+
+
+def _range_test(setup: _Setup, extra: float) -> float:
+    """The range test's suggestion (1e-3 when the budget allows none or it gives none)."""
     from lrkit.finder import find_lr
 
-    report, extra = setup.report, search.extra
+    report = setup.report
     range_steps = int(min(100, max(30, extra * 0.2))) if extra >= 30 else 0
     suggestion = None
     if range_steps:
@@ -472,61 +506,150 @@ def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
     if not suggestion:
         suggestion = 1e-3
         report.decisions.append("no usable suggestion: starting from 1e-3")
-    left = extra - report.compute["range_test"]
-    plan = _plan(left, setup.eval_cost)
-    if plan is None:
-        report.decisions.append(
-            f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
-            f"suggestion {suggestion:.3g} is the peak")
-        return suggestion, suggestion
-    factors, rungs, base = plan
-    candidates = [suggestion * f for f in factors]
+    return suggestion
+
+
+def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
+                    plan: tuple[int, ...]) -> dict[str, Any]:
+    """Probes at two lengths, L and ``HORIZON_RATIO`` L (``plan``): five around the
+    suggestion at L, then three around the short optimum at the longer length, each rung
+    extended by one probe beyond its end when its best probe lies there. A rung's optimum
+    is the vertex of a parabola through its best probe and the neighbours (log lr, log
+    score); the horizon exponent ``beta`` of ``lr*(T) ~ T^-beta`` (Bjorck et al. 2025) is
+    -log(long optimum / short optimum) / log(HORIZON_RATIO), clipped to [BETA_MIN,
+    BETA_MAX]; the peak is the long optimum extrapolated to the run's length. With one
+    length in ``plan`` (a small budget), three probes around the suggestion and no
+    extrapolation (``beta`` 0)."""
+    report = setup.report
     snap = Snapshot(setup.model, setup.optimizer)
-    alive = candidates
-    for rung, count in enumerate(rungs):
-        probe_steps = min(base * 2 ** rung, setup.steps)
-        scores = []
-        for lr in alive:
-            snap.restore()
-            schedule = _compressed(search.shape, search.family, lr, probe_steps, setup.steps)
-            losses = _probe(setup, schedule, probe_steps)
-            report.compute["probes"] += len(losses) + setup.eval_cost
-            diverged = len(losses) < probe_steps or not all(map(math.isfinite, losses))
-            score = math.inf if diverged else setup.scorer()
-            scores.append(score)
-            report.probes.append(Probe(float(lr), probe_steps, float(score), rung + 1))
-        order = np.argsort(scores, kind="stable")
-        keep = max(1, math.ceil(count / 2))
-        alive = [alive[i] for i in order[:keep]]
-        shown = ", ".join(f"{lr:.3g}: {s:.4g}" for lr, s in zip(
-            [p.lr for p in report.probes[-len(scores):]], scores))
+    lengths: list[int] = []
+    optima: list[float] = []
+    bests: list[float] = []
+    beta = 0.0
+    rows = (PROBE_FACTORS, SMALL_PROBE_FACTORS) if len(plan) > 1 else (SMALL_PROBE_FACTORS,)
+    for rung, (planned, factors) in enumerate(zip(plan, rows)):
+        length = min(planned, setup.steps)
+        center = suggestion if not optima else optima[-1]
+        lrs = [center * f for f in factors]
+        scores = [_scored_probe(setup, search, snap, lr, length, rung) for lr in lrs]
+        best = int(np.argmin(scores))
+        extra = lrs[0] / 2 if best == 0 else \
+            lrs[-1] * 2 if best == len(lrs) - 1 and math.isfinite(scores[-1]) else None
+        if extra is not None:  # the best probe at an end of the row: one more beyond it
+            lrs.append(extra)
+            scores.append(_scored_probe(setup, search, snap, extra, length, rung))
+        optimum = _vertex(lrs, scores)
+        lengths.append(length)
+        optima.append(optimum)
+        if len(optima) > 1:
+            beta = _slope(lengths, optima)
+        shown = ", ".join(f"{lr:.3g}: {s:.4g}" for lr, s in sorted(zip(lrs, scores)))
         report.decisions.append(
-            f"probes, rung {rung + 1} ({probe_steps} steps each, schedule compressed to "
-            f"that length): {shown}; keeping {', '.join(f'{lr:.3g}' for lr in alive)}")
+            f"probes, rung {rung + 1} ({length} steps each, schedule compressed to that "
+            f"length): {shown}; optimum {optimum:.3g}"
+            + (f"; horizon exponent {beta:.2f}" if len(optima) > 1 else ""))
+        bests.append(float(min(scores)))
     snap.restore()
-    chosen = float(alive[0])
-    report.decisions.append(f"peak learning rate {chosen:.3g} (the best probe), "
-                            f"{chosen / suggestion:.3g}x the range test's suggestion")
-    return chosen, chosen
+    peak = optima[-1] * (setup.steps / lengths[-1]) ** -beta
+    return {"lengths": lengths, "optima": optima, "beta": beta, "optimum": optima[-1],
+            "peak": peak, "best_scores": bests,
+            "predicted": _predicted(lengths, bests, setup.steps)}
 
 
-def _plan(left: float, eval_cost: float) -> tuple[tuple[float, ...], list[int], int] | None:
-    """The widest probing plan the budget affords: (factors, rungs, base probe length).
+def _scored_probe(setup: _Setup, search: _Search, snap: Snapshot, lr: float, length: int,
+                  rung: int) -> float:
+    """One probe from the saved state: ``length`` steps along the run's schedule compressed
+    to that length at peak ``lr``, scored at its end (inf when it diverged); recorded in the
+    report with its compute."""
+    report = setup.report
+    snap.restore()
+    schedule = _compressed(search.shape, search.family, lr, length, setup.steps)
+    losses = _probe(setup, schedule, length)
+    report.compute["probes"] += len(losses) + setup.eval_cost
+    diverged = len(losses) < length or not all(map(math.isfinite, losses))
+    score = math.inf if diverged else setup.scorer()
+    report.probes.append(Probe(float(lr), length, float(score), rung + 1))
+    return score
 
-    Successive halving over 5 candidates (rungs of 5, 3, 2 probes, each rung's probes
-    twice as long), else over 3 (rungs of 3, 2), else one rung of 3; None when even that
-    leaves probes shorter than ``MIN_PROBE_STEPS``.
-    """
-    for factors, halving in ((PROBE_FACTORS, True), (SMALL_PROBE_FACTORS, True),
-                             (SMALL_PROBE_FACTORS, False)):
-        rungs, n = [], len(factors)
-        while n > 1 and (halving or not rungs):
-            rungs.append(n)
-            n = math.ceil(n / 2)
-        weight = sum(r * 2 ** i for i, r in enumerate(rungs))
-        base = int((left - eval_cost * sum(rungs)) // weight)
+
+def _predicted(lengths: Sequence[int], bests: Sequence[float], steps: int) -> float | None:
+    """The score a run of ``steps`` should reach: the best probe scores of the rungs on a
+    power law of the length (a straight line in log-log), None without two positive
+    finite scores that fall with the length."""
+    if len(lengths) < 2 or not all(0 < b < math.inf for b in bests) or bests[-1] >= bests[0]:
+        return None
+    slope = math.log(bests[-1] / bests[0]) / math.log(lengths[-1] / lengths[0])
+    return float(bests[-1] * (steps / lengths[-1]) ** slope)
+
+
+HORIZON_RATIO = 4
+#: the horizon exponent from which the run counts as noise-dominated (geometric decay)
+BETA_NOISE = 0.2
+NOISY_FAMILY = "exponential"
+
+
+def _family_for(beta: float) -> str:
+    """The schedule family for a horizon exponent: ``NOISY_FAMILY`` from ``BETA_NOISE`` up
+    (the optimum falls with the length of the run: gradient noise sets the final loss, and
+    a geometric decay, which spends most steps at small rates, is near-optimal there: Ge
+    et al. 2019, "The step decay schedule", arXiv 1904.12838), else ``DEFAULT_FAMILY``
+    (the progress of the run sets it: linear decay to zero, Defazio et al. 2023)."""
+    return NOISY_FAMILY if beta >= BETA_NOISE else DEFAULT_FAMILY
+
+
+def _family_reason(family: str, beta: float) -> str:
+    if family == NOISY_FAMILY:
+        return (f"family {family!r}: the horizon exponent {beta:.2f} >= {BETA_NOISE} says "
+                f"gradient noise limits this run (its best rate falls with its length), "
+                f"where a geometric decay that spends most steps at small rates is "
+                f"near-optimal (Ge et al. 2019)")
+    return (f"family {family!r}: the horizon exponent {beta:.2f} < {BETA_NOISE} says progress, "
+            f"not noise, limits this run (its best rate holds with its length): linear "
+            f"decay to zero (Defazio et al. 2023)")
+BETA_MIN = 0.0
+BETA_MAX = 1.0
+
+
+def _slope(lengths: Sequence[int], optima: Sequence[float]) -> float:
+    """-d log(optimum) / d log(length), least squares, clipped to [BETA_MIN, BETA_MAX]."""
+    x = np.log(np.asarray(lengths, dtype=float))
+    y = np.log(np.asarray(optima, dtype=float))
+    slope = float(np.polyfit(x, y, 1)[0])
+    return min(max(-slope, BETA_MIN), BETA_MAX)
+
+
+def _vertex(lrs: Sequence[float], scores: Sequence[float]) -> float:
+    """The lr minimising a parabola through the best probe and its two neighbours in
+    (log lr, log score) (raw scores when some are not positive), kept within the
+    neighbours; the best probe's lr at an end of the row or beside a diverged one."""
+    order = np.argsort(lrs)
+    x = np.log(np.asarray(lrs, dtype=float)[order])
+    y = np.asarray(scores, dtype=float)[order]
+    i = int(np.argmin(y))
+    if not math.isfinite(y[i]):
+        return float(min(lrs))
+    if i == 0 or i == len(y) - 1 or not (math.isfinite(y[i - 1]) and math.isfinite(y[i + 1])):
+        return float(math.exp(x[i]))
+    yy = y[i - 1:i + 2]
+    if np.all(yy > 0):
+        yy = np.log(yy)
+    a, b, _ = np.polyfit(x[i - 1:i + 2], yy, 2)
+    if a <= 0:
+        return float(math.exp(x[i]))
+    v = min(max(-b / (2 * a), x[i - 1]), x[i + 1])
+    return float(math.exp(v))
+
+
+def _plan(left: float, eval_cost: float) -> tuple[int, ...] | None:
+    """The probes' lengths: (L, HORIZON_RATIO L) when 5 (+1) probes at L and 3 (+1) at
+    the longer length fit in ``left`` steps with their scorings, else (L,) for one rung of
+    3 (+1) probes, else None (L under ``MIN_PROBE_STEPS``)."""
+    for counts in ((len(PROBE_FACTORS) + 1, len(SMALL_PROBE_FACTORS) + 1),
+                   (len(SMALL_PROBE_FACTORS) + 1,)):
+        weight = sum(c * HORIZON_RATIO ** i for i, c in enumerate(counts))
+        base = int((left - eval_cost * sum(counts)) // weight)
         if base >= MIN_PROBE_STEPS:
-            return factors, rungs, base
+            return tuple(base * HORIZON_RATIO ** i for i in range(len(counts)))
     return None
 
 
@@ -592,6 +715,24 @@ def _final_run(setup: _Setup, schedule: S.Schedule, watch: _Watch) -> None:
         opt.eval()  # schedule-free: leave the model at its averaged weights
         report.decisions.append(f"{type(opt).__name__}: switched to eval mode at the end, "
                                 f"so the model holds the averaged weights")
+
+
+def _realised(setup: _Setup) -> None:
+    """The trained model's score beside the one the probes predicted (in the report)."""
+    report = setup.report
+    predicted = report.horizon.get("predicted")
+    if predicted is None or report.diverged:
+        return
+    if report.val_steps and report.val_steps[-1] == setup.steps:
+        realised = report.val_losses[-1]
+    else:
+        with averaged(setup.optimizer):
+            realised = setup.scorer()
+        report.compute["training"] += setup.eval_cost
+    report.horizon["realised"] = realised
+    report.decisions.append(
+        f"score: the probes predicted {predicted:.4g} (their best scores on a power law of "
+        f"the length), the run reached {realised:.4g}")
 
 
 class _Progress:
