@@ -336,6 +336,10 @@ def test_a_noise_dominated_problem_gets_a_lower_peak_and_the_geometric_decay():
     assert report.lr == pytest.approx(h["optimum"] * (1500 / h["lengths"][1]) ** -h["beta"])
     assert report.schedule.startswith("warmup(exponential(") == (h["beta"] >= 0.2)
     assert "horizon exponent" in report.explain()
+    axes = report.plot()
+    assert len(axes) == 4 and axes[3].get_title().startswith("Horizon")
+    page = report.to_html()
+    assert "Horizon fit" in page and f"{h['beta']:.2f}" in page
     if h["predicted"] is not None:
         assert h["realised"] == pytest.approx(risk(model))
     assert report.relative_compute <= 1.5 + 1e-9

@@ -111,7 +111,8 @@ class AutopilotReport:
         return out
 
     def plot(self, axes: Sequence[Any] | None = None):
-        """Three panels: the range test and probes, the schedule used, the training curve."""
+        """Three panels: the range test and probes, the schedule used, the training curve;
+        a fourth, the horizon fit, when the probes ran at two lengths."""
         from lrkit.plot import plot_autopilot
 
         return plot_autopilot(self.to_dict(), axes)
@@ -121,7 +122,8 @@ class AutopilotReport:
         from lrkit.pages import render
         from lrkit.plot import new_axes, save_png_bytes
 
-        fig, axes = new_axes(3, figsize=(16, 4.2))
+        fitted = len(self.horizon.get("lengths", ())) > 1
+        fig, axes = new_axes(4 if fitted else 3, figsize=(21 if fitted else 16, 4.2))
         self.plot(axes)
         image = base64.b64encode(save_png_bytes(fig)).decode()
         compute = ", ".join(f"{k} {v:.0f} steps" for k, v in self.compute.items())
@@ -133,7 +135,7 @@ class AutopilotReport:
             final_loss=f"{self._final_loss():.4g}", final_val=self._final_val(),
             metrics=self._metrics(), decisions=self.decisions, image=image,
             probes=[(p.rung, f"{p.lr:.3g}", p.steps, f"{p.score:.4g}") for p in self.probes],
-            events=[e["description"] for e in self.guard_events])
+            events=[e["description"] for e in self.guard_events], horizon=self._horizon())
         if path is not None:
             with open(path, "w") as f:
                 f.write(page)
@@ -147,6 +149,19 @@ class AutopilotReport:
         """The task metrics as (name, value, target) texts, for the page."""
         return [(name, f"{value:.4g}", None if target is None else f"{target:g}")
                 for name, (value, target) in self.metrics.items()]
+
+    def _horizon(self) -> dict[str, Any] | None:
+        """The horizon fit as texts for the page (None without one)."""
+        h = self.horizon
+        if len(h.get("lengths", ())) < 2:
+            return None
+
+        def text(x: float | None) -> str:
+            return "-" if x is None else f"{x:.4g}"
+        return {"rows": [(n, f"{lr:.3g}", text(b)) for n, lr, b in
+                         zip(h["lengths"], h["optima"], h["best_scores"])],
+                "beta": f"{h['beta']:.2f}", "peak": f"{h['peak']:.3g}", "steps": self.steps,
+                "predicted": text(h.get("predicted")), "realised": text(h.get("realised"))}
 
     def _final_val(self) -> str:
         return f", validation loss {self.val_losses[-1]:.4g}" if self.val_losses else ""
