@@ -2,32 +2,43 @@
 guard the run, explain it all.
 
 One call does what users otherwise do by hand: a range test, a guess of the schedule, a
-restart when the loss explodes. Within an extra-compute ``budget`` it
+restart when the loss explodes. Within an extra-compute ``budget`` (default 1.5 runs, at
+most 2 in the arena's bar) it
 
-1. **chooses the peak learning rate**: a range test (``lrkit.find_lr``, its default
-   "edge" rule), then short *probes* of candidate rates around the suggestion (a factor
-   of 2 apart), pruned by successive halving. Every probe starts from the same saved
-   state and runs the chosen schedule *compressed* to the probe's length (warmup, peak,
-   decay to zero), so short probes judge a rate as a full run would use it, not at a
-   constant rate (which favours small rates: the short-horizon bias of Wu et al. 2018).
-   Probes are scored on the same held batches (or ``val_loader``, or ``val_fn``) at
-   their end;
-2. **chooses the schedule**: by default a linear warmup over 5% of the steps, then a
-   linear decay to zero (``S.family("linear", ...)``). The evidence: the literature
-   (Defazio et al. 2023, "When, why and how much?": linear decay to zero matches or
-   beats cosine for a fixed step budget) and the arena (``lrkit bench``, 2026-11-28):
-   in the quick suite tuned linear decay is Adam's best schedule (mean shortfall 0.127
-   against WSD 0.134, cosine 0.140); in the full suite (7 tasks, 3 seeds) it ties
-   cosine and one-cycle (0.063, 0.062, 0.062) behind WSD (0.042), whose wins come with
-   the largest losses (+361% on rosenbrock, +46% on the quadratic), and with this
-   function's own rate choice linear decay beat WSD on all four tasks tried (quadratic,
-   noisy_quadratic, digits_softmax, rosenbrock). ``schedule=`` overrides it with any
-   schedule or spec text, rescaled so its peak is the chosen rate;
-3. **trains** with ``lrkit.DivergenceGuard`` on, a live progress bar (loss, lr, steps per
+1. **runs a range test** (``lrkit.find_lr``, its default rule): a first guess ``s``;
+2. **measures how the best rate moves with the length of the run.** Probes are short runs
+   from the same saved state along the run's schedule *compressed* to the probe's length
+   (warmup, peak, decay to zero), scored on held batches (or ``val_loader``, or
+   ``val_fn``) at their end. Five probes at length L (peaks s/4 ... 4s, a factor 2 apart)
+   and three at 4L around the first optimum (each row extended by one probe when its best
+   lies at an end) give the best peak at two lengths, each the vertex of a parabola in
+   (log lr, log score) through the best probe and its neighbours. The best peak falls
+   with the length of training, ``lr*(T) ~ T^-beta`` (Bjorck et al., ICLR 2025,
+   arXiv 2409.19913; beta = 1/2 in noise-dominated SGD theory); the two optima give beta
+   for the task at hand (clipped to [0, 1]) and the peak is the long optimum extrapolated
+   to the run's ``steps``. This is the *horizon bias* of short probes corrected (they pick
+   peaks 3-5x too high on noise-dominated problems; Wu et al. 2018 for its origin);
+3. **chooses the schedule family from the same measurement**: a beta of at least
+   ``BETA_NOISE`` (0.2) says gradient noise limits the run, where geometric decay,
+   which spends most steps at small rates, is near-optimal (Ge et al. 2019, "The step
+   decay schedule", arXiv 1904.12838): ``exponential`` (warmup, then down to peak/100);
+   else linear warmup over 5% of the steps and linear decay to zero (Defazio et al. 2023:
+   it matches or beats cosine for a fixed step budget). Short probes cannot rank the
+   families themselves: at 60-250 steps of the noisy quadratic the family ranking is
+   the reverse of the full run's (constant and WSD first, exponential last; measured
+   2026-12-03). ``schedule=`` overrides the family with any schedule or spec text,
+   rescaled so its peak is the chosen rate;
+4. **predicts the score** the run should reach (the probes' best scores on a power law of
+   the length) and, after training, puts the reached one beside it;
+5. **trains** with ``lrkit.DivergenceGuard`` on, a live progress bar (loss, lr, steps per
    second, time left), and a record of every decision and why;
-4. returns an ``AutopilotReport`` with the chosen rate, the schedule as spec text, the
-   probes and their losses, guard events, the training curve, the compute spent relative
-   to one plain run, ``plot()`` and ``to_html()``.
+6. returns an ``AutopilotReport`` with the chosen rate, the schedule as spec text, the
+   probes and their scores, the horizon fit, guard events, the training curve, the
+   compute spent relative to one plain run, ``plot()`` and ``to_html()``.
+
+With a small budget (the probes at two lengths do not fit) it runs one row of three
+probes at one length and takes their optimum (no extrapolation); with less, the range
+test's suggestion.
 
 Learning-rate-free optimizers (``optimizer="prodigy"``, ``"dadaptadam"``, ``"dog"``,
 ``"schedulefree"``) need no peak rate: step 1 is skipped and the report says so.
