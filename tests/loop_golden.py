@@ -6,8 +6,10 @@ house-loop, ce87060). Two later changes moved some of them on purpose, and the f
 recorded again when they were merged: the kernels' correctly rounded square root (issue 19;
 with ``LRKIT_KERNEL_SQRT=torch`` the 4cb7062 numbers of Adam, Prodigy and the autopilot
 came back) and the digits_softmax optimum solved to its rounding (issue 16; the
-``distance_to_optimum`` metric of the four digits_softmax cells). They now hold the loop
-to its numbers against regressions.
+``distance_to_optimum`` metric of the four digits_softmax cells). The autopilot's own
+search changed in issue 14 (probes at two lengths, the horizon fit, the family chosen from
+it): its three cells were recorded again then, the others replayed unchanged. They now hold
+the loop to its numbers against regressions.
 
 Each cell is an arena method on a task for a few steps (plain steps, a closure, the
 schedule-free eval switch, a learning-rate-free optimizer, every schedule family the arena

@@ -40,11 +40,12 @@ def test_chooses_a_rate_within_budget_and_trains():
                              progress=False)
     assert isinstance(report, AutopilotReport)
     assert report.suggestion and report.suggestion > 0
-    assert report.lr in {p.lr for p in report.probes}
-    best_last_rung = min((p for p in report.probes if p.rung == max(q.rung for q in
-                                                                     report.probes)),
-                         key=lambda p: p.score)
-    assert report.lr == best_last_rung.lr
+    # a small budget: one rung of probes, the peak is their fitted optimum, inside them
+    assert {p.rung for p in report.probes} == {1}
+    tried = sorted(p.lr for p in report.probes)
+    assert tried[0] <= report.lr <= tried[-1]
+    assert report.lr == report.horizon["peak"] == report.horizon["optimum"]
+    assert report.horizon["beta"] == 0.0 and report.horizon["predicted"] is None
     assert 1.0 < report.relative_compute <= 1.5 + 1e-9
     assert report.compute["training"] == 300
     assert len(report.losses) == len(report.lrs) == 300
@@ -265,3 +266,84 @@ def test_autopilot_in_the_arena_lands_near_the_grid_best(tmp_path):
         (row,) = auto.best.rows
         assert row.compute <= 2.0, (task.name, row.compute)
         assert task.shortfall(auto) <= 0.15, (task.name, auto.score, best.score)
+
+
+# -- the horizon fit (issue 14) ---------------------------------------------------------------
+def test_vertex_is_the_parabola_minimum_between_the_neighbours():
+    from lrkit.pilot import _vertex
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        true = 10 ** rng.uniform(-4, 0)
+        lrs = [true * 2.0 ** (k + rng.uniform(-0.5, 0.5)) for k in range(-2, 3)]
+        scores = [1.0 + (math.log(lr / true)) ** 2 for lr in lrs]  # convex in log lr
+        got = _vertex(lrs, scores)
+        best = int(np.argmin(scores))
+        lo, hi = sorted(lrs)[max(best - 1, 0)], sorted(lrs)[min(best + 1, 4)]
+        assert lo <= got <= hi
+        # log(score) is not exactly a parabola: the vertex lands near the true optimum
+        assert abs(math.log(got / true)) < 0.35
+    # best at an end of the row, or beside a diverged probe: that probe's lr
+    assert _vertex([1, 2, 4], [1.0, 2.0, 3.0]) == 1
+    assert _vertex([1, 2, 4], [3.0, 2.0, math.inf]) == 2
+    assert _vertex([1, 2, 4], [math.inf] * 3) == 1
+
+
+def test_horizon_exponent_is_the_clipped_log_slope():
+    from lrkit.pilot import BETA_MAX, _slope
+
+    assert _slope([10, 40], [0.4, 0.2]) == pytest.approx(0.5)
+    assert _slope([10, 40], [0.4, 0.4 * 2 ** -0.6]) == pytest.approx(0.3)
+    assert _slope([10, 20, 40], [0.4, 0.4 * 2 ** -0.3, 0.4 * 2 ** -0.6]) == pytest.approx(0.3)
+    assert _slope([10, 40], [0.1, 0.4]) == 0.0  # an optimum that rises: no extrapolation up
+    assert _slope([10, 40], [1.0, 1e-3]) == BETA_MAX == 0.5
+
+
+def test_family_follows_the_horizon_exponent():
+    from lrkit.pilot import BETA_NOISE, DEFAULT_FAMILY, NOISY_FAMILY, _family_for
+
+    assert _family_for(0.0) == DEFAULT_FAMILY and _family_for(BETA_NOISE) == NOISY_FAMILY
+
+
+def test_a_noise_dominated_problem_gets_a_lower_peak_and_the_geometric_decay():
+    """Streaming linear regression with heavy label noise (batch 4) and Adam: the probes'
+    optimum falls with their length, the autopilot extrapolates it down to the run's
+    length (at most as T^-1/2) and picks the noise family; the run converges; the report
+    predicts the final score and shows the realised one."""
+    d = 20
+    w = torch.randn(d, 1, generator=torch.Generator().manual_seed(3))
+
+    def batches(seed):
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            x = torch.randn(4, d, generator=g)
+            yield x, x @ w + 2.0 * torch.randn(4, 1, generator=g)
+
+    class Stream:
+        def __iter__(self):
+            return batches(1)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(d, 1)
+
+    def risk(m):
+        with torch.no_grad():
+            return float(((m.weight.T - w) ** 2).sum() + m.bias ** 2)
+
+    start = risk(model)
+    report = lrkit.autopilot(model, Stream(), torch.nn.functional.mse_loss, steps=1500,
+                             optimizer="adam", seed=0, progress=False, val_fn=risk)
+    h = report.horizon
+    assert len(h["lengths"]) == 2 and h["lengths"][1] == 4 * h["lengths"][0]
+    assert 0 < h["beta"] <= 0.5 and h["peak"] < h["optimum"]
+    assert risk(model) < 0.05 * start
+    assert report.lr == pytest.approx(h["optimum"] * (1500 / h["lengths"][1]) ** -h["beta"])
+    assert report.schedule.startswith("warmup(exponential(") == (h["beta"] >= 0.2)
+    assert "horizon exponent" in report.explain()
+    axes = report.plot()
+    assert len(axes) == 4 and axes[3].get_title().startswith("Horizon")
+    page = report.to_html()
+    assert "Horizon fit" in page and f"{h['beta']:.2f}" in page
+    if h["predicted"] is not None:
+        assert h["realised"] == pytest.approx(risk(model))
+    assert report.relative_compute <= 1.5 + 1e-9

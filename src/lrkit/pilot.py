@@ -2,32 +2,46 @@
 guard the run, explain it all.
 
 One call does what users otherwise do by hand: a range test, a guess of the schedule, a
-restart when the loss explodes. Within an extra-compute ``budget`` it
+restart when the loss explodes. Within an extra-compute ``budget`` (default 1.5 runs, at
+most 2 in the arena's bar) it
 
-1. **chooses the peak learning rate**: a range test (``lrkit.find_lr``, its default
-   "edge" rule), then short *probes* of candidate rates around the suggestion (a factor
-   of 2 apart), pruned by successive halving. Every probe starts from the same saved
-   state and runs the chosen schedule *compressed* to the probe's length (warmup, peak,
-   decay to zero), so short probes judge a rate as a full run would use it, not at a
-   constant rate (which favours small rates: the short-horizon bias of Wu et al. 2018).
-   Probes are scored on the same held batches (or ``val_loader``, or ``val_fn``) at
-   their end;
-2. **chooses the schedule**: by default a linear warmup over 5% of the steps, then a
-   linear decay to zero (``S.family("linear", ...)``). The evidence: the literature
-   (Defazio et al. 2023, "When, why and how much?": linear decay to zero matches or
-   beats cosine for a fixed step budget) and the arena (``lrkit bench``, 2026-11-28):
-   in the quick suite tuned linear decay is Adam's best schedule (mean shortfall 0.127
-   against WSD 0.134, cosine 0.140); in the full suite (7 tasks, 3 seeds) it ties
-   cosine and one-cycle (0.063, 0.062, 0.062) behind WSD (0.042), whose wins come with
-   the largest losses (+361% on rosenbrock, +46% on the quadratic), and with this
-   function's own rate choice linear decay beat WSD on all four tasks tried (quadratic,
-   noisy_quadratic, digits_softmax, rosenbrock). ``schedule=`` overrides it with any
-   schedule or spec text, rescaled so its peak is the chosen rate;
-3. **trains** with ``lrkit.DivergenceGuard`` on, a live progress bar (loss, lr, steps per
+1. **runs a range test** (``lrkit.find_lr``, its default rule): a first guess ``s``;
+2. **measures how the best rate moves with the length of the run.** Probes are short runs
+   from the same saved state along the run's schedule *compressed* to the probe's length
+   (warmup, peak, decay to zero), scored on held batches (or ``val_loader``, or
+   ``val_fn``) at their end. Five probes at length L (peaks s/4 ... 4s, a factor 2 apart)
+   and three at 4L around the first optimum (each row extended by one probe when its best
+   lies at an end) give the best peak at two lengths, each the vertex of a parabola in
+   (log lr, log score) through the best probe and its neighbours. The best peak falls
+   with the length of training, ``lr*(T) ~ T^-beta`` (Bjorck et al., ICLR 2025,
+   arXiv 2409.19913; beta = 1/2 in noise-dominated SGD theory); the two optima give beta
+   for the task at hand (clipped to [0, 1/2]) and the peak is the long optimum extrapolated
+   to the run's ``steps``. This is the *horizon bias* of short probes corrected (they pick
+   peaks 3-5x too high on noise-dominated problems; Wu et al. 2018 for its origin);
+3. **chooses the schedule family from the same measurement**: a beta of at least
+   ``BETA_NOISE`` (0.2) says gradient noise limits the run, where geometric decay,
+   which spends most steps at small rates, is near-optimal (Ge et al. 2019, "The step
+   decay schedule", arXiv 1904.12838): ``exponential`` (warmup, then down to peak/100);
+   else linear warmup over 5% of the steps and cosine decay to zero. (Defazio et al. 2023
+   find linear decay to zero as good or better than cosine; in the arena, with this
+   search, cosine did better on the quadratic, 0.048 against 0.065 excess risk, and
+   rosenbrock, and tied on digits, 2026-12-03: `DEFAULT_FAMILY`.) The probes run the
+   default family compressed. Short probes cannot rank the
+   families themselves: at 60-250 steps of the noisy quadratic the family ranking is
+   the reverse of the full run's (constant and WSD first, exponential last; measured
+   2026-12-03). ``schedule=`` overrides the family with any schedule or spec text,
+   rescaled so its peak is the chosen rate;
+4. **predicts the score** the run should reach (the probes' best scores on a power law of
+   the length) and, after training, puts the reached one beside it;
+5. **trains** with ``lrkit.DivergenceGuard`` on, a live progress bar (loss, lr, steps per
    second, time left), and a record of every decision and why;
-4. returns an ``AutopilotReport`` with the chosen rate, the schedule as spec text, the
-   probes and their losses, guard events, the training curve, the compute spent relative
-   to one plain run, ``plot()`` and ``to_html()``.
+6. returns an ``AutopilotReport`` with the chosen rate, the schedule as spec text, the
+   probes and their scores, the horizon fit, guard events, the training curve, the
+   compute spent relative to one plain run, ``plot()`` and ``to_html()``.
+
+With a small budget (the probes at two lengths do not fit) it runs one row of three
+probes at one length and takes their optimum (no extrapolation); with less, the range
+test's suggestion.
 
 Learning-rate-free optimizers (``optimizer="prodigy"``, ``"dadaptadam"``, ``"dog"``,
 ``"schedulefree"``) need no peak rate: step 1 is skipped and the report says so.
@@ -50,7 +64,7 @@ from lrkit._snapshot import Snapshot
 from lrkit.loop import Loop, Step, averaged, batch_loss, endless, evaluating, has_modes
 from lrkit.scheduler import Scheduler
 
-DEFAULT_FAMILY = "linear"
+DEFAULT_FAMILY = "cosine"  # of probes, and of runs that noise does not limit
 WARMUP_FRACTION = 0.05
 PROBE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 SMALL_PROBE_FACTORS = (0.5, 1.0, 2.0)
@@ -91,6 +105,8 @@ class AutopilotReport:
     #: the trained model's scores that a caller measured (a task's metric: ``lrkit fit``
     #: adds it), shown in the HTML page: name -> (value, target or None)
     metrics: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    #: the probes' horizon fit: lengths, optima, beta, optimum, peak
+    horizon: dict[str, Any] = field(default_factory=dict)
 
     @property
     def relative_compute(self) -> float:
@@ -109,7 +125,8 @@ class AutopilotReport:
         return out
 
     def plot(self, axes: Sequence[Any] | None = None):
-        """Three panels: the range test and probes, the schedule used, the training curve."""
+        """Three panels: the range test and probes, the schedule used, the training curve;
+        a fourth, the horizon fit, when the probes ran at two lengths."""
         from lrkit.plot import plot_autopilot
 
         return plot_autopilot(self.to_dict(), axes)
@@ -119,7 +136,8 @@ class AutopilotReport:
         from lrkit.pages import render
         from lrkit.plot import new_axes, save_png_bytes
 
-        fig, axes = new_axes(3, figsize=(16, 4.2))
+        fitted = len(self.horizon.get("lengths", ())) > 1
+        fig, axes = new_axes(4 if fitted else 3, figsize=(21 if fitted else 16, 4.2))
         self.plot(axes)
         image = base64.b64encode(save_png_bytes(fig)).decode()
         compute = ", ".join(f"{k} {v:.0f} steps" for k, v in self.compute.items())
@@ -131,7 +149,7 @@ class AutopilotReport:
             final_loss=f"{self._final_loss():.4g}", final_val=self._final_val(),
             metrics=self._metrics(), decisions=self.decisions, image=image,
             probes=[(p.rung, f"{p.lr:.3g}", p.steps, f"{p.score:.4g}") for p in self.probes],
-            events=[e["description"] for e in self.guard_events])
+            events=[e["description"] for e in self.guard_events], horizon=self._horizon())
         if path is not None:
             with open(path, "w") as f:
                 f.write(page)
@@ -145,6 +163,19 @@ class AutopilotReport:
         """The task metrics as (name, value, target) texts, for the page."""
         return [(name, f"{value:.4g}", None if target is None else f"{target:g}")
                 for name, (value, target) in self.metrics.items()]
+
+    def _horizon(self) -> dict[str, Any] | None:
+        """The horizon fit as texts for the page (None without one)."""
+        h = self.horizon
+        if len(h.get("lengths", ())) < 2:
+            return None
+
+        def text(x: float | None) -> str:
+            return "-" if x is None else f"{x:.4g}"
+        return {"rows": [(n, f"{lr:.3g}", text(b)) for n, lr, b in
+                         zip(h["lengths"], h["optima"], h["best_scores"])],
+                "beta": f"{h['beta']:.2f}", "peak": f"{h['peak']:.3g}", "steps": self.steps,
+                "predicted": text(h.get("predicted")), "realised": text(h.get("realised"))}
 
     def _final_val(self) -> str:
         return f", validation loss {self.val_losses[-1]:.4g}" if self.val_losses else ""
@@ -353,6 +384,7 @@ def autopilot(
         chosen = None
     else:
         chosen, peak = _choose_lr(setup, _Search(extra, shape, family))
+        family = _choose_family(report, shape, family)
     run_schedule = _schedule(shape, family, peak, steps)
     report.lr = chosen
     report.schedule = str(run_schedule)
@@ -366,6 +398,7 @@ def autopilot(
     report.wall_time["search"] = time.perf_counter() - began
     _final_run(setup, run_schedule, _Watch(val_loader is not None or val_fn is not None,
                                            callbacks, progress, guard))
+    _realised(setup)
     report.wall_time["total"] = time.perf_counter() - began
     return report
 
@@ -429,8 +462,9 @@ def choose_lr(
     setup = _Setup(model, optimizer, step, batches, scorer, steps, eval_cost=len(held) / 3.0,
                    report=report, loss_fn=loss_fn, step_fn=step_fn)
     chosen, peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
+    family = _choose_family(report, shape, DEFAULT_FAMILY)
     report.lr = chosen
-    report.schedule = str(_schedule(shape, DEFAULT_FAMILY, peak, steps))
+    report.schedule = str(_schedule(shape, family, peak, steps))
     return report
 
 
@@ -449,10 +483,38 @@ def _lr_free_class(optimizer: Any) -> type | None:
 
 
 def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
-    """Range test, then successive halving over probes; returns (chosen, peak)."""
+    """Range test, then probes at three lengths; returns (chosen, peak)."""
+    report = setup.report
+    suggestion = _range_test(setup, search.extra)
+    left = search.extra - report.compute["range_test"]
+    plan = _plan(left, setup.eval_cost)
+    if plan is None:
+        report.decisions.append(
+            f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
+            f"suggestion {suggestion:.3g} is the peak")
+        return suggestion, suggestion
+    horizon = _horizon_search(setup, search, suggestion, plan)
+    report.horizon = horizon
+    peak = horizon["peak"]
+    if len(horizon["lengths"]) == 1:
+        report.decisions.append(
+            f"peak learning rate {peak:.3g}: the probes' optimum (one length: the budget "
+            f"allows no horizon fit); {peak / suggestion:.3g}x the range test's suggestion")
+        return peak, peak
+    report.decisions.append(
+        f"peak learning rate {peak:.3g}: the probes' optimum {horizon['optimum']:.3g} at "
+        f"{horizon['lengths'][-1]} steps, times ({setup.steps} / {horizon['lengths'][-1]})"
+        f"^-{horizon['beta']:.2f} (the horizon exponent fitted on the optima at "
+        f"{', '.join(map(str, horizon['lengths']))} steps); {peak / suggestion:.3g}x the "
+        f"range test's suggestion")
+    return peak, peak
+
+
+def _range_test(setup: _Setup, extra: float) -> float:
+    """The range test's suggestion (1e-3 when the budget allows none or it gives none)."""
     from lrkit.finder import find_lr
 
-    report, extra = setup.report, search.extra
+    report = setup.report
     range_steps = int(min(100, max(30, extra * 0.2))) if extra >= 30 else 0
     suggestion = None
     if range_steps:
@@ -472,61 +534,165 @@ def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
     if not suggestion:
         suggestion = 1e-3
         report.decisions.append("no usable suggestion: starting from 1e-3")
-    left = extra - report.compute["range_test"]
-    plan = _plan(left, setup.eval_cost)
-    if plan is None:
-        report.decisions.append(
-            f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
-            f"suggestion {suggestion:.3g} is the peak")
-        return suggestion, suggestion
-    factors, rungs, base = plan
-    candidates = [suggestion * f for f in factors]
+    return suggestion
+
+
+def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
+                    plan: tuple[int, ...]) -> dict[str, Any]:
+    """Probes at two lengths, L and ``HORIZON_RATIO`` L (``plan``): five around the
+    suggestion at L, then three around the short optimum at the longer length, each rung
+    extended by one probe beyond its end when its best probe lies there. A rung's optimum
+    is the vertex of a parabola through its best probe and the neighbours (log lr, log
+    score); the horizon exponent ``beta`` of ``lr*(T) ~ T^-beta`` (Bjorck et al. 2025) is
+    -log(long optimum / short optimum) / log(HORIZON_RATIO), clipped to [BETA_MIN,
+    BETA_MAX]; the peak is the long optimum extrapolated to the run's length. With one
+    length in ``plan`` (a small budget), three probes around the suggestion and no
+    extrapolation (``beta`` 0)."""
+    report = setup.report
     snap = Snapshot(setup.model, setup.optimizer)
-    alive = candidates
-    for rung, count in enumerate(rungs):
-        probe_steps = min(base * 2 ** rung, setup.steps)
-        scores = []
-        for lr in alive:
-            snap.restore()
-            schedule = _compressed(search.shape, search.family, lr, probe_steps, setup.steps)
-            losses = _probe(setup, schedule, probe_steps)
-            report.compute["probes"] += len(losses) + setup.eval_cost
-            diverged = len(losses) < probe_steps or not all(map(math.isfinite, losses))
-            score = math.inf if diverged else setup.scorer()
-            scores.append(score)
-            report.probes.append(Probe(float(lr), probe_steps, float(score), rung + 1))
-        order = np.argsort(scores, kind="stable")
-        keep = max(1, math.ceil(count / 2))
-        alive = [alive[i] for i in order[:keep]]
-        shown = ", ".join(f"{lr:.3g}: {s:.4g}" for lr, s in zip(
-            [p.lr for p in report.probes[-len(scores):]], scores))
+    lengths: list[int] = []
+    optima: list[float] = []
+    bests: list[float] = []
+    beta = 0.0
+    rows = (PROBE_FACTORS, SMALL_PROBE_FACTORS) if len(plan) > 1 else (SMALL_PROBE_FACTORS,)
+    for rung, (planned, factors) in enumerate(zip(plan, rows)):
+        length = min(planned, setup.steps)
+        center = suggestion if not optima else optima[-1]
+        lrs = [center * f for f in factors]
+        scores = [_scored_probe(setup, search, snap, lr, length, rung) for lr in lrs]
+        best = int(np.argmin(scores))
+        extra = lrs[0] / 2 if best == 0 else \
+            lrs[-1] * 2 if best == len(lrs) - 1 and math.isfinite(scores[-1]) else None
+        if extra is not None:  # the best probe at an end of the row: one more beyond it
+            lrs.append(extra)
+            scores.append(_scored_probe(setup, search, snap, extra, length, rung))
+        optimum = _vertex(lrs, scores)
+        lengths.append(length)
+        optima.append(optimum)
+        if len(optima) > 1:
+            beta = _slope(lengths, optima)
+        shown = ", ".join(f"{lr:.3g}: {s:.4g}" for lr, s in sorted(zip(lrs, scores)))
         report.decisions.append(
-            f"probes, rung {rung + 1} ({probe_steps} steps each, schedule compressed to "
-            f"that length): {shown}; keeping {', '.join(f'{lr:.3g}' for lr in alive)}")
+            f"probes, rung {rung + 1} ({length} steps each, schedule compressed to that "
+            f"length): {shown}; optimum {optimum:.3g}"
+            + (f"; horizon exponent {beta:.2f}" if len(optima) > 1 else ""))
+        bests.append(float(min(scores)))
     snap.restore()
-    chosen = float(alive[0])
-    report.decisions.append(f"peak learning rate {chosen:.3g} (the best probe), "
-                            f"{chosen / suggestion:.3g}x the range test's suggestion")
-    return chosen, chosen
+    peak = optima[-1] * (setup.steps / lengths[-1]) ** -beta
+    return {"lengths": lengths, "optima": optima, "beta": beta, "optimum": optima[-1],
+            "peak": peak, "best_scores": bests,
+            "predicted": _predicted(lengths, bests, setup.steps)}
 
 
-def _plan(left: float, eval_cost: float) -> tuple[tuple[float, ...], list[int], int] | None:
-    """The widest probing plan the budget affords: (factors, rungs, base probe length).
+def _scored_probe(setup: _Setup, search: _Search, snap: Snapshot, lr: float, length: int,
+                  rung: int) -> float:
+    """One probe from the saved state: ``length`` steps along the run's schedule compressed
+    to that length at peak ``lr``, scored at its end (inf when it diverged); recorded in the
+    report with its compute."""
+    report = setup.report
+    snap.restore()
+    schedule = _compressed(search.shape, search.family, lr, length, setup.steps)
+    losses = _probe(setup, schedule, length)
+    report.compute["probes"] += len(losses) + setup.eval_cost
+    diverged = len(losses) < length or not all(map(math.isfinite, losses))
+    score = math.inf if diverged else setup.scorer()
+    report.probes.append(Probe(float(lr), length, float(score), rung + 1))
+    return score
 
-    Successive halving over 5 candidates (rungs of 5, 3, 2 probes, each rung's probes
-    twice as long), else over 3 (rungs of 3, 2), else one rung of 3; None when even that
-    leaves probes shorter than ``MIN_PROBE_STEPS``.
-    """
-    for factors, halving in ((PROBE_FACTORS, True), (SMALL_PROBE_FACTORS, True),
-                             (SMALL_PROBE_FACTORS, False)):
-        rungs, n = [], len(factors)
-        while n > 1 and (halving or not rungs):
-            rungs.append(n)
-            n = math.ceil(n / 2)
-        weight = sum(r * 2 ** i for i, r in enumerate(rungs))
-        base = int((left - eval_cost * sum(rungs)) // weight)
+
+def _predicted(lengths: Sequence[int], bests: Sequence[float], steps: int) -> float | None:
+    """The score a run of ``steps`` should reach: the best probe scores of the rungs on a
+    power law of the length (a straight line in log-log), None without two positive
+    finite scores that fall with the length."""
+    if len(lengths) < 2 or not all(0 < b < math.inf for b in bests) or bests[-1] >= bests[0]:
+        return None
+    slope = math.log(bests[-1] / bests[0]) / math.log(lengths[-1] / lengths[0])
+    return float(bests[-1] * (steps / lengths[-1]) ** slope)
+
+
+HORIZON_RATIO = 4
+#: the range of the fitted horizon exponent: the best rate does not rise with the length
+#: (a rise measured on short probes is their warmup's transient), and falls at most as
+#: T^-1/2, the noise-dominated limit of SGD theory (Bjorck et al. 2025 measure 0.3-0.5);
+#: faster falls between short probes come from the distance to travel (Adam's short runs
+#: need large steps to get anywhere), which a long run covers at any sane rate: extrapolated
+#: as 1/T, such a fall left a noisy regression unconverged (risk 2.7 where 0.03 was reached)
+BETA_MIN, BETA_MAX = 0.0, 0.5
+#: the horizon exponent from which the run counts as noise-dominated (geometric decay)
+BETA_NOISE = 0.2
+NOISY_FAMILY = "exponential"
+
+
+def _choose_family(report: AutopilotReport, shape: S.Schedule | None, family: str) -> str:
+    """The run's family: ``family`` with a user's schedule or without a horizon fit, else
+    the one the fitted horizon exponent calls for (the decision is recorded)."""
+    if shape is not None or len(report.horizon.get("lengths", ())) < 2:
+        return family
+    chosen = _family_for(report.horizon["beta"])
+    report.decisions.append(_family_reason(chosen, report.horizon["beta"]))
+    return chosen
+
+
+def _family_for(beta: float) -> str:
+    """The schedule family for a horizon exponent: ``NOISY_FAMILY`` from ``BETA_NOISE`` up
+    (the optimum falls with the length of the run: gradient noise sets the final loss, and
+    a geometric decay, which spends most steps at small rates, is near-optimal there: Ge
+    et al. 2019, "The step decay schedule", arXiv 1904.12838), else ``DEFAULT_FAMILY``
+    (the progress of the run sets it: cosine decay to zero)."""
+    return NOISY_FAMILY if beta >= BETA_NOISE else DEFAULT_FAMILY
+
+
+def _family_reason(family: str, beta: float) -> str:
+    if family == NOISY_FAMILY:
+        return (f"family {family!r}: the horizon exponent {beta:.2f} >= {BETA_NOISE} says "
+                f"gradient noise limits this run (its best rate falls with its length), "
+                f"where a geometric decay that spends most steps at small rates is "
+                f"near-optimal (Ge et al. 2019)")
+    return (f"family {family!r}: the horizon exponent {beta:.2f} < {BETA_NOISE} says "
+            f"progress, not noise, limits this run (its best rate holds with its length): "
+            f"warmup and cosine decay to zero")
+
+
+def _slope(lengths: Sequence[int], optima: Sequence[float]) -> float:
+    """-d log(optimum) / d log(length), least squares, clipped to [BETA_MIN, BETA_MAX]."""
+    x = np.log(np.asarray(lengths, dtype=float))
+    y = np.log(np.asarray(optima, dtype=float))
+    slope = float(np.polyfit(x, y, 1)[0])
+    return min(max(-slope, BETA_MIN), BETA_MAX)
+
+
+def _vertex(lrs: Sequence[float], scores: Sequence[float]) -> float:
+    """The lr minimising a parabola through the best probe and its two neighbours in
+    (log lr, log score) (raw scores when some are not positive), kept within the
+    neighbours; the best probe's lr at an end of the row or beside a diverged one."""
+    order = np.argsort(lrs)
+    x = np.log(np.asarray(lrs, dtype=float)[order])
+    y = np.asarray(scores, dtype=float)[order]
+    i = int(np.argmin(y))
+    if not math.isfinite(y[i]):
+        return float(min(lrs))
+    if i == 0 or i == len(y) - 1 or not (math.isfinite(y[i - 1]) and math.isfinite(y[i + 1])):
+        return float(math.exp(x[i]))
+    yy = y[i - 1:i + 2]
+    if np.all(yy > 0):
+        yy = np.log(yy)
+    a, b, _ = np.polyfit(x[i - 1:i + 2], yy, 2)
+    if a <= 0:
+        return float(math.exp(x[i]))
+    v = min(max(-b / (2 * a), x[i - 1]), x[i + 1])
+    return float(math.exp(v))
+
+
+def _plan(left: float, eval_cost: float) -> tuple[int, ...] | None:
+    """The probes' lengths: (L, HORIZON_RATIO L) when 5 (+1) probes at L and 3 (+1) at
+    the longer length fit in ``left`` steps with their scorings, else (L,) for one rung of
+    3 (+1) probes, else None (L under ``MIN_PROBE_STEPS``)."""
+    for counts in ((len(PROBE_FACTORS) + 1, len(SMALL_PROBE_FACTORS) + 1),
+                   (len(SMALL_PROBE_FACTORS) + 1,)):
+        weight = sum(c * HORIZON_RATIO ** i for i, c in enumerate(counts))
+        base = int((left - eval_cost * sum(counts)) // weight)
         if base >= MIN_PROBE_STEPS:
-            return factors, rungs, base
+            return tuple(base * HORIZON_RATIO ** i for i in range(len(counts)))
     return None
 
 
@@ -592,6 +758,24 @@ def _final_run(setup: _Setup, schedule: S.Schedule, watch: _Watch) -> None:
         opt.eval()  # schedule-free: leave the model at its averaged weights
         report.decisions.append(f"{type(opt).__name__}: switched to eval mode at the end, "
                                 f"so the model holds the averaged weights")
+
+
+def _realised(setup: _Setup) -> None:
+    """The trained model's score beside the one the probes predicted (in the report)."""
+    report = setup.report
+    predicted = report.horizon.get("predicted")
+    if predicted is None or report.diverged:
+        return
+    if report.val_steps and report.val_steps[-1] == setup.steps:
+        realised = report.val_losses[-1]
+    else:
+        with averaged(setup.optimizer):
+            realised = setup.scorer()
+        report.compute["training"] += setup.eval_cost
+    report.horizon["realised"] = realised
+    report.decisions.append(
+        f"score: the probes predicted {predicted:.4g} (their best scores on a power law of "
+        f"the length), the run reached {realised:.4g}")
 
 
 class _Progress:

@@ -195,19 +195,58 @@ def save_png_bytes(fig: Any, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def plot_horizon(horizon: Mapping[str, Any], steps: int, ax: Any):
+    """The autopilot's horizon fit: the probes' optimum at each length (log-log), the line
+    of slope -beta through them extended to the run's ``steps``, and the peak it gives;
+    ``horizon`` is ``AutopilotReport.horizon`` (plain data)."""
+    lengths = list(horizon.get("lengths", ()))
+    optima = list(horizon.get("optima", ()))
+    if not lengths or len(lengths) != len(optima):
+        ax.text(0.5, 0.5, "no horizon fit", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    ax.plot(lengths, optima, "o", color="tab:blue", ms=7, label="probes' optimum")
+    beta, peak = horizon.get("beta", 0.0), horizon.get("peak")
+    if peak is not None and steps:
+        xs = np.geomspace(lengths[0], max(steps, lengths[-1]), 50)
+        ax.plot(xs, optima[-1] * (xs / lengths[-1]) ** -beta, "--", color="0.4",
+                label=f"lr* ~ T^-{beta:.2f}")
+        ax.plot([steps], [peak], "*", color="tab:red", ms=12, label=f"peak {peak:.3g}")
+    predicted, realised = horizon.get("predicted"), horizon.get("realised")
+    if predicted is not None:
+        text = f"score predicted {predicted:.4g}"
+        if realised is not None:
+            text += f", reached {realised:.4g}"
+        ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("run length (steps)")
+    ax.set_ylabel("best peak learning rate")
+    ax.set_title("Horizon: the best rate against the length")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return ax
+
+
 def plot_autopilot(report: Mapping[str, Any], axes: Sequence[Any] | None = None):
     """The autopilot's story in three panels: range test and probes, the schedule it
-    used, and the training curve (with guard interventions marked). ``report`` is
+    used, and the training curve (with guard interventions marked); a fourth, the horizon
+    fit (``plot_horizon``), when the probes ran at two lengths. ``report`` is
     ``AutopilotReport.to_dict()`` (plain data; ``AutopilotReport.plot`` hands it here)."""
     needed = ("range_test", "suggestion", "probes", "lr", "lrs", "losses", "val_steps",
               "val_losses", "guard_events", "relative_compute")
     if not isinstance(report, Mapping) or any(k not in report for k in needed):
         raise TypeError(f"plot_autopilot(): report must be AutopilotReport.to_dict(), a "
                         f"mapping with {', '.join(needed)}, got {type(report).__name__}")
+    horizon = report.get("horizon") or {}
     report = _Record(report)
+    fitted = len(horizon.get("lengths", ())) > 1
     if axes is None:
-        _, axes = new_axes(3, figsize=(16, 4.2))
-    ax_search, ax_sched, ax_curve = axes
+        _, axes = new_axes(4 if fitted else 3, figsize=(21 if fitted else 16, 4.2))
+    if len(axes) not in (3, 4):
+        raise ValueError(f"plot_autopilot(): axes must be 3 or 4 axes, got {len(axes)}")
+    ax_search, ax_sched, ax_curve = axes[:3]
+    if len(axes) == 4:
+        plot_horizon(horizon, len(report.lrs), axes[3])
     rt = report.range_test
     if rt:
         ax_search.plot(rt["lrs"], rt["losses"], color="0.6", lw=1, label="range test loss")
