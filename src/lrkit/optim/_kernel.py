@@ -490,7 +490,8 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
     # no entry for a parameter without state (SGD without momentum), as torch
     sts = [state[p] for p in ps] if any(keys) or any(scal) else []
     sc = [_column(sts, k) if k else None for k in scal]
-    c.ok = True
+    c.ok, c.first, c.shape = True, None, None
+    c.tensors = [(k, col) for k, col in zip(scal, sc) if col is not None]
     if sc[0] is not None:
         dtypes = {t.dtype for col in sc if col is not None for t in col}
         if len(dtypes) > 1 or not dtypes <= {torch.float32, torch.float64} or not all(
@@ -546,7 +547,7 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
             m.cols = {spec: c}
             m.sts = list(map(opt.state.get, batch.params))
             m.nstate, m.empty = len(opt.state), not any(m.sts)
-    elif c.first is not None and any(c.first):  # buffers made by the last step: now kept
+    elif c.ok and c.first is not None and any(c.first):  # buffers made by the last step: now kept
         c.first = opt._kernel_prepare(group, batch.params)
     if not c.ok:
         return False
