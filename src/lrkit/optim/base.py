@@ -355,16 +355,16 @@ class LrkitOptimizer(torch.optim.Optimizer):
         sparse = False
         for i, group in enumerate(self.param_groups):
             params = group["params"]
-            grads = list(map(_GRAD, params))
             if kernel and not (group.get("differentiable") or group.get("capturable")):
+                grads = list(map(_GRAD, params))
                 batches, rest, rest_g = _kernel.plan_group(kept, i, group, state,
                                                            params, grads)
                 if any(g.is_sparse for g in rest_g):  # the whole group as torch's
                     kept.pop(i, None)
                     rest = [p for p, g in zip(params, grads) if g is not None]
                     batches, rest_g = [], [p.grad for p in rest]
-            else:
-                rest = [p for p, g in zip(params, grads) if g is not None]
+            else:  # (torch.compile traces this: no map over attrgetter)
+                rest = [p for p in params if p.grad is not None]
                 batches, rest_g = [], [p.grad for p in rest]
             if batches or rest:
                 plans.append((i, group, batches, rest, rest_g))
