@@ -56,7 +56,7 @@ def _state_loaded(model, opt, k):
     if k == 3:
         other = copy.deepcopy(opt.state_dict())
         for v in other["state"].values():
-            for name, t in v.items():
+            for t in v.values():
                 if torch.is_tensor(t) and t.dim() > 0 and t.is_floating_point():
                     t.mul_(0.5)
         opt.load_state_dict(other)

@@ -95,7 +95,14 @@ class LrkitOptimizer(torch.optim.Optimizer):
     none: lrkit's kernel zeroes such entries as it reads them), so no NaN/Inf from a
     gradient ever reaches the state. Under ``torch.compile`` "raise" and "zero" stay in
     the graph ("raise" then raises a RuntimeError from ``torch._assert_async``, before
-    anything changes, without naming the parameter); "skip" breaks it. An entry whose
+    anything changes, without naming the parameter); "skip" breaks it, once per step:
+    whether the step changes anything at all is data-dependent, and dynamo has no branch
+    that takes it in the graph (``torch.cond`` refuses branches that update their inputs
+    in place, as every optimizer step does); staying in the graph would mean computing
+    every update out of place and selecting old or new values with ``torch.where``, a
+    second copy of the parameters and state each step, and a tensor skip counter. The
+    compiled step with its break skips exactly as the eager one
+    (tests/test_optim_compile.py). An entry whose
     square (``grad_power``: Adafactor's fourth power) would overflow counts as non-finite
     too. In a multi-process run the ranks agree before raising or skipping (one
     all-reduce per step; ``agree_across_ranks = False`` turns it off).
@@ -469,7 +476,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
         "zero" replaces the entries in the graph; "raise" asserts in the graph
         (``torch._assert_async``) before the update, a RuntimeError naming no parameter
         (the names would need the flags on the host). "skip" needs the host's answer and
-        breaks the graph, as does a multi-process run (the ranks agree on the host)."""
+        breaks the graph (see the class docstring), as does a multi-process run (the ranks
+        agree on the host)."""
         return torch.compiler.is_compiling() and self.nonfinite != "skip" and not (
             self.agree_across_ranks and _distributed.world_size() > 1)
 
