@@ -844,10 +844,13 @@ template <typename T> void prodigy(const Args* a) {
         return x;
       };
       if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        // local copies: read through the closure, the constants could alias the stores
+        const auto num_ = num;
+        const T ndec_ = ndec, ndlr_ = ndlr, deps_ = deps;
         for (int64_t j = lo; j < hi; ++j) {
           T w = p[j];
-          if constexpr (DECOUP) w = fma_(ndec, w, w);
-          p[j] = w + (ndlr * num(j)) / (std::sqrt(v[j]) + deps);
+          if constexpr (DECOUP) w = fma_(ndec_, w, w);
+          p[j] = w + (ndlr_ * num_(j)) / (std::sqrt(v[j]) + deps_);
         }
         return;
       }
@@ -1061,16 +1064,21 @@ template <typename T> void sf_adamw(const Args* a) {
       T* __restrict__ z = (T*)a->s1[t];
       T* __restrict__ v = (T*)a->s2[t];
       if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        // local copies: read through the closure, the constants could alias the stores
+        // and the loop would not vectorise
+        const auto grad_ = grad;
+        const Lerp<T> lerp_ = lerp;
+        const T w2_ = w2, b2_ = b2, bc2_ = bc2, eps_ = eps, wd_ = wd, ya_ = ya, nlr_ = nlr;
         for (int64_t j = lo; j < hi; ++j) {
-          T x = grad(g, j);
-          T vv = fma_(w2 * x, x, v[j] * b2);
+          T x = grad_(g, j);
+          T vv = fma_(w2_ * x, x, v[j] * b2_);
           v[j] = vv;
-          T gh = x / (std::sqrt(vv / bc2) + eps);
+          T gh = x / (std::sqrt(vv / bc2_) + eps_);
           T yy = y[j];
-          if constexpr (DEC) gh = fma_(wd, yy, gh);
+          if constexpr (DEC) gh = fma_(wd_, yy, gh);
           T zz = z[j];
-          y[j] = fma_(ya, gh, lerp(yy, zz));
-          z[j] = fma_(nlr, gh, zz);
+          y[j] = fma_(ya_, gh, lerp_(yy, zz));
+          z[j] = fma_(nlr_, gh, zz);
         }
         return;
       }
