@@ -74,3 +74,44 @@ def test_inductor_compiled_adam_equals_eager_and_raises_before_changing():
     with pytest.raises(RuntimeError, match="NaN or Inf"):
         step()
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+SKIPPERS = [REGISTRY[n] for n in ("SGD", "Adam")] if os.environ.get("CI") else GRAPHED[:4]
+
+
+@pytest.mark.parametrize("info", SKIPPERS, ids=[i.name for i in SKIPPERS])
+def test_skip_breaks_the_graph_once_and_skips_as_the_eager_step(info):
+    """``nonfinite="skip"`` decides on the host whether the step changes anything: in one
+    graph (``fullgraph=True``) dynamo refuses it; compiled with its break, a step with a
+    NaN changes nothing and is counted, and the other steps equal the eager ones."""
+    out = []
+    for compiled in (True, False):
+        torch._dynamo.reset()
+        model = make_model()
+        opt = info.cls(model.parameters(), **info.configs[0], nonfinite="skip")
+        data = batches()
+        if compiled:
+            grads_of(model, data[0])
+            with pytest.raises(Exception, match="(?i)graph break|unsupported|data-dependent"):
+                torch.compile(opt.step, backend="eager", fullgraph=True)()
+            torch._dynamo.reset()
+            model = make_model()
+            opt = info.cls(model.parameters(), **info.configs[0], nonfinite="skip")
+        step = torch.compile(opt.step, backend="eager") if compiled else opt.step
+        for i in range(6):
+            grads_of(model, data[i % 4])
+            if i == 3:
+                next(model.parameters()).grad.view(-1)[0] = float("nan")
+                before = [p.detach().clone() for p in model.parameters()]
+                state = [v.clone() for p in model.parameters()
+                         for v in opt.state[p].values() if torch.is_tensor(v)]
+            step()
+            if i == 3:
+                assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+                assert all(torch.equal(a, v) for a, v in zip(state, [
+                    v for p in model.parameters() for v in opt.state[p].values()
+                    if torch.is_tensor(v)]))
+        assert opt.skipped_steps == 1
+        out.append([p.detach().clone() for p in model.parameters()])
+    # the traced step runs the reference path, the eager one the kernel: rounding apart
+    assert rel_err(out[0], out[1]) <= 1e-5

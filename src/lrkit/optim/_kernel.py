@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+import operator
 import os
 import platform
 import re
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import warnings
 from array import array
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -250,32 +252,76 @@ def nonfinite_flags(grads: list[Tensor], power: int = 1) -> list[tuple[list[int]
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
+_GRAD = operator.attrgetter("grad")
+_DTYPE = operator.attrgetter("dtype")
+_data_ptr, _numel, _contiguous = Tensor.data_ptr, Tensor.numel, Tensor.is_contiguous
+
+
+class Memo:
+    """What one kernel batch keeps from step to step (see :class:`GroupPlan`): the state
+    dicts of its parameters as the last step found them, and per kernel configuration
+    the state columns and their pointer tables (:class:`Columns`)."""
+
+    __slots__ = ("sts", "nstate", "empty", "cols", "hooked")
+
+    def __init__(self) -> None:
+        self.sts: list | None = None
+        self.nstate, self.empty = -1, False
+        self.cols: dict[Any, Columns] = {}
+        self.hooked: list[int] | None = None  # indices of parameters with a grad hook
+
+
+class Columns:
+    """The state tensors one kernel configuration reads (``_kernel_args``' keys) and the
+    arrays of their addresses, valid while every state dict still holds those tensors."""
+
+    __slots__ = ("keys", "tensors", "arrays", "sc", "sc_f64", "ok", "first", "shape")
 
 
 class Batch:
-    """Tensors of one dtype that one kernel call updates, with their gradient pointers."""
+    """Tensors of one dtype that one kernel call updates, with their gradient pointers.
 
-    __slots__ = ("dtype", "params", "grads", "gp", "sizes")
+    ``params``, ``sizes``, ``pp`` (the parameters' addresses) and ``memo`` are kept
+    across steps by a :class:`GroupPlan`; ``grads`` and ``gp`` are this step's."""
+
+    __slots__ = ("dtype", "params", "grads", "gp", "sizes", "pp", "memo")
 
     def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype, self.params, self.grads = dtype, [], []
+        self.dtype, self.params, self.grads, self.memo = dtype, [], [], None
 
     def seal(self) -> Batch:
-        self.gp = _ptrs(self.grads)
-        self.sizes = array("q", [p.numel() for p in self.params])
+        self.gp = array("Q", map(_data_ptr, self.grads))
+        self.sizes = array("q", map(_numel, self.params))
+        self.pp = array("Q", map(_data_ptr, self.params))
         return self
+
+    def with_grads(self, grads: list[Tensor]) -> Batch | None:
+        """This step's batch: the same parameters with ``grads``, or None where a
+        parameter has moved (``p.data = ...``, ``.to()``) or a gradient is not one the
+        kernel takes (not contiguous, sparse). torch itself keeps each gradient of its
+        parameter's dtype, device and shape (the ``.grad`` setter and backward check it)."""
+        if not (all(map(_contiguous, grads))
+                and array("Q", map(_data_ptr, self.params)) == self.pp):
+            return None
+        b = Batch.__new__(Batch)
+        b.dtype, b.params, b.grads, b.sizes, b.pp, b.memo = (
+            self.dtype, self.params, grads, self.sizes, self.pp, self.memo)
+        b.gp = array("Q", map(_data_ptr, grads))
+        return b
 
 
 def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list, list]:
     """Per-dtype batches the kernel can update (dense contiguous CPU float32/float64,
-    plain tensors), and the other (params, grads)."""
+    plain tensors, gradients of the parameter's dtype and size), and the other
+    (params, grads)."""
     batches: dict[torch.dtype, Batch] = {}
     rest_p, rest_g = [], []
     f32, f64 = torch.float32, torch.float64
     for p, g in zip(params, grads):
         dt = p.dtype
         if ((dt is f32 or dt is f64) and p.is_cpu and type(p) in _PLAIN
-                and g.layout == torch.strided and p.is_contiguous() and g.is_contiguous()):
+                and g.layout == torch.strided and g.dtype is dt and p.is_contiguous()
+                and g.is_contiguous() and g.numel() == p.numel()):
             b = batches.get(dt)
             if b is None:
                 b = batches[dt] = Batch(dt)
@@ -285,6 +331,96 @@ def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list,
             rest_p.append(p)
             rest_g.append(g)
     return [b.seal() for b in batches.values()], rest_p, rest_g
+
+
+class GroupPlan:
+    """One param group's :func:`split`, kept from step to step so that a step's cost
+    hardly grows with the number of tensors: the kernel batches with their pointer
+    tables and state columns (:class:`Memo`).
+
+    A step reuses it only if everything it was built from still holds: the same group
+    dict and state dict of the optimizer (``load_state_dict`` and ``add_param_group``
+    replace them), the same parameter objects in the group's list, the same ones with a
+    gradient (frozen, unfrozen, unused parameters), each parameter at the same address
+    with the same size, dtype and layout (``p.data = ...``, ``.to(dtype or device)``),
+    and each gradient of the parameter's dtype and size, contiguous and dense (its
+    address is read again every step: backward allocates new gradients). The state
+    columns are checked by identity against the state dicts each step (a state tensor
+    replaced in its dict is seen); a state tensor whose storage is swapped in place
+    (``state[p]["exp_avg"].data = ...``) is not. Otherwise the group is split again."""
+
+    __slots__ = ("group", "state", "params", "none", "batches", "rest", "pick")
+
+    def __init__(self, group: dict, state: dict, params: list, none: list,
+                 batches: list[Batch], rest: list[Tensor]) -> None:
+        self.group, self.state, self.params, self.none = group, state, list(params), none
+        self.batches, self.rest = batches, rest
+        where = {id(p): j for j, p in enumerate(params)}
+        # per batch, then the rest: a function picking their gradients from the group's
+        self.pick = [_picker([where[id(p)] for p in b.params]) for b in batches]
+        self.pick.append(_picker([where[id(p)] for p in rest]))
+        for b in batches:
+            b.memo = Memo()
+
+    def reuse(self, group: dict, state: dict, params: list, grads: list,
+              none: list) -> tuple[list[Batch], list, list] | None:
+        """This step's (kernel batches, other params, their grads), or None."""
+        if not (group is self.group and state is self.state and none == self.none
+                and len(params) == len(self.params)
+                and all(map(operator.is_, params, self.params))):
+            return None
+        out = []
+        for b, pick in zip(self.batches, self.pick):
+            nb = b.with_grads(pick(grads))
+            if nb is None:
+                return None
+            out.append(nb)
+        return out, self.rest, self.pick[-1](grads)
+
+
+def _picker(idx: list[int]) -> Any:
+    """A function returning the list of the items at ``idx`` of a sequence."""
+    if not idx:
+        return lambda seq: []
+    get = operator.itemgetter(*idx)
+    if len(idx) == 1:
+        return lambda seq: [get(seq)]
+    if idx == list(range(len(idx))):
+        n = len(idx)
+        return lambda seq: seq[:n] if len(seq) > n else seq
+    return lambda seq: list(get(seq))
+
+
+def plan_group(plans: dict, key: Any, group: dict, state: dict, params: list,
+               grads: list) -> tuple[list[Batch], list, list]:
+    """:func:`split` of the parameters of ``group`` with a gradient (``grads``: each
+    parameter's, None for none), reusing the plan kept under ``key`` in ``plans`` where
+    it still holds (:class:`GroupPlan`)."""
+    none = list(map(operator.is_, grads, repeat(None)))
+    plan = plans.get(key)
+    if plan is not None:
+        out = plan.reuse(group, state, params, grads, none)
+        if out is not None:
+            return out
+    ps = [p for p, n in zip(params, none) if not n]
+    gs = [g for g, n in zip(grads, none) if not n]
+    batches, rest_p, rest_g = split(ps, gs)
+    plans[key] = GroupPlan(group, state, params, none, batches, rest_p)
+    return batches, rest_p, rest_g
+
+
+def memo_states(opt: Any, group: dict, b: Batch) -> None:
+    """Create the state of the batch's parameters that have none (as the step template
+    does), unless the memo shows every state dict as it was after the last step."""
+    state, m = opt.state, b.memo
+    sts = list(map(state.get, b.params))
+    if (m is not None and m.sts is not None and m.nstate == len(state)
+            and all(map(operator.is_, sts, m.sts)) and (m.empty or all(sts))):
+        return
+    opt._init_missing(group, b.params)
+    if m is not None:
+        m.sts = list(map(state.get, b.params))
+        m.nstate, m.empty = len(state), not any(m.sts)
 
 
 def first_nonfinite_in(batches: list[Batch], power: int = 1) -> tuple[Batch, int] | None:
@@ -317,7 +453,7 @@ def _common_args(opt: Any, batch: Batch, hp: list[float], flags: int,
         flags |= F_ZERO
     args = _Args()
     args.n = len(batch.params)
-    pp = _ptrs(batch.params)
+    pp = batch.pp
     firsts = array("b", first) if first is not None else None
     args.p, args.g, args.size = _addr(pp), _addr(batch.gp), _addr(batch.sizes)
     args.first = _addr(firsts) if firsts is not None else None
@@ -337,48 +473,94 @@ def _invoke(opt: Any, batch: Batch, args: _Args, keep: tuple) -> None:
     del keep
 
 
-def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
-    """One kernel call updating every tensor of ``batch`` (state already initialised).
-    False, changing nothing, where the kernel cannot read the 0-dim state (step...): it
-    takes CPU float32 or float64, all alike."""
+def _column(sts: list[dict], k: Any) -> list[Tensor | None]:
+    """Each state dict's tensor under ``k`` (a tuple: the first of those names it has)."""
+    if isinstance(k, str):
+        return list(map(dict.get, sts, repeat(k)))
+    return [st[name] if (name := next((x for x in k if x in st), None)) else None
+            for st in sts]
+
+
+def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any) -> Columns:
+    """The state columns of one kernel call, built (after ``_kernel_prepare``)."""
     state = opt.state
-    keys, scal, hp, flags = opt._kernel_args(group)
+    ps = batch.params
+    c = Columns()
+    c.keys = (keys, scal)
     # no entry for a parameter without state (SGD without momentum), as torch
-    sts = [state[p] for p in batch.params] if any(keys) or any(scal) else []
-    sc = [[st[k] for st in sts] if k else None for k in scal]
+    sts = [state[p] for p in ps] if any(keys) or any(scal) else []
+    sc = [_column(sts, k) if k else None for k in scal]
+    c.ok, c.first, c.shape = True, None, None
+    c.tensors = [(k, col) for k, col in zip(scal, sc) if col is not None]
     if sc[0] is not None:
         dtypes = {t.dtype for col in sc if col is not None for t in col}
         if len(dtypes) > 1 or not dtypes <= {torch.float32, torch.float64} or not all(
                 t.is_cpu for col in sc if col is not None for t in col):
-            return False
-    ps = batch.params
-    first = opt._kernel_prepare(group, ps)
+            c.ok = False
+            return c
+    c.first = opt._kernel_prepare(group, ps)
     cols = []
     for k in keys:
-        if k is None:
-            cols.append(None)
-            continue
-        col = []
-        for st in sts:
-            name = k if isinstance(k, str) else next((x for x in k if x in st), None)
-            t = st[name] if name else None
-            if t is not None and not t.is_contiguous():  # loaded in another layout
-                t = st[name] = t.contiguous()
-            col.append(t)
-        cols.append(_ptrs(col))
-    args, keep = _common_args(opt, batch, hp, flags, first)
-    scp = [_ptrs(x) if x is not None else None for x in sc]
-    args.s1, args.s2, args.s3 = (_addr(c) if c is not None else None for c in cols)
-    args.sc1, args.sc2 = (_addr(c) if c is not None else None for c in scp)
+        col = _column(sts, k) if k else None
+        if col is not None:
+            for i, t in enumerate(col):
+                if t is not None and not t.is_contiguous():  # loaded in another layout
+                    for name in ((k,) if isinstance(k, str) else k):
+                        if sts[i].get(name) is t:
+                            col[i] = sts[i][name] = t.contiguous()
+        cols.append(col)
+    c.tensors = [(k, col) for k, col in zip(keys, cols) if col is not None] + [
+        (k, col) for k, col in zip(scal, sc) if col is not None]
+    c.arrays = [_ptrs(col) if col is not None else None for col in cols]
+    c.sc = [_ptrs(col) if col is not None else None for col in sc]
+    c.sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
+    c.shape = None
     if opt.kernel == "adafactor":  # the matrix shape of each tensor (rows 0: a vector)
-        nrows = array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps])
-        ncols = array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps])
-        args.rows, args.cols = _addr(nrows), _addr(ncols)
-    args.sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
-    _invoke(opt, batch, args, keep)
+        c.shape = (array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps]),
+                   array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps]))
+    return c
+
+
+def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:
+    """Whether the state dicts still hold the tensors ``c`` was built from."""
+    if c.keys != (keys, scal):
+        return False
+    return all(len(col) == len(sts) and all(map(operator.is_, _column(sts, k), col))
+               for k, col in c.tensors)
+
+
+def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
+    """One kernel call updating every tensor of ``batch`` (state already initialised).
+    False, changing nothing, where the kernel cannot read the 0-dim state (step...): it
+    takes CPU float32 or float64, all alike. The state columns and their pointer tables
+    are kept in the batch's memo (a :class:`GroupPlan`'s) while the state dicts hold the
+    same tensors."""
+    keys, scal, hp, flags = opt._kernel_args(group)
+    m = batch.memo
+    spec = (tuple(keys), tuple(scal))
+    c = m.cols.get(spec) if m is not None else None
+    if c is not None and not (m.sts is not None and _still(c, m.sts, *spec)):
+        c = None
+    if c is None:
+        c = _columns(opt, group, batch, keys, scal)
+        if m is not None:
+            m.cols = {spec: c}
+            m.sts = list(map(opt.state.get, batch.params))
+            m.nstate, m.empty = len(opt.state), not any(m.sts)
+    elif c.ok and c.first is not None and any(c.first):  # buffers made by the last step: now kept
+        c.first = opt._kernel_prepare(group, batch.params)
+    if not c.ok:
+        return False
+    args, keep = _common_args(opt, batch, hp, flags, c.first)
+    args.s1, args.s2, args.s3 = (_addr(a) if a is not None else None for a in c.arrays)
+    args.sc1, args.sc2 = (_addr(a) if a is not None else None for a in c.sc)
+    if c.shape is not None:
+        args.rows, args.cols = _addr(c.shape[0]), _addr(c.shape[1])
+    args.sc_f64 = c.sc_f64
+    _invoke(opt, batch, args, (keep, c))
     # it wrote through data pointers: tell autograd about the parameters, as torch's
     # in-place ops would (the state never takes part in a graph)
-    increment_version(ps)
+    increment_version(batch.params)
     return True
 
 

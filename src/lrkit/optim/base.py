@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import operator
 import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
@@ -33,6 +34,7 @@ from lrkit.optim._state_check import check_lr  # noqa: F401 (subclasses use base
 NONFINITE_MODES = ("raise", "skip", "zero")
 IMPLS = ("auto", "reference", "foreach", "fused", "kernel")
 _NOT_HYPERPARAMS = ("params", "param_names")
+_GRAD = operator.attrgetter("grad")
 
 
 class Explained(NamedTuple):
@@ -93,7 +95,14 @@ class LrkitOptimizer(torch.optim.Optimizer):
     none: lrkit's kernel zeroes such entries as it reads them), so no NaN/Inf from a
     gradient ever reaches the state. Under ``torch.compile`` "raise" and "zero" stay in
     the graph ("raise" then raises a RuntimeError from ``torch._assert_async``, before
-    anything changes, without naming the parameter); "skip" breaks it. An entry whose
+    anything changes, without naming the parameter); "skip" breaks it, once per step:
+    whether the step changes anything at all is data-dependent, and dynamo has no branch
+    that takes it in the graph (``torch.cond`` refuses branches that update their inputs
+    in place, as every optimizer step does); staying in the graph would mean computing
+    every update out of place and selecting old or new values with ``torch.where``, a
+    second copy of the parameters and state each step, and a tensor skip counter. The
+    compiled step with its break skips exactly as the eager one
+    (tests/test_optim_compile.py). An entry whose
     square (``grad_power``: Adafactor's fourth power) would overflow counts as non-finite
     too. In a multi-process run the ranks agree before raising or skipping (one
     all-reduce per step; ``agree_across_ranks = False`` turns it off).
@@ -341,38 +350,65 @@ class LrkitOptimizer(torch.optim.Optimizer):
 
         Returns one ``(index, group, kernel batches, other params, their grads)`` per
         param group with gradients, or None when the step is skipped (counted). Records
-        the hyperparameters the step uses (for ``explain()``).
+        the hyperparameters the step uses (for ``explain()``). The split of each group
+        into kernel batches is kept from step to step while it holds
+        (``_kernel.GroupPlan``), so that the step's own cost hardly grows with the number
+        of tensors.
         """
-        work = [(i, group, params, [p.grad for p in params])
-                for i, group in enumerate(self.param_groups)
-                for params in ([p for p in group["params"] if p.grad is not None],)
-                if params]
-        if not self.supports_sparse and any(g.is_sparse for *_, grads in work for g in grads):
+        kernel = self._kernel_on() and not (self._shards and self.dtensor == "reference")
+        kept = self._kplans if not self._shards else {}  # local shards: new each step
+        state = self.state
+        plans = []  # (index, group, kernel batches, other params, their grads)
+        sparse = False
+        for i, group in enumerate(self.param_groups):
+            params = group["params"]
+            if kernel and not (group.get("differentiable") or group.get("capturable")):
+                grads = list(map(_GRAD, params))
+                batches, rest, rest_g = _kernel.plan_group(kept, i, group, state,
+                                                           params, grads)
+                if any(g.is_sparse for g in rest_g):  # the whole group as torch's
+                    kept.pop(i, None)
+                    rest = [p for p, g in zip(params, grads) if g is not None]
+                    batches, rest_g = [], [p.grad for p in rest]
+            else:  # (torch.compile traces this: no map over attrgetter)
+                rest = [p for p in params if p.grad is not None]
+                batches, rest_g = [], [p.grad for p in rest]
+            if batches or rest:
+                plans.append((i, group, batches, rest, rest_g))
+                sparse = sparse or any(g.is_sparse for g in rest_g)
+        if sparse and not self.supports_sparse:
             raise RuntimeError(
                 f"{type(self).__name__} does not support sparse gradients (of lrkit's "
                 "optimizers SGD and Adagrad take them, as torch's do, and LBFGS densifies "
                 "them as torch's LBFGS does)")
-        kernel = self._kernel_on() and not (self._shards and self.dtensor == "reference")
-        plans = []  # (index, group, kernel batches, other params, their grads)
-        for i, group, params, grads in work:
-            if kernel and not (group.get("differentiable") or group.get("capturable")
-                               or any(g.is_sparse for g in grads)):
-                plans.append((i, group, *_kernel.split(params, grads)))
-            else:
-                plans.append((i, group, [], params, grads))
         plans = self._screen(plans)
         if plans is None:
             self.skipped_steps += 1
             return None
-        state = self.state
         for i, group, batches, params, _ in plans:
-            for p in [q for b in batches for q in b.params] + params:
-                if not state.get(p):
-                    init = self._init_state(group, p)
-                    if init:  # no entry where there is no state (SGD without momentum)
-                        state[p].update(init)
+            for b in batches:
+                _kernel.memo_states(self, group, b)
+            self._init_missing(group, params)
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}
+        return plans
+
+    def _init_missing(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Initialise the state of the parameters that have none yet."""
+        state = self.state
+        for p in params:
+            if not state.get(p):
+                init = self._init_state(group, p)
+                if init:  # no entry where there is no state (SGD without momentum)
+                    state[p].update(init)
+
+    @property
+    def _kplans(self) -> dict:
+        """The kept split of each param group (``_kernel.GroupPlan``), by group index; not
+        copied (deepcopy, pickle), dropped by ``load_state_dict``."""
+        plans = self.__dict__.get("_kernel_plans")
+        if plans is None:
+            plans = self.__dict__["_kernel_plans"] = {}
         return plans
 
     def _kernel_on(self) -> bool:
@@ -440,7 +476,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
         "zero" replaces the entries in the graph; "raise" asserts in the graph
         (``torch._assert_async``) before the update, a RuntimeError naming no parameter
         (the names would need the flags on the host). "skip" needs the host's answer and
-        breaks the graph, as does a multi-process run (the ranks agree on the host)."""
+        breaks the graph (see the class docstring), as does a multi-process run (the ranks
+        agree on the host)."""
         return torch.compiler.is_compiling() and self.nonfinite != "skip" and not (
             self.agree_across_ranks and _distributed.world_size() > 1)
 
@@ -602,12 +639,13 @@ class LrkitOptimizer(torch.optim.Optimizer):
         state = super().__getstate__()
         for k, v in self.__dict__.items():
             if not (k.startswith("_optimizer_") or k in _TORCH_RUNTIME
-                    or k in self._transient):
+                    or k in self._transient or k == "_kernel_plans"):
                 state.setdefault(k, v)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.pop("_kernel_plans", None)  # the groups and state are new
         # torch's load_state_dict comes here too (state and param_groups only); a copy
         # pickled before lrkit kept its own settings lacks them
         for k, v in (("nonfinite", "raise"), ("impl", "auto"), ("skipped_steps", 0),
@@ -664,17 +702,29 @@ def _checked_by_hooks(opt: LrkitOptimizer, batches: list) -> tuple[Tensor | None
         return None, batches
     rest = []
     for b in batches:
-        left = _kernel.Batch(b.dtype)
-        for p, g in zip(b.params, b.grads):
-            verdict = watch.verdict(p, g)
+        m = b.memo
+        if m is None or m.hooked is None:  # the parameters with a hook (kept in the memo)
+            hooked = [j for j, p in enumerate(b.params) if id(p) in watch.handles]
+            if m is not None:
+                m.hooked = hooked
+        else:
+            hooked = m.hooked
+        checked = set()
+        for j in hooked:
+            verdict = watch.verdict(b.params[j], b.grads[j])
             if verdict:
-                return p, batches
-            if verdict is None:
+                return b.params[j], batches
+            if verdict is False:
+                checked.add(j)
+        if not checked:
+            rest.append(b)
+            continue
+        left = _kernel.Batch(b.dtype)
+        for j, (p, g) in enumerate(zip(b.params, b.grads)):
+            if j not in checked:
                 left.params.append(p)
                 left.grads.append(g)
-        if len(left.params) == len(b.params):
-            rest.append(b)
-        elif left.params:
+        if left.params:
             rest.append(left.seal())
     return None, rest
 

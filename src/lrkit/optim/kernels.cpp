@@ -185,6 +185,11 @@ inline void vsqrt(int n, double* x) {
   if (g_vd) { g_vd(n, x, x); return; }
   for (int i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
 }
+// Whether the square root is std::sqrt (not torch's MKL routine): then a loop can take the
+// root in registers, in one pass, with the same result as the two loops over blocks.
+template <typename T> inline bool inline_sqrt() {
+  if constexpr (std::is_same_v<T, float>) return g_vs == nullptr; else return g_vd == nullptr;
+}
 
 // body(b0, b1, buf): the chunk [lo, hi) in blocks. The loop bodies capture constants by
 // value ([=]): read through a reference they could alias the arrays being written, and
@@ -366,6 +371,16 @@ template <typename T> void adam(const Args* a) {
       T* __restrict__ v = (T*)a->s2[t];
       T* __restrict__ vm = AMS ? (T*)a->s3[t] : nullptr;
       const T ns = neg_step[t], bc = bc2s[t];
+      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        for (int64_t j = lo; j < hi; ++j) {
+          T d = grad(g, j), mm, vv;
+          if constexpr (DEC) d = k.coupled(d, p[j]);
+          k.update(d, m, v, j, mm, vv);
+          if constexpr (AMS) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
+          p[j] = p[j] * k.decay + (ns * mm) / (std::sqrt(vv) / bc + eps);
+        }
+        return;
+      }
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
           T d = grad(g, j), mm, vv;
@@ -819,19 +834,33 @@ template <typename T> void prodigy(const Args* a) {
       const T* __restrict__ g = (const T*)a->g[t];
       const T* __restrict__ m = MOM ? (const T*)a->s3[t] : nullptr;
       const T* __restrict__ v = (const T*)a->s4[t];
+      auto num = [=](int64_t j) {
+        T x;
+        if constexpr (MOM) x = m[j];
+        else {
+          x = grad(g, j);
+          if constexpr (DEC) x = fma_(cwd, p[j], x);
+        }
+        return x;
+      };
+      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        // local copies: read through the closure, the constants could alias the stores
+        const auto num_ = num;
+        const T ndec_ = ndec, ndlr_ = ndlr, deps_ = deps;
+        for (int64_t j = lo; j < hi; ++j) {
+          T w = p[j];
+          if constexpr (DECOUP) w = fma_(ndec_, w, w);
+          p[j] = w + (ndlr_ * num_(j)) / (std::sqrt(v[j]) + deps_);
+        }
+        return;
+      }
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1_, T* __restrict__ r) {
         for (int64_t j = b0; j < b1_; ++j) r[j - b0] = v[j];
         vsqrt((int)(b1_ - b0), r);
         for (int64_t j = b0; j < b1_; ++j) {
-          T num;
-          if constexpr (MOM) num = m[j];
-          else {
-            num = grad(g, j);
-            if constexpr (DEC) num = fma_(cwd, p[j], num);
-          }
           T w = p[j];
           if constexpr (DECOUP) w = fma_(ndec, w, w);
-          p[j] = w + (ndlr * num) / (r[j - b0] + deps);
+          p[j] = w + (ndlr * num(j)) / (r[j - b0] + deps);
         }
       });
     });
@@ -1034,6 +1063,25 @@ template <typename T> void sf_adamw(const Args* a) {
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ z = (T*)a->s1[t];
       T* __restrict__ v = (T*)a->s2[t];
+      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        // local copies: read through the closure, the constants could alias the stores
+        // and the loop would not vectorise
+        const auto grad_ = grad;
+        const Lerp<T> lerp_ = lerp;
+        const T w2_ = w2, b2_ = b2, bc2_ = bc2, eps_ = eps, wd_ = wd, ya_ = ya, nlr_ = nlr;
+        for (int64_t j = lo; j < hi; ++j) {
+          T x = grad_(g, j);
+          T vv = fma_(w2_ * x, x, v[j] * b2_);
+          v[j] = vv;
+          T gh = x / (std::sqrt(vv / bc2_) + eps_);
+          T yy = y[j];
+          if constexpr (DEC) gh = fma_(wd_, yy, gh);
+          T zz = z[j];
+          y[j] = fma_(ya_, gh, lerp_(yy, zz));
+          z[j] = fma_(nlr_, gh, zz);
+        }
+        return;
+      }
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1_, T* __restrict__ r) {
         for (int64_t j = b0; j < b1_; ++j) {
           T x = grad(g, j);
