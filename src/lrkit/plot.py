@@ -199,6 +199,13 @@ def plot_horizon(horizon: Mapping[str, Any], steps: int, ax: Any):
     """The autopilot's horizon fit: the probes' optimum at each length (log-log), the line
     of slope -beta through them extended to the run's ``steps``, and the peak it gives;
     ``horizon`` is ``AutopilotReport.horizon`` (plain data)."""
+    fn = "plot_horizon()"
+    if not isinstance(horizon, Mapping):
+        raise TypeError(f"{fn}: horizon must be AutopilotReport.horizon, a mapping, got "
+                        f"{type(horizon).__name__}")
+    steps = C.nonnegative_int(fn, "steps", steps)
+    if not callable(getattr(ax, "plot", None)):
+        raise TypeError(f"{fn}: ax must be a matplotlib Axes, got {type(ax).__name__}")
     lengths = list(horizon.get("lengths", ()))
     optima = list(horizon.get("optima", ()))
     if not lengths or len(lengths) != len(optima):
