@@ -523,7 +523,7 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
 
 def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:
     """Whether the state dicts still hold the tensors ``c`` was built from."""
-    if c.keys != (keys, scal):
+    if c.keys != (keys, scal) or None in sts:  # a state dict gone (a restored snapshot)
         return False
     return all(len(col) == len(sts) and all(map(operator.is_, _column(sts, k), col))
                for k, col in c.tensors)
