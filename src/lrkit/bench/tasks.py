@@ -516,18 +516,21 @@ def next_char_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def _build_char_lm(task: Task, seed: int):
+def _char_stream(task: Task, seed: int, context: int, val_windows: int):
+    """The character corpus split 90/10: a batch stream of random windows of ``context``
+    characters (inputs, next characters) from the training part, and the next-character
+    loss on ``val_windows`` evenly spaced windows of the validation part."""
     text = torch.from_numpy(D.corpus())
     split = int(0.9 * len(text))
     train, val = text[:split], text[split:]
-    windows = torch.arange(LM_VAL_WINDOWS) * ((len(val) - LM_CONTEXT - 1) // LM_VAL_WINDOWS)
-    val_x = torch.stack([val[i:i + LM_CONTEXT] for i in windows])
-    val_y = torch.stack([val[i + 1:i + LM_CONTEXT + 1] for i in windows])
+    windows = torch.arange(val_windows) * ((len(val) - context - 1) // val_windows)
+    val_x = torch.stack([val[i:i + context] for i in windows])
+    val_y = torch.stack([val[i + 1:i + context + 1] for i in windows])
 
     def stream(g: torch.Generator):
-        offsets = torch.arange(LM_CONTEXT + 1)
+        offsets = torch.arange(context + 1)
         while True:
-            starts = torch.randint(0, len(train) - LM_CONTEXT - 1, (task.batch_size, 1),
+            starts = torch.randint(0, len(train) - context - 1, (task.batch_size, 1),
                                    generator=g)
             chunk = train[starts + offsets]
             yield chunk[:, :-1], chunk[:, 1:]
@@ -536,7 +539,12 @@ def _build_char_lm(task: Task, seed: int):
         with torch.no_grad():
             return float(next_char_loss(model(val_x), val_y))
 
-    return CharGRU(), Batches(stream, seed), next_char_loss, val_loss
+    return Batches(stream, seed), val_loss
+
+
+def _build_char_lm(task: Task, seed: int):
+    batches, val_loss = _char_stream(task, seed, LM_CONTEXT, LM_VAL_WINDOWS)
+    return CharGRU(), batches, next_char_loss, val_loss
 
 
 # -- the registry ----------------------------------------------------------------------------
@@ -732,27 +740,8 @@ class TinyTransformer(nn.Module):
 
 
 def _build_tiny_transformer(task: Task, seed: int):
-    text = torch.from_numpy(D.corpus())
-    split = int(0.9 * len(text))
-    train, val = text[:split], text[split:]
-    stride = (len(val) - TT_CONTEXT - 1) // TT_VAL_WINDOWS
-    windows = torch.arange(TT_VAL_WINDOWS) * stride
-    val_x = torch.stack([val[i:i + TT_CONTEXT] for i in windows])
-    val_y = torch.stack([val[i + 1:i + TT_CONTEXT + 1] for i in windows])
-
-    def stream(g: torch.Generator):
-        offsets = torch.arange(TT_CONTEXT + 1)
-        while True:
-            starts = torch.randint(0, len(train) - TT_CONTEXT - 1, (task.batch_size, 1),
-                                   generator=g)
-            chunk = train[starts + offsets]
-            yield chunk[:, :-1], chunk[:, 1:]
-
-    def val_loss(model: nn.Module) -> float:
-        with torch.no_grad():
-            return float(next_char_loss(model(val_x), val_y))
-
-    return TinyTransformer(), Batches(stream, seed), next_char_loss, val_loss
+    batches, val_loss = _char_stream(task, seed, TT_CONTEXT, TT_VAL_WINDOWS)
+    return TinyTransformer(), batches, next_char_loss, val_loss
 
 
 # -- noisy_regression: teacher-student MLP regression with label noise -----------------------
