@@ -69,3 +69,74 @@ def test_scheduler_values_equal_the_schedules_after_resume_and_replacement():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sched.values() == {"lr": other(124), "momentum": mom(124)}
+
+
+# ---------------------------------------------------------- the step's fast paths (issue 19)
+def _opt(n: int = 3, lr: float | torch.Tensor = 0.1) -> torch.optim.Optimizer:
+    params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(n)]
+    return torch.optim.SGD([{"params": [p]} for p in params], lr=lr, momentum=0.9)
+
+
+def test_a_key_added_by_set_schedule_is_compared_with_the_other_writers():
+    """The check of other writers is skipped while one Scheduler keeps stepping; a key it
+    starts to schedule later must still be seen clashing with another Scheduler's."""
+    opt = _opt()
+    a = Scheduler(opt, lr=0.1)
+    b = Scheduler(opt, momentum=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            opt.step()
+            a.step()
+            b.step()
+    a.set_schedule("momentum", 0.8)
+    with pytest.warns(UserWarning, match="also steps momentum"):
+        for _ in range(3):
+            opt.step()
+            a.step()
+            b.step()
+
+
+def test_one_scheduler_stepping_alone_never_warns_and_keeps_exact_values():
+    opt = _opt(4)
+    opt.param_groups[2]["lr_scale"] = 0.3
+    lr = S.warmup(S.cosine(0.1, 500), 25)
+    sched = Scheduler(opt, lr=lr)
+    sched.scale_lr(0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n in range(1, 200):
+            opt.step()
+            sched.step()
+            want = [lr(n) * g.get("lr_scale", 1.0) * 0.7 for g in opt.param_groups]
+            assert [g["lr"] for g in opt.param_groups] == want
+            assert sched.get_last_lr() == want
+            assert all(type(v) is float for v in sched.get_last_lr())
+
+
+def test_tensor_and_float_lrs_in_one_optimizer():
+    opt = _opt(2)
+    opt.param_groups[1]["lr"] = torch.tensor(0.1, dtype=torch.float64)
+    lr = S.cosine(0.1, 100)
+    sched = Scheduler(opt, lr=lr)
+    for n in range(1, 20):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == lr(n)
+        assert isinstance(opt.param_groups[1]["lr"], torch.Tensor)
+        assert float(opt.param_groups[1]["lr"]) == lr(n)
+        assert sched.get_last_lr() == [lr(n), lr(n)]
+
+
+def test_optimizer_and_scheduler_still_pickle_after_steps():
+    import pickle
+
+    opt = _opt(2)
+    sched = Scheduler(opt, lr=S.cosine(0.1, 100))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    copy = pickle.loads(pickle.dumps(sched.state_dict()))
+    assert copy["last_epoch"] == 3
+    pickle.dumps(opt.state_dict())
+    pickle.dumps(opt.param_groups)

@@ -231,15 +231,16 @@ class Scheduler(LRScheduler):
 
     def get_lr(self) -> list[float]:
         """The learning rate of each param group at the current step."""
-        self._sync_groups()
-        n = self.last_epoch
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.base_lrs) or self.plateau is not None:
+            self._sync_groups()
         if "lr" in self.schedules:
-            base, m = self._value("lr", n), self.lr_multiplier
-            lrs = [base * g.get("lr_scale", 1.0) * m for g in self.optimizer.param_groups]
+            base, m = self._value("lr", self.last_epoch), self.lr_multiplier
+            lrs = [base * g.get("lr_scale", 1.0) * m for g in groups]
         elif self.plateau is not None:
             lrs = [lr * self.lr_multiplier for lr in self.base_lrs]
         else:
-            return [_as_float(g["lr"]) for g in self.optimizer.param_groups]
+            return [_as_float(g["lr"]) for g in groups]
         if self.plateau is not None:
             lrs = [max(lr * scale, self.plateau.min_lr_of(i))
                    for i, (lr, scale) in enumerate(zip(lrs, self.plateau_scales))]
@@ -252,7 +253,9 @@ class Scheduler(LRScheduler):
     def _value(self, key: str, n: int) -> float:
         """``self.schedules[key](n)``, bit for bit, from a block of values evaluated at
         once (``StepCache``); a schedule replaced in ``self.schedules`` gets a new block."""
-        caches = self.__dict__.setdefault("_caches", {})
+        caches = self.__dict__.get("_caches")
+        if caches is None:
+            caches = self.__dict__["_caches"] = {}
         cache = caches.get(key)
         s = self.schedules[key]
         if cache is None or cache.schedule is not s:
@@ -262,19 +265,46 @@ class Scheduler(LRScheduler):
     def _apply(self) -> None:
         if self.last_epoch < 0:  # not started (a later scheduler of SequentialLR)
             return
-        lrs = self.get_lr()
+        groups = self.optimizer.param_groups
         n = self.last_epoch
-        others = [(k, self._value(k, n)) for k in self.schedules if k != "lr"]
-        last = []
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            current = group["lr"]  # _write, inlined: this loop runs every step
+        schedules = self.schedules
+        if (self.plateau is None and len(schedules) == 1 and "lr" in schedules
+                and len(groups) == len(self.base_lrs)):
+            # the common case, in one loop: get_lr's values, written as _write does
+            base, m = self._value("lr", n), self.lr_multiplier
+            last = []
+            for group in groups:
+                lr = base * group.get("lr_scale", 1.0) * m
+                current = group["lr"]
+                if type(lr) is float and not isinstance(current, torch.Tensor):
+                    group["lr"] = lr
+                    last.append(lr)
+                elif isinstance(current, torch.Tensor):
+                    current.fill_(lr)
+                    last.append(float(current.item()))
+                else:
+                    group["lr"] = lr
+                    last.append(_as_float(lr))
+            self._last_lr = last
+            return
+        lrs = self.get_lr()
+        others = [(k, self._value(k, n)) for k in schedules if k != "lr"]
+        # this loop runs every step: plain float lrs are written as they are (``get_lr``
+        # returns Python floats), a tensor lr is filled in place (_write, inlined)
+        last = lrs
+        for i, (group, lr) in enumerate(zip(groups, lrs)):
+            current = group["lr"]
             if isinstance(current, torch.Tensor):
                 current.fill_(lr)
-                last.append(float(current.item()))
+                if last is lrs:
+                    last = list(lrs)
+                last[i] = float(current.item())
             else:
                 group["lr"] = lr
-                last.append(_as_float(lr))
-            for key, value in others:
+        if last is lrs and not all(type(v) is float for v in lrs):
+            last = [_as_float(v) for v in lrs]
+        for key, value in others:
+            for group in groups:
                 _write_target(key, group, value)
         self._last_lr = last
 
@@ -304,8 +334,12 @@ class Scheduler(LRScheduler):
         """Warn (once) where another lrkit Scheduler steps the same values of this
         optimizer in turn with this one (A, B, A): each overwrites the other. A handover
         (SequentialLR: A, A, B, B) is fine."""
+        opt = self.optimizer
+        last = _LAST_WRITER.get(id(opt))
+        if last is not None and last[1]() is self and last[0]() is opt:
+            return  # this Scheduler stepped the optimizer last: nothing new to compare
         keys = set(self.schedules) | ({"lr"} if self.plateau is not None else set())
-        log = _WRITERS.setdefault(self.optimizer, {})
+        log = _WRITERS.setdefault(opt, {})
         clash = []
         for key in sorted(keys):
             # weak references: a Scheduler that is gone (a probe's, say) writes no more,
@@ -319,6 +353,9 @@ class Scheduler(LRScheduler):
             elif not hist:
                 hist = [weakref.ref(self)]
             log[key] = hist
+        key = id(opt)
+        _LAST_WRITER[key] = (weakref.ref(opt, lambda _, key=key: _LAST_WRITER.pop(key, None)),
+                             weakref.ref(self))
         if clash and not self._steps_warned:
             self._steps_warned = True
             warnings.warn(
@@ -362,6 +399,7 @@ class Scheduler(LRScheduler):
         value = _schedule_arg(key, schedule)
         self._check_key(key)
         self.schedules[key] = value
+        _LAST_WRITER.pop(id(self.optimizer), None)  # a new key: compare writers again
         self._apply()
 
     def get_last_lr(self) -> list[float]:
@@ -478,6 +516,9 @@ def scale_lr(optimizer: torch.optim.Optimizer, factor: float, scheduler: Any = N
 # per optimizer: per scheduled key, weak references to the last two lrkit Schedulers that
 # stepped it
 _WRITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: id(optimizer) -> (optimizer, the Scheduler that stepped it last), weakly: the step's
+#: check of other writers is skipped while the same Scheduler keeps stepping
+_LAST_WRITER: dict[int, tuple[weakref.ref, weakref.ref]] = {}
 
 
 _TRACKED: weakref.WeakSet = weakref.WeakSet()
