@@ -564,16 +564,52 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     return True
 
 
+class StateColumns:
+    """The state tensors of a batch under some names, with their pointer arrays (see
+    :func:`state_columns`); ``derived`` is the caller's, rebuilt with the columns."""
+
+    __slots__ = ("sts", "names", "tensors", "arrays", "derived")
+
+
+def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
+    """The state tensors of ``batch``'s parameters under each of ``names`` (a column of
+    Nones for a name that is None; a tensor without that entry is None) and their
+    pointer arrays, for :func:`call`. Kept in the batch's memo (a :class:`GroupPlan`'s)
+    while the state dicts are those the memo holds and hold the same tensors: a step of
+    the learning-rate-free optimizers then reads no ``data_ptr`` and hashes no tensor."""
+    m = batch.memo
+    sts = m.sts if m is not None and m.sts is not None else None
+    key = ("state_columns", names)
+    c = m.cols.get(key) if sts is not None else None
+    if c is not None and c.sts is sts and all(
+            col is None or all(map(operator.is_, map(dict.get, sts, repeat(name)), col))
+            for name, col in zip(names, c.tensors)):
+        return c
+    if sts is None:
+        sts = list(map(opt.state.get, batch.params))
+    c = StateColumns()
+    c.sts, c.names, c.derived = sts, names, None
+    c.tensors = [None if name is None else list(map(dict.get, sts, repeat(name)))
+                 for name in names]
+    c.arrays = [None if col is None else _ptrs(col) for col in c.tensors]
+    if m is not None and m.sts is sts:
+        m.cols[key] = c
+    return c
+
+
 def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: list[float],
          flags: int, *, nout: int = 0, first: list[int] | None = None,
          values: list[float] | None = None, ival: int = 1,
          writes_params: bool = False) -> list[float]:
     """One pass of a learning-rate-free kernel over ``batch`` (``opt.kernel``'s library):
-    ``states`` are up to four per-tensor state columns (s1..s4), ``values`` one double per
+    ``states`` are up to four per-tensor state columns (s1..s4: lists of tensors, their
+    pointer arrays, or a :class:`StateColumns`), ``values`` one double per
     tensor (tv), ``first`` one flag per tensor. Returns the ``nout`` per-tensor sums the
     pass computes, tensor by tensor (a flat list of ``nout * len(batch.params)``)."""
     args, keep = _common_args(opt, batch, hp, flags, first)
-    cols = [_ptrs(c) if c is not None else None for c in states]
+    if isinstance(states, StateColumns):
+        states = states.arrays
+    cols = [c if c is None or isinstance(c, array) else _ptrs(c) for c in states]
     cols += [None] * (4 - len(cols))
     args.s1, args.s2, args.s3, args.s4 = (_addr(c) if c is not None else None for c in cols)
     tv = array("d", values) if values is not None else None

@@ -170,6 +170,8 @@ def to_host(*parts: list) -> list[list[float]]:
     order: the d estimates amplify rounding, so every path must add the same per-tensor
     values the same way.
     """
+    if all(set(map(type, part)) <= {float} for part in parts):  # the kernel's floats
+        return [list(part) for part in parts]
     tensors = [v for part in parts for v in part if isinstance(v, Tensor)]
     if not tensors:
         return [[float(v) for v in part] for part in parts]
@@ -194,10 +196,17 @@ class Work:
     """One param group's tensors of this step, in the group's order, split by path:
     kernel batches (dense CPU float32/float64) and the rest (reference or foreach)."""
 
-    __slots__ = ("index", "group", "params", "grads", "batches", "rest", "rest_grads")
+    __slots__ = ("index", "group", "params", "grads", "batches", "rest", "rest_grads",
+                 "single")
 
     def __init__(self, plan: tuple) -> None:
         self.index, self.group, self.batches, self.rest, self.rest_grads = plan
+        # one kernel batch holding every tensor with a gradient: it is in the group's order
+        # (split keeps it), and per-tensor results need no reordering
+        self.single = self.batches[0] if len(self.batches) == 1 and not self.rest else None
+        if self.single is not None:
+            self.params, self.grads = self.single.params, self.single.grads
+            return
         in_batches = {id(p): g for b in self.batches for p, g in zip(b.params, b.grads)}
         in_rest = {id(p): g for p, g in zip(self.rest, self.rest_grads)}
         self.params = [p for p in self.group["params"]
@@ -207,6 +216,16 @@ class Work:
     def ordered(self, values: dict[int, Any]) -> list[Any]:
         """Per-tensor values (keyed by ``id(param)``) in the group's order."""
         return [values[id(p)] for p in self.params]
+
+    def states(self, opt: Any) -> list[dict]:
+        """The state dicts of ``params``, in order (those the kernel batch's memo holds,
+        where there is one: no tensor hashed)."""
+        if self.single is not None:
+            m = self.single.memo
+            if m is not None and m.sts is not None:
+                return m.sts
+        state = opt.state
+        return [state[p] for p in self.params]
 
 
 def kernel_sums(batch: _kernel.Batch, flat: list[float], nout: int) -> dict[int, tuple]:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -162,12 +163,17 @@ class DAdaptAdam(_DAdapt):
             hp = [eps, beta1, beta2, sqrt_beta2, scale * dlr * (1 - beta1), 1 - beta2,
                   dlr * (1 - sqrt_beta2), decay if coupled else 0.0, ndec]
             for b in w.batches:
-                sts = [self.state[p] for p in b.params]
-                cols = [[s[key] for s in sts] for key in ("s", "exp_avg", "exp_avg_sq")]
-                sums.update(L.kernel_sums(b, K.call(self, b, cols, hp, flags, nout=2,
-                                                    writes_params=fused), 2))
+                cols = K.state_columns(self, b, ("s", "exp_avg", "exp_avg_sq"))
+                flat = K.call(self, b, cols, hp, flags, nout=2, writes_params=fused)
                 if not fused:
                     pending.append((b, cols, hp, flags & ~K.F_ACC | K.F_UPD | K.F_FORWARD))
+                if w.single is not None:  # the group's tensors, in order
+                    dots.extend(zip(repeat(scale * dlr), flat[0::2]))
+                    l1s.extend(zip(repeat(scale), flat[1::2]))
+                else:
+                    sums.update(L.kernel_sums(b, flat, 2))
+            if w.single is not None:
+                continue
             if w.rest:
                 grads = [g.add(p, alpha=decay) if coupled else g
                          for p, g in zip(w.rest, w.rest_grads)]
@@ -203,8 +209,8 @@ class DAdaptAdam(_DAdapt):
                 (_adam_update_reference if ref else _adam_update_foreach)(
                     params, ms, vs, eps=eps, decay=decay)
         for w in active:
-            for p in w.params:
-                self.state[p]["step"] += 1
+            for st in w.states(self):
+                st["step"] += 1
         for group in groups:
             group["k"] = k + 1
 
@@ -354,11 +360,17 @@ class DAdaptSGD(_DAdapt):
             hp = [dlr, decay, ck, 1 - ck]
             flags = K.F_ACC | K.F_UPD * fused | K.F_WD * (decay != 0)
             for b in w.batches:
-                cols = [[self.state[p][key] for p in b.params] for key in ("s", "x0")]
-                sums.update(L.kernel_sums(b, K.call(self, b, cols, hp, flags, nout=2,
-                                                    writes_params=fused), 2))
+                cols = K.state_columns(self, b, ("s", "x0"))
+                flat = K.call(self, b, cols, hp, flags, nout=2, writes_params=fused)
                 if not fused:
                     pending.append((b, cols, hp, K.F_UPD | K.F_FORWARD))
+                if w.single is not None:  # the group's tensors, in order
+                    dots += flat[0::2]
+                    sqs += flat[1::2]
+                else:
+                    sums.update(L.kernel_sums(b, flat, 2))
+            if w.single is not None:
+                continue
             if w.rest:
                 grads = [g.add(p, alpha=decay) if decay != 0 else g
                          for p, g in zip(w.rest, w.rest_grads)]

@@ -52,6 +52,8 @@ Adam's ``lr / (sqrt(v) + eps)``); with ``beta1 = 0``,
 from __future__ import annotations
 
 import math
+import operator
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -147,25 +149,37 @@ class Prodigy(L.SharedDOptimizer):
             group = w.group
             decay, slice_p = group["weight_decay"], group["slice_p"]
             coupled = decay != 0 and not decouple
-            states = {id(p): self._state(p, beta1) for p in w.params}
+            sts = w.states(self)
+            if beta1 > 0 and not all(map(operator.contains, sts, repeat("exp_avg"))):
+                for p, st in zip(w.params, sts):  # beta1 scheduled up from 0: buffers start
+                    if "exp_avg" not in st:
+                        st["exp_avg"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
             s_scale = (d / d0) * (d if group["safeguard_warmup"] else dlr)
             sums: dict[int, Any] = {}
             for b in w.batches:
-                sts = [states[id(p)] for p in b.params]
+                cols = K.state_columns(self, b, ("p0", "s", "exp_avg" if beta1 > 0 else None,
+                                                 "exp_avg_sq"))
+                if cols.derived is None:  # a 0-dim p0: the parameter was all zeros
+                    cols.derived = [int(t.dim() == 0) for t in cols.tensors[0]]
                 flat = K.call(
-                    self, b, [[s["p0"] for s in sts], [s["s"] for s in sts],
-                              [s.get("exp_avg") for s in sts] if beta1 > 0 else None,
-                              [s["exp_avg_sq"] for s in sts]],
+                    self, b, cols,
                     [beta1, beta2, beta3, d * (1 - beta1), d * d * (1 - beta2), s_scale,
                      decay if coupled else 0.0],
                     K.F_ACC | K.F_WD * coupled | K.F_MOMENTUM * (beta1 > 0), nout=2,
-                    first=[int(s["p0"].dim() == 0) for s in sts], ival=slice_p)
+                    first=cols.derived, ival=slice_p)
+                if w.single is not None:
+                    dots += flat[0::2]
+                    l1s += flat[1::2]
+                    continue
                 sums.update(L.kernel_sums(b, flat, 2))
+            if w.single is not None:
+                continue
             if w.rest:
                 grads = [g.add(p, alpha=decay) if coupled else g
                          for p, g in zip(w.rest, w.rest_grads)]
                 grads_of.update((id(p), g) for p, g in zip(w.rest, grads))
-                sts = [states[id(p)] for p in w.rest]
+                sts = [self._state(p, beta1) for p in w.rest]
                 accumulate = (_accumulate_reference if self._path(w.rest) == "reference"
                               else _accumulate_foreach)
                 dot, l1 = accumulate(
@@ -198,9 +212,9 @@ class Prodigy(L.SharedDOptimizer):
             coupled = decay != 0 and not decouple
             ndec = -decay * dlr if decay != 0 and decouple else 0.0
             for b in w.batches:
-                sts = [self.state[p] for p in b.params]
-                K.call(self, b, [None, None, [s.get("exp_avg") for s in sts] if beta1 > 0
-                                 else None, [s["exp_avg_sq"] for s in sts]],
+                cols = K.state_columns(self, b, (None, None, "exp_avg" if beta1 > 0 else None,
+                                                 "exp_avg_sq"))
+                K.call(self, b, cols,
                        [-dlr if beta1 > 0 else -dlr * d, d * eps, ndec,
                         decay if coupled else 0.0],
                        K.F_UPD | K.F_FORWARD | K.F_MOMENTUM * (beta1 > 0)
@@ -214,8 +228,8 @@ class Prodigy(L.SharedDOptimizer):
                        [s.get("exp_avg") for s in sts], [s["exp_avg_sq"] for s in sts],
                        dlr=dlr, d=d, eps=eps, decay=decay if ndec else 0.0,
                        beta1=beta1)
-            for p in w.params:
-                self.state[p]["step"] += 1
+            for st in w.states(self):
+                st["step"] += 1
             self._last[w.index]["d_next"] = d
         for group in groups:
             group["k"] = k + 1
