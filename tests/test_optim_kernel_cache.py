@@ -129,10 +129,6 @@ def _run(info, scenario, keep: bool, steps: int = 8) -> list[torch.Tensor]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__[1:] for s in SCENARIOS])
 @pytest.mark.parametrize("info", KERNEL_INFOS, ids=[i.name for i in KERNEL_INFOS])
 def test_kept_split_equals_a_fresh_one(info, scenario):
-    if info.name == "LDoG" and scenario is _frozen:
-        pytest.xfail("LDoG keeps one rbar entry per tensor of the group and fails on a step "
-                     "where a tensor has no gradient, on every path (a bug before the kept "
-                     "split, reported)")
     kept = _run(info, scenario, keep=True)
     fresh = _run(info, scenario, keep=False)
     assert len(kept) == len(fresh)
