@@ -274,3 +274,144 @@ def test_everything_is_exported_from_lrkit_optim():
     assert ScheduleFreeSGD.__module__ == ScheduleFreeAdamW.__module__ == \
         "lrkit.optim.schedulefree"
     assert math.isinf(Prodigy([torch.nn.Parameter(torch.ones(1))]).defaults["growth_rate"])
+
+
+# ------------------------------------------------- LDoG: tensors without a gradient
+SHAPES = [(5, 3), (7,), (4, 4), (2,), (3, 2, 2)]
+STEPS = 8
+
+
+def has_grad(j: int, s: int) -> bool:
+    """Tensor 1 has no gradient before step 3 (it starts late, beside tensors at their
+    later steps, and misses the group's first step); tensor 2 none at steps 4 and 5."""
+    return not ((j == 1 and s < 3) or (j == 2 and s in (4, 5)))
+
+
+def grad_of(p: torch.Tensor, s: int) -> torch.Tensor:
+    return torch.sin(3 * p.detach() + s) + 0.1
+
+
+def ldog_params():
+    gen = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+
+
+def ldog_run(make, steps=STEPS, grads=has_grad, each=None):
+    """``make(params)`` stepped with ``grad_of`` where ``grads(j, s)``; ``each(opt, ps, s)``
+    after every step. The final weights and the group's rbar, G and eta."""
+    ps = ldog_params()
+    opt = make(ps)
+    for s in range(steps):
+        for j, p in enumerate(ps):
+            p.grad = grad_of(p, s) if grads(j, s) else None
+        opt.step()
+        if each is not None:
+            each(opt, ps, s)
+    group = opt.param_groups[0]  # (dog-optimizer keeps eta as a list of 0-dim tensors)
+    return [p.detach().clone() for p in ps] + [torch.stack(list(group[k])).clone()
+                                               for k in ("rbar", "G", "eta")]
+
+
+def ldog_by_hand(steps=STEPS, grads=has_grad, reps_rel=1e-6, lr=1.0, weight_decay=0.0,
+                 eps=1e-8, init_eta=None):
+    """DoG's formulas for each tensor alone, from its first step with a gradient:
+    r_eps = reps_rel (1 + ||x||), G = ||g||^2 + eps (eta = init_eta where given) at it,
+    then rbar = max(rbar, ||x - x0||), G += ||g||^2; x -= eta g, g with weight decay."""
+    ps = [p.detach().clone() for p in ldog_params()]
+    x0, rbar, G, eta = [None] * len(ps), [0.0] * len(ps), [0.0] * len(ps), [0.0] * len(ps)
+    if init_eta is not None:
+        reps_rel = 0.0
+    for s in range(steps):
+        for j, p in enumerate(ps):
+            if not grads(j, s):
+                continue
+            g = grad_of(p, s)
+            if weight_decay:
+                g = g.add(p, alpha=weight_decay)
+            if x0[j] is None:
+                x0[j] = p.clone()
+                rbar[j] = reps_rel * (1 + p.norm())
+                G[j] = (g ** 2).sum() + eps
+                eta[j] = lr * rbar[j] / torch.sqrt(G[j])
+                if init_eta is not None:
+                    eta[j] = eta[j] * 0 + init_eta
+            else:
+                rbar[j] = torch.maximum(rbar[j], torch.norm(p - x0[j]))
+                G[j] = G[j] + (g ** 2).sum()
+                eta[j] = lr * rbar[j] / torch.sqrt(G[j])
+            p.add_(g, alpha=-float(eta[j]))
+    return ps + [torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in vec])
+                 for vec in (rbar, G, eta)]
+
+
+LDOG_OPTIONS = [{}, {"weight_decay": 0.01, "lr": 0.5}, {"init_eta": 1e-3},
+                {"reps_rel": 1e-4, "eps": 1e-4}]
+
+
+@pytest.mark.parametrize("kw", LDOG_OPTIONS, ids=str)
+def test_ldog_skips_a_tensor_without_a_gradient_and_starts_one_late(kw):
+    """Every path equals DoG's formulas per tensor: reference and foreach bit for bit,
+    the kernel (norms in float64) within float32 rounding; a skipped tensor's entries
+    stay as they were, and one not started yet has no step size."""
+    expected = ldog_by_hand(**kw)
+    seen = {}
+
+    def check(opt, ps, s):
+        group = opt.param_groups[0]
+        etas = opt.estimated_lr()[0]
+        assert (etas[1] is None) == (s < 3) and all(e is not None for j, e in
+                                                    enumerate(etas) if j != 1)
+        if s in (4, 5):  # tensor 2 skipped: its entries unchanged
+            assert all(torch.equal(group[k][2], seen[k]) for k in ("rbar", "G", "eta"))
+            with pytest.raises(ValueError, match="did not update this parameter"):
+                opt.explain(ps[2])
+            assert opt.effective_lr()[0][2] is None
+        seen.update((k, group[k][2].clone()) for k in ("rbar", "G", "eta"))
+        assert torch.equal(opt.effective_lr(ps[0]), torch.full_like(ps[0], etas[0]))
+
+    for impl in ("reference", "foreach"):
+        ours = ldog_run(lambda p, impl=impl: LDoG(p, impl=impl, **kw), each=check)
+        assert all(torch.equal(a, b) for a, b in zip(ours, expected)), impl
+    if _kernel.available():
+        ours = ldog_run(lambda p: LDoG(p, **kw), each=check)
+        assert relative_error(ours, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["reference", "foreach", "auto"])
+def test_ldog_with_every_gradient_still_equals_the_package(impl):
+    """The vectors kept per tensor change nothing when every tensor has a gradient at
+    every step: dog-optimizer's LDoG, bit for bit (the kernel within rounding)."""
+    import dog
+
+    def every(j, s):
+        return True
+
+    theirs = ldog_run(lambda p: dog.LDoG(p, weight_decay=0.01), grads=every)
+    ours = ldog_run(lambda p: LDoG(p, weight_decay=0.01, impl=impl), grads=every)
+    assert ours[-1].shape == (len(SHAPES),)
+    if impl == "auto" and _kernel.available():
+        assert relative_error(ours, theirs) <= 1e-5
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_ldog_resumes_before_a_tensor_has_started(impl):
+    """A state_dict saved while tensor 1 has not started (its entries 0) loads into a
+    fresh optimizer, and the run goes on bit for bit as the uninterrupted one."""
+    whole = ldog_run(lambda p: LDoG(p, impl=impl))
+    ps = ldog_params()
+    opt = LDoG(ps, impl=impl)
+    for s in range(STEPS):
+        for j, p in enumerate(ps):
+            p.grad = grad_of(p, s) if has_grad(j, s) else None
+        opt.step()
+        if s == 1:
+            saved = copy.deepcopy(opt.state_dict())
+            assert saved["param_groups"][0]["G"][1] == 0
+            opt = LDoG(ps, impl=impl)
+            opt.load_state_dict(saved)
+            assert opt.estimated_lr()[0][1] is None
+    group = opt.param_groups[0]
+    resumed = [p.detach().clone() for p in ps] + [group[k] for k in ("rbar", "G", "eta")]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, whole))

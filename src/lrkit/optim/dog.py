@@ -103,27 +103,42 @@ class DoG(L.GlobalStepOptimizer):
         stats = []
         for w in work:
             decay = w.group["weight_decay"]
-            first = "G" not in w.group
+            firsts = self._firsts(w)
+            first = firsts[0] if all(firsts) or not any(firsts) else None  # None: mixed
+            first_of = dict(zip(map(id, w.params), firsts)) if first is None else {}
             sums: dict[int, Any] = {}
             for b in w.batches:
-                flat = K.call(self, b, [[self.state[p]["x0"] for p in b.params]], [decay],
-                              K.F_ACC | K.F_WD * (decay != 0) | K.F_FIRST * first, nout=2)
+                x0s = [self.state[p]["x0"] for p in b.params]
+                fb = first
+                if first is None:
+                    fbs = [first_of[id(p)] for p in b.params]
+                    fb = all(fbs)
+                    if any(fbs) and not fb:  # tensors started later: ||x - 0|| is ||x||
+                        x0s = [torch.zeros_like(p) if f else x0
+                               for p, f, x0 in zip(b.params, fbs, x0s)]
+                flat = K.call(self, b, [x0s], [decay],
+                              K.F_ACC | K.F_WD * (decay != 0) | K.F_FIRST * fb, nout=2)
                 sums.update((key, (math.sqrt(v[0]), v[1]))
                             for key, v in L.kernel_sums(b, flat, 2).items())
             if w.rest:
                 grads = [g.add(p, alpha=decay) if decay != 0 else g
                          for p, g in zip(w.rest, w.rest_grads)]
                 norms, g_sqs = _stats(w.rest, grads, [self.state[p]["x0"] for p in w.rest],
-                                      first=first)
+                                      [first] * len(w.rest) if first is not None
+                                      else [first_of[id(p)] for p in w.rest])
                 sums.update((id(p), (n, s)) for p, n, s in zip(w.rest, norms, g_sqs))
             ref = w.params[0]
             norms, g_sqs = zip(*w.ordered(sums))
-            stats.append((_stack(norms, ref), _stack(g_sqs, ref), first))
+            stats.append((_stack(norms, ref), _stack(g_sqs, ref), firsts))
         reduce_over = self._process_group() if not self._layerwise else None
         reduced = self._reduce(work, stats, reduce_over)
-        for w, (norm, g_sq, first) in zip(work, reduced):
-            self._update_group(w.group, norm, g_sq, first=first)
-        etas = _host_etas(fn, [w.group for w in work])
+        stepped = [self._update(w, norm, g_sq, firsts)
+                   for w, (norm, g_sq, firsts) in zip(work, reduced)]
+        try:
+            etas = _host_etas(fn, stepped)
+        except ValueError:  # no step taken: LDoG's entries whose G is 0 have not started
+            self.__dict__.pop("_started", None)
+            raise
         for w, eta in zip(work, etas):
             eta = eta if self._layerwise else [eta] * len(w.params)
             eta_of = {id(p): e for p, e in zip(w.params, eta)}
@@ -138,6 +153,16 @@ class DoG(L.GlobalStepOptimizer):
                     else _update_foreach
                 update(w.rest, grads, [eta_of[id(p)] for p in w.rest])
             self._last[w.index]["eta_of"] = eta_of
+
+    def _firsts(self, w: L.Work) -> list[bool]:
+        """Per tensor of the step (``w.params``): whether it takes its first step (DoG: the
+        group's first step, for all of them)."""
+        return [True] * len(w.params) if "G" not in w.group else [False] * len(w.params)
+
+    def _update(self, w: L.Work, norm: Tensor, g_sq: Tensor, firsts: list[bool]) -> Tensor:
+        """The group's rbar, G and eta after this step (DoG); returns the step size."""
+        self._update_group(w.group, norm, g_sq, first=firsts[0])
+        return w.group["eta"]
 
     def _reduce(self, work: list, stats: list, group: Any) -> list:
         """The group's norms (DoG: one; LDoG: per tensor), as dog-optimizer reduces them:
@@ -175,6 +200,11 @@ class DoG(L.GlobalStepOptimizer):
         group["eta"] = eta
 
     def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
+        if id(p) not in hp.get("eta_of", {}):
+            raise ValueError(f"{type(self).__name__}.explain(): the last step (since the "
+                             "optimizer was built or loaded) did not update this parameter "
+                             "(it had no gradient); call it after a step that updated it, "
+                             "before zero_grad()")
         eta, wd = hp["eta_of"][id(p)], hp["weight_decay"]
         g, w = self._grad(p, hp), p.detach()
         d = g + wd * ((w + eta * g) / (1 - eta * wd)) if wd != 0 else g
@@ -182,6 +212,7 @@ class DoG(L.GlobalStepOptimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        self.__dict__.pop("_started", None)
         for group in self.param_groups:  # group tensors follow the parameters' device
             device = group["params"][0].device
             for key in ("rbar", "G", "eta"):
@@ -190,12 +221,91 @@ class DoG(L.GlobalStepOptimizer):
 
 
 class LDoG(DoG):
-    """Layer-wise DoG with the constructor of ``dog.LDoG``: one step size per tensor.
+    r"""Layer-wise DoG with the constructor of ``dog.LDoG``: one step size per tensor.
 
-    ``opt.estimated_lr()`` gives, per group, the last step size of each tensor.
+    ``rbar``, ``G`` and ``eta`` in each group hold one entry per tensor of
+    ``group["params"]``. A tensor without a gradient at a step is skipped: its entries stay
+    as they were. A tensor's entries start (:math:`r_\epsilon`, :math:`G_0`, ``init_eta``)
+    at its first step with a gradient; until then they are 0 (a started tensor's ``G`` is
+    :math:`\epsilon + \sum\lVert g_i\rVert^2 > 0`; where that is 0 the step raises
+    and moves nothing, and the tensor starts again at its next step).
+
+    ``opt.estimated_lr()`` gives, per group, the last step size of each tensor (None for a
+    tensor that has not taken a step yet).
     """
 
     _layerwise = True
+    _transient = ("_started",)
+
+    def estimated_lr(self) -> list:
+        out = []
+        for i, group in enumerate(self.param_groups):
+            eta = group.get("eta")
+            if eta is None:
+                out.append(None)
+                continue
+            started = self._started_of(i, group)
+            out.append([e if s else None for e, s in zip(eta.tolist(), started)])
+        return out
+
+    def _started_of(self, index: int, group: dict) -> list[bool]:
+        """Per tensor of the group: whether its entries have started. Kept on the host
+        beside the group's ``G`` it describes; read from ``G`` (nonzero) when that was
+        replaced (a loaded state_dict)."""
+        n = len(group["params"])
+        G = group.get("G")
+        if G is None:
+            return [False] * n
+        kept = self.__dict__.setdefault("_started", {}).get(index)
+        if kept is not None and kept[0] is G:
+            return kept[1]
+        if G.dim() != 1 or G.numel() != n:
+            raise ValueError(
+                f"{type(self).__name__}.step(): param group {index} holds G with shape "
+                f"{tuple(G.shape)}; LDoG keeps one entry per tensor of the group ({n})")
+        started = G.ne(0).tolist()
+        self._started[index] = (G, started)
+        return started
+
+    def _firsts(self, w: L.Work) -> list[bool]:
+        started = self._started_of(w.index, w.group)
+        if all(started):
+            return [False] * len(w.params)
+        at = {id(p): j for j, p in enumerate(w.group["params"])}
+        return [not started[at[id(p)]] for p in w.params]
+
+    def _update(self, w: L.Work, norm: Tensor, g_sq: Tensor, firsts: list[bool]) -> Tensor:
+        """rbar, G and eta of the tensors of the step, by their index in the group (the
+        others' entries unchanged); returns their step sizes (in ``w.params``' order)."""
+        group, params = w.group, w.group["params"]
+        n = len(params)
+        if len(w.params) == n and (all(firsts) or not any(firsts)):
+            # every tensor, all at once: dog-optimizer's vector operations
+            self._update_group(group, norm, g_sq, first=firsts[0])
+            eta = group["eta"]
+            started = [True] * n
+        else:
+            at = {id(p): j for j, p in enumerate(params)}
+            js = [at[id(p)] for p in w.params]
+            started = list(self._started_of(w.index, group))
+            for j in js:
+                started[j] = True
+            idx = torch.tensor(js, device=norm.device)
+            if "G" not in group:
+                for key in ("rbar", "G", "eta"):
+                    group[key] = norm.new_zeros(n)
+            first = torch.tensor(firsts, device=norm.device)
+            rbar_old, G_old = group["rbar"][idx], group["G"][idx]
+            rbar = torch.where(first, group["reps_rel"] * (1 + norm),
+                               torch.maximum(rbar_old, norm))
+            G = torch.where(first, g_sq + group["eps"], G_old + g_sq)
+            eta = scalar(group["lr"]) * rbar / torch.sqrt(G)
+            if group["init_eta"] is not None:
+                eta = torch.where(first, eta * 0 + group["init_eta"], eta)
+            for key, value in (("rbar", rbar), ("G", G), ("eta", eta)):
+                group[key] = group[key].index_put((idx,), value)
+        self.__dict__.setdefault("_started", {})[w.index] = (group["G"], started)
+        return eta
 
 
 def _stack(values: tuple, like: Tensor) -> Tensor:
@@ -206,9 +316,8 @@ def _stack(values: tuple, like: Tensor) -> Tensor:
                         torch.tensor(v, dtype=like.dtype, device=like.device) for v in values])
 
 
-def _host_etas(fn: str, groups: list[dict]) -> list:
-    """Every group's step size(s) as Python floats, in one host sync."""
-    etas = [g["eta"] for g in groups]
+def _host_etas(fn: str, etas: list[Tensor]) -> list:
+    """Every group's step size(s) of this step as Python floats, in one host sync."""
     if not etas:
         return []
     flat = torch.cat([e.reshape(-1).to("cpu", torch.float64) for e in etas]).tolist()
@@ -225,13 +334,11 @@ def _host_etas(fn: str, groups: list[dict]) -> list:
 
 
 # ------------------------------------------------------------------------------ stats
-def _stats(params, grads, x0s, *, first: bool) -> tuple[list, list]:
-    """Per-tensor ||x|| (first step) or ||x - x0|| (later steps) and ||g||^2, with
-    dog-optimizer's operations (0-dim tensors)."""
-    if first:
-        norms = [p.detach().norm() for p in params]
-    else:
-        norms = [torch.norm(p.detach() - x0) for p, x0 in zip(params, x0s)]
+def _stats(params, grads, x0s, firsts) -> tuple[list, list]:
+    """Per-tensor ||x|| (the tensor's first step) or ||x - x0|| (later steps) and ||g||^2,
+    with dog-optimizer's operations (0-dim tensors)."""
+    norms = [p.detach().norm() if first else torch.norm(p.detach() - x0)
+             for p, x0, first in zip(params, x0s, firsts)]
     return norms, [(g ** 2).sum() for g in grads]
 
 
