@@ -107,19 +107,27 @@ class DoG(L.GlobalStepOptimizer):
             first = firsts[0] if all(firsts) or not any(firsts) else None  # None: mixed
             first_of = dict(zip(map(id, w.params), firsts)) if first is None else {}
             sums: dict[int, Any] = {}
+            single: tuple | None = None
             for b in w.batches:
-                x0s = [self.state[p]["x0"] for p in b.params]
+                x0s: Any = K.state_columns(self, b, ("x0",))
                 fb = first
                 if first is None:
                     fbs = [first_of[id(p)] for p in b.params]
                     fb = all(fbs)
                     if any(fbs) and not fb:  # tensors started later: ||x - 0|| is ||x||
-                        x0s = [torch.zeros_like(p) if f else x0
-                               for p, f, x0 in zip(b.params, fbs, x0s)]
-                flat = K.call(self, b, [x0s], [decay],
+                        x0s = [[torch.zeros_like(p) if f else x0
+                                for p, f, x0 in zip(b.params, fbs, x0s.tensors[0])]]
+                flat = K.call(self, b, x0s, [decay],
                               K.F_ACC | K.F_WD * (decay != 0) | K.F_FIRST * fb, nout=2)
+                if w.single is not None:  # the group's tensors, in order
+                    single = (list(map(math.sqrt, flat[0::2])), flat[1::2])
+                    continue
                 sums.update((key, (math.sqrt(v[0]), v[1]))
                             for key, v in L.kernel_sums(b, flat, 2).items())
+            ref = w.params[0]
+            if single is not None:
+                stats.append((_stack(single[0], ref), _stack(single[1], ref), firsts))
+                continue
             if w.rest:
                 grads = [g.add(p, alpha=decay) if decay != 0 else g
                          for p, g in zip(w.rest, w.rest_grads)]
@@ -127,7 +135,6 @@ class DoG(L.GlobalStepOptimizer):
                                       [first] * len(w.rest) if first is not None
                                       else [first_of[id(p)] for p in w.rest])
                 sums.update((id(p), (n, s)) for p, n, s in zip(w.rest, norms, g_sqs))
-            ref = w.params[0]
             norms, g_sqs = zip(*w.ordered(sums))
             stats.append((_stack(norms, ref), _stack(g_sqs, ref), firsts))
         reduce_over = self._process_group() if not self._layerwise else None
@@ -141,11 +148,12 @@ class DoG(L.GlobalStepOptimizer):
             raise
         for w, eta in zip(work, etas):
             eta = eta if self._layerwise else [eta] * len(w.params)
-            eta_of = {id(p): e for p, e in zip(w.params, eta)}
+            eta_of = dict(zip(map(id, w.params), eta))
             decay = w.group["weight_decay"]
             for b in w.batches:
                 K.call(self, b, [None], [decay], K.F_UPD | K.F_FORWARD | K.F_WD * (decay != 0),
-                       values=[eta_of[id(p)] for p in b.params], writes_params=True)
+                       values=eta if w.single is not None else [eta_of[id(p)] for p in b.params],
+                       writes_params=True)
             if w.rest:
                 grads = [g.add(p, alpha=decay) if decay != 0 else g
                          for p, g in zip(w.rest, w.rest_grads)]
