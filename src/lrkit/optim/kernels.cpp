@@ -202,8 +202,6 @@ inline void blocks(int64_t lo, int64_t hi, Body body) {
 
 // ---------------------------------------------------------------- Adagrad
 // hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
-// ---------------------------------------------------------------- Adagrad
-// hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
 template <typename T> void adagrad(const Args* a) {
   std::vector<T> clr(a->n);
   for (int64_t t = 0; t < a->n; ++t) {
@@ -218,6 +216,16 @@ template <typename T> void adagrad(const Args* a) {
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ s = (T*)a->s1[t];
       const T c = clr[t];
+      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        for (int64_t j = lo; j < hi; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T sum = fma_(d, d, s[j]);
+          s[j] = sum;
+          p[j] = p[j] + (c * d) / (std::sqrt(sum) + eps);
+        }
+        return;
+      }
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
           T d = grad(g, j);
@@ -251,6 +259,18 @@ template <typename T> void adadelta(const Args* a) {
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ sq = (T*)a->s1[t];
       T* __restrict__ acc = (T*)a->s2[t];
+      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the roots in registers
+        for (int64_t j = lo; j < hi; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T sv = fma_(rho1 * d, d, sq[j] * rho);
+          sq[j] = sv;
+          T dx = std::sqrt(acc[j] + eps) / std::sqrt(sv + eps) * d;
+          acc[j] = fma_(rho1 * dx, dx, acc[j] * rho);
+          p[j] = fma_(-lr, dx, p[j]);
+        }
+        return;
+      }
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         T* __restrict__ std_ = r;
         T* __restrict__ delta = r + BLOCK;
@@ -295,6 +315,28 @@ template <typename T> void rmsprop(const Args* a) {
       T* __restrict__ sq = (T*)a->s1[t];
       T* __restrict__ buf = MOM ? (T*)a->s2[t] : nullptr;
       T* __restrict__ ga = CEN ? (T*)a->s3[t] : nullptr;
+      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        for (int64_t j = lo; j < hi; ++j) {
+          T d = grad(g, j);
+          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T sv = fma_(alpha1 * d, d, sq[j] * alpha);
+          sq[j] = sv;
+          if constexpr (CEN) {
+            T m = lerp(ga[j], d);
+            ga[j] = m;
+            sv = fma_(-m, m, sv);
+          }
+          T avg = std::sqrt(sv) + eps;
+          if constexpr (MOM) {
+            T b = buf[j] * mu + d / avg;
+            buf[j] = b;
+            p[j] = fma_(-lr, b, p[j]);
+          } else {
+            p[j] = p[j] + (-lr * d) / avg;
+          }
+        }
+        return;
+      }
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
           T d = grad(g, j);
@@ -427,6 +469,19 @@ template <typename T> void nadam(const Args* a) {
       T* __restrict__ m = (T*)a->s1[t];
       T* __restrict__ v = (T*)a->s2[t];
       const T b = bc2[t], c1 = cg[t], c2 = cm[t];
+      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+        const auto gr = grad;  // local copies: the loop vectorises (a capture does not)
+        const Moments<T> km = k;
+        for (int64_t j = lo; j < hi; ++j) {
+          T d = gr(g, j), mm, vv;
+          if constexpr (DEC) d = km.coupled(d, p[j]);
+          km.update(d, m, v, j, mm, vv);
+          T denom = std::sqrt(vv / b) + eps;
+          T w = p[j] * km.decay + (c1 * d) / denom;
+          p[j] = w + (c2 * mm) / denom;
+        }
+        return;
+      }
       blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
         for (int64_t j = b0; j < b1; ++j) {
           T d = grad(g, j), mm, vv;
@@ -478,6 +533,19 @@ template <typename T> void radam(const Args* a) {
       T* __restrict__ v = (T*)a->s2[t];
       const T b1c = bc1[t], rr = rect[t], b2s = bc2s[t];
       with(adaptive[t] != 0, [&](auto AD) {
+        if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
+          const auto gr = grad;  // local copies: the loop vectorises (a capture does not)
+          const Moments<T> km = k;
+          for (int64_t j = lo; j < hi; ++j) {
+            T d = gr(g, j), mm, vv;
+            if constexpr (DEC) d = km.coupled(d, p[j]);
+            km.update(d, m, v, j, mm, vv);
+            T u = mm / b1c * tlr;
+            if constexpr (AD) u = u * ((T(1) / (std::sqrt(vv) + eps)) * b2s) * rr;
+            p[j] = p[j] * km.decay - u;
+          }
+          return;
+        }
         blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
           for (int64_t j = b0; j < b1; ++j) {
             T d = grad(g, j), mm, vv;
