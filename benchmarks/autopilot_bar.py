@@ -9,6 +9,18 @@ seven arena tasks and on the three held-out ones, beside the untuned contenders.
     lrkit bench --suite heldout --out bench-heldout            # its methods are these
     python benchmarks/autopilot_bar.py bench-full bench-heldout [--method autopilot]
 
+The noise floor of the bar (``--redraw``): the grid's best cell is the best of many
+3-seed means, so it is biased low by its selection, and the tasks' seed-to-seed spread is
+often far above 1%. Given results of the best cells (and of ``--method``) on seeds the
+grid did not use, kept apart from the main results so that they are not pooled into the
+grid, it prints each best cell on those fresh seeds (its gap to its own paired mean: what
+the grid's own winner loses to a new draw of seeds) and ``--method`` against that cell on
+the same fresh seeds::
+
+    lrkit bench --suite full --tasks digits_softmax --methods adam_wsd --seeds 6 \\
+        --out bench-redraw                       # every lr; the best cell's is read
+    python benchmarks/autopilot_bar.py bench-full --redraw bench-redraw
+
 Every results directory (or file) given is read and pooled. For each task: the final
 metric of ``--method`` (the mean over its paired seeds) and of the grid's best cell (the
 best (family, lr) of every tuned Adam method, chosen on that same mean); the gap, relative,
@@ -222,6 +234,59 @@ def render(arena: Arena, rows: list[TaskBar], method: str, probe: str, tolerance
     return "\n".join(lines)
 
 
+@dataclass
+class Redraw:
+    """A task's best grid cell, and the method, on seeds the grid's cells did not use."""
+
+    task: str
+    seeds: tuple[int, ...]
+    cell: float  # the best cell's mean over the fresh seeds
+    cell_gap: float  # against its own mean over the paired seeds
+    method: float | None  # the method's mean over the same fresh seeds
+    method_gap: float | None  # against the cell on those seeds
+
+
+def redraw(arena: Arena, rows: Sequence[TaskBar], fresh: Sequence[R.Row],
+           method: str) -> list[Redraw]:
+    """Per task of ``rows``: its best cell (method label, lr) and ``method`` on the seeds of
+    ``fresh`` that the cell's paired mean did not use (only seeds where the cell ran)."""
+    out = []
+    tasks = {t.name: t for t in arena.tasks}
+    for r in rows:
+        task = tasks[r.task]
+        entry = next(e for e in task.entries if e.label == r.best_label and e.tuned)
+        best = entry.best
+        cell = {x.seed: x.final for x in fresh if x.task == r.task and x.method == entry.method
+                and math.isclose(x.lr, best.lr, rel_tol=1e-9) and not x.diverged
+                and x.seed not in r.best_seeds}
+        if not cell:
+            continue
+        seeds = tuple(sorted(cell))
+        value = statistics.fmean(cell[s] for s in seeds)
+        mine = {x.seed: x.final for x in fresh if x.task == r.task and x.method == method
+                and x.seed in cell}
+        m = statistics.fmean(mine[s] for s in seeds) if set(mine) == set(seeds) else None
+        out.append(Redraw(r.task, seeds, value, relative_gap(task, value, r.best_final), m,
+                          None if m is None else relative_gap(task, m, value)))
+    return out
+
+
+def render_redraw(found: Sequence[Redraw], method: str, tolerance: float) -> str:
+    lines = ["", "The bar's noise floor: each task's best grid cell on fresh seeds (seeds the "
+             "grid did not use), and " + method + " against it on the same seeds", "",
+             "| task | fresh seeds | best cell there | its gap to its paired mean | "
+             f"{method} there | {method} gap to the cell |", "|---|---|---|---|---|---|"]
+    for x in found:
+        lines.append(f"| {x.task} | {list(x.seeds)} | {fmt(x.cell)} | {_gap(x.cell_gap)} | "
+                     f"{fmt(x.method) if x.method is not None else '-'} | "
+                     f"{_gap(x.method_gap) if x.method_gap is not None else '-'} |")
+    own = sum(1 for x in found if x.cell_gap <= tolerance)
+    lines.append("")
+    lines.append(f"The grid's own best cell stays within {tolerance:.0%} of its paired mean on "
+                 f"{own} of {len(found)} tasks when the seeds are drawn again.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+",
@@ -232,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                                                       "name it (default: Adam())")
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--max-compute", type=float, default=2.0)
+    ap.add_argument("--redraw", nargs="*", default=[],
+                    help="results (files or directories) of the best cells and of --method "
+                         "on fresh seeds, kept apart from the main results: the noise floor")
     args = ap.parse_args(argv)
     rows = [row for path in args.results for row in R.load_rows(path)]
     arena = summarize(rows)
@@ -243,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if all(r.method is None for r in table):
         print(f"warning: no results of method {args.method!r}", file=sys.stderr)
     print(render(arena, table, args.method, args.probe, args.tolerance, args.max_compute))
+    if args.redraw:
+        fresh = [row for path in args.redraw for row in R.load_rows(path)]
+        found = redraw(arena, table, fresh, args.method)
+        print(render_redraw(found, args.method, args.tolerance) if found else
+              "\nno best cell of the grid on fresh seeds in " + ", ".join(args.redraw))
     return 0
 
 

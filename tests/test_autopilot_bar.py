@@ -134,3 +134,32 @@ def test_bar_pipeline_end_to_end_at_ci_size(tmp_path, capsys):
     assert "| quadratic | excess_risk |" in text and "| noisy_regression (held-out) |" in text
     assert "of 7 arena tasks (needs 5; 1 in the results)" in text
     assert "held-out: autopilot within 1% on" in text and "of 3 held-out tasks" in text
+
+
+def test_redraw_reads_the_best_cell_and_the_method_on_fresh_seeds(tmp_path, capsys):
+    """The noise floor: the grid's best cell on seeds it did not use, and the method
+    against it on the same seeds (the paired seeds in the redraw results are ignored)."""
+    main, fresh = [], []
+    for s in range(3):
+        main += [_record("quadratic", "adam_cosine", 0.01, s, 1.0),
+                 _record("quadratic", "adam_cosine", 0.1, s, 2.0),
+                 _record("quadratic", "pilot2", 1.0, s, 1.1, grid="", compute=1.5)]
+    for s in range(6):  # the redraw run repeats the paired seeds: they must not count
+        fresh += [_record("quadratic", "adam_cosine", 0.01, s, 1.0 if s < 3 else 1.2),
+                  _record("quadratic", "adam_cosine", 0.1, s, 9.0),
+                  _record("quadratic", "pilot2", 1.0, s, 1.1 if s < 3 else 1.26, grid="",
+                          compute=1.5)]
+    _write(tmp_path / "main", main)
+    _write(tmp_path / "fresh", fresh)
+    bar = _script()
+    arena = summarize(R.load_rows(tmp_path / "main"))
+    table = bar.bar(arena, "pilot2")
+    (x,) = bar.redraw(arena, table, R.load_rows(tmp_path / "fresh"), "pilot2")
+    assert x.task == "quadratic" and x.seeds == (3, 4, 5)
+    assert x.cell == pytest.approx(1.2) and x.cell_gap == pytest.approx(0.2)
+    assert x.method == pytest.approx(1.26) and x.method_gap == pytest.approx(0.05)
+    assert bar.main([str(tmp_path / "main"), "--method", "pilot2", "--redraw",
+                     str(tmp_path / "fresh")]) == 0
+    out = capsys.readouterr().out
+    assert "| quadratic | [3, 4, 5] | 1.2 | +20.0% | 1.26 | +5.0% |" in out
+    assert "stays within 1% of its paired mean on 0 of 1 tasks" in out
