@@ -88,12 +88,22 @@ template <typename F> inline void with(bool b, F&& f) {
 // The same gradient with maximize and zero as compile-time switches (no work when off).
 // ZERO: NaN, Inf and entries at or above the bound (whose square, or fourth power, would
 // overflow the state: see the check below) count as zero.
+// The test |x| < bound is made on the bits (a magnitude below the bound's, NaN's and Inf's
+// above any finite one) and applied as a mask: no branch, so every loop reading gradients
+// this way vectorises (a select on a float compare did not in some, and "zero" ran slower).
 template <typename T, bool MAX, bool ZERO> struct GradT {
-  T bound;
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  U bound_bits;  // the bits of the (positive) bound
   inline T operator()(const T* __restrict__ g, int64_t j) const {
     T x = g[j];
     if constexpr (MAX) x = -x;
-    if constexpr (ZERO) x = (std::fabs(x) < bound) ? x : T(0);
+    if constexpr (ZERO) {
+      U u;
+      std::memcpy(&u, &x, sizeof(T));
+      const U magnitude = u & ~((U)1 << (8 * sizeof(T) - 1));
+      u &= (U)0 - (U)(magnitude < bound_bits);  // all ones where kept, else +0.0
+      std::memcpy(&x, &u, sizeof(T));
+    }
     return x;
   }
 };
@@ -103,7 +113,10 @@ template <typename T, typename F> inline void with_grad(const Args* a, F&& f) {
     with(a->flags & F_ZERO, [&](auto ZERO) {
       // gbound 0 (a caller that does not set it): NaN and Inf only
       const T bound = a->gbound > 0 ? (T)a->gbound : std::numeric_limits<T>::infinity();
-      f(GradT<T, decltype(MAX)::value, decltype(ZERO)::value>{bound});
+      using G = GradT<T, decltype(MAX)::value, decltype(ZERO)::value>;
+      typename G::U bits;
+      std::memcpy(&bits, &bound, sizeof(T));
+      f(G{bits});
     });
   });
 }
@@ -1015,13 +1028,14 @@ template <typename T> void dadapt_sgd(const Args* a) {
   with_grad<T>(a, [&](auto grad) {
   if (a->flags & F_GSQ) {
     for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       const T* __restrict__ g = (const T*)a->g[t];
       Lanes sq;
       alignas(64) double t1[BLOCK];
       for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
         const int64_t b1_ = std::min(hi, b0 + BLOCK);
         for (int64_t j = b0; j < b1_; ++j) {
-          double x = (double)grad(g, j);
+          double x = (double)gr(g, j);
           t1[j - b0] = x * x;
         }
         sq.add(t1, b1_ - b0);
@@ -1035,6 +1049,7 @@ template <typename T> void dadapt_sgd(const Args* a) {
   with(a->flags & F_ACC, [&](auto ACC) {
   with(a->flags & F_UPD, [&](auto UPD) {
     for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ s = (T*)a->s1[t];
@@ -1046,7 +1061,7 @@ template <typename T> void dadapt_sgd(const Args* a) {
         for (int64_t j = b0; j < b1_; ++j) {
           T ss = s[j];
           if constexpr (ACC) {
-            T x = grad(g, j);
+            T x = gr(g, j);
             if constexpr (DEC) x = fma_(wd, p[j], x);
             t1[j - b0] = (double)x * (double)ss;
             ss = fma_(dlr, x, ss);
@@ -1078,11 +1093,12 @@ template <typename T> void dog(const Args* a) {
   with(a->flags & F_WD, [&](auto DEC) {
   if (a->flags & F_UPD) {
     for_chunks_sums<0>(a, [=](int64_t t, int64_t lo, int64_t hi, double*) {
+      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       const T neta = (T)(-a->tv[t]);
       for (int64_t j = lo; j < hi; ++j) {
-        T x = grad(g, j);
+        T x = gr(g, j);
         if constexpr (DEC) x = fma_(wd, p[j], x);
         p[j] = fma_(neta, x, p[j]);
       }
@@ -1091,6 +1107,7 @@ template <typename T> void dog(const Args* a) {
   }
   with(a->flags & F_FIRST, [&](auto FIRST) {
     for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
+      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       const T* __restrict__ p = (const T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       const T* __restrict__ x0 = FIRST ? nullptr : (const T*)a->s1[t];
@@ -1102,7 +1119,7 @@ template <typename T> void dog(const Args* a) {
           T d;
           if constexpr (FIRST) d = p[j]; else d = p[j] - x0[j];
           t1[j - b0] = (double)d * (double)d;
-          T x = grad(g, j);
+          T x = gr(g, j);
           if constexpr (DEC) x = fma_(wd, p[j], x);
           t2[j - b0] = (double)x * (double)x;
         }
