@@ -6,13 +6,16 @@ against their authors' packages.
     python benchmarks/optim_step.py --quick      # median of 9 steps after 2 warm-up
     python benchmarks/optim_step.py --torch-sqrt # kernels with torch's (MKL's) square root
     python benchmarks/optim_step.py --case c d   # the training step, the Scheduler
+    python benchmarks/optim_step.py --case e     # where the NaN/Inf check runs
 
 Cases: (a) 10M float32 parameters in 100 tensors of 400x250, (b) 1M in 1000 tensors of
 40x25: the step alone, gradients are fixed random tensors (no backward pass is timed).
 (c) a whole training step (zero_grad, forward, backward, step) of a 10.5M-parameter MLP,
 lrkit's Adam at its defaults against torch's fused Adam. (d) ``lrkit.Scheduler.step()``
 per call on 10 param groups, each schedule family (5% warmup) against torch's closest
-scheduler (without warmup). Each lrkit
+scheduler (without warmup). (e) the NaN/Inf check of case (c)'s gradients, as the
+post-accumulate-grad hooks run it while backward produces each large gradient
+(``lrkit.optim._gradwatch``), against one pass over all of them after backward. Each lrkit
 optimizer runs as a user gets it: impl="auto", nonfinite="raise" (so every step includes
 the pass over the gradients that looks for NaN/Inf); the "check" column is that pass
 alone, and the "zero" columns the same optimizer with nonfinite="zero", which needs no
@@ -212,6 +215,46 @@ def training_step(warmup, reps):
         print(f"| {k} | {m * 1e3:.2f} | {1 / m:.0f} | {ref / m:.2f}x |")
 
 
+def check_placement(warmup, reps):
+    """(e): the NaN/Inf check of a training step's gradients, in hooks during backward
+    (each large gradient as it is produced) against one pass after backward."""
+    from lrkit.optim import _gradwatch
+
+    x = torch.randn(32, 1536, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(1))
+    model = mlp(0)
+    in_hooks: list[float] = []
+
+    def hook(p):
+        t = time.perf_counter()
+        _kernel.first_nonfinite([p.grad])
+        in_hooks.append(time.perf_counter() - t)
+    big = [p for p in model.parameters() if p.numel() >= _gradwatch.MIN_NUMEL]
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in big]
+    per_step, after = [], []
+    for k in range(warmup + reps):
+        in_hooks.clear()
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad for p in model.parameters()]
+        t = time.perf_counter()
+        _kernel.first_nonfinite(grads)
+        if k >= warmup:
+            after.append(time.perf_counter() - t)
+            per_step.append(sum(in_hooks))
+    for h in handles:
+        h.remove()
+    n = sum(p.numel() for p in model.parameters())
+    print(f"\n## case (e): the NaN/Inf check of case (c)'s {n / 1e6:.1f}M gradients "
+          f"({len(big)} tensors hooked)")
+    print("| where | ms per step | GB/s read |")
+    print("|---|---:|---:|")
+    for label, ts in (("hooks, during backward", per_step), ("one pass after backward",
+                                                             after)):
+        m = statistics.median(ts)
+        print(f"| {label} | {m * 1e3:.2f} | {4 * n / m / 1e9:.1f} |")
+
+
 T_SCHED = 10**6
 TORCH_SCHED = {  # the closest torch scheduler to each family (no warmup: the cheaper one)
     "constant": ("ConstantLR", lambda o: torch.optim.lr_scheduler.ConstantLR(o, 1.0, 0)),
@@ -270,7 +313,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="median of 9 steps, 2 warm-up")
     ap.add_argument("--only", nargs="*", help="optimizer names (default: all)")
-    ap.add_argument("--case", nargs="*", choices=["a", "b", "c", "d", "both"],
+    ap.add_argument("--case", nargs="*", choices=["a", "b", "c", "d", "e", "both"],
                     default=["a", "b", "c", "d"])
     ap.add_argument("--torch-sqrt", action="store_true",
                     help="kernels take torch's (MKL's) square root: bit for bit torch's "
@@ -306,6 +349,8 @@ def main(argv=None) -> int:
         training_step(warmup, reps)
     if "d" in cases:
         scheduler_step(reps)
+    if "e" in cases:
+        check_placement(warmup, reps)
     print(f"\n# load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
