@@ -12,6 +12,12 @@ counter or is another tensor, and goes through the pass as before. Writes that b
 the version counter (``p.grad.data``, ``ctypes``) are not seen: such a gradient is
 trusted as it was when backward produced it.
 
+Measured on a 2-core Intel Xeon with a 105 MiB L3 (benchmarks/optim_step.py case (e)),
+the hooks cost about what the pass after backward does (1.73 against 1.62 ms for a 10.5M
+MLP's gradients): the gradients are not in the cache there either. The hooks stay for
+machines with a smaller cache, where a pass after backward reads every gradient back from
+memory; `nonfinite="zero"` needs neither.
+
 Small tensors are not watched: a Python hook costs a few microseconds, more than reading
 a small gradient again (the pass over 1000 tensors of 1000 entries takes 0.1 ms). Nor are
 gradients in a multi-process run (DDP writes the averaged gradient after the hooks, and
