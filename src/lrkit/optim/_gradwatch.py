@@ -14,9 +14,8 @@ trusted as it was when backward produced it.
 
 Measured on a 2-core Intel Xeon with a 105 MiB L3 (benchmarks/optim_step.py case (e)),
 the hooks cost about what the pass after backward does (1.73 against 1.62 ms for a 10.5M
-MLP's gradients): the gradients are not in the cache there either. The hooks stay for
-machines with a smaller cache, where a pass after backward reads every gradient back from
-memory; `nonfinite="zero"` needs neither.
+MLP's gradients): the gradients are not in the cache there either. Whether they save
+anything on other CPUs is not measured yet; ``nonfinite="zero"`` needs neither.
 
 Small tensors are not watched: a Python hook costs a few microseconds, more than reading
 a small gradient again (the pass over 1000 tensors of 1000 entries takes 0.1 ms). Nor are
