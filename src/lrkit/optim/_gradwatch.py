@@ -1,9 +1,10 @@
 """The non-finite check of ``nonfinite="raise"``/``"skip"`` without a pass of its own.
 
 A step must know, before it changes anything, whether a gradient holds NaN or Inf. Read
-after backward, 10M float32 gradients are 40 MB that have left the cache: a pass over
-them costs 10-20% of an Adam step. So each large gradient is checked as backward
-produces it, while it is still in the cache: a ``register_post_accumulate_grad_hook`` on
+after backward, 10M float32 gradients are 40 MB, a pass of its own over memory (about 8%
+of a 10M-parameter MLP's training step, measured). The design: each large gradient is
+checked as backward produces it, meant to find it still in the cache: a
+``register_post_accumulate_grad_hook`` on
 the parameter runs lrkit's check on that one tensor and records the verdict with the
 tensor's identity and version counter. At the step a verdict counts only if ``p.grad``
 is still that tensor at that version: a gradient written another way (set by hand,
