@@ -296,13 +296,51 @@ def test_horizon_exponent_is_the_clipped_log_slope():
     assert _slope([10, 40], [0.4, 0.4 * 2 ** -0.6]) == pytest.approx(0.3)
     assert _slope([10, 20, 40], [0.4, 0.4 * 2 ** -0.3, 0.4 * 2 ** -0.6]) == pytest.approx(0.3)
     assert _slope([10, 40], [0.1, 0.4]) == 0.0  # an optimum that rises: no extrapolation up
+    assert _slope([10, 40], [0.1, 0.4], clip=False) == pytest.approx(-1.0)  # as fitted
     assert _slope([10, 40], [1.0, 1e-3]) == BETA_MAX == 0.5
 
 
 def test_family_follows_the_horizon_exponent():
-    from lrkit.pilot import BETA_NOISE, DEFAULT_FAMILY, NOISY_FAMILY, _family_for
+    """Noise-dominated (the optimum falls): geometric decay; progress-limited (it rises
+    markedly with the length): cosine; between the two: WSD."""
+    from lrkit.pilot import (
+        BETA_NOISE,
+        BETA_PROGRESS,
+        DEFAULT_FAMILY,
+        MIDDLE_FAMILY,
+        NOISY_FAMILY,
+        _family_for,
+    )
 
-    assert _family_for(0.0) == DEFAULT_FAMILY and _family_for(BETA_NOISE) == NOISY_FAMILY
+    assert _family_for(BETA_NOISE, BETA_NOISE) == NOISY_FAMILY == "exponential"
+    assert _family_for(0.5, 0.9) == NOISY_FAMILY
+    assert _family_for(0.0, -BETA_PROGRESS) == DEFAULT_FAMILY == "cosine"
+    assert _family_for(0.0, -1.0) == DEFAULT_FAMILY
+    assert _family_for(0.0, 0.0) == MIDDLE_FAMILY == "wsd"
+    assert _family_for(0.1, 0.1) == MIDDLE_FAMILY
+    assert _family_for(0.0, -0.9 * BETA_PROGRESS) == MIDDLE_FAMILY
+    assert _family_for(0.1) == MIDDLE_FAMILY  # without the raw fit: the clipped one
+
+
+@pytest.mark.parametrize("steps", [100, 600, 1500])
+def test_the_middle_family_gets_the_probes_mean_rate(steps):
+    """Switching from the probes' cosine to WSD, the peak is scaled so that the run's mean
+    rate (warmup included) is the cosine run's, and the report says so."""
+    from lrkit import pilot as P
+
+    report = P.AutopilotReport(lr=None, schedule="", optimizer="Adam", steps=steps)
+    report.horizon = {"lengths": [10, 40], "beta": 0.0, "beta_raw": 0.05}
+    family, peak = P._choose_family(report, None, P.DEFAULT_FAMILY, 0.02, steps)
+    assert family == "wsd"
+    n = np.arange(steps)
+    mean_cos = np.mean(S.family("cosine", 0.02, steps, P.WARMUP_FRACTION)(n))
+    mean_wsd = np.mean(S.family("wsd", peak, steps, P.WARMUP_FRACTION)(n))
+    assert mean_wsd == pytest.approx(mean_cos, rel=1e-9) and peak < 0.02
+    assert "mean rate" in report.decisions[-1] and "wsd" in report.decisions[-1]
+    report.horizon["beta_raw"] = -0.5  # progress-limited: cosine at the probes' peak
+    assert P._choose_family(report, None, P.DEFAULT_FAMILY, 0.02, steps) == ("cosine", 0.02)
+    given = S.linear(1.0, 0.0, steps)  # a user's schedule: kept, at the probes' peak
+    assert P._choose_family(report, given, P.DEFAULT_FAMILY, 0.02, steps) == ("cosine", 0.02)
 
 
 def test_a_noise_dominated_problem_gets_a_lower_peak_and_the_geometric_decay():

@@ -384,7 +384,8 @@ def autopilot(
         chosen = None
     else:
         chosen, peak = _choose_lr(setup, _Search(extra, shape, family))
-        family = _choose_family(report, shape, family)
+        family, peak = _choose_family(report, shape, family, peak, steps)
+        chosen = peak
     run_schedule = _schedule(shape, family, peak, steps)
     report.lr = chosen
     report.schedule = str(run_schedule)
@@ -462,8 +463,8 @@ def choose_lr(
     setup = _Setup(model, optimizer, step, batches, scorer, steps, eval_cost=len(held) / 3.0,
                    report=report, loss_fn=loss_fn, step_fn=step_fn)
     chosen, peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
-    family = _choose_family(report, shape, DEFAULT_FAMILY)
-    report.lr = chosen
+    family, peak = _choose_family(report, shape, DEFAULT_FAMILY, peak, steps)
+    report.lr = peak
     report.schedule = str(_schedule(shape, family, peak, steps))
     return report
 
@@ -553,7 +554,7 @@ def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
     lengths: list[int] = []
     optima: list[float] = []
     bests: list[float] = []
-    beta = 0.0
+    beta = beta_raw = 0.0
     rows = (PROBE_FACTORS, SMALL_PROBE_FACTORS) if len(plan) > 1 else (SMALL_PROBE_FACTORS,)
     for rung, (planned, factors) in enumerate(zip(plan, rows)):
         length = min(planned, setup.steps)
@@ -570,7 +571,8 @@ def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
         lengths.append(length)
         optima.append(optimum)
         if len(optima) > 1:
-            beta = _slope(lengths, optima)
+            beta_raw = _slope(lengths, optima, clip=False)
+            beta = min(max(beta_raw, BETA_MIN), BETA_MAX)
         shown = ", ".join(f"{lr:.3g}: {s:.4g}" for lr, s in sorted(zip(lrs, scores)))
         report.decisions.append(
             f"probes, rung {rung + 1} ({length} steps each, schedule compressed to that "
@@ -579,7 +581,8 @@ def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
         bests.append(float(min(scores)))
     snap.restore()
     peak = optima[-1] * (setup.steps / lengths[-1]) ** -beta
-    return {"lengths": lengths, "optima": optima, "beta": beta, "optimum": optima[-1],
+    return {"lengths": lengths, "optima": optima, "beta": beta, "beta_raw": beta_raw,
+            "optimum": optima[-1],
             "peak": peak, "best_scores": bests,
             "predicted": _predicted(lengths, bests, setup.steps)}
 
@@ -621,44 +624,76 @@ BETA_MIN, BETA_MAX = 0.0, 0.5
 #: the horizon exponent from which the run counts as noise-dominated (geometric decay)
 BETA_NOISE = 0.2
 NOISY_FAMILY = "exponential"
+#: the fitted (unclipped) exponent at or below which the best rate rises with the length
+#: of the probes enough to call the run progress-limited (cosine decay), and the family
+#: between the two
+BETA_PROGRESS = 0.25
+MIDDLE_FAMILY = "wsd"
 
 
-def _choose_family(report: AutopilotReport, shape: S.Schedule | None, family: str) -> str:
-    """The run's family: ``family`` with a user's schedule or without a horizon fit, else
-    the one the fitted horizon exponent calls for (the decision is recorded)."""
+def _choose_family(report: AutopilotReport, shape: S.Schedule | None, family: str,
+                   peak: float, steps: int) -> tuple[str, float]:
+    """The run's family and peak: ``family`` and ``peak`` with a user's schedule or without
+    a horizon fit, else the family the fitted horizon exponent calls for, with the peak
+    that gives it the probes' mean rate (the decision is recorded)."""
     if shape is not None or len(report.horizon.get("lengths", ())) < 2:
-        return family
-    chosen = _family_for(report.horizon["beta"])
-    report.decisions.append(_family_reason(chosen, report.horizon["beta"]))
-    return chosen
+        return family, peak
+    beta, raw = report.horizon["beta"], report.horizon.get("beta_raw", report.horizon["beta"])
+    chosen = _family_for(beta, raw)
+    if chosen == MIDDLE_FAMILY:
+        factor = _mean_rate(DEFAULT_FAMILY, steps) / _mean_rate(chosen, steps)
+        report.decisions.append(_family_reason(chosen, beta, raw) + (
+            f"; its peak {peak * factor:.3g} is the probes' {peak:.3g} times {factor:.3g}, "
+            f"so that its mean rate over the run is the {DEFAULT_FAMILY} run's"))
+        return chosen, peak * factor
+    report.decisions.append(_family_reason(chosen, beta, raw))
+    return chosen, peak
 
 
-def _family_for(beta: float) -> str:
-    """The schedule family for a horizon exponent: ``NOISY_FAMILY`` from ``BETA_NOISE`` up
-    (the optimum falls with the length of the run: gradient noise sets the final loss, and
-    a geometric decay, which spends most steps at small rates, is near-optimal there: Ge
-    et al. 2019, "The step decay schedule", arXiv 1904.12838), else ``DEFAULT_FAMILY``
-    (the progress of the run sets it: cosine decay to zero)."""
-    return NOISY_FAMILY if beta >= BETA_NOISE else DEFAULT_FAMILY
+def _mean_rate(family: str, steps: int) -> float:
+    """The mean of a family's schedule at peak 1 over ``steps`` (with the run's warmup)."""
+    return float(np.mean(S.family(family, 1.0, steps, WARMUP_FRACTION)(np.arange(steps))))
 
 
-def _family_reason(family: str, beta: float) -> str:
+def _family_for(beta: float, beta_raw: float | None = None) -> str:
+    """The schedule family for a horizon exponent (``beta_raw``: as fitted, unclipped):
+    ``NOISY_FAMILY`` from ``BETA_NOISE`` up (the optimum falls with the length of the
+    run: gradient noise sets the final loss, and a geometric decay, which spends most
+    steps at small rates, is near-optimal there: Ge et al. 2019, "The step decay
+    schedule", arXiv 1904.12838); ``DEFAULT_FAMILY`` (cosine decay to zero) where the
+    optimum rises with the length by ``BETA_PROGRESS`` or more (longer probes want larger
+    steps: the distance to travel, not noise, limits the run); between the two
+    ``MIDDLE_FAMILY`` (warmup-stable-decay, the best single family of the arena's tuned
+    grids: Hagele et al. 2024, arXiv 2405.18392)."""
+    raw = beta if beta_raw is None else beta_raw
+    if beta >= BETA_NOISE:
+        return NOISY_FAMILY
+    return DEFAULT_FAMILY if raw <= -BETA_PROGRESS else MIDDLE_FAMILY
+
+
+def _family_reason(family: str, beta: float, beta_raw: float | None = None) -> str:
+    raw = beta if beta_raw is None else beta_raw
     if family == NOISY_FAMILY:
         return (f"family {family!r}: the horizon exponent {beta:.2f} >= {BETA_NOISE} says "
                 f"gradient noise limits this run (its best rate falls with its length), "
                 f"where a geometric decay that spends most steps at small rates is "
                 f"near-optimal (Ge et al. 2019)")
-    return (f"family {family!r}: the horizon exponent {beta:.2f} < {BETA_NOISE} says "
-            f"progress, not noise, limits this run (its best rate holds with its length): "
-            f"warmup and cosine decay to zero")
+    if family == DEFAULT_FAMILY:
+        return (f"family {family!r}: the best rate rises with the length of the probes "
+                f"(fitted exponent {raw:.2f} <= -{BETA_PROGRESS}): the distance to travel, "
+                f"not noise, limits this run: warmup and cosine decay to zero")
+    return (f"family {family!r}: the best rate holds with the length of the probes (fitted "
+            f"exponent {raw:.2f}, between -{BETA_PROGRESS} and {BETA_NOISE}): "
+            f"warmup, a stable rate, and a linear cooldown over the last 20%")
 
 
-def _slope(lengths: Sequence[int], optima: Sequence[float]) -> float:
-    """-d log(optimum) / d log(length), least squares, clipped to [BETA_MIN, BETA_MAX]."""
+def _slope(lengths: Sequence[int], optima: Sequence[float], clip: bool = True) -> float:
+    """-d log(optimum) / d log(length), least squares, clipped to [BETA_MIN, BETA_MAX]
+    (``clip=False``: as fitted)."""
     x = np.log(np.asarray(lengths, dtype=float))
     y = np.log(np.asarray(optima, dtype=float))
-    slope = float(np.polyfit(x, y, 1)[0])
-    return min(max(-slope, BETA_MIN), BETA_MAX)
+    slope = -float(np.polyfit(x, y, 1)[0])
+    return min(max(slope, BETA_MIN), BETA_MAX) if clip else slope
 
 
 def _vertex(lrs: Sequence[float], scores: Sequence[float]) -> float:
