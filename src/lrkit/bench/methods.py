@@ -274,8 +274,9 @@ register(Method("sls", "SLS", "SLS", lr=1.0, lr_option="init_lr",
 # -- the autopilot: a method that chooses its own learning rate -------------------------------
 def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int) -> Run:
     """One arena cell of ``lrkit.autopilot``: it trains ``task`` from ``seed`` with the
-    method's optimizer, choosing the peak rate itself (range test, then probes by successive
-    halving, scored by the task's metric as a user scores them on validation data) within
+    method's optimizer, choosing the peak rate and the schedule family itself (range test,
+    then probes at two lengths, scored by the task's metric as a user scores them on
+    validation data) within
     ``budget`` (a method option, default 1.5 runs); ``lr`` is ignored. The
     metric is taken at the task's evaluation steps of the final run; ``run.compute`` is the
     autopilot's own account (range test + probes + training, in runs of ``steps``)."""
@@ -318,8 +319,9 @@ def autopilot_cell(method: Method, task: Task, lr: float, seed: int, steps: int)
 
 register(Method("autopilot", "autopilot (Adam)", "Adam", family="auto", runner=autopilot_cell,
                 style={"color": "#ff1493", "ls": "-", "marker": "o"},
-                note="lrkit.autopilot with Adam, budget 1.5 runs: range test, probes by "
-                     "successive halving, linear warmup-decay, DivergenceGuard; untuned"))
+                note="lrkit.autopilot with Adam, budget 1.5 runs: range test, probes at "
+                     "two lengths (the horizon fit), the family from the fit (exponential, "
+                     "cosine or WSD), DivergenceGuard; untuned"))
 
 
 # -- the range test's suggestion, untuned: linear decay to zero at it ---------------------------

@@ -140,7 +140,7 @@ class RangeTest(pl.Callback):
 
 class Autopilot(pl.Callback):
     """Before the first step: the autopilot's choice (``lrkit.pilot.choose_lr``: range
-    test, then probes pruned by successive halving, within ``budget`` runs of compute)
+    test, then probes at two lengths and a horizon fit, within ``budget`` runs of compute)
     of the peak rate and the schedule (linear warmup and decay to zero, or ``schedule``
     rescaled), written into the Scheduler for the whole run; the module and optimizer are
     put back as they were first. ``report`` holds the ``AutopilotReport`` (its
