@@ -141,9 +141,9 @@ class RangeTest(pl.Callback):
 class Autopilot(pl.Callback):
     """Before the first step: the autopilot's choice (``lrkit.pilot.choose_lr``: range
     test, then probes at two lengths and a horizon fit, within ``budget`` runs of compute)
-    of the peak rate and the schedule (linear warmup and decay to zero, or ``schedule``
-    rescaled), written into the Scheduler for the whole run; the module and optimizer are
-    put back as they were first. ``report`` holds the ``AutopilotReport`` (its
+    of the peak rate and the schedule (the family the horizon fit chooses, with warmup,
+    or ``schedule`` rescaled), written into the Scheduler for the whole run; the module
+    and optimizer are put back as they were first. ``report`` holds the ``AutopilotReport`` (its
     ``explain()`` says why).
     """
 
