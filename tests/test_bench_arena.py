@@ -367,6 +367,22 @@ def test_cli_bench_and_report(tmp_path):
     assert res.exit_code == 0 and (tmp_path / "again" / "report.html").exists()
 
 
+def test_cli_bench_lrs_replaces_the_suites_grid(tmp_path):
+    """--lrs: the tuned methods run on exactly those rates (the untuned ones at their own)."""
+    res = CliRunner().invoke(main, ["bench", "--tasks", "quadratic", "--methods",
+                                    "adam_cosine,adam_default", "--steps", "30", "--workers",
+                                    "1", "--lrs", "0.1,0.01", "--no-report",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = R.load_rows(tmp_path)  # (the fourth cell run is the range test's)
+    assert len(rows) == 3
+    assert sorted(r.lr for r in rows if r.method == "adam_cosine") == [0.01, 0.1]
+    assert [r.lr for r in rows if r.method == "adam_default"] == [1e-3]
+    for bad in ("0.1,x", "0,0.1", "-1", "inf", ","):
+        res = CliRunner().invoke(main, ["bench", "--lrs", bad, "--out", str(tmp_path)])
+        assert res.exit_code == 2 and "--lrs expects" in res.output, (bad, res.output)
+
+
 def test_cli_bench_errors_are_one_line(tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["bench", "--tasks", "nope"])

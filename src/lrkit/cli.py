@@ -1,8 +1,11 @@
 """The ``lrkit`` command line: thin, it parses arguments and calls the library."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -392,6 +395,17 @@ def _task_metric(task, model, seed: int) -> float:
 
 
 # -- the benchmark arena ----------------------------------------------------------------------
+def _lr_grid(text: str) -> tuple[float, ...]:
+    """``--lrs``: positive finite numbers, comma-separated, in increasing order."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.UsageError(f"--lrs expects comma-separated numbers, got {text!r}") from None
+    if not values or not all(0 < v < math.inf for v in values):
+        raise click.UsageError(f"--lrs expects positive finite learning rates, got {text!r}")
+    return tuple(sorted(set(values)))
+
+
 def _names(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -420,6 +434,10 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Override every task's step budget (smoke runs; kept apart from "
                    "full-budget results).")
+@click.option("--lrs", default=None,
+              help="Comma-separated peak learning rates of the tuned methods' grid "
+                   "(default: the suite's), e.g. 0.001,0.00316,0.01 for a reduced grid "
+                   "of the slow tasks.")
 @click.option("--report/--no-report", default=True, show_default=True,
               help="Write the report at the end.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
@@ -431,7 +449,7 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--list", "list_only", is_flag=True, help="List suites, tasks and methods, "
                                                        "then exit.")
 def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
-          workers: int | None, out: str, steps: int | None, report: bool,
+          workers: int | None, out: str, steps: int | None, lrs: str | None, report: bool,
           executor: str, address: str | None, list_only: bool) -> None:
     """Run the benchmark arena: tasks x methods x learning rates x paired seeds.
 
@@ -463,7 +481,12 @@ def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
             raise click.UsageError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     if address is not None and executor != "ray":
         raise click.UsageError("--address is the Ray cluster's; add --executor ray")
-    result = run_bench(suite, tasks=task_list, methods=method_list, seeds=seeds,
+    chosen: Any = suite
+    if lrs is not None:
+        grid = _lr_grid(lrs)
+        base = SUITES[suite]
+        chosen = dataclasses.replace(base, grids={k: grid for k in base.grids})
+    result = run_bench(chosen, tasks=task_list, methods=method_list, seeds=seeds,
                        workers=workers, out=out, steps=steps, report=report,
                        executor=executor, address=address,
                        log=lambda line: click.echo(line, err=True))
