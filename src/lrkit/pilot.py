@@ -21,16 +21,21 @@ most 2 in the arena's bar) it
 3. **chooses the schedule family from the same measurement**: a beta of at least
    ``BETA_NOISE`` (0.2) says gradient noise limits the run, where geometric decay,
    which spends most steps at small rates, is near-optimal (Ge et al. 2019, "The step
-   decay schedule", arXiv 1904.12838): ``exponential`` (warmup, then down to peak/100);
-   else linear warmup over 5% of the steps and cosine decay to zero. (Defazio et al. 2023
-   find linear decay to zero as good or better than cosine; in the arena, with this
-   search, cosine did better on the quadratic, 0.048 against 0.065 excess risk, and
-   rosenbrock, and tied on digits, 2026-12-03: `DEFAULT_FAMILY`.) The probes run the
-   default family compressed. Short probes cannot rank the
-   families themselves: at 60-250 steps of the noisy quadratic the family ranking is
-   the reverse of the full run's (constant and WSD first, exponential last; measured
-   2026-12-03). ``schedule=`` overrides the family with any schedule or spec text,
-   rescaled so its peak is the chosen rate;
+   decay schedule", arXiv 1904.12838): ``exponential`` (warmup, then down to peak/100).
+   An optimum that rises with the probes' length (a fitted exponent of -``BETA_PROGRESS``
+   or less) says the distance to travel limits the run: linear warmup over 5% of the
+   steps and cosine decay to zero (``DEFAULT_FAMILY``), at the probes' peak. Between the
+   two, warmup-stable-decay (``MIDDLE_FAMILY``; Hagele et al. 2024, arXiv 2405.18392),
+   the best single family of the arena's tuned grids, at the peak that gives it the
+   cosine run's mean rate (about 0.57x the probes' peak). Measured on 2026-12-03 (the
+   arena, 3 paired seeds against the best of a tuned Adam grid): within 1% on 3 of 7
+   tasks and a mean shortfall of 0.038, against 2 of 7 and 0.049 with cosine in place of
+   WSD; on the 3 held-out tasks 0.126 against 0.119 (benchmarks/README.md). The probes
+   run the default family compressed. Short probes cannot rank the families themselves:
+   at 60-250 steps of the noisy quadratic the family ranking is the reverse of the full
+   run's (constant and WSD first, exponential last; measured 2026-12-03). ``schedule=``
+   overrides the family with any schedule or spec text, rescaled so its peak is the
+   chosen rate;
 4. **predicts the score** the run should reach (the probes' best scores on a power law of
    the length) and, after training, puts the reached one beside it;
 5. **trains** with ``lrkit.DivergenceGuard`` on, a live progress bar (loss, lr, steps per
