@@ -385,3 +385,42 @@ def test_a_noise_dominated_problem_gets_a_lower_peak_and_the_geometric_decay():
     if h["predicted"] is not None:
         assert h["realised"] == pytest.approx(risk(model))
     assert report.relative_compute <= 1.5 + 1e-9
+
+
+def test_a_tie_within_the_held_batches_noise_goes_to_the_lower_rate():
+    """Issue 14: probes scored on the same held batches are compared by their paired
+    per-batch differences; a lower rate within one standard error of the best is taken."""
+    from lrkit.pilot import _tie_to_lower
+
+    lrs = [0.1, 0.2, 0.4]
+    each = [(2.0, 3.0, 4.0, 5.0),  # clearly worse: every batch 1.0 higher
+            (1.1, 1.9, 3.2, 3.9),  # differences +0.1, -0.1, +0.2, -0.1: noise
+            (1.0, 2.0, 3.0, 4.0)]  # the best
+    scores = [float(np.mean(e)) for e in each]
+    i, diff, se = _tie_to_lower(lrs, scores, each)
+    assert i == 1 and diff == pytest.approx(0.025)
+    assert se == pytest.approx(np.std([0.1, -0.1, 0.2, -0.1], ddof=1) / 2)
+    # the lowest of several tied rates; a worse one in between does not stop the search
+    each_low = [(1.05, 1.95, 3.1, 3.95), (1.5, 2.5, 3.5, 4.5), (1.0, 2.0, 3.0, 4.0)]
+    scores_low = [float(np.mean(e)) for e in each_low]
+    assert _tie_to_lower(lrs, scores_low, each_low)[0] == 0
+    assert _tie_to_lower(lrs, scores, [None, None, None]) is None  # val_fn: one number each
+    assert _tie_to_lower(lrs, [math.inf, 2.6, 2.5], [None, each[1], each[2]])[0] == 1
+    best_lowest = [each[2], each[1], each[0]]  # the best is the lowest rate: nothing below
+    assert _tie_to_lower(lrs, [float(np.mean(e)) for e in best_lowest], best_lowest) is None
+
+
+def test_probes_record_their_held_batch_losses():
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 10), torch.randn(256, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32,
+                                         shuffle=True)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 1))
+    report = lrkit.autopilot(model, loader, torch.nn.functional.mse_loss, steps=200,
+                             optimizer="adam", seed=0, progress=False)
+    scored = [p for p in report.probes if math.isfinite(p.score)]
+    assert scored and all(p.batch_scores is not None and len(p.batch_scores) == 4
+                          for p in scored)
+    for p in scored:
+        assert p.score == pytest.approx(float(np.mean(p.batch_scores)))

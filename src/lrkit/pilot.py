@@ -17,7 +17,10 @@ most 2 in the arena's bar) it
    arXiv 2409.19913; beta = 1/2 in noise-dominated SGD theory); the two optima give beta
    for the task at hand (clipped to [0, 1/2]) and the peak is the long optimum extrapolated
    to the run's ``steps``. This is the *horizon bias* of short probes corrected (they pick
-   peaks 3-5x too high on noise-dominated problems; Wu et al. 2018 for its origin);
+   peaks 3-5x too high on noise-dominated problems; Wu et al. 2018 for its origin).
+   Probes scored on held batches are compared by their paired per-batch differences: a
+   lower rate within one standard error of a row's best is that row's optimum (a tie at
+   a short horizon is evidence for the lower rate);
 3. **chooses the schedule family from the same measurement**: a beta of at least
    ``BETA_NOISE`` (0.2) says gradient noise limits the run, where geometric decay,
    which spends most steps at small rates, is near-optimal (Ge et al. 2019, "The step
@@ -85,6 +88,9 @@ class Probe:
     steps: int
     score: float  # loss on the held batches at the end (inf when it diverged)
     rung: int  # from 1, as explain() counts them
+    #: the loss of each held (or validation) batch behind ``score``; None where the score
+    #: is one number (``val_fn``) or the probe diverged
+    batch_scores: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -202,6 +208,8 @@ class _Setup:
     report: AutopilotReport
     loss_fn: Callable[[Any, Any], torch.Tensor] | None  # for the range test
     step_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None
+    #: filled by ``scorer`` with the loss of each held batch (left empty by ``val_fn``)
+    per_batch: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -224,10 +232,13 @@ class _Watch:
     guard: bool
 
 
-def _evaluate(step: Step, batches: Sequence[Any]) -> float:
-    """Mean loss over ``batches`` in eval mode, without gradients."""
+def _evaluate(step: Step, batches: Sequence[Any], each: list[float] | None = None) -> float:
+    """Mean loss over ``batches`` in eval mode, without gradients (``each``, when given,
+    receives the loss of every batch)."""
     with evaluating(step.model):
         values = [float(step.loss(b)) for b in batches]
+    if each is not None:
+        each[:] = values
     value = float(np.mean(values)) if values else math.nan
     return value if math.isfinite(value) else math.inf
 
@@ -367,12 +378,14 @@ def autopilot(
     held = list(val_loader) if val_loader is not None else \
         [next(batches) for _ in range(HELD_BATCHES)]
 
+    per_batch: list[float] = []
+
     def scorer() -> float:
         if val_fn is None:
-            return _evaluate(step, held)
+            return _evaluate(step, held, per_batch)
         return _scored(model, val_fn)
     report = AutopilotReport(lr=None, schedule="", optimizer=opt_name, steps=steps)
-    setup = _Setup(model, opt, step, batches, scorer, steps,
+    setup = _Setup(model, opt, step, batches, scorer, steps, per_batch=per_batch,
                    eval_cost=len(held) / 3.0,  # a forward pass: about a third of a step
                    report=report, loss_fn=loss_fn, step_fn=step_fn)
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
@@ -460,12 +473,15 @@ def choose_lr(
     batches = endless(loader, fn)
     held = [next(batches) for _ in range(HELD_BATCHES)]
 
+    per_batch: list[float] = []
+
     def scorer() -> float:
-        return _evaluate(step, held) if val_fn is None else _scored(model, val_fn)
+        return _evaluate(step, held, per_batch) if val_fn is None else _scored(model, val_fn)
     report = AutopilotReport(lr=None, schedule="", optimizer=type(optimizer).__name__,
                              steps=steps)
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
-    setup = _Setup(model, optimizer, step, batches, scorer, steps, eval_cost=len(held) / 3.0,
+    setup = _Setup(model, optimizer, step, batches, scorer, steps, per_batch=per_batch,
+                   eval_cost=len(held) / 3.0,
                    report=report, loss_fn=loss_fn, step_fn=step_fn)
     chosen, peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
     family, peak = _choose_family(report, shape, DEFAULT_FAMILY, peak, steps)
@@ -572,7 +588,16 @@ def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
         if extra is not None:  # the best probe at an end of the row: one more beyond it
             lrs.append(extra)
             scores.append(_scored_probe(setup, search, snap, extra, length, rung))
-        optimum = _vertex(lrs, scores)
+        each = [p.batch_scores for p in report.probes[-len(lrs):]]
+        tie = _tie_to_lower(lrs, scores, each)
+        if tie is None:
+            optimum, note = _vertex(lrs, scores), ""
+        else:
+            optimum = lrs[tie[0]]
+            note = (f"; {optimum:.3g} ties with the best probe {lrs[int(np.argmin(scores))]:.3g} "
+                    f"within the noise of the held batches (paired difference "
+                    f"{tie[1]:.3g} +- {tie[2]:.3g}): at a short horizon a tie is evidence "
+                    f"for the lower rate")
         lengths.append(length)
         optima.append(optimum)
         if len(optima) > 1:
@@ -581,7 +606,7 @@ def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
         shown = ", ".join(f"{lr:.3g}: {s:.4g}" for lr, s in sorted(zip(lrs, scores)))
         report.decisions.append(
             f"probes, rung {rung + 1} ({length} steps each, schedule compressed to that "
-            f"length): {shown}; optimum {optimum:.3g}"
+            f"length): {shown}; optimum {optimum:.3g}" + note
             + (f"; horizon exponent {beta:.2f}" if len(optima) > 1 else ""))
         bests.append(float(min(scores)))
     snap.restore()
@@ -603,9 +628,38 @@ def _scored_probe(setup: _Setup, search: _Search, snap: Snapshot, lr: float, len
     losses = _probe(setup, schedule, length)
     report.compute["probes"] += len(losses) + setup.eval_cost
     diverged = len(losses) < length or not all(map(math.isfinite, losses))
+    setup.per_batch.clear()
     score = math.inf if diverged else setup.scorer()
-    report.probes.append(Probe(float(lr), length, float(score), rung + 1))
+    each = tuple(setup.per_batch) if setup.per_batch and math.isfinite(score) else None
+    report.probes.append(Probe(float(lr), length, float(score), rung + 1, each))
     return score
+
+
+def _tie_to_lower(lrs: Sequence[float], scores: Sequence[float],
+                  each: Sequence[Sequence[float] | None]) -> tuple[int, float, float] | None:
+    """The lowest rate below the best probe that the held batches cannot tell from it:
+    (its index, the mean of its paired per-batch differences to the best, their standard
+    error), where that mean is at most one standard error; None where there is none or
+    the scores come without per-batch losses (``val_fn``).
+
+    Probes are scored on the same batches, so the per-batch differences pair out what the
+    batches have in common and their spread is the noise of the comparison. A short
+    probe's optimum lies above the long run's (the horizon bias): when a lower rate is as
+    good within that noise, it is the better guess (issue 14's trace: 0.0087 against 0.035
+    scored 0.03009 against 0.02996 on four noisy batches, and the higher rate was kept)."""
+    best = int(np.argmin(scores))
+    if not math.isfinite(scores[best]) or each[best] is None or len(each[best]) < 2:
+        return None
+    ref = np.asarray(each[best], dtype=float)
+    lower = sorted((i for i in range(len(lrs)) if lrs[i] < lrs[best] and each[i] is not None
+                    and len(each[i]) == len(ref) and math.isfinite(scores[i])),
+                   key=lambda i: lrs[i])
+    for i in lower:
+        d = np.asarray(each[i], dtype=float) - ref
+        se = float(d.std(ddof=1) / math.sqrt(len(d)))
+        if float(d.mean()) <= se:
+            return i, float(d.mean()), se
+    return None
 
 
 def _predicted(lengths: Sequence[int], bests: Sequence[float], steps: int) -> float | None:
