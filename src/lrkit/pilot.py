@@ -657,9 +657,14 @@ def _tie_to_lower(lrs: Sequence[float], scores: Sequence[float],
     for i in lower:
         d = np.asarray(each[i], dtype=float) - ref
         se = float(d.std(ddof=1) / math.sqrt(len(d)))
-        if float(d.mean()) <= se:
+        if float(d.mean()) <= TIE_STANDARD_ERRORS * se:
             return i, float(d.mean()), se
     return None
+
+
+#: how many standard errors of the paired per-batch differences make a tie (0: only an
+#: exact tie; the comparison as it was before issue 14's tie rule)
+TIE_STANDARD_ERRORS = 1.0
 
 
 def _predicted(lengths: Sequence[int], bests: Sequence[float], steps: int) -> float | None:
