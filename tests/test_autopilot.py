@@ -424,3 +424,19 @@ def test_probes_record_their_held_batch_losses():
                           for p in scored)
     for p in scored:
         assert p.score == pytest.approx(float(np.mean(p.batch_scores)))
+
+
+def test_the_report_says_when_probes_are_scored_on_training_batches():
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 10), torch.randn(256, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+
+    def run(**kw):
+        model = torch.nn.Linear(10, 1)
+        return lrkit.autopilot(model, loader, torch.nn.functional.mse_loss, steps=200,
+                               optimizer="adam", seed=0, progress=False, **kw)
+    said = [d for d in run().decisions if "taken from the training stream" in d]
+    assert len(said) == 1 and "val_loader=" in said[0]
+    fn = lambda m: float(torch.nn.functional.mse_loss(m(x), y))  # noqa: E731
+    assert not any("training stream" in d for d in run(val_fn=fn).decisions)
+    assert not any("training stream" in d for d in run(val_loader=[(x, y)]).decisions)

@@ -210,6 +210,8 @@ class _Setup:
     step_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None
     #: filled by ``scorer`` with the loss of each held batch (left empty by ``val_fn``)
     per_batch: list[float] = field(default_factory=list)
+    #: the probes are scored on batches of the training stream (no val_loader/val_fn)
+    held_from_training: bool = False
 
 
 @dataclass
@@ -387,7 +389,8 @@ def autopilot(
     report = AutopilotReport(lr=None, schedule="", optimizer=opt_name, steps=steps)
     setup = _Setup(model, opt, step, batches, scorer, steps, per_batch=per_batch,
                    eval_cost=len(held) / 3.0,  # a forward pass: about a third of a step
-                   report=report, loss_fn=loss_fn, step_fn=step_fn)
+                   report=report, loss_fn=loss_fn, step_fn=step_fn,
+                   held_from_training=val_loader is None and val_fn is None)
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
     family = DEFAULT_FAMILY
     extra = (budget - 1.0) * steps
@@ -482,7 +485,8 @@ def choose_lr(
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
     setup = _Setup(model, optimizer, step, batches, scorer, steps, per_batch=per_batch,
                    eval_cost=len(held) / 3.0,
-                   report=report, loss_fn=loss_fn, step_fn=step_fn)
+                   report=report, loss_fn=loss_fn, step_fn=step_fn,
+                   held_from_training=val_fn is None)
     chosen, peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
     family, peak = _choose_family(report, shape, DEFAULT_FAMILY, peak, steps)
     report.lr = peak
@@ -515,6 +519,12 @@ def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
             f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
             f"suggestion {suggestion:.3g} is the peak")
         return suggestion, suggestion
+    if setup.held_from_training:
+        report.decisions.append(
+            f"the probes are scored on {HELD_BATCHES} batches taken from the training stream; "
+            "the run trains on their samples too (in a later epoch), so the scores favour "
+            "rates that fit the training data: val_loader= or val_fn= scores them on data "
+            "the run does not train on")
     horizon = _horizon_search(setup, search, suggestion, plan)
     report.horizon = horizon
     peak = horizon["peak"]
