@@ -78,6 +78,9 @@ PROBE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 SMALL_PROBE_FACTORS = (0.5, 1.0, 2.0)
 MIN_PROBE_STEPS = 10
 HELD_BATCHES = 4
+#: how many standard errors of the paired per-batch differences make a tie between probes
+#: (0: only an exact tie, the comparison as it was before issue 14's tie rule)
+TIE_STANDARD_ERRORS = 1.0
 
 
 @dataclass
@@ -404,7 +407,7 @@ def autopilot(
             f"schedule is {family!r}")
         chosen = None
     else:
-        chosen, peak = _choose_lr(setup, _Search(extra, shape, family))
+        peak = _choose_lr(setup, _Search(extra, shape, family))
         family, peak = _choose_family(report, shape, family, peak, steps)
         chosen = peak
     run_schedule = _schedule(shape, family, peak, steps)
@@ -487,7 +490,7 @@ def choose_lr(
                    eval_cost=len(held) / 3.0,
                    report=report, loss_fn=loss_fn, step_fn=step_fn,
                    held_from_training=val_fn is None)
-    chosen, peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
+    peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
     family, peak = _choose_family(report, shape, DEFAULT_FAMILY, peak, steps)
     report.lr = peak
     report.schedule = str(_schedule(shape, family, peak, steps))
@@ -508,8 +511,9 @@ def _lr_free_class(optimizer: Any) -> type | None:
     return cls
 
 
-def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
-    """Range test, then probes at three lengths; returns (chosen, peak)."""
+def _choose_lr(setup: _Setup, search: _Search) -> float:
+    """Range test, then probes at two lengths (one where the budget is small); returns the
+    peak rate the probes found (the suggestion where the budget allows none)."""
     report = setup.report
     suggestion = _range_test(setup, search.extra)
     left = search.extra - report.compute["range_test"]
@@ -518,7 +522,7 @@ def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
         report.decisions.append(
             f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
             f"suggestion {suggestion:.3g} is the peak")
-        return suggestion, suggestion
+        return suggestion
     if setup.held_from_training:
         report.decisions.append(
             f"the probes are scored on {HELD_BATCHES} batches taken from the training stream; "
@@ -532,14 +536,14 @@ def _choose_lr(setup: _Setup, search: _Search) -> tuple[float, float]:
         report.decisions.append(
             f"peak learning rate {peak:.3g}: the probes' optimum (one length: the budget "
             f"allows no horizon fit); {peak / suggestion:.3g}x the range test's suggestion")
-        return peak, peak
+        return peak
     report.decisions.append(
         f"peak learning rate {peak:.3g}: the probes' optimum {horizon['optimum']:.3g} at "
         f"{horizon['lengths'][-1]} steps, times ({setup.steps} / {horizon['lengths'][-1]})"
         f"^-{horizon['beta']:.2f} (the horizon exponent fitted on the optima at "
         f"{', '.join(map(str, horizon['lengths']))} steps); {peak / suggestion:.3g}x the "
         f"range test's suggestion")
-    return peak, peak
+    return peak
 
 
 def _range_test(setup: _Setup, extra: float) -> float:
@@ -671,10 +675,6 @@ def _tie_to_lower(lrs: Sequence[float], scores: Sequence[float],
             return i, float(d.mean()), se
     return None
 
-
-#: how many standard errors of the paired per-batch differences make a tie (0: only an
-#: exact tie; the comparison as it was before issue 14's tie rule)
-TIE_STANDARD_ERRORS = 1.0
 
 
 def _predicted(lengths: Sequence[int], bests: Sequence[float], steps: int) -> float | None:

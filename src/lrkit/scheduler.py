@@ -267,45 +267,22 @@ class Scheduler(LRScheduler):
             return
         groups = self.optimizer.param_groups
         n = self.last_epoch
-        schedules = self.schedules
-        if (self.plateau is None and len(schedules) == 1 and "lr" in schedules
-                and len(groups) == len(self.base_lrs)):
-            # the common case, in one loop: get_lr's values, written as _write does
-            base, m = self._value("lr", n), self.lr_multiplier
-            last = []
-            for group in groups:
-                lr = base * group.get("lr_scale", 1.0) * m
-                current = group["lr"]
-                if type(lr) is float and not isinstance(current, torch.Tensor):
-                    group["lr"] = lr
-                    last.append(lr)
-                elif isinstance(current, torch.Tensor):
-                    current.fill_(lr)
-                    last.append(float(current.item()))
-                else:
-                    group["lr"] = lr
-                    last.append(_as_float(lr))
-            self._last_lr = last
-            return
-        lrs = self.get_lr()
-        others = [(k, self._value(k, n)) for k in schedules if k != "lr"]
-        # this loop runs every step: plain float lrs are written as they are (``get_lr``
-        # returns Python floats), a tensor lr is filled in place (_write, inlined)
-        last = lrs
-        for i, (group, lr) in enumerate(zip(groups, lrs)):
+        last = []
+        # this loop runs every step: _write inlined (a plain float lr written as it is, a
+        # tensor lr filled in place)
+        for group, lr in zip(groups, self.get_lr()):
             current = group["lr"]
             if isinstance(current, torch.Tensor):
                 current.fill_(lr)
-                if last is lrs:
-                    last = list(lrs)
-                last[i] = float(current.item())
+                last.append(float(current.item()))
             else:
                 group["lr"] = lr
-        if last is lrs and not all(type(v) is float for v in lrs):
-            last = [_as_float(v) for v in lrs]
-        for key, value in others:
-            for group in groups:
-                _write_target(key, group, value)
+                last.append(lr if type(lr) is float else _as_float(lr))
+        for key in self.schedules:
+            if key != "lr":
+                value = self._value(key, n)
+                for group in groups:
+                    _write_target(key, group, value)
         self._last_lr = last
 
     # -- stepping ----------------------------------------------------------------------

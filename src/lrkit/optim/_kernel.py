@@ -582,15 +582,14 @@ def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
     key = ("state_columns", names)
     c = m.cols.get(key) if sts is not None else None
     if c is not None and c.sts is sts and all(
-            col is None or all(map(operator.is_, map(dict.get, sts, repeat(name)), col))
+            col is None or all(map(operator.is_, _column(sts, name), col))
             for name, col in zip(names, c.tensors)):
         return c
     if sts is None:
         sts = list(map(opt.state.get, batch.params))
     c = StateColumns()
     c.sts, c.names, c.derived = sts, names, None
-    c.tensors = [None if name is None else list(map(dict.get, sts, repeat(name)))
-                 for name in names]
+    c.tensors = [None if name is None else _column(sts, name) for name in names]
     c.arrays = [None if col is None else _ptrs(col) for col in c.tensors]
     if m is not None and m.sts is sts:
         m.cols[key] = c

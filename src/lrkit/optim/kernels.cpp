@@ -213,6 +213,23 @@ inline void blocks(int64_t lo, int64_t hi, Body body) {
   for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) body(b0, std::min(hi, b0 + BLOCK), buf);
 }
 
+// An elementwise loop with one square root in it: first(j) updates the element's state and
+// returns what to take the root of, then(j, root) finishes the element. With std::sqrt it
+// is one loop, the root in registers; with torch's routine (a vector function), two loops
+// over blocks with the roots taken between them. Both give the same results.
+template <typename T, typename First, typename Then>
+inline void rooted(int64_t lo, int64_t hi, First first, Then then) {
+  if (inline_sqrt<T>()) {
+    for (int64_t j = lo; j < hi; ++j) then(j, std::sqrt(first(j)));
+    return;
+  }
+  blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
+    for (int64_t j = b0; j < b1; ++j) r[j - b0] = first(j);
+    vsqrt((int)(b1 - b0), r);
+    for (int64_t j = b0; j < b1; ++j) then(j, r[j - b0]);
+  });
+}
+
 // ---------------------------------------------------------------- Adagrad
 // hp: lr, lr_decay, weight_decay, eps.  s1: sum, sc1: step
 template <typename T> void adagrad(const Args* a) {
@@ -229,31 +246,17 @@ template <typename T> void adagrad(const Args* a) {
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ s = (T*)a->s1[t];
       const T c = clr[t];
-      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
-        for (int64_t j = lo; j < hi; ++j) {
-          T d = grad(g, j);
-          if constexpr (DEC) d = fma_(wd, p[j], d);
-          T sum = fma_(d, d, s[j]);
-          s[j] = sum;
-          p[j] = p[j] + (c * d) / (std::sqrt(sum) + eps);
-        }
-        return;
-      }
-      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
-        for (int64_t j = b0; j < b1; ++j) {
-          T d = grad(g, j);
-          if constexpr (DEC) d = fma_(wd, p[j], d);
-          T sum = fma_(d, d, s[j]);
-          s[j] = sum;
-          r[j - b0] = sum;
-        }
-        vsqrt((int)(b1 - b0), r);
-        for (int64_t j = b0; j < b1; ++j) {
-          T d = grad(g, j);
-          if constexpr (DEC) d = fma_(wd, p[j], d);
-          p[j] = p[j] + (c * d) / (r[j - b0] + eps);
-        }
-      });
+      auto decayed = [=](int64_t j) {
+        T d = grad(g, j);
+        if constexpr (DEC) d = fma_(wd, p[j], d);
+        return d;
+      };
+      rooted<T>(lo, hi, [=](int64_t j) {
+        T d = decayed(j);
+        T sum = fma_(d, d, s[j]);
+        s[j] = sum;
+        return sum;
+      }, [=](int64_t j, T root) { p[j] = p[j] + (c * decayed(j)) / (root + eps); });
     });
   });
   });
@@ -328,53 +331,30 @@ template <typename T> void rmsprop(const Args* a) {
       T* __restrict__ sq = (T*)a->s1[t];
       T* __restrict__ buf = MOM ? (T*)a->s2[t] : nullptr;
       T* __restrict__ ga = CEN ? (T*)a->s3[t] : nullptr;
-      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
-        for (int64_t j = lo; j < hi; ++j) {
-          T d = grad(g, j);
-          if constexpr (DEC) d = fma_(wd, p[j], d);
-          T sv = fma_(alpha1 * d, d, sq[j] * alpha);
-          sq[j] = sv;
-          if constexpr (CEN) {
-            T m = lerp(ga[j], d);
-            ga[j] = m;
-            sv = fma_(-m, m, sv);
-          }
-          T avg = std::sqrt(sv) + eps;
-          if constexpr (MOM) {
-            T b = buf[j] * mu + d / avg;
-            buf[j] = b;
-            p[j] = fma_(-lr, b, p[j]);
-          } else {
-            p[j] = p[j] + (-lr * d) / avg;
-          }
+      auto decayed = [=](int64_t j) {
+        T d = grad(g, j);
+        if constexpr (DEC) d = fma_(wd, p[j], d);
+        return d;
+      };
+      rooted<T>(lo, hi, [=](int64_t j) {
+        T d = decayed(j);
+        T sv = fma_(alpha1 * d, d, sq[j] * alpha);
+        sq[j] = sv;
+        if constexpr (CEN) {
+          T m = lerp(ga[j], d);
+          ga[j] = m;
+          sv = fma_(-m, m, sv);
         }
-        return;
-      }
-      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
-        for (int64_t j = b0; j < b1; ++j) {
-          T d = grad(g, j);
-          if constexpr (DEC) d = fma_(wd, p[j], d);
-          T s = fma_(alpha1 * d, d, sq[j] * alpha);
-          sq[j] = s;
-          if constexpr (CEN) {
-            T m = lerp(ga[j], d);
-            ga[j] = m;
-            s = fma_(-m, m, s);
-          }
-          r[j - b0] = s;
-        }
-        vsqrt((int)(b1 - b0), r);
-        for (int64_t j = b0; j < b1; ++j) {
-          T d = grad(g, j);
-          if constexpr (DEC) d = fma_(wd, p[j], d);
-          T avg = r[j - b0] + eps;
-          if constexpr (MOM) {
-            T b = buf[j] * mu + d / avg;
-            buf[j] = b;
-            p[j] = fma_(-lr, b, p[j]);
-          } else {
-            p[j] = p[j] + (-lr * d) / avg;
-          }
+        return sv;
+      }, [=](int64_t j, T root) {
+        T d = decayed(j);
+        T avg = root + eps;
+        if constexpr (MOM) {
+          T b = buf[j] * mu + d / avg;
+          buf[j] = b;
+          p[j] = fma_(-lr, b, p[j]);
+        } else {
+          p[j] = p[j] + (-lr * d) / avg;
         }
       });
     });
@@ -426,28 +406,13 @@ template <typename T> void adam(const Args* a) {
       T* __restrict__ v = (T*)a->s2[t];
       T* __restrict__ vm = AMS ? (T*)a->s3[t] : nullptr;
       const T ns = neg_step[t], bc = bc2s[t];
-      if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
-        for (int64_t j = lo; j < hi; ++j) {
-          T d = grad(g, j), mm, vv;
-          if constexpr (DEC) d = k.coupled(d, p[j]);
-          k.update(d, m, v, j, mm, vv);
-          if constexpr (AMS) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
-          p[j] = p[j] * k.decay + (ns * mm) / (std::sqrt(vv) / bc + eps);
-        }
-        return;
-      }
-      blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
-        for (int64_t j = b0; j < b1; ++j) {
-          T d = grad(g, j), mm, vv;
-          if constexpr (DEC) d = k.coupled(d, p[j]);
-          k.update(d, m, v, j, mm, vv);
-          if constexpr (AMS) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
-          r[j - b0] = vv;
-        }
-        vsqrt((int)(b1 - b0), r);
-        for (int64_t j = b0; j < b1; ++j)
-          p[j] = p[j] * k.decay + (ns * m[j]) / (r[j - b0] / bc + eps);
-      });
+      rooted<T>(lo, hi, [=](int64_t j) {
+        T d = grad(g, j), mm, vv;
+        if constexpr (DEC) d = k.coupled(d, p[j]);
+        k.update(d, m, v, j, mm, vv);
+        if constexpr (AMS) { vv = std::fmax(vm[j], vv); vm[j] = vv; }
+        return vv;
+      }, [=](int64_t j, T root) { p[j] = p[j] * k.decay + (ns * m[j]) / (root / bc + eps); });
     });
   });
   });
@@ -482,6 +447,8 @@ template <typename T> void nadam(const Args* a) {
       T* __restrict__ m = (T*)a->s1[t];
       T* __restrict__ v = (T*)a->s2[t];
       const T b = bc2[t], c1 = cg[t], c2 = cm[t];
+      // two explicit paths, not rooted(): written with it, the nonfinite="zero" variant did
+      // not vectorise (a third of the speed, benchmarks/optim_step.py case (a))
       if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
         const auto gr = grad;  // local copies: the loop vectorises (a capture does not)
         const Moments<T> km = k;
@@ -545,36 +512,23 @@ template <typename T> void radam(const Args* a) {
       T* __restrict__ m = (T*)a->s1[t];
       T* __restrict__ v = (T*)a->s2[t];
       const T b1c = bc1[t], rr = rect[t], b2s = bc2s[t];
-      with(adaptive[t] != 0, [&](auto AD) {
-        if (inline_sqrt<T>()) {  // std::sqrt: one loop, the root in registers
-          const auto gr = grad;  // local copies: the loop vectorises (a capture does not)
-          const Moments<T> km = k;
-          for (int64_t j = lo; j < hi; ++j) {
-            T d = gr(g, j), mm, vv;
-            if constexpr (DEC) d = km.coupled(d, p[j]);
-            km.update(d, m, v, j, mm, vv);
-            T u = mm / b1c * tlr;
-            if constexpr (AD) u = u * ((T(1) / (std::sqrt(vv) + eps)) * b2s) * rr;
-            p[j] = p[j] * km.decay - u;
-          }
-          return;
-        }
-        blocks<T>(lo, hi, [=](int64_t b0, int64_t b1, T* __restrict__ r) {
-          for (int64_t j = b0; j < b1; ++j) {
-            T d = grad(g, j), mm, vv;
-            if constexpr (DEC) d = k.coupled(d, p[j]);
-            k.update(d, m, v, j, mm, vv);
-            r[j - b0] = vv;
-          }
-          if constexpr (AD) vsqrt((int)(b1 - b0), r);
-          for (int64_t j = b0; j < b1; ++j) {
-            T u = m[j] / b1c * tlr;
-            // python float / tensor is tensor.reciprocal() * float in torch
-            if constexpr (AD) u = u * ((T(1) / (r[j - b0] + eps)) * b2s) * rr;
-            p[j] = p[j] * k.decay - u;
-          }
+      auto moments = [=](int64_t j) {
+        T d = grad(g, j), mm, vv;
+        if constexpr (DEC) d = k.coupled(d, p[j]);
+        k.update(d, m, v, j, mm, vv);
+        return vv;
+      };
+      if (adaptive[t]) {
+        // python float / tensor is tensor.reciprocal() * float in torch
+        rooted<T>(lo, hi, moments, [=](int64_t j, T root) {
+          p[j] = p[j] * k.decay - (m[j] / b1c * tlr) * ((T(1) / (root + eps)) * b2s) * rr;
         });
-      });
+      } else {
+        for (int64_t j = lo; j < hi; ++j) {
+          moments(j);
+          p[j] = p[j] * k.decay - m[j] / b1c * tlr;
+        }
+      }
     });
   });
   });
@@ -1028,14 +982,13 @@ template <typename T> void dadapt_sgd(const Args* a) {
   with_grad<T>(a, [&](auto grad) {
   if (a->flags & F_GSQ) {
     for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
-      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       const T* __restrict__ g = (const T*)a->g[t];
       Lanes sq;
       alignas(64) double t1[BLOCK];
       for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
         const int64_t b1_ = std::min(hi, b0 + BLOCK);
         for (int64_t j = b0; j < b1_; ++j) {
-          double x = (double)gr(g, j);
+          double x = (double)grad(g, j);
           t1[j - b0] = x * x;
         }
         sq.add(t1, b1_ - b0);
@@ -1049,7 +1002,6 @@ template <typename T> void dadapt_sgd(const Args* a) {
   with(a->flags & F_ACC, [&](auto ACC) {
   with(a->flags & F_UPD, [&](auto UPD) {
     for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
-      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ s = (T*)a->s1[t];
@@ -1061,7 +1013,7 @@ template <typename T> void dadapt_sgd(const Args* a) {
         for (int64_t j = b0; j < b1_; ++j) {
           T ss = s[j];
           if constexpr (ACC) {
-            T x = gr(g, j);
+            T x = grad(g, j);
             if constexpr (DEC) x = fma_(wd, p[j], x);
             t1[j - b0] = (double)x * (double)ss;
             ss = fma_(dlr, x, ss);
@@ -1093,12 +1045,11 @@ template <typename T> void dog(const Args* a) {
   with(a->flags & F_WD, [&](auto DEC) {
   if (a->flags & F_UPD) {
     for_chunks_sums<0>(a, [=](int64_t t, int64_t lo, int64_t hi, double*) {
-      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       T* __restrict__ p = (T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       const T neta = (T)(-a->tv[t]);
       for (int64_t j = lo; j < hi; ++j) {
-        T x = gr(g, j);
+        T x = grad(g, j);
         if constexpr (DEC) x = fma_(wd, p[j], x);
         p[j] = fma_(neta, x, p[j]);
       }
@@ -1107,7 +1058,6 @@ template <typename T> void dog(const Args* a) {
   }
   with(a->flags & F_FIRST, [&](auto FIRST) {
     for_chunks_sums<2>(a, [=](int64_t t, int64_t lo, int64_t hi, double* sums) {
-      const auto gr = grad;  // a local copy: the loops vectorise (a capture may not)
       const T* __restrict__ p = (const T*)a->p[t];
       const T* __restrict__ g = (const T*)a->g[t];
       const T* __restrict__ x0 = FIRST ? nullptr : (const T*)a->s1[t];
@@ -1119,7 +1069,7 @@ template <typename T> void dog(const Args* a) {
           T d;
           if constexpr (FIRST) d = p[j]; else d = p[j] - x0[j];
           t1[j - b0] = (double)d * (double)d;
-          T x = gr(g, j);
+          T x = grad(g, j);
           if constexpr (DEC) x = fma_(wd, p[j], x);
           t2[j - b0] = (double)x * (double)x;
         }
