@@ -2,7 +2,8 @@
 step's pointer tables and state columns gives bit for bit what a step that builds them
 again gives, whatever changed in between (a parameter or its storage replaced, a
 gradient replaced, state loaded or replaced, a param group added, parameters frozen and
-unfrozen, a dtype or layout change)."""
+unfrozen, a dtype or layout change), with the native extension reading the kept plan
+(``lrkit.optim._native``) and with the Python code it stands in for."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from lrkit._snapshot import Snapshot
-from lrkit.optim import _kernel
+from lrkit.optim import _kernel, _native
 from optim_helpers import INFOS, batches, loss_of, make_model, make_opt
 
 pytestmark = pytest.mark.skipif(not _kernel.available(), reason="no C++ compiler")
@@ -90,6 +91,20 @@ def _snapshot_restored(model, opt, k):
         opt.__dict__["_snapshot_2"].restore()
 
 
+def _state_reordered(model, opt, k):
+    """A state entry taken out and put back (the state's keys in another order)."""
+    p = next(model.parameters())
+    if k == 3 and p in opt.state:
+        opt.state[p] = opt.state.pop(p)
+
+
+def _grad_not_contiguous(model, opt, k):
+    """A gradient replaced by a non-contiguous one (same values), then a contiguous one."""
+    p = list(model.parameters())[0]
+    if k in (3, 4) and p.grad is not None and p.grad.dim() == 2:
+        p.grad = p.grad.t().contiguous().t()
+
+
 def _dtype_change(model, opt, k):
     """The model moved to float64 (new storage, another dtype), the state following it
     through load_state_dict (which casts it to the parameters' dtype)."""
@@ -112,8 +127,18 @@ def _group_added(model, opt, k):
 
 
 SCENARIOS = [_new_storage, _new_values, _grad_replaced, _frozen, _state_loaded,
-             _state_tensor_replaced, _snapshot_restored, _dtype_change, _layout_change,
-             _group_added]
+             _state_tensor_replaced, _snapshot_restored, _state_reordered,
+             _grad_not_contiguous, _dtype_change, _layout_change, _group_added]
+
+
+@pytest.fixture(params=["native", "python"])
+def native(request, monkeypatch):
+    """Kept plans read by the native extension, or by the Python code (as without it)."""
+    if request.param == "python":
+        monkeypatch.setitem(_native._state, "mod", None)
+    elif _native.module() is None:
+        pytest.skip(f"the native extension could not be built: {_native.error()}")
+    return request.param
 
 
 def _run(info, scenario, keep: bool, steps: int = 8, cfg=None) -> list[torch.Tensor]:
@@ -142,7 +167,7 @@ def _run(info, scenario, keep: bool, steps: int = 8, cfg=None) -> list[torch.Ten
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__[1:] for s in SCENARIOS])
 @pytest.mark.parametrize("info", KERNEL_INFOS, ids=[i.name for i in KERNEL_INFOS])
-def test_kept_split_equals_a_fresh_one(info, scenario):
+def test_kept_split_equals_a_fresh_one(info, scenario, native):
     kept = _run(info, scenario, keep=True)
     fresh = _run(info, scenario, keep=False)
     assert len(kept) == len(fresh)
@@ -155,7 +180,7 @@ SNAPSHOT_CASES = [(info, cfg) for info in KERNEL_INFOS for cfg in info.configs]
 
 @pytest.mark.parametrize("info, cfg", SNAPSHOT_CASES,
                          ids=[f"{i.name}-{cfg}" for i, cfg in SNAPSHOT_CASES])
-def test_kept_split_equals_a_fresh_one_after_a_snapshot_restore(info, cfg):
+def test_kept_split_equals_a_fresh_one_after_a_snapshot_restore(info, cfg, native):
     """Every configuration of the registry (SGD with momentum among them: its kept plan
     crashed on the state dicts a restore had removed)."""
     kept = _run(info, _snapshot_restored, keep=True, cfg=cfg)
@@ -186,3 +211,116 @@ def test_plan_is_not_copied():
     assert opt._kplans
     assert "_kernel_plans" not in copy.deepcopy(opt).__dict__
     assert "_kernel_plans" not in opt.__getstate__()
+
+
+def test_a_kept_plan_is_read_natively(monkeypatch):
+    """With the extension, a step of an unchanged group neither splits it again nor reads
+    any gradient from Python; a change sends it back to the Python path."""
+    if _native.module() is None:
+        pytest.skip(f"the native extension could not be built: {_native.error()}")
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    opt = make_opt(next(i for i in INFOS if i.name == "Adam").cls, model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    calls = []
+    real = _kernel.plan_group
+    monkeypatch.setattr(_kernel, "plan_group", lambda *a: calls.append(1) or real(*a))
+    opt.step()
+    opt.step()
+    assert calls == []
+    model[0].bias.grad = None  # the group's gradients changed: the Python path decides
+    opt.step()
+    assert calls == [1]
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def _gather(params, kept, none, pp):
+    gp = _kernel.array("Q", bytes(8 * (len(params) - sum(none))))
+    return _native.module().gather(params, kept, bytes(none), pp, gp), gp
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gather_answers_as_the_python_checks(seed):
+    """``gather`` against the checks it replaces (``GroupPlan.reuse``), on random groups
+    with one thing changed after the plan was made (or nothing)."""
+    if _native.module() is None:
+        pytest.skip(f"the native extension could not be built: {_native.error()}")
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 12, (), generator=gen))
+    params = [nn.Parameter(torch.randn(3, 2, generator=gen)) for _ in range(n)]
+    none = [bool(torch.rand((), generator=gen) < 0.3) for _ in range(n)]
+    for p, skip in zip(params, none):
+        if not skip:
+            p.grad = torch.randn(3, 2, generator=gen)
+    kept = list(params)
+    pp = _kernel.array("Q", [p.data_ptr() for p, skip in zip(params, none) if not skip])
+    grads, gp = _gather(params, kept, none, pp)
+    assert grads is not None and len(grads) == len(pp)
+    with_grad = [p for p, skip in zip(params, none) if not skip]
+    assert all(g is p.grad for g, p in zip(grads, with_grad))
+    assert list(gp) == [p.grad.data_ptr() for p in with_grad]
+    j = int(torch.randint(0, n, (), generator=gen))
+    p = params[j]
+    changes = [
+        ("another object", lambda: params.__setitem__(j, nn.Parameter(p.detach().clone()))),
+        ("moved", lambda: setattr(p, "data", p.data.clone())),
+        ("grad gone or new", lambda: setattr(p, "grad", None if p.grad is not None
+                                             else torch.zeros_like(p))),
+        ("not contiguous", lambda: setattr(p, "grad", torch.randn(2, 3).t())
+         if not none[j] else setattr(p, "grad", torch.zeros_like(p))),
+        ("subclass grad", lambda: setattr(p, "grad", torch.zeros(3, 2).as_subclass(_Sub))
+         if not none[j] else setattr(p, "grad", torch.zeros_like(p))),
+        ("list shorter", lambda: params.pop()),
+    ]
+    for _, change in changes:
+        state = (list(params), [q.data for q in params], [q.grad for q in params])
+        change()
+        assert _gather(params, kept, none, pp)[0] is None
+        params[:] = state[0]
+        for q, data, grad in zip(params, *state[1:]):
+            q.data, q.grad = data, grad
+        assert _gather(params, kept, none, pp)[0] is not None
+
+
+def test_still_and_bump():
+    nat = _native.module()
+    if nat is None:
+        pytest.skip(f"the native extension could not be built: {_native.error()}")
+    a, b, c = torch.zeros(2), torch.ones(2), torch.zeros(())
+    sts = [{"m": a, "step": c}, {"m": b}]
+    flat = [a, c, b, None]
+    assert nat.still(sts, ("m", "step"), flat)
+    assert not nat.still(sts, ("m", "step"), [a, c, a, None])  # another tensor, same values
+    assert not nat.still([sts[0], None], ("m", "step"), flat)  # a state dict gone
+    assert not nat.still(sts, ("m", "step"), flat[:3])
+    assert nat.still([], (), []) and nat.still(sts, (), [])
+    p, q, r = torch.zeros(1), torch.zeros(1), torch.zeros(1)
+    state = {r: {"x": 1}, p: sts[0], q: sts[1]}
+    assert nat.states(state, 1, [p, q], sts, True)
+    assert nat.states(state, 0, [r, p], [state[r], sts[0]], True)
+    assert not nat.states(state, 0, [p, q], sts, True)  # not where they stand
+    assert not nat.states(state, 1, [p, q], [sts[0], dict(sts[1])], True)  # a new dict
+    assert not nat.states(state, 2, [p, q], sts, True)  # past the end
+    state[q] = {}
+    assert not nat.states(state, 1, [p, q], [sts[0], state[q]], True)  # empty: not full
+    assert nat.states(state, 1, [p, q], [sts[0], state[q]], False)
+    versions = [t._version for t in (a, b)]
+    nat.bump([a, b])
+    assert [t._version for t in (a, b)] == [v + 1 for v in versions]
+    with pytest.raises(TypeError):
+        nat.bump([a, 1])
+    with pytest.raises(TypeError):
+        nat.bump((a,))
+
+
+def test_native_switched_off(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from lrkit.optim import _native; import sys; "
+            "sys.exit(0 if _native.module() is None else 1)")
+    env = {**__import__("os").environ, "LRKIT_NO_NATIVE": "1"}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -8,19 +8,21 @@ this CPU; e.g. ``x86-64-v2`` or ``armv8-a`` for a baseline build, part of the ca
 Without a compiler, or with ``LRKIT_NO_KERNEL=1``, ``available()`` is
 False and the optimizers run their reference path on CPU (torch's own CPU default):
 slower, same results.
+
+A step of a kept plan (:class:`GroupPlan`: the split, pointer tables and state columns of
+a param group, kept while nothing they were built from changes) checks and reads its
+gradients, state tensors and version counters through ``_native`` where that extension
+could be built, else through the Python code below that it mirrors.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import operator
 import os
 import platform
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
 from array import array
@@ -33,6 +35,8 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from lrkit.errors import user_stacklevel
+from lrkit.optim import _native
+from lrkit.optim._build import compiled, compiler
 
 _SRC = Path(__file__).with_name("kernels.cpp")
 _FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
@@ -59,14 +63,6 @@ class _Args(ctypes.Structure):
         ("gbound", ctypes.c_double)]
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("LRKIT_CACHE_DIR")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lrkit"
-
-
 def _cpu_id() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -74,11 +70,6 @@ def _cpu_id() -> str:
         return "\n".join(sorted(set(lines)))
     except OSError:
         return platform.processor()
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or next(
-        (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
 
 
 def march() -> str:
@@ -92,27 +83,11 @@ def march() -> str:
 
 def _build(algo: str) -> Path | None:
     """The library of one algorithm ("check": only the non-finite check), built once."""
-    compiler = _compiler()
-    if compiler is None:
+    if compiler() is None:
         return None
     flags = [*_FLAGS, f"-march={march()}", f"-DLRK_ONLY_{algo}"]
-    key = hashlib.sha256("\0".join(
-        [_SRC.read_text(), " ".join(flags), compiler, platform.machine(), _cpu_id()]
-    ).encode()).hexdigest()[:16]
-    out = cache_dir() / f"lrkit_{algo}_{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *flags, str(_SRC), "-o", tmp], check=True,
-                       capture_output=True, text=True, timeout=300)
-        os.replace(tmp, out)  # atomic: concurrent builds (pytest -n) are harmless
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return compiled(_SRC, f"lrkit_{algo}", ".so", [*flags, "{src}", "-o", "{out}"],
+                    [platform.machine(), _cpu_id()])
 
 
 _libs: dict[str, Any] = {}
@@ -262,11 +237,12 @@ class Memo:
     dicts of its parameters as the last step found them, and per kernel configuration
     the state columns and their pointer tables (:class:`Columns`)."""
 
-    __slots__ = ("sts", "nstate", "empty", "cols", "hooked")
+    __slots__ = ("sts", "nstate", "empty", "at", "cols", "hooked")
 
     def __init__(self) -> None:
         self.sts: list | None = None
         self.nstate, self.empty = -1, False
+        self.at = -1  # where the batch's parameters start among the state's keys
         self.cols: dict[Any, Columns] = {}
         self.hooked: list[int] | None = None  # indices of parameters with a grad hook
 
@@ -275,7 +251,8 @@ class Columns:
     """The state tensors one kernel configuration reads (``_kernel_args``' keys) and the
     arrays of their addresses, valid while every state dict still holds those tensors."""
 
-    __slots__ = ("keys", "tensors", "arrays", "sc", "sc_f64", "ok", "first", "shape")
+    __slots__ = ("keys", "tensors", "arrays", "sc", "sc_f64", "ok", "first", "shape",
+                 "names", "flat")
 
 
 class Batch:
@@ -303,10 +280,14 @@ class Batch:
         if not (all(map(_contiguous, grads))
                 and array("Q", map(_data_ptr, self.params)) == self.pp):
             return None
+        return self.for_step(grads, array("Q", map(_data_ptr, grads)))
+
+    def for_step(self, grads: list[Tensor], gp: array) -> Batch:
+        """This batch with this step's gradients and their addresses."""
         b = Batch.__new__(Batch)
         b.dtype, b.params, b.grads, b.sizes, b.pp, b.memo = (
             self.dtype, self.params, grads, self.sizes, self.pp, self.memo)
-        b.gp = array("Q", map(_data_ptr, grads))
+        b.gp = gp
         return b
 
 
@@ -349,7 +330,7 @@ class GroupPlan:
     replaced in its dict is seen); a state tensor whose storage is swapped in place
     (``state[p]["exp_avg"].data = ...``) is not. Otherwise the group is split again."""
 
-    __slots__ = ("group", "state", "params", "none", "batches", "rest", "pick")
+    __slots__ = ("group", "state", "params", "none", "batches", "rest", "pick", "native")
 
     def __init__(self, group: dict, state: dict, params: list, none: list,
                  batches: list[Batch], rest: list[Tensor]) -> None:
@@ -361,6 +342,8 @@ class GroupPlan:
         self.pick.append(_picker([where[id(p)] for p in rest]))
         for b in batches:
             b.memo = Memo()
+        # one batch and nothing else: a step can check and read it in one native call
+        self.native = bytes(none) if len(batches) == 1 and not rest else None
 
     def reuse(self, group: dict, state: dict, params: list, grads: list,
               none: list) -> tuple[list[Batch], list, list] | None:
@@ -376,6 +359,28 @@ class GroupPlan:
                 return None
             out.append(nb)
         return out, self.rest, self.pick[-1](grads)
+
+
+def kept_batches(plans: dict, key: Any, group: dict, state: dict,
+                 params: list) -> tuple[list[Batch], list, list] | None:
+    """What :func:`plan_group` returns for a kept plan of one kernel batch, checked and
+    read in one call of the native extension (``_native``: the same checks as
+    :meth:`GroupPlan.reuse`, without a Python call per tensor); None where there is no
+    such plan, no extension, or anything changed (the caller then runs
+    :func:`plan_group`, which splits the group again if need be)."""
+    plan = plans.get(key)
+    if plan is None or plan.native is None or group is not plan.group \
+            or state is not plan.state:
+        return None
+    nat = _native.module()
+    if nat is None:
+        return None
+    b = plan.batches[0]
+    gp = array("Q", bytes(8 * len(b.params)))
+    grads = nat.gather(params, plan.params, plan.native, b.pp, gp)
+    if grads is None:
+        return None
+    return [b.for_step(grads, gp)], [], []
 
 
 def _picker(idx: list[int]) -> Any:
@@ -409,18 +414,56 @@ def plan_group(plans: dict, key: Any, group: dict, state: dict, params: list,
     return batches, rest_p, rest_g
 
 
-def memo_states(opt: Any, group: dict, b: Batch) -> None:
+def memo_states(opt: Any, group: dict, b: Batch, order: tuple | None = None) -> tuple | None:
     """Create the state of the batch's parameters that have none (as the step template
-    does), unless the memo shows every state dict as it was after the last step."""
+    does), unless the memo shows every state dict as it was after the last step.
+
+    ``order`` is the state's keys and values as lists (``list(state)``,
+    ``list(state.values())``), made by the first batch that needs them and returned for
+    the next ones of the step (None once a state was created): where the batch's
+    parameters are consecutive keys of the state (states are made in the group's order),
+    their state dicts are read from it rather than by hashing each parameter."""
     state, m = opt.state, b.memo
-    sts = list(map(state.get, b.params))
-    if (m is not None and m.sts is not None and m.nstate == len(state)
-            and all(map(operator.is_, sts, m.sts)) and (m.empty or all(sts))):
-        return
+    if m is not None and m.sts is not None and m.nstate == len(state):
+        if m.empty and not state:
+            return order
+        n, at = len(b.params), m.at
+        nat = _native.module() if not m.empty and at >= 0 else None
+        if nat is not None and nat.states(state, at, b.params, m.sts, True):
+            return order
+        if not m.empty and at >= 0:
+            if order is None:
+                order = (list(state), list(state.values()))
+            keys, values = order
+            sts = values[at:at + n] if len(keys) >= at + n and all(
+                map(operator.is_, keys[at:at + n], b.params)) else None
+        else:
+            sts = None
+        if sts is None:
+            sts = list(map(state.get, b.params))
+            if at >= 0:  # the state's order changed (an entry popped and put back)
+                m.at = _offset(state, b.params)
+        if all(map(operator.is_, sts, m.sts)) and (m.empty or all(sts)):
+            return order
     opt._init_missing(group, b.params)
     if m is not None:
         m.sts = list(map(state.get, b.params))
         m.nstate, m.empty = len(state), not any(m.sts)
+        m.at = _offset(state, b.params)
+    return None
+
+
+def _offset(state: dict, params: list) -> int:
+    """Where ``params`` stand as consecutive keys of ``state``, or -1."""
+    if not params:
+        return -1
+    first = params[0]
+    keys = list(state)
+    at = next((i for i, k in enumerate(keys) if k is first), -1)
+    if at < 0 or len(keys) < at + len(params) or not all(
+            map(operator.is_, keys[at:at + len(params)], params)):
+        return -1
+    return at
 
 
 def first_nonfinite_in(batches: list[Batch], power: int = 1) -> tuple[Batch, int] | None:
@@ -491,6 +534,7 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
     sts = [state[p] for p in ps] if any(keys) or any(scal) else []
     sc = [_column(sts, k) if k else None for k in scal]
     c.ok, c.first, c.shape = True, None, None
+    c.names = c.flat = None
     c.tensors = [(k, col) for k, col in zip(scal, sc) if col is not None]
     if sc[0] is not None:
         dtypes = {t.dtype for col in sc if col is not None for t in col}
@@ -515,6 +559,11 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
     c.sc = [_ptrs(col) if col is not None else None for col in sc]
     c.sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
     c.shape = None
+    c.names = c.flat = None
+    if all(isinstance(k, str) for k, _ in c.tensors) and isinstance(sts, list):
+        # for the native check (``_native``'s still): each dict's entries, row by row
+        c.names = tuple(k for k, _ in c.tensors)
+        c.flat = [col[i] for i in range(len(sts)) for _, col in c.tensors]
     if opt.kernel == "adafactor":  # the matrix shape of each tensor (rows 0: a vector)
         c.shape = (array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps]),
                    array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps]))
@@ -525,6 +574,8 @@ def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:
     """Whether the state dicts still hold the tensors ``c`` was built from."""
     if c.keys != (keys, scal) or None in sts:  # a state dict gone (a restored snapshot)
         return False
+    if c.names is not None and (nat := _native.module()) is not None:
+        return nat.still(sts, c.names, c.flat)
     return all(len(col) == len(sts) and all(map(operator.is_, _column(sts, k), col))
                for k, col in c.tensors)
 
@@ -560,15 +611,24 @@ def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
     _invoke(opt, batch, args, (keep, c))
     # it wrote through data pointers: tell autograd about the parameters, as torch's
     # in-place ops would (the state never takes part in a graph)
-    increment_version(batch.params)
+    bump_versions(batch.params)
     return True
+
+
+def bump_versions(params: list[Tensor]) -> None:
+    """``increment_version`` of each tensor (in one native call where there is one)."""
+    nat = _native.module()
+    if nat is not None and type(params) is list:
+        nat.bump(params)
+    else:
+        increment_version(params)
 
 
 class StateColumns:
     """The state tensors of a batch under some names, with their pointer arrays (see
     :func:`state_columns`); ``derived`` is the caller's, rebuilt with the columns."""
 
-    __slots__ = ("sts", "names", "tensors", "arrays", "derived")
+    __slots__ = ("sts", "names", "tensors", "arrays", "derived", "native")
 
 
 def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
@@ -581,9 +641,7 @@ def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
     sts = m.sts if m is not None and m.sts is not None else None
     key = ("state_columns", names)
     c = m.cols.get(key) if sts is not None else None
-    if c is not None and c.sts is sts and all(
-            col is None or all(map(operator.is_, _column(sts, name), col))
-            for name, col in zip(names, c.tensors)):
+    if c is not None and c.sts is sts and _columns_still(c, sts):
         return c
     if sts is None:
         sts = list(map(opt.state.get, batch.params))
@@ -591,9 +649,22 @@ def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
     c.sts, c.names, c.derived = sts, names, None
     c.tensors = [None if name is None else _column(sts, name) for name in names]
     c.arrays = [None if col is None else _ptrs(col) for col in c.tensors]
+    c.native = None
+    kept = [(name, col) for name, col in zip(names, c.tensors) if col is not None]
+    if all(isinstance(name, str) for name, _ in kept):  # for the native check
+        c.native = (tuple(name for name, _ in kept),
+                    [col[i] for i in range(len(sts)) for _, col in kept])
     if m is not None and m.sts is sts:
         m.cols[key] = c
     return c
+
+
+def _columns_still(c: StateColumns, sts: list) -> bool:
+    """Whether the state dicts ``sts`` still hold the tensors of ``c``."""
+    if c.native is not None and type(sts) is list and (nat := _native.module()) is not None:
+        return nat.still(sts, *c.native)
+    return all(col is None or all(map(operator.is_, _column(sts, name), col))
+               for name, col in zip(c.names, c.tensors))
 
 
 def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: list[float],
@@ -618,5 +689,5 @@ def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: l
     args.ival = ival
     _invoke(opt, batch, args, keep)
     if writes_params:
-        increment_version(batch.params)
+        bump_versions(batch.params)
     return out.tolist() if out is not None else []

@@ -363,6 +363,10 @@ class LrkitOptimizer(torch.optim.Optimizer):
         for i, group in enumerate(self.param_groups):
             params = group["params"]
             if kernel and not (group.get("differentiable") or group.get("capturable")):
+                same = _kernel.kept_batches(kept, i, group, state, params)
+                if same is not None:  # read in one native call
+                    plans.append((i, group, *same))
+                    continue
                 grads = list(map(_GRAD, params))
                 batches, rest, rest_g = _kernel.plan_group(kept, i, group, state,
                                                            params, grads)
@@ -385,9 +389,10 @@ class LrkitOptimizer(torch.optim.Optimizer):
         if plans is None:
             self.skipped_steps += 1
             return None
+        order = None  # the state's keys and values, read once for all batches
         for i, group, batches, params, _ in plans:
             for b in batches:
-                _kernel.memo_states(self, group, b)
+                order = _kernel.memo_states(self, group, b, order)
             self._init_missing(group, params)
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}

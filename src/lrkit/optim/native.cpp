@@ -1,0 +1,211 @@
+// lrkit's per-step bookkeeping over many tensors, read in C++ instead of one Python call
+// per tensor (lrkit/optim/_native.py builds it against the installed torch's headers on
+// first use and falls back to the Python code it mirrors where it cannot).
+//
+// A step of a kept kernel plan (lrkit/optim/_kernel.py, GroupPlan) must confirm that
+// nothing it was built from has changed and read this step's gradient addresses: per
+// tensor that is p.grad, g.is_contiguous(), g.data_ptr() and p.data_ptr() through torch's
+// Python binding (about 80 ns each), and the identity of each state tensor in its dict.
+// Here the same reads cost a few nanoseconds per tensor. Every function answers exactly
+// what the Python code it replaces answers, or None/False where it is unsure, and the
+// caller then takes the Python path.
+#include <Python.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <cstdint>
+#include <exception>
+
+namespace {
+
+// A writable (or read-only) buffer of `n` 64-bit words, released on scope exit.
+struct Words {
+  Py_buffer view{};
+  bool ok = false;
+  Words(PyObject* obj, Py_ssize_t n, bool writable) {
+    if (PyObject_GetBuffer(obj, &view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) != 0) {
+      PyErr_Clear();
+      return;
+    }
+    ok = view.len == n * 8;
+  }
+  ~Words() {
+    if (view.obj != nullptr) PyBuffer_Release(&view);
+  }
+  uint64_t* data() const { return static_cast<uint64_t*>(view.buf); }
+};
+
+bool plain_tensor(PyObject* obj) {
+  return THPVariable_Check(obj) && THPVariable_CheckTypeExact(Py_TYPE(obj));
+}
+
+// gather(params, kept, none, pp, gp) -> list of gradients, or None.
+//
+// The gradients of a kept plan's single kernel batch, with their addresses written to gp,
+// where everything the plan was built from still holds: `params` (the group's list) holds
+// the same objects as `kept`, in the same order; the parameters flagged in `none` (bytes,
+// one per parameter) still have no gradient and every other one has one, dense and
+// contiguous, of a plain tensor type; and each of those parameters is still at its
+// address in `pp`. None otherwise (gp is then partly written: the caller discards it).
+PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+      !PyBytes_CheckExact(args[2])) {
+    Py_RETURN_NONE;
+  }
+  PyObject* params = args[0];
+  PyObject* kept = args[1];
+  const Py_ssize_t n = PyList_GET_SIZE(params);
+  if (PyList_GET_SIZE(kept) != n || PyBytes_GET_SIZE(args[2]) != n) Py_RETURN_NONE;
+  const char* none = PyBytes_AS_STRING(args[2]);
+  Py_ssize_t m = 0;
+  for (Py_ssize_t i = 0; i < n; ++i) m += none[i] ? 0 : 1;
+  Words pp(args[3], m, false), gp(args[4], m, true);
+  if (!pp.ok || !gp.ok) Py_RETURN_NONE;
+  PyObject* out = PyList_New(m);
+  if (out == nullptr) return nullptr;
+  // true where every parameter was visited and every check held (out then holds one
+  // gradient per parameter that has one)
+  auto fill = [&]() -> bool {
+    Py_ssize_t j = 0;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* p = PyList_GET_ITEM(params, i);
+      if (p != PyList_GET_ITEM(kept, i) || !THPVariable_Check(p)) return false;
+      const at::Tensor& t = THPVariable_Unpack(p);
+      const at::Tensor& g = t.grad();
+      if (none[i]) {
+        if (g.defined()) return false;
+        continue;
+      }
+      if (!g.defined() || g.layout() != at::kStrided || !g.is_contiguous() ||
+          reinterpret_cast<uint64_t>(t.data_ptr()) != pp.data()[j]) {
+        return false;
+      }
+      PyObject* go = THPVariable_Wrap(g);
+      if (go == nullptr) {
+        PyErr_Clear();
+        return false;
+      }
+      PyList_SET_ITEM(out, j, go);  // the list owns it now, whatever follows
+      if (!plain_tensor(go)) return false;
+      gp.data()[j] = reinterpret_cast<uint64_t>(g.data_ptr());
+      ++j;
+    }
+    return j == m;
+  };
+  bool ok = false;
+  try {
+    ok = fill();
+  } catch (const std::exception&) {
+    ok = false;
+  }
+  if (ok) return out;
+  Py_DECREF(out);
+  Py_RETURN_NONE;
+}
+
+// still(dicts, names, kept) -> bool: whether every object of `dicts` is a dict whose
+// entry under each of `names` (a tuple of str) is the object at the same place of `kept`
+// (row by row: dict i, name k at i * len(names) + k; None for a missing entry).
+PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyTuple_CheckExact(args[1]) ||
+      !PyList_CheckExact(args[2])) {
+    Py_RETURN_FALSE;
+  }
+  PyObject* dicts = args[0];
+  PyObject* names = args[1];
+  PyObject* kept = args[2];
+  const Py_ssize_t n = PyList_GET_SIZE(dicts), k = PyTuple_GET_SIZE(names);
+  if (PyList_GET_SIZE(kept) != n * k) Py_RETURN_FALSE;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* d = PyList_GET_ITEM(dicts, i);
+    if (!PyDict_Check(d)) Py_RETURN_FALSE;
+    for (Py_ssize_t c = 0; c < k; ++c) {
+      PyObject* v = PyDict_GetItemWithError(d, PyTuple_GET_ITEM(names, c));
+      if (v == nullptr) {
+        if (PyErr_Occurred()) {
+          PyErr_Clear();
+          Py_RETURN_FALSE;
+        }
+        v = Py_None;
+      }
+      if (v != PyList_GET_ITEM(kept, i * k + c)) Py_RETURN_FALSE;
+    }
+  }
+  Py_RETURN_TRUE;
+}
+
+// states(state, at, params, kept, full) -> bool: whether the entries of the dict
+// `state` from position `at` on (in its order) are keyed by the objects of `params`, in
+// order, and hold the objects of `kept` (and, with `full`, none of them empty). Where it
+// says True, [state.get(p) for p in params] is `kept`, element for element, without
+// hashing a single tensor (their __hash__ is a Python function).
+PyObject* states(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 5 || !PyDict_Check(args[0]) || !PyLong_Check(args[1]) ||
+      !PyList_CheckExact(args[2]) || !PyList_CheckExact(args[3])) {
+    Py_RETURN_FALSE;
+  }
+  PyObject* state = args[0];
+  PyObject* params = args[2];
+  PyObject* kept = args[3];
+  const int full = PyObject_IsTrue(args[4]);
+  const Py_ssize_t at = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(params);
+  if (full < 0 || at < 0 || PyList_GET_SIZE(kept) != n || PyDict_GET_SIZE(state) < at + n) {
+    PyErr_Clear();
+    Py_RETURN_FALSE;
+  }
+  Py_ssize_t pos = 0, i = 0, j = 0;
+  PyObject *key, *value;
+  while (j < n && PyDict_Next(state, &pos, &key, &value)) {
+    if (i++ < at) continue;
+    if (key != PyList_GET_ITEM(params, j) || value != PyList_GET_ITEM(kept, j)) {
+      Py_RETURN_FALSE;
+    }
+    if (full && !(PyDict_Check(value) && PyDict_GET_SIZE(value) > 0)) Py_RETURN_FALSE;
+    ++j;
+  }
+  if (j == n) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
+// bump(tensors): each tensor's version counter incremented, as
+// torch.autograd.graph.increment_version does (after the kernel wrote through pointers).
+PyObject* bump(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 1 || !PyList_CheckExact(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "bump() takes one list of tensors");
+    return nullptr;
+  }
+  PyObject* lst = args[0];
+  const Py_ssize_t n = PyList_GET_SIZE(lst);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (!THPVariable_Check(PyList_GET_ITEM(lst, i))) {
+      PyErr_SetString(PyExc_TypeError, "bump() takes one list of tensors");
+      return nullptr;
+    }
+  }
+  try {
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      torch::autograd::impl::bump_version(THPVariable_Unpack(PyList_GET_ITEM(lst, i)));
+    }
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"gather", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gather)),
+     METH_FASTCALL, "the gradients and addresses of a kept kernel batch, or None"},
+    {"still", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(still)),
+     METH_FASTCALL, "whether state dicts still hold the kept objects"},
+    {"states", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(states)),
+     METH_FASTCALL, "whether a state holds the kept dicts of params, in order"},
+    {"bump", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bump)),
+     METH_FASTCALL, "increment the version counters of tensors"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "lrkit_native", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit_lrkit_native() { return PyModule_Create(&module_def); }
