@@ -324,3 +324,23 @@ def test_native_switched_off(tmp_path):
             "sys.exit(0 if _native.module() is None else 1)")
     env = {**__import__("os").environ, "LRKIT_NO_NATIVE": "1"}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_plan_keeps_no_gradient(steps):
+    """After zero_grad(set_to_none=True) no gradient of the last step stays alive through
+    the kept plan: backward's next gradients can take their memory (a plan that held the
+    first step's gradients kept one gradient's worth of memory for the whole run)."""
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    opt = make_opt(next(i for i in INFOS if i.name == "Adam").cls, model.parameters())
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+    refs = [weakref.ref(p.grad) for p in model.parameters()]
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    assert opt._kplans and all(r() is None for r in refs)

@@ -411,7 +411,10 @@ def plan_group(plans: dict, key: Any, group: dict, state: dict, params: list,
     gs = [g for g, n in zip(grads, none) if not n]
     batches, rest_p, rest_g = split(ps, gs)
     plans[key] = GroupPlan(group, state, params, none, batches, rest_p)
-    return batches, rest_p, rest_g
+    now = [b.for_step(b.grads, b.gp) for b in batches]
+    for b in batches:  # the plan keeps no gradient: backward's next ones reuse the memory
+        b.grads, b.gp = [], None
+    return now, rest_p, rest_g
 
 
 def memo_states(opt: Any, group: dict, b: Batch, order: tuple | None = None) -> tuple | None:
