@@ -7,6 +7,7 @@ against their authors' packages.
     python benchmarks/optim_step.py --torch-sqrt # kernels with torch's (MKL's) square root
     python benchmarks/optim_step.py --case c d   # the training step, the Scheduler
     python benchmarks/optim_step.py --case e     # where the NaN/Inf check runs
+    python benchmarks/optim_step.py --case c --steady-heap  # (c) without page faults
 
 Cases: (a) 10M float32 parameters in 100 tensors of 400x250, (b) 1M in 1000 tensors of
 40x25: the step alone, gradients are fixed random tensors (no backward pass is timed).
@@ -34,10 +35,12 @@ is the effective GB/s over torch's fused Adam's in the same run.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import gc
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -179,7 +182,7 @@ def mlp(seed):
     return torch.nn.Sequential(*layers)
 
 
-def training_step(warmup, reps):
+def training_step(warmup, reps, steady=False):
     """(c): lrkit's Adam at its defaults (NaN/Inf check included) against torch's fused Adam
     and against lrkit with nonfinite="zero", whole steps, interleaved."""
     x = torch.randn(32, 1536, generator=torch.Generator().manual_seed(0))
@@ -199,20 +202,38 @@ def training_step(warmup, reps):
         runs[label] = step
     n = sum(p.numel() for p in mlp(0).parameters())
     times = {k: [] for k in runs}
+    faults = {k: 0 for k in runs}
     for _ in range(warmup):
         for fn in runs.values():
             fn()
     for _ in range(reps):
         for k, fn in runs.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[k] += timed(fn, 0, 1)
+            faults[k] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     ref = statistics.median(times["torch Adam fused"])
     print(f"\n## case (c): a training step of a {n / 1e6:.1f}M-parameter MLP (batch 32), "
-          "forward + backward + step")
-    print("| optimizer | ms per step | steps/s | / torch fused |")
-    print("|---|---:|---:|---:|")
+          f"forward + backward + step{'; heap kept (--steady-heap)' if steady else ''}")
+    print("| optimizer | ms per step | steps/s | / torch fused | page faults per step |")
+    print("|---|---:|---:|---:|---:|")
     for k, ts in times.items():
         m = statistics.median(ts)
-        print(f"| {k} | {m * 1e3:.2f} | {1 / m:.0f} | {ref / m:.2f}x |")
+        print(f"| {k} | {m * 1e3:.2f} | {1 / m:.0f} | {ref / m:.2f}x | {faults[k] / reps:.0f} |")
+
+
+def steady_heap() -> bool:
+    """glibc only: keep freed memory in the heap (no trimming, no mmap per allocation),
+    so that backward's fresh gradient buffers do not page-fault (4 KiB each, zeroed by
+    the kernel). Whether they do otherwise depends on the process's allocation history,
+    not on the optimizer: 200 to 9,700 faults per step of case (c) were seen in one
+    session for the same configuration (2-10 ms of a 20 ms step)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)
+                    and libc.mallopt(m_mmap_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def check_placement(warmup, reps):
@@ -318,6 +339,9 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-sqrt", action="store_true",
                     help="kernels take torch's (MKL's) square root: bit for bit torch's "
                     "single-tensor results, slower")
+    ap.add_argument("--steady-heap", action="store_true",
+                    help="case (c) with glibc's heap trimming off (see steady_heap): the "
+                    "optimizers compared without the page faults of fresh gradients")
     args = ap.parse_args(argv)
     warmup, reps = (2, 9) if args.quick else (3, 15)
     cases = ["a", "b"] if args.case == ["both"] else args.case
@@ -346,7 +370,7 @@ def main(argv=None) -> int:
         print(f"\ntorch Adam ({adam_label}) reaches {adam_gbs:.1f} GB/s; slowest lrkit optimizer "
               f"{worst[0]} {worst[3]:.1f} GB/s ({worst[3] / adam_gbs:.2f}x of it)")
     if "c" in cases:
-        training_step(warmup, reps)
+        training_step(warmup, reps, steady=args.steady_heap and steady_heap())
     if "d" in cases:
         scheduler_step(reps)
     if "e" in cases:
