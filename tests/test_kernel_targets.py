@@ -81,3 +81,19 @@ def test_a_bad_target_is_refused_naming_the_variable(monkeypatch):
         _kernel.march()
     monkeypatch.setenv("LRKIT_KERNEL_MARCH", "")
     assert _kernel.march() == "native"
+
+
+@pytest.mark.parametrize("gcc", [True, False])
+def test_gcc_builds_take_more_alias_checks(monkeypatch, gcc):
+    """With GCC the kernels are built allowing more runtime alias checks (Prodigy's and
+    DAdaptAdam's main loops stay scalar under GCC's default); another compiler gets no
+    GCC-only flag."""
+    seen = []
+    assert isinstance(_kernel.is_gcc(), bool)
+    monkeypatch.setattr(_kernel, "is_gcc", lambda: gcc)
+    monkeypatch.setattr(_kernel, "compiler", lambda: "c++")
+    monkeypatch.setattr(_kernel, "compiled", lambda src, name, suffix, args, key: seen.append(
+        args) or Path("x.so"))
+    _kernel._build("adam")
+    flag = f"--param=vect-max-version-for-alias-checks={_kernel._ALIAS_CHECKS}"
+    assert (flag in seen[0]) is gcc

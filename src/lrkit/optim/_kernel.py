@@ -17,6 +17,7 @@ could be built, else through the Python code below that it mirrors.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import operator
 import os
@@ -81,11 +82,29 @@ def march() -> str:
     return value
 
 
+#: runtime alias checks GCC may emit to vectorise a loop (its default, 10, leaves the main
+#: loops of Prodigy and DAdaptAdam, which read and write five or six arrays, scalar)
+_ALIAS_CHECKS = 40
+
+
+@functools.cache
+def is_gcc() -> bool:
+    """Whether ``compiler()`` is GCC (whose ``--param`` names the flags above)."""
+    try:
+        out = subprocess.run([compiler() or "c++", "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Free Software Foundation" in out and "clang" not in out.lower()
+
+
 def _build(algo: str) -> Path | None:
     """The library of one algorithm ("check": only the non-finite check), built once."""
     if compiler() is None:
         return None
     flags = [*_FLAGS, f"-march={march()}", f"-DLRK_ONLY_{algo}"]
+    if is_gcc():  # loops over many arrays (Prodigy, DAdaptAdam) need more alias checks
+        flags.append(f"--param=vect-max-version-for-alias-checks={_ALIAS_CHECKS}")
     return compiled(_SRC, f"lrkit_{algo}", ".so", [*flags, "{src}", "-o", "{out}"],
                     [platform.machine(), _cpu_id()])
 
