@@ -90,6 +90,72 @@ def endless(loader: Iterable[Any], fn: str = "train") -> Iterator[Any]:
     return _endless(loader, C.text("endless()", "fn", fn))
 
 
+#: a split holds batches out only where the rest keeps at least this many times as many
+HELD_OUT_RATIO = 8
+
+
+def split_held(loader: Iterable[Any], n: int,
+               seed: int = 0) -> tuple[list[Any], Iterable[Any]] | None:
+    """``n`` batches of ``loader``'s data and a loader over the rest of it (a search can
+    train on the rest and score on the held batches, which it then has never seen), or
+    None where that cannot be done without changing what the loader is:
+
+    - a ``torch.utils.data.DataLoader`` over a map-style dataset with automatic batching,
+      a random or sequential sampler: ``n * batch_size`` examples drawn at random
+      (``seed``) are collated into the held batches, and the rest is loaded as ``loader``
+      loads (same batch size, shuffling, collate_fn, workers, drop_last, generator);
+    - a list or tuple of batches: the last ``n`` are held;
+    - an object with a ``split_held(n, seed)`` method (``lrkit.bench``'s streams): its
+      answer.
+
+    None too where the rest would be less than ``HELD_OUT_RATIO`` times the held part
+    (a small dataset is better used whole), and for every other iterable (a generator, an
+    iterable dataset, a custom sampler): their held batches can only come from the stream
+    itself."""
+    fn = "split_held()"
+    C.iterable(fn, "loader", loader)
+    n = C.positive_int(fn, "n", n)
+    seed = C.nonnegative_int(fn, "seed", seed)
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        IterableDataset,
+        RandomSampler,
+        SequentialSampler,
+        Subset,
+    )
+
+    if isinstance(loader, DataLoader):
+        ds, bs = loader.dataset, loader.batch_size
+        if (isinstance(ds, IterableDataset) or bs is None or not hasattr(ds, "__len__")
+                or type(loader.sampler) not in (RandomSampler, SequentialSampler)
+                or type(loader.batch_sampler) is not BatchSampler
+                or getattr(loader.sampler, "replacement", False)):
+            return None
+        size, need = len(ds), n * bs
+        if size - need < HELD_OUT_RATIO * need:
+            return None
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+        held = [loader.collate_fn([ds[i] for i in order[j * bs:(j + 1) * bs]])
+                for j in range(n)]
+        extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers else {}
+        rest = DataLoader(
+            Subset(ds, sorted(order[need:])), batch_size=bs,
+            shuffle=isinstance(loader.sampler, RandomSampler), num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+            drop_last=loader.drop_last, timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+            persistent_workers=loader.persistent_workers,
+            multiprocessing_context=loader.multiprocessing_context, **extra)
+        return held, rest
+    if isinstance(loader, (list, tuple)):
+        if len(loader) - n < HELD_OUT_RATIO * n:
+            return None
+        return list(loader[len(loader) - n:]), list(loader[:len(loader) - n])
+    split = getattr(loader, "split_held", None)
+    return split(n, seed) if callable(split) else None
+
+
 def _endless(loader: Iterable[Any], fn: str) -> Iterator[Any]:
     while True:
         empty = True

@@ -9,7 +9,11 @@ most 2 in the arena's bar) it
 2. **measures how the best rate moves with the length of the run.** Probes are short runs
    from the same saved state along the run's schedule *compressed* to the probe's length
    (warmup, peak, decay to zero), scored on held batches (or ``val_loader``, or
-   ``val_fn``) at their end. Five probes at length L (peaks s/4 ... 4s, a factor 2 apart)
+   ``val_fn``) at their end. The held batches are held out of the loader's data where it
+   can be split (``lrkit.loop.split_held``: a DataLoader over a map-style dataset, a list
+   of batches): the range test and the probes train on the rest, the run on all of it;
+   otherwise they are the stream's first batches, which a later epoch trains on too.
+   Five probes at length L (peaks s/4 ... 4s, a factor 2 apart)
    and three at 4L around the first optimum (each row extended by one probe when its best
    lies at an end) give the best peak at two lengths, each the vertex of a parabola in
    (log lr, log score) through the best probe and its neighbours. The best peak falls
@@ -69,7 +73,7 @@ import torch
 from lrkit import _checks as C
 from lrkit import schedules as S
 from lrkit._snapshot import Snapshot
-from lrkit.loop import Loop, Step, averaged, batch_loss, endless, evaluating, has_modes
+from lrkit.loop import Loop, Step, averaged, batch_loss, endless, evaluating, has_modes, split_held
 from lrkit.scheduler import Scheduler
 
 DEFAULT_FAMILY = "cosine"  # of probes, and of runs that noise does not limit
@@ -215,6 +219,9 @@ class _Setup:
     per_batch: list[float] = field(default_factory=list)
     #: the probes are scored on batches of the training stream (no val_loader/val_fn)
     held_from_training: bool = False
+    #: the probes are scored on batches held out of the loader (``lrkit.loop.split_held``):
+    #: the range test and the probes train on the rest, the run on all of it
+    held_out: bool = False
 
 
 @dataclass
@@ -379,9 +386,12 @@ def autopilot(
     opt = make(model.parameters(), lr=1e-3) if lr_free is None else make(model.parameters())
     step = Step(model, opt, step_fn if step_fn is not None else batch_loss(loss_fn, fn),
                 closure=bool(getattr(opt, "needs_closure", False)), name=fn)
-    batches = endless(loader, fn)
+    split = None
+    if val_loader is None and val_fn is None and lr_free is None:
+        split = split_held(loader, HELD_BATCHES, torch.initial_seed() % 2**63)
+    batches = endless(loader if split is None else split[1], fn)
     held = list(val_loader) if val_loader is not None else \
-        [next(batches) for _ in range(HELD_BATCHES)]
+        split[0] if split is not None else [next(batches) for _ in range(HELD_BATCHES)]
 
     per_batch: list[float] = []
 
@@ -393,7 +403,8 @@ def autopilot(
     setup = _Setup(model, opt, step, batches, scorer, steps, per_batch=per_batch,
                    eval_cost=len(held) / 3.0,  # a forward pass: about a third of a step
                    report=report, loss_fn=loss_fn, step_fn=step_fn,
-                   held_from_training=val_loader is None and val_fn is None)
+                   held_from_training=val_loader is None and val_fn is None and split is None,
+                   held_out=split is not None)
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
     family = DEFAULT_FAMILY
     extra = (budget - 1.0) * steps
@@ -421,6 +432,8 @@ def autopilot(
         report.decisions.append(f"schedule: the one given, rescaled to peak {peak:.3g}: "
                                 f"{report.schedule}")
     report.wall_time["search"] = time.perf_counter() - began
+    if split is not None:  # the run trains on all of the data
+        setup.batches = endless(loader, fn)
     _final_run(setup, run_schedule, _Watch(val_loader is not None or val_fn is not None,
                                            callbacks, progress, guard))
     _realised(setup)
@@ -476,8 +489,10 @@ def choose_lr(
     shape = _shape(schedule, steps)
     step = Step(model, optimizer, step_fn if step_fn is not None else batch_loss(loss_fn, fn),
                 closure=bool(getattr(optimizer, "needs_closure", False)), name=fn)
-    batches = endless(loader, fn)
-    held = [next(batches) for _ in range(HELD_BATCHES)]
+    split = split_held(loader, HELD_BATCHES, torch.initial_seed() % 2**63) \
+        if val_fn is None else None
+    batches = endless(loader if split is None else split[1], fn)
+    held = split[0] if split is not None else [next(batches) for _ in range(HELD_BATCHES)]
 
     per_batch: list[float] = []
 
@@ -489,7 +504,8 @@ def choose_lr(
     setup = _Setup(model, optimizer, step, batches, scorer, steps, per_batch=per_batch,
                    eval_cost=len(held) / 3.0,
                    report=report, loss_fn=loss_fn, step_fn=step_fn,
-                   held_from_training=val_fn is None)
+                   held_from_training=val_fn is None and split is None,
+                   held_out=split is not None)
     peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
     family, peak = _choose_family(report, shape, DEFAULT_FAMILY, peak, steps)
     report.lr = peak
@@ -523,6 +539,11 @@ def _choose_lr(setup: _Setup, search: _Search) -> float:
             f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
             f"suggestion {suggestion:.3g} is the peak")
         return suggestion
+    if setup.held_out:
+        report.decisions.append(
+            f"the probes are scored on {HELD_BATCHES} batches held out of the loader's data: "
+            "the range test and the probes train on the rest, so the scores are on data "
+            "they have not fitted; the run trains on all of it")
     if setup.held_from_training:
         report.decisions.append(
             f"the probes are scored on {HELD_BATCHES} batches taken from the training stream; "

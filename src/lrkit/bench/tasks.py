@@ -192,24 +192,56 @@ class Batches:
     def __iter__(self) -> Iterator[Any]:
         return self.stream(torch.Generator().manual_seed(7919 * (self.seed + 1)))
 
+    def split_held(self, n: int, seed: int = 0) -> tuple[list[Any], Batches] | None:
+        """``lrkit.loop.split_held``'s protocol: for a stream over fixed tensors
+        (:func:`shuffled_epochs`), ``n`` batches of examples drawn at random and the same
+        stream over the other examples; None for a stream of fresh samples (its batches
+        never come back: any of them is held out already)."""
+        if not isinstance(self.stream, ShuffledEpochs):
+            return None
+        split = self.stream.split(n, seed)
+        return None if split is None else (split[0], Batches(split[1], self.seed))
 
-def shuffled_epochs(batch_size: int, *tensors: torch.Tensor):
+
+class ShuffledEpochs:
     """A stream of mini-batches over fixed tensors, reshuffled every epoch (last partial
-    batch dropped)."""
-    fn = "shuffled_epochs()"
-    batch_size = C.positive_int(fn, "batch_size", batch_size)
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-        raise TypeError(f"{fn}: tensors must be one or more tensors, got {tensors!r:.60}")
-    n = len(tensors[0])
+    batch dropped): ``stream(generator)`` iterates it."""
 
-    def stream(g: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __init__(self, batch_size: int, *tensors: torch.Tensor) -> None:
+        fn = "shuffled_epochs()"
+        self.batch_size = C.positive_int(fn, "batch_size", batch_size)
+        if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+            raise TypeError(f"{fn}: tensors must be one or more tensors, got {tensors!r:.60}")
+        self.tensors = tensors
+
+    def __call__(self, g: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        n, bs = len(self.tensors[0]), self.batch_size
         while True:
             perm = torch.randperm(n, generator=g)
-            for i in range(0, n - batch_size + 1, batch_size):
-                idx = perm[i:i + batch_size]
-                yield tuple(t[idx] for t in tensors)
+            for i in range(0, n - bs + 1, bs):
+                idx = perm[i:i + bs]
+                yield tuple(t[idx] for t in self.tensors)
 
-    return stream
+    def split(self, n: int, seed: int) -> tuple[list, ShuffledEpochs] | None:
+        """``n`` batches of examples drawn at random (``seed``) and the stream over the
+        rest, or None where the rest would be under ``lrkit.loop.HELD_OUT_RATIO`` times
+        the held part."""
+        from lrkit.loop import HELD_OUT_RATIO
+
+        size, need = len(self.tensors[0]), n * self.batch_size
+        if size - need < HELD_OUT_RATIO * need:
+            return None
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+        held = [tuple(t[order[j * self.batch_size:(j + 1) * self.batch_size]]
+                      for t in self.tensors) for j in range(n)]
+        rest = order[need:].sort().values
+        return held, ShuffledEpochs(self.batch_size, *(t[rest] for t in self.tensors))
+
+
+def shuffled_epochs(batch_size: int, *tensors: torch.Tensor) -> ShuffledEpochs:
+    """A stream of mini-batches over fixed tensors, reshuffled every epoch (last partial
+    batch dropped)."""
+    return ShuffledEpochs(batch_size, *tensors)
 
 
 TASKS: dict[str, Task] = {}
