@@ -66,6 +66,10 @@ def test_too_little_data_or_an_unsplittable_loader_gives_none():
     ds = _indexed(1000)
     assert split_held(DataLoader(ds, batch_size=bs, sampler=Every(1000)), 4) is None
     assert split_held(DataLoader(ds, batch_size=None), 4) is None
+    from torch.utils.data import RandomSampler
+
+    for sampler in (RandomSampler(ds, replacement=True), RandomSampler(ds, num_samples=500)):
+        assert split_held(DataLoader(ds, batch_size=bs, sampler=sampler), 4) is None
     assert split_held((b for b in [ds[0]] * 100), 4) is None
     with pytest.raises(ValueError):
         split_held(enough, 0)

@@ -130,7 +130,8 @@ def split_held(loader: Iterable[Any], n: int,
         if (isinstance(ds, IterableDataset) or bs is None or not hasattr(ds, "__len__")
                 or type(loader.sampler) not in (RandomSampler, SequentialSampler)
                 or type(loader.batch_sampler) is not BatchSampler
-                or getattr(loader.sampler, "replacement", False)):
+                or getattr(loader.sampler, "replacement", False)
+                or getattr(loader.sampler, "num_samples", len(ds)) != len(ds)):
             return None
         size, need = len(ds), n * bs
         if size - need < HELD_OUT_RATIO * need:
@@ -139,6 +140,8 @@ def split_held(loader: Iterable[Any], n: int,
         held = [loader.collate_fn([ds[i] for i in order[j * bs:(j + 1) * bs]])
                 for j in range(n)]
         extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers else {}
+        extra.update({k: getattr(loader, k) for k in ("in_order", "pin_memory_device")
+                      if hasattr(loader, k)})  # newer torch's arguments
         rest = DataLoader(
             Subset(ds, sorted(order[need:])), batch_size=bs,
             shuffle=isinstance(loader.sampler, RandomSampler), num_workers=loader.num_workers,
