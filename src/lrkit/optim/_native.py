@@ -55,7 +55,8 @@ def _build() -> Path | None:
         return None
     return compiled(_SRC, _NAME, sysconfig.get_config_var("EXT_SUFFIX") or ".so",
                     ["{src}", "-o", "{out}", *flags],
-                    [platform.machine(), sys.version, torch.__version__, torch.__file__],
+                    [platform.machine(), sys.version, torch.__version__,
+                     str(getattr(torch.version, "git_version", "")), torch.__file__],
                     timeout=600)
 
 
