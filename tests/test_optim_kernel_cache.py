@@ -242,16 +242,19 @@ def _gather(params, kept, none, pp):
     return _native.module().gather(params, kept, bytes(none), pp, gp), gp
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(8))
 def test_gather_answers_as_the_python_checks(seed):
     """``gather`` against the checks it replaces (``GroupPlan.reuse``), on random groups
-    with one thing changed after the plan was made (or nothing)."""
+    with one thing changed after the plan was made: None for every change to a parameter
+    in the batch (one with a gradient) or to which parameters have one; a parameter
+    without a gradient may move (neither path reads it); nothing changed: the same."""
     if _native.module() is None:
         pytest.skip(f"the native extension could not be built: {_native.error()}")
     gen = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(1, 12, (), generator=gen))
+    n = int(torch.randint(2, 12, (), generator=gen))
     params = [nn.Parameter(torch.randn(3, 2, generator=gen)) for _ in range(n)]
     none = [bool(torch.rand((), generator=gen) < 0.3) for _ in range(n)]
+    none[0], none[-1] = False, True  # at least one of each
     for p, skip in zip(params, none):
         if not skip:
             p.grad = torch.randn(3, 2, generator=gen)
@@ -262,27 +265,30 @@ def test_gather_answers_as_the_python_checks(seed):
     with_grad = [p for p, skip in zip(params, none) if not skip]
     assert all(g is p.grad for g, p in zip(grads, with_grad))
     assert list(gp) == [p.grad.data_ptr() for p in with_grad]
-    j = int(torch.randint(0, n, (), generator=gen))
-    p = params[j]
+    j = [i for i in range(n) if not none[i]][int(torch.randint(0, n - sum(none), (),
+                                                               generator=gen))]
+    k = [i for i in range(n) if none[i]][int(torch.randint(0, sum(none), (), generator=gen))]
+    p, q = params[j], params[k]
     changes = [
         ("another object", lambda: params.__setitem__(j, nn.Parameter(p.detach().clone()))),
+        ("another object, no grad", lambda: params.__setitem__(k, nn.Parameter(q.detach()))),
         ("moved", lambda: setattr(p, "data", p.data.clone())),
-        ("grad gone or new", lambda: setattr(p, "grad", None if p.grad is not None
-                                             else torch.zeros_like(p))),
-        ("not contiguous", lambda: setattr(p, "grad", torch.randn(2, 3).t())
-         if not none[j] else setattr(p, "grad", torch.zeros_like(p))),
-        ("subclass grad", lambda: setattr(p, "grad", torch.zeros(3, 2).as_subclass(_Sub))
-         if not none[j] else setattr(p, "grad", torch.zeros_like(p))),
+        ("grad gone", lambda: setattr(p, "grad", None)),
+        ("grad new", lambda: setattr(q, "grad", torch.zeros_like(q))),
+        ("not contiguous", lambda: setattr(p, "grad", torch.randn(2, 3).t())),
+        ("subclass grad", lambda: setattr(p, "grad", torch.zeros(3, 2).as_subclass(_Sub))),
         ("list shorter", lambda: params.pop()),
     ]
-    for _, change in changes:
-        state = (list(params), [q.data for q in params], [q.grad for q in params])
+    for what, change in changes:
+        state = (list(params), [x.data for x in params], [x.grad for x in params])
         change()
-        assert _gather(params, kept, none, pp)[0] is None
+        assert _gather(params, kept, none, pp)[0] is None, what
         params[:] = state[0]
-        for q, data, grad in zip(params, *state[1:]):
-            q.data, q.grad = data, grad
-        assert _gather(params, kept, none, pp)[0] is not None
+        for x, data, grad in zip(params, *state[1:]):
+            x.data, x.grad = data, grad
+        assert _gather(params, kept, none, pp)[0] is not None, what
+    q.data = q.data.clone()  # a parameter without a gradient moved: not read by either path
+    assert _gather(params, kept, none, pp)[0] is not None
 
 
 def test_still_and_bump():
@@ -310,6 +316,11 @@ def test_still_and_bump():
     versions = [t._version for t in (a, b)]
     nat.bump([a, b])
     assert [t._version for t in (a, b)] == [v + 1 for v in versions]
+    with torch.inference_mode():
+        inf = torch.ones(2)
+    nat.bump([inf, a])  # inference tensors have no version counter: skipped, as torch does
+    torch.autograd.graph.increment_version([inf])
+    assert a._version == versions[0] + 2
     with pytest.raises(TypeError):
         nat.bump([a, 1])
     with pytest.raises(TypeError):
@@ -328,19 +339,21 @@ def test_native_switched_off(tmp_path):
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_plan_keeps_no_gradient(steps):
-    """After zero_grad(set_to_none=True) no gradient of the last step stays alive through
+    """After zero_grad(set_to_none=True) no gradient of any step so far stays alive through
     the kept plan: backward's next gradients can take their memory (a plan that held the
-    first step's gradients kept one gradient's worth of memory for the whole run)."""
+    gradients of the step that built it, the first, kept one gradient's worth of memory
+    for the whole run)."""
     import gc
     import weakref
 
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     opt = make_opt(next(i for i in INFOS if i.name == "Adam").cls, model.parameters())
+    refs = []
     for _ in range(steps):
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         model(torch.randn(2, 4)).sum().backward()
+        refs += [weakref.ref(p.grad) for p in model.parameters()]
         opt.step()
-    refs = [weakref.ref(p.grad) for p in model.parameters()]
     opt.zero_grad(set_to_none=True)
     gc.collect()
     assert opt._kplans and all(r() is None for r in refs)

@@ -77,6 +77,22 @@ def test_too_little_data_or_an_unsplittable_loader_gives_none():
         split_held(3, 4)
 
 
+def test_the_rest_keeps_the_samplers_generator():
+    """A random sampler's own generator shuffles the rest too (not the global RNG)."""
+    from torch.utils.data import RandomSampler
+
+    ds = _indexed(400)
+    orders = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        g = torch.Generator().manual_seed(7)
+        loader = DataLoader(ds, batch_size=8, sampler=RandomSampler(ds, generator=g))
+        _, rest = split_held(loader, 4)
+        assert rest.sampler.generator is g
+        orders.append(_ids(rest))
+    assert orders[0] == orders[1]
+
+
 def test_a_list_of_batches_holds_its_last_ones():
     batches = [(torch.full((2, 1), float(i)), torch.zeros(2, 1)) for i in range(50)]
     held, rest = split_held(batches, 4)

@@ -103,7 +103,8 @@ def split_held(loader: Iterable[Any], n: int,
     - a ``torch.utils.data.DataLoader`` over a map-style dataset with automatic batching,
       a random or sequential sampler: ``n * batch_size`` examples drawn at random
       (``seed``) are collated into the held batches, and the rest is loaded as ``loader``
-      loads (same batch size, shuffling, collate_fn, workers, drop_last, generator);
+      loads (same batch size, shuffling and the sampler's generator, collate_fn, workers,
+      drop_last, the loader's generator);
     - a list or tuple of batches: the last ``n`` are held;
     - an object with a ``split_held(n, seed)`` method (``lrkit.bench``'s streams): its
       answer.
@@ -142,9 +143,11 @@ def split_held(loader: Iterable[Any], n: int,
         extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers else {}
         extra.update({k: getattr(loader, k) for k in ("in_order", "pin_memory_device")
                       if hasattr(loader, k)})  # newer torch's arguments
+        kept = Subset(ds, sorted(order[need:]))
+        sampler = RandomSampler(kept, generator=loader.sampler.generator) \
+            if isinstance(loader.sampler, RandomSampler) else SequentialSampler(kept)
         rest = DataLoader(
-            Subset(ds, sorted(order[need:])), batch_size=bs,
-            shuffle=isinstance(loader.sampler, RandomSampler), num_workers=loader.num_workers,
+            kept, batch_size=bs, sampler=sampler, num_workers=loader.num_workers,
             collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
             drop_last=loader.drop_last, timeout=loader.timeout,
             worker_init_fn=loader.worker_init_fn, generator=loader.generator,

@@ -87,12 +87,16 @@ def march() -> str:
 _ALIAS_CHECKS = 40
 
 
-@functools.cache
 def is_gcc() -> bool:
     """Whether ``compiler()`` is GCC (whose ``--param`` names the flags above)."""
+    return _is_gcc(compiler() or "c++")
+
+
+@functools.cache
+def _is_gcc(cxx: str) -> bool:
     try:
-        out = subprocess.run([compiler() or "c++", "--version"], capture_output=True,
-                             text=True, timeout=60).stdout
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return False
     return "Free Software Foundation" in out and "clang" not in out.lower()

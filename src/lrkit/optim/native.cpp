@@ -96,6 +96,7 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   try {
     ok = fill();
   } catch (const std::exception&) {
+    PyErr_Clear();  // a python_error thrown by torch leaves its exception set
     ok = false;
   }
   if (ok) return out;
@@ -168,7 +169,8 @@ PyObject* states(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // bump(tensors): each tensor's version counter incremented, as
-// torch.autograd.graph.increment_version does (after the kernel wrote through pointers).
+// torch.autograd.graph.increment_version does (after the kernel wrote through pointers):
+// inference tensors, which have no version counter, are skipped as it skips them.
 PyObject* bump(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 1 || !PyList_CheckExact(args[0])) {
     PyErr_SetString(PyExc_TypeError, "bump() takes one list of tensors");
@@ -184,7 +186,8 @@ PyObject* bump(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   try {
     for (Py_ssize_t i = 0; i < n; ++i) {
-      torch::autograd::impl::bump_version(THPVariable_Unpack(PyList_GET_ITEM(lst, i)));
+      const at::Tensor& t = THPVariable_Unpack(PyList_GET_ITEM(lst, i));
+      if (!t.is_inference()) torch::autograd::impl::bump_version(t);
     }
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
