@@ -143,3 +143,30 @@ def test_the_autopilot_scores_its_probes_on_data_the_search_does_not_train_on():
     assert held_ids <= run  # the run trains on all of the data
     assert any("held out of the loader" in d for d in report.decisions)
     assert not any("taken from the training stream" in d for d in report.decisions)
+
+
+def test_the_report_says_the_run_trained_on_the_held_batches():
+    """The predicted and realised scores are on the held batches; the run (not the
+    probes) trained on them, and the report says so beside the two numbers."""
+    torch.manual_seed(0)
+    loader = DataLoader(_indexed(512), batch_size=8, shuffle=True)
+
+    def step_fn(model, batch):
+        x, y = batch
+        return nn.functional.mse_loss(model(x[:, 1:]), y)
+
+    report = pilot.autopilot(nn.Linear(3, 1), loader, step_fn=step_fn, steps=800, seed=5,
+                             optimizer="sgd", progress=False)
+    score = [d for d in report.decisions if d.startswith("score:")]
+    assert len(score) == 1 and "the run trained on the held batches" in score[0]
+    assert report.horizon["realised"] is not None
+    x_val, y_val = _indexed(64).tensors
+
+    def val_fn(model):  # data neither the probes nor the run train on
+        return float(nn.functional.mse_loss(model(x_val[:, 1:]), y_val))
+
+    torch.manual_seed(0)
+    report = pilot.autopilot(nn.Linear(3, 1), loader, step_fn=step_fn, steps=800, seed=5,
+                             optimizer="sgd", progress=False, val_fn=val_fn)
+    score = [d for d in report.decisions if d.startswith("score:")]
+    assert len(score) == 1 and "held batches" not in score[0]

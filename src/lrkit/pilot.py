@@ -903,9 +903,12 @@ def _realised(setup: _Setup) -> None:
             realised = setup.scorer()
         report.compute["training"] += setup.eval_cost
     report.horizon["realised"] = realised
+    seen = ("; the run trained on the held batches and the probes did not (or not as "
+            "long), so the two are not on equal terms" if setup.held_out or
+            setup.held_from_training else "")
     report.decisions.append(
         f"score: the probes predicted {predicted:.4g} (their best scores on a power law of "
-        f"the length), the run reached {realised:.4g}")
+        f"the length), the run reached {realised:.4g}{seen}")
 
 
 class _Progress:
