@@ -309,6 +309,7 @@ VALID: dict[str, Callable[[], tuple[tuple, dict]]] = {
     "lrkit.scheduler.scale_lr": lambda: ((_sgd(), 0.5), {"scheduler": None}),
     "lrkit.loop.batch_loss": lambda: ((torch.nn.functional.mse_loss,), {"fn": "train()"}),
     "lrkit.loop.endless": lambda: (([(torch.ones(1), torch.ones(1))],), {"fn": "train()"}),
+    "lrkit.loop.held_indices": lambda: ((400, 4, 8), {"seed": 1}),
     "lrkit.loop.split_held": lambda: (([(torch.ones(1), torch.ones(1))] * 40, 4), {"seed": 1}),
     "lrkit.loop.has_modes": lambda: ((_sgd(),), {}),
     "lrkit.loop.averaged": lambda: ((_sgd(),), {}),

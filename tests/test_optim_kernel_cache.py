@@ -305,14 +305,13 @@ def test_still_and_bump():
     assert nat.still([], (), []) and nat.still(sts, (), [])
     p, q, r = torch.zeros(1), torch.zeros(1), torch.zeros(1)
     state = {r: {"x": 1}, p: sts[0], q: sts[1]}
-    assert nat.states(state, 1, [p, q], sts, True)
-    assert nat.states(state, 0, [r, p], [state[r], sts[0]], True)
-    assert not nat.states(state, 0, [p, q], sts, True)  # not where they stand
-    assert not nat.states(state, 1, [p, q], [sts[0], dict(sts[1])], True)  # a new dict
-    assert not nat.states(state, 2, [p, q], sts, True)  # past the end
+    assert nat.states(state, 1, [p, q], sts)
+    assert nat.states(state, 0, [r, p], [state[r], sts[0]])
+    assert not nat.states(state, 0, [p, q], sts)  # not where they stand
+    assert not nat.states(state, 1, [p, q], [sts[0], dict(sts[1])])  # a new dict
+    assert not nat.states(state, 2, [p, q], sts)  # past the end
     state[q] = {}
-    assert not nat.states(state, 1, [p, q], [sts[0], state[q]], True)  # empty: not full
-    assert nat.states(state, 1, [p, q], [sts[0], state[q]], False)
+    assert not nat.states(state, 1, [p, q], [sts[0], state[q]])  # an empty state
     versions = [t._version for t in (a, b)]
     nat.bump([a, b])
     assert [t._version for t in (a, b)] == [v + 1 for v in versions]

@@ -94,6 +94,23 @@ def endless(loader: Iterable[Any], fn: str = "train") -> Iterator[Any]:
 HELD_OUT_RATIO = 8
 
 
+def held_indices(size: int, n: int, batch_size: int,
+                 seed: int = 0) -> tuple[list[list[int]], list[int]] | None:
+    """``n`` batches of ``batch_size`` example indices out of ``size``, drawn at random
+    (``seed``), and the other indices in order; None where those would be fewer than
+    ``HELD_OUT_RATIO`` times the held ones (a small dataset is better used whole)."""
+    fn = "held_indices()"
+    size = C.nonnegative_int(fn, "size", size)
+    n, batch_size = C.positive_int(fn, "n", n), C.positive_int(fn, "batch_size", batch_size)
+    seed = C.nonnegative_int(fn, "seed", seed)
+    need = n * batch_size
+    if size - need < HELD_OUT_RATIO * need:
+        return None
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return ([order[j * batch_size:(j + 1) * batch_size] for j in range(n)],
+            sorted(order[need:]))
+
+
 def split_held(loader: Iterable[Any], n: int,
                seed: int = 0) -> tuple[list[Any], Iterable[Any]] | None:
     """``n`` batches of ``loader``'s data and a loader over the rest of it (a search can
@@ -134,16 +151,14 @@ def split_held(loader: Iterable[Any], n: int,
                 or getattr(loader.sampler, "replacement", False)
                 or getattr(loader.sampler, "num_samples", len(ds)) != len(ds)):
             return None
-        size, need = len(ds), n * bs
-        if size - need < HELD_OUT_RATIO * need:
+        picked = held_indices(len(ds), n, bs, seed)
+        if picked is None:
             return None
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
-        held = [loader.collate_fn([ds[i] for i in order[j * bs:(j + 1) * bs]])
-                for j in range(n)]
+        held = [loader.collate_fn([ds[i] for i in batch]) for batch in picked[0]]
         extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers else {}
         extra.update({k: getattr(loader, k) for k in ("in_order", "pin_memory_device")
                       if hasattr(loader, k)})  # newer torch's arguments
-        kept = Subset(ds, sorted(order[need:]))
+        kept = Subset(ds, picked[1])
         sampler = RandomSampler(kept, generator=loader.sampler.generator) \
             if isinstance(loader.sampler, RandomSampler) else SequentialSampler(kept)
         rest = DataLoader(

@@ -217,11 +217,37 @@ class _Setup:
     step_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None
     #: filled by ``scorer`` with the loss of each held batch (left empty by ``val_fn``)
     per_batch: list[float] = field(default_factory=list)
-    #: the probes are scored on batches of the training stream (no val_loader/val_fn)
-    held_from_training: bool = False
-    #: the probes are scored on batches held out of the loader (``lrkit.loop.split_held``):
-    #: the range test and the probes train on the rest, the run on all of it
-    held_out: bool = False
+    #: what the probes are scored on: "validation" (``val_loader``/``val_fn``), "held out"
+    #: (batches held out of the loader, ``lrkit.loop.split_held``: the range test and the
+    #: probes train on the rest, the run on all of it) or "stream" (the training stream's
+    #: first batches, which a later epoch trains on too)
+    scored_on: str = "validation"
+
+
+def _scoring_setup(fn: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step,
+                   loader: Iterable[Any], steps: int, report: AutopilotReport, *,
+                   loss_fn: Any, step_fn: Any, val_loader: Iterable[Any] | None = None,
+                   val_fn: Callable[[torch.nn.Module], float] | None = None,
+                   split: bool = True) -> _Setup:
+    """The batch stream and the scorer of a search: probes scored by ``val_fn``, on
+    ``val_loader``, else on ``HELD_BATCHES`` batches held out of the loader's data where
+    ``split`` allows and the loader can be split (``split_held``), else on the stream's
+    first batches."""
+    parts = None
+    if split and val_loader is None and val_fn is None:
+        parts = split_held(loader, HELD_BATCHES, torch.initial_seed() % 2**63)
+    batches = endless(loader if parts is None else parts[1], fn)
+    held = list(val_loader) if val_loader is not None else \
+        parts[0] if parts is not None else [next(batches) for _ in range(HELD_BATCHES)]
+    per_batch: list[float] = []
+
+    def scorer() -> float:
+        return _evaluate(step, held, per_batch) if val_fn is None else _scored(model, val_fn)
+    scored_on = "validation" if val_loader is not None or val_fn is not None else \
+        "held out" if parts is not None else "stream"
+    return _Setup(model, opt, step, batches, scorer, steps, per_batch=per_batch,
+                  eval_cost=len(held) / 3.0,  # a forward pass: about a third of a step
+                  report=report, loss_fn=loss_fn, step_fn=step_fn, scored_on=scored_on)
 
 
 @dataclass
@@ -386,25 +412,10 @@ def autopilot(
     opt = make(model.parameters(), lr=1e-3) if lr_free is None else make(model.parameters())
     step = Step(model, opt, step_fn if step_fn is not None else batch_loss(loss_fn, fn),
                 closure=bool(getattr(opt, "needs_closure", False)), name=fn)
-    split = None
-    if val_loader is None and val_fn is None and lr_free is None:
-        split = split_held(loader, HELD_BATCHES, torch.initial_seed() % 2**63)
-    batches = endless(loader if split is None else split[1], fn)
-    held = list(val_loader) if val_loader is not None else \
-        split[0] if split is not None else [next(batches) for _ in range(HELD_BATCHES)]
-
-    per_batch: list[float] = []
-
-    def scorer() -> float:
-        if val_fn is None:
-            return _evaluate(step, held, per_batch)
-        return _scored(model, val_fn)
     report = AutopilotReport(lr=None, schedule="", optimizer=opt_name, steps=steps)
-    setup = _Setup(model, opt, step, batches, scorer, steps, per_batch=per_batch,
-                   eval_cost=len(held) / 3.0,  # a forward pass: about a third of a step
-                   report=report, loss_fn=loss_fn, step_fn=step_fn,
-                   held_from_training=val_loader is None and val_fn is None and split is None,
-                   held_out=split is not None)
+    setup = _scoring_setup(fn, model, opt, step, loader, steps, report, loss_fn=loss_fn,
+                           step_fn=step_fn, val_loader=val_loader, val_fn=val_fn,
+                           split=lr_free is None)  # no search: nothing to hold out for
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
     family = DEFAULT_FAMILY
     extra = (budget - 1.0) * steps
@@ -432,7 +443,7 @@ def autopilot(
         report.decisions.append(f"schedule: the one given, rescaled to peak {peak:.3g}: "
                                 f"{report.schedule}")
     report.wall_time["search"] = time.perf_counter() - began
-    if split is not None:  # the run trains on all of the data
+    if setup.scored_on == "held out":  # the run trains on all of the data
         setup.batches = endless(loader, fn)
     _final_run(setup, run_schedule, _Watch(val_loader is not None or val_fn is not None,
                                            callbacks, progress, guard))
@@ -489,23 +500,11 @@ def choose_lr(
     shape = _shape(schedule, steps)
     step = Step(model, optimizer, step_fn if step_fn is not None else batch_loss(loss_fn, fn),
                 closure=bool(getattr(optimizer, "needs_closure", False)), name=fn)
-    split = split_held(loader, HELD_BATCHES, torch.initial_seed() % 2**63) \
-        if val_fn is None else None
-    batches = endless(loader if split is None else split[1], fn)
-    held = split[0] if split is not None else [next(batches) for _ in range(HELD_BATCHES)]
-
-    per_batch: list[float] = []
-
-    def scorer() -> float:
-        return _evaluate(step, held, per_batch) if val_fn is None else _scored(model, val_fn)
     report = AutopilotReport(lr=None, schedule="", optimizer=type(optimizer).__name__,
                              steps=steps)
     report.compute = {"range_test": 0.0, "probes": 0.0, "training": 0.0}
-    setup = _Setup(model, optimizer, step, batches, scorer, steps, per_batch=per_batch,
-                   eval_cost=len(held) / 3.0,
-                   report=report, loss_fn=loss_fn, step_fn=step_fn,
-                   held_from_training=val_fn is None and split is None,
-                   held_out=split is not None)
+    setup = _scoring_setup(fn, model, optimizer, step, loader, steps, report,
+                           loss_fn=loss_fn, step_fn=step_fn, val_fn=val_fn)
     peak = _choose_lr(setup, _Search((budget - 1.0) * steps, shape, DEFAULT_FAMILY))
     family, peak = _choose_family(report, shape, DEFAULT_FAMILY, peak, steps)
     report.lr = peak
@@ -539,12 +538,12 @@ def _choose_lr(setup: _Setup, search: _Search) -> float:
             f"budget leaves {max(left, 0):.0f} steps: too few for probes, so the "
             f"suggestion {suggestion:.3g} is the peak")
         return suggestion
-    if setup.held_out:
+    if setup.scored_on == "held out":
         report.decisions.append(
             f"the probes are scored on {HELD_BATCHES} batches held out of the loader's data: "
             "the range test and the probes train on the rest, so the scores are on data "
             "they have not fitted; the run trains on all of it")
-    if setup.held_from_training:
+    if setup.scored_on == "stream":
         report.decisions.append(
             f"the probes are scored on {HELD_BATCHES} batches taken from the training stream; "
             "the run trains on their samples too (in a later epoch), so the scores favour "
@@ -637,7 +636,7 @@ def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
         optima.append(optimum)
         if len(optima) > 1:
             beta_raw = _slope(lengths, optima, clip=False)
-            beta = min(max(beta_raw, BETA_MIN), BETA_MAX)
+            beta = _clipped(beta_raw)
         shown = ", ".join(f"{lr:.3g}: {s:.4g}" for lr, s in sorted(zip(lrs, scores)))
         report.decisions.append(
             f"probes, rung {rung + 1} ({length} steps each, schedule compressed to that "
@@ -788,7 +787,12 @@ def _slope(lengths: Sequence[int], optima: Sequence[float], clip: bool = True) -
     x = np.log(np.asarray(lengths, dtype=float))
     y = np.log(np.asarray(optima, dtype=float))
     slope = -float(np.polyfit(x, y, 1)[0])
-    return min(max(slope, BETA_MIN), BETA_MAX) if clip else slope
+    return _clipped(slope) if clip else slope
+
+
+def _clipped(beta: float) -> float:
+    """A horizon exponent within [BETA_MIN, BETA_MAX]."""
+    return min(max(beta, BETA_MIN), BETA_MAX)
 
 
 def _vertex(lrs: Sequence[float], scores: Sequence[float]) -> float:
@@ -904,8 +908,8 @@ def _realised(setup: _Setup) -> None:
         report.compute["training"] += setup.eval_cost
     report.horizon["realised"] = realised
     seen = ("; the run trained on the held batches and the probes did not (or not as "
-            "long), so the two are not on equal terms" if setup.held_out or
-            setup.held_from_training else "")
+            "long), so the two are not on equal terms" if setup.scored_on != "validation"
+            else "")
     report.decisions.append(
         f"score: the probes predicted {predicted:.4g} (their best scores on a power law of "
         f"the length), the run reached {realised:.4g}{seen}")

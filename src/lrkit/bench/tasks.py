@@ -224,18 +224,14 @@ class ShuffledEpochs:
 
     def split(self, n: int, seed: int) -> tuple[list, ShuffledEpochs] | None:
         """``n`` batches of examples drawn at random (``seed``) and the stream over the
-        rest, or None where the rest would be under ``lrkit.loop.HELD_OUT_RATIO`` times
-        the held part."""
-        from lrkit.loop import HELD_OUT_RATIO
+        rest, or None where the rest would be too small (``lrkit.loop.held_indices``)."""
+        from lrkit.loop import held_indices
 
-        size, need = len(self.tensors[0]), n * self.batch_size
-        if size - need < HELD_OUT_RATIO * need:
+        picked = held_indices(len(self.tensors[0]), n, self.batch_size, seed)
+        if picked is None:
             return None
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
-        held = [tuple(t[order[j * self.batch_size:(j + 1) * self.batch_size]]
-                      for t in self.tensors) for j in range(n)]
-        rest = order[need:].sort().values
-        return held, ShuffledEpochs(self.batch_size, *(t[rest] for t in self.tensors))
+        held = [tuple(t[batch] for t in self.tensors) for batch in picked[0]]
+        return held, ShuffledEpochs(self.batch_size, *(t[picked[1]] for t in self.tensors))
 
 
 def shuffled_epochs(batch_size: int, *tensors: torch.Tensor) -> ShuffledEpochs:

@@ -275,7 +275,7 @@ class Columns:
     arrays of their addresses, valid while every state dict still holds those tensors."""
 
     __slots__ = ("keys", "tensors", "arrays", "sc", "sc_f64", "ok", "first", "shape",
-                 "names", "flat")
+                 "native")
 
 
 class Batch:
@@ -440,43 +440,30 @@ def plan_group(plans: dict, key: Any, group: dict, state: dict, params: list,
     return now, rest_p, rest_g
 
 
-def memo_states(opt: Any, group: dict, b: Batch, order: tuple | None = None) -> tuple | None:
+def memo_states(opt: Any, group: dict, b: Batch) -> None:
     """Create the state of the batch's parameters that have none (as the step template
     does), unless the memo shows every state dict as it was after the last step.
 
-    ``order`` is the state's keys and values as lists (``list(state)``,
-    ``list(state.values())``), made by the first batch that needs them and returned for
-    the next ones of the step (None once a state was created): where the batch's
-    parameters are consecutive keys of the state (states are made in the group's order),
-    their state dicts are read from it rather than by hashing each parameter."""
+    Where the batch's parameters are consecutive keys of the state (states are made in the
+    group's order: ``Memo.at``), the native extension confirms that by position, without
+    hashing a parameter (a tensor's ``__hash__`` is a Python function)."""
     state, m = opt.state, b.memo
     if m is not None and m.sts is not None and m.nstate == len(state):
         if m.empty and not state:
-            return order
-        n, at = len(b.params), m.at
-        nat = _native.module() if not m.empty and at >= 0 else None
-        if nat is not None and nat.states(state, at, b.params, m.sts, True):
-            return order
-        if not m.empty and at >= 0:
-            if order is None:
-                order = (list(state), list(state.values()))
-            keys, values = order
-            sts = values[at:at + n] if len(keys) >= at + n and all(
-                map(operator.is_, keys[at:at + n], b.params)) else None
-        else:
-            sts = None
-        if sts is None:
-            sts = list(map(state.get, b.params))
-            if at >= 0:  # the state's order changed (an entry popped and put back)
-                m.at = _offset(state, b.params)
+            return
+        nat = _native.module() if not m.empty and m.at >= 0 else None
+        if nat is not None and nat.states(state, m.at, b.params, m.sts):
+            return
+        sts = list(map(state.get, b.params))
         if all(map(operator.is_, sts, m.sts)) and (m.empty or all(sts)):
-            return order
+            if nat is not None:  # the state's order changed (an entry popped and put back)
+                m.at = _offset(state, b.params)
+            return
     opt._init_missing(group, b.params)
     if m is not None:
         m.sts = list(map(state.get, b.params))
         m.nstate, m.empty = len(state), not any(m.sts)
         m.at = _offset(state, b.params)
-    return None
 
 
 def _offset(state: dict, params: list) -> int:
@@ -560,7 +547,7 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
     sts = [state[p] for p in ps] if any(keys) or any(scal) else []
     sc = [_column(sts, k) if k else None for k in scal]
     c.ok, c.first, c.shape = True, None, None
-    c.names = c.flat = None
+    c.native = None
     c.tensors = [(k, col) for k, col in zip(scal, sc) if col is not None]
     if sc[0] is not None:
         dtypes = {t.dtype for col in sc if col is not None for t in col}
@@ -585,11 +572,7 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
     c.sc = [_ptrs(col) if col is not None else None for col in sc]
     c.sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
     c.shape = None
-    c.names = c.flat = None
-    if all(isinstance(k, str) for k, _ in c.tensors) and isinstance(sts, list):
-        # for the native check (``_native``'s still): each dict's entries, row by row
-        c.names = tuple(k for k, _ in c.tensors)
-        c.flat = [col[i] for i in range(len(sts)) for _, col in c.tensors]
+    c.native = _native_table(c.tensors, len(sts))
     if opt.kernel == "adafactor":  # the matrix shape of each tensor (rows 0: a vector)
         c.shape = (array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps]),
                    array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps]))
@@ -600,10 +583,25 @@ def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:
     """Whether the state dicts still hold the tensors ``c`` was built from."""
     if c.keys != (keys, scal) or None in sts:  # a state dict gone (a restored snapshot)
         return False
-    if c.names is not None and (nat := _native.module()) is not None:
-        return nat.still(sts, c.names, c.flat)
-    return all(len(col) == len(sts) and all(map(operator.is_, _column(sts, k), col))
-               for k, col in c.tensors)
+    return _holds(sts, c.tensors, c.native)
+
+
+def _native_table(named: list[tuple[Any, list]], n: int) -> tuple[tuple, list] | None:
+    """For ``_native``'s ``still``: the names of ``named`` (pairs of a state name and its
+    column of tensors, one per state dict) and, dict by dict, the tensors under them;
+    None where a name is a tuple of alternatives (the Python check reads those)."""
+    if not all(isinstance(name, str) for name, _ in named):
+        return None
+    return tuple(name for name, _ in named), [col[i] for i in range(n) for _, col in named]
+
+
+def _holds(sts: list[dict], named: list[tuple[Any, list]], table: tuple | None) -> bool:
+    """Whether the state dicts ``sts`` still hold each column of ``named`` (natively by
+    ``table``, ``_native_table``'s, where there is one)."""
+    if table is not None and type(sts) is list and (nat := _native.module()) is not None:
+        return nat.still(sts, *table)
+    return all(len(col) == len(sts) and all(map(operator.is_, _column(sts, name), col))
+               for name, col in named)
 
 
 def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
@@ -654,7 +652,7 @@ class StateColumns:
     """The state tensors of a batch under some names, with their pointer arrays (see
     :func:`state_columns`); ``derived`` is the caller's, rebuilt with the columns."""
 
-    __slots__ = ("sts", "names", "tensors", "arrays", "derived", "native")
+    __slots__ = ("sts", "names", "tensors", "arrays", "derived", "named", "native")
 
 
 def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
@@ -667,7 +665,7 @@ def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
     sts = m.sts if m is not None and m.sts is not None else None
     key = ("state_columns", names)
     c = m.cols.get(key) if sts is not None else None
-    if c is not None and c.sts is sts and _columns_still(c, sts):
+    if c is not None and c.sts is sts and _holds(sts, c.named, c.native):
         return c
     if sts is None:
         sts = list(map(opt.state.get, batch.params))
@@ -675,22 +673,11 @@ def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
     c.sts, c.names, c.derived = sts, names, None
     c.tensors = [None if name is None else _column(sts, name) for name in names]
     c.arrays = [None if col is None else _ptrs(col) for col in c.tensors]
-    c.native = None
-    kept = [(name, col) for name, col in zip(names, c.tensors) if col is not None]
-    if all(isinstance(name, str) for name, _ in kept):  # for the native check
-        c.native = (tuple(name for name, _ in kept),
-                    [col[i] for i in range(len(sts)) for _, col in kept])
+    c.named = [(name, col) for name, col in zip(names, c.tensors) if col is not None]
+    c.native = _native_table(c.named, len(sts))
     if m is not None and m.sts is sts:
         m.cols[key] = c
     return c
-
-
-def _columns_still(c: StateColumns, sts: list) -> bool:
-    """Whether the state dicts ``sts`` still hold the tensors of ``c``."""
-    if c.native is not None and type(sts) is list and (nat := _native.module()) is not None:
-        return nat.still(sts, *c.native)
-    return all(col is None or all(map(operator.is_, _column(sts, name), col))
-               for name, col in zip(c.names, c.tensors))
 
 
 def call(opt: Any, batch: Batch, states: list[list[Tensor | None] | None], hp: list[float],

@@ -389,10 +389,9 @@ class LrkitOptimizer(torch.optim.Optimizer):
         if plans is None:
             self.skipped_steps += 1
             return None
-        order = None  # the state's keys and values, read once for all batches
         for i, group, batches, params, _ in plans:
             for b in batches:
-                order = _kernel.memo_states(self, group, b, order)
+                _kernel.memo_states(self, group, b)
             self._init_missing(group, params)
             self._last[i] = {k: (v.detach().clone() if isinstance(v, Tensor) else v)
                              for k, v in group.items() if k not in _NOT_HYPERPARAMS}

@@ -196,16 +196,10 @@ class DoG(L.GlobalStepOptimizer):
 
     def _update_group(self, group: dict, norm: Tensor, g_sq: Tensor, *, first: bool) -> None:
         """rbar, G and eta of one group (0-dim tensors; LDoG: one entry per tensor)."""
-        if first:
-            group["rbar"] = group["reps_rel"] * (1 + norm)
-            group["G"] = g_sq + group["eps"]
-        else:
-            group["rbar"] = torch.maximum(group["rbar"], norm)
-            group["G"] = group["G"] + g_sq
-        eta = scalar(group["lr"]) * group["rbar"] / torch.sqrt(group["G"])
-        if first and group["init_eta"] is not None:
-            eta = eta * 0 + group["init_eta"]
-        group["eta"] = eta
+        group["rbar"], group["G"] = _started(group, norm, g_sq) if first else \
+            _continued(group["rbar"], group["G"], norm, g_sq)
+        eta = _eta(group, group["rbar"], group["G"])
+        group["eta"] = _initial_eta(group, eta) if first else eta
 
     def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
         if id(p) not in hp.get("eta_of", {}):
@@ -303,17 +297,38 @@ class LDoG(DoG):
                 for key in ("rbar", "G", "eta"):
                     group[key] = norm.new_zeros(n)
             first = torch.tensor(firsts, device=norm.device)
-            rbar_old, G_old = group["rbar"][idx], group["G"][idx]
-            rbar = torch.where(first, group["reps_rel"] * (1 + norm),
-                               torch.maximum(rbar_old, norm))
-            G = torch.where(first, g_sq + group["eps"], G_old + g_sq)
-            eta = scalar(group["lr"]) * rbar / torch.sqrt(G)
-            if group["init_eta"] is not None:
-                eta = torch.where(first, eta * 0 + group["init_eta"], eta)
+            (r_new, G_new) = _started(group, norm, g_sq)
+            (r_on, G_on) = _continued(group["rbar"][idx], group["G"][idx], norm, g_sq)
+            rbar, G = torch.where(first, r_new, r_on), torch.where(first, G_new, G_on)
+            eta = _eta(group, rbar, G)
+            eta = torch.where(first, _initial_eta(group, eta), eta)
             for key, value in (("rbar", rbar), ("G", G), ("eta", eta)):
                 group[key] = group[key].index_put((idx,), value)
         self.__dict__.setdefault("_started", {})[w.index] = (group["G"], started)
         return eta
+
+
+# ---------------------------------------------------------------- DoG's recursion
+# (Ivgi et al. 2023): rbar_t = max(rbar_{t-1}, ||x_t - x_0||), G_t = G_{t-1} + ||g_t||^2,
+# eta_t = lr rbar_t / sqrt(G_t); at a first step rbar = r_eps (1 + ||x_0||),
+# G = eps + ||g_0||^2 and eta = init_eta where given. Per group (DoG) or per entry (LDoG).
+def _started(group: dict, norm: Tensor, g_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """rbar and G at a first step."""
+    return group["reps_rel"] * (1 + norm), g_sq + group["eps"]
+
+
+def _continued(rbar: Tensor, G: Tensor, norm: Tensor, g_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """rbar and G at a later step."""
+    return torch.maximum(rbar, norm), G + g_sq
+
+
+def _eta(group: dict, rbar: Tensor, G: Tensor) -> Tensor:
+    return scalar(group["lr"]) * rbar / torch.sqrt(G)
+
+
+def _initial_eta(group: dict, eta: Tensor) -> Tensor:
+    """A first step's eta: ``init_eta`` where given (dog-optimizer's ``eta * 0 + init``)."""
+    return eta if group["init_eta"] is None else eta * 0 + group["init_eta"]
 
 
 def _stack(values: tuple, like: Tensor) -> Tensor:

@@ -213,6 +213,15 @@ inline void blocks(int64_t lo, int64_t hi, Body body) {
   for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) body(b0, std::min(hi, b0 + BLOCK), buf);
 }
 
+// The gradient with coupled (L2) weight decay where DEC: g + wd p.
+template <bool DEC, typename G, typename T>
+inline T decayed(const G& grad, const T* __restrict__ g, const T* __restrict__ p, T wd,
+                 int64_t j) {
+  T d = grad(g, j);
+  if constexpr (DEC) d = fma_(wd, p[j], d);
+  return d;
+}
+
 // An elementwise loop with one square root in it: first(j) updates the element's state and
 // returns what to take the root of, then(j, root) finishes the element. With std::sqrt it
 // is one loop, the root in registers; with torch's routine (a vector function), two loops
@@ -246,17 +255,15 @@ template <typename T> void adagrad(const Args* a) {
       const T* __restrict__ g = (const T*)a->g[t];
       T* __restrict__ s = (T*)a->s1[t];
       const T c = clr[t];
-      auto decayed = [=](int64_t j) {
-        T d = grad(g, j);
-        if constexpr (DEC) d = fma_(wd, p[j], d);
-        return d;
-      };
+      constexpr bool D = decltype(DEC)::value;
       rooted<T>(lo, hi, [=](int64_t j) {
-        T d = decayed(j);
+        T d = decayed<D>(grad, g, p, wd, j);
         T sum = fma_(d, d, s[j]);
         s[j] = sum;
         return sum;
-      }, [=](int64_t j, T root) { p[j] = p[j] + (c * decayed(j)) / (root + eps); });
+      }, [=](int64_t j, T root) {
+        p[j] = p[j] + (c * decayed<D>(grad, g, p, wd, j)) / (root + eps);
+      });
     });
   });
   });
@@ -277,8 +284,7 @@ template <typename T> void adadelta(const Args* a) {
       T* __restrict__ acc = (T*)a->s2[t];
       if (inline_sqrt<T>()) {  // std::sqrt: one loop, the roots in registers
         for (int64_t j = lo; j < hi; ++j) {
-          T d = grad(g, j);
-          if constexpr (DEC) d = fma_(wd, p[j], d);
+          T d = decayed<decltype(DEC)::value>(grad, g, p, wd, j);
           T sv = fma_(rho1 * d, d, sq[j] * rho);
           sq[j] = sv;
           T dx = std::sqrt(acc[j] + eps) / std::sqrt(sv + eps) * d;
@@ -331,13 +337,9 @@ template <typename T> void rmsprop(const Args* a) {
       T* __restrict__ sq = (T*)a->s1[t];
       T* __restrict__ buf = MOM ? (T*)a->s2[t] : nullptr;
       T* __restrict__ ga = CEN ? (T*)a->s3[t] : nullptr;
-      auto decayed = [=](int64_t j) {
-        T d = grad(g, j);
-        if constexpr (DEC) d = fma_(wd, p[j], d);
-        return d;
-      };
+      constexpr bool D = decltype(DEC)::value;
       rooted<T>(lo, hi, [=](int64_t j) {
-        T d = decayed(j);
+        T d = decayed<D>(grad, g, p, wd, j);
         T sv = fma_(alpha1 * d, d, sq[j] * alpha);
         sq[j] = sv;
         if constexpr (CEN) {
@@ -347,7 +349,7 @@ template <typename T> void rmsprop(const Args* a) {
         }
         return sv;
       }, [=](int64_t j, T root) {
-        T d = decayed(j);
+        T d = decayed<D>(grad, g, p, wd, j);
         T avg = root + eps;
         if constexpr (MOM) {
           T b = buf[j] * mu + d / avg;

@@ -135,22 +135,21 @@ PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_TRUE;
 }
 
-// states(state, at, params, kept, full) -> bool: whether the entries of the dict
-// `state` from position `at` on (in its order) are keyed by the objects of `params`, in
-// order, and hold the objects of `kept` (and, with `full`, none of them empty). Where it
-// says True, [state.get(p) for p in params] is `kept`, element for element, without
-// hashing a single tensor (their __hash__ is a Python function).
+// states(state, at, params, kept) -> bool: whether the entries of the dict `state` from
+// position `at` on (in its order) are keyed by the objects of `params`, in order, and
+// hold the objects of `kept`, none of them an empty dict. Where it says True,
+// [state.get(p) for p in params] is `kept`, element for element, without hashing a
+// single tensor (their __hash__ is a Python function).
 PyObject* states(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 5 || !PyDict_Check(args[0]) || !PyLong_Check(args[1]) ||
+  if (nargs != 4 || !PyDict_Check(args[0]) || !PyLong_Check(args[1]) ||
       !PyList_CheckExact(args[2]) || !PyList_CheckExact(args[3])) {
     Py_RETURN_FALSE;
   }
   PyObject* state = args[0];
   PyObject* params = args[2];
   PyObject* kept = args[3];
-  const int full = PyObject_IsTrue(args[4]);
   const Py_ssize_t at = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(params);
-  if (full < 0 || at < 0 || PyList_GET_SIZE(kept) != n || PyDict_GET_SIZE(state) < at + n) {
+  if (at < 0 || PyList_GET_SIZE(kept) != n || PyDict_GET_SIZE(state) < at + n) {
     PyErr_Clear();
     Py_RETURN_FALSE;
   }
@@ -161,7 +160,7 @@ PyObject* states(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (key != PyList_GET_ITEM(params, j) || value != PyList_GET_ITEM(kept, j)) {
       Py_RETURN_FALSE;
     }
-    if (full && !(PyDict_Check(value) && PyDict_GET_SIZE(value) > 0)) Py_RETURN_FALSE;
+    if (!(PyDict_Check(value) && PyDict_GET_SIZE(value) > 0)) Py_RETURN_FALSE;
     ++j;
   }
   if (j == n) Py_RETURN_TRUE;

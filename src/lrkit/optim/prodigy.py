@@ -65,6 +65,12 @@ from lrkit.optim import _lrfree as L
 from lrkit.optim.base import Explained, scalar
 
 
+def _start_momentum(state: dict, p: Tensor) -> None:
+    """``exp_avg`` made (zeros) where it is missing: beta1 scheduled up from 0."""
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 class Prodigy(L.SharedDOptimizer):
     """Adam with Prodigy's estimated step size; the constructor of ``prodigyopt.Prodigy``.
 
@@ -151,10 +157,8 @@ class Prodigy(L.SharedDOptimizer):
             coupled = decay != 0 and not decouple
             sts = w.states(self)
             if beta1 > 0 and not all(map(operator.contains, sts, repeat("exp_avg"))):
-                for p, st in zip(w.params, sts):  # beta1 scheduled up from 0: buffers start
-                    if "exp_avg" not in st:
-                        st["exp_avg"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format)
+                for p, st in zip(w.params, sts):
+                    _start_momentum(st, p)
             s_scale = (d / d0) * (d if group["safeguard_warmup"] else dlr)
             sums: dict[int, Any] = {}
             for b in w.batches:
@@ -236,8 +240,8 @@ class Prodigy(L.SharedDOptimizer):
 
     def _state(self, p: Tensor, beta1: float) -> dict:
         state = self.state[p]
-        if beta1 > 0 and "exp_avg" not in state:  # beta1 scheduled up from 0
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if beta1 > 0:
+            _start_momentum(state, p)
         return state
 
     def _explain(self, hp: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Explained:
