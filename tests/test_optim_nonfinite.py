@@ -149,3 +149,42 @@ def test_overflow_bounds():
                 assert _kernel.first_nonfinite(grads, power) == want, (dtype, power)
                 slow = [g.view(8, 5).t() for g in grads]  # not contiguous: the torch path
                 assert _kernel.first_nonfinite(slow, power) == want, (dtype, power)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(33, 40), (1025, 1028)], ids=["copied", "above CLEAN_MAX"])
+def test_adafactor_kernel_masked_reads_equal_the_plain_path(shape, dtype):
+    """Adafactor's kernel reads a masked gradient (nonfinite="zero", maximize) from one
+    cleaned copy where the tensor is small enough (``CLEAN_MAX`` entries), else on each of
+    its three reads: both give, bit for bit, the plain path on the cleaned gradient."""
+    from lrkit.optim import Adafactor, _kernel
+    if _kernel.library("adafactor") is None:
+        pytest.skip("no C++ compiler: the kernel is not built")
+    gen = torch.Generator().manual_seed(sum(shape))
+
+    def run(maximize, nonfinite, dirty):
+        w = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+        opt = Adafactor([w, v := torch.ones(7, dtype=dtype)], maximize=maximize,
+                        nonfinite=nonfinite, weight_decay=0.01, impl="kernel")
+        for g in grads:
+            w.grad, v.grad = (dirty(g[0]), dirty(g[1]))
+            opt.step()
+        return [w, v] + [t for st in opt.state.values() for t in st.values()]
+
+    grads = [(torch.randn(shape, dtype=dtype, generator=gen),
+              torch.randn(7, dtype=dtype, generator=gen)) for _ in range(3)]
+    bad = torch.rand(shape, generator=gen) < 0.01
+    bad_v = torch.tensor([False, True] * 3 + [False])
+
+    def nonfinite(g):
+        g = g.clone()
+        g[bad if g.shape == bad.shape else bad_v] = math.nan
+        g.view(-1)[0] = math.inf
+        return g
+
+    def zeroed(g):
+        return nonfinite(g).nan_to_num(0.0, 0.0, 0.0)
+
+    plain = run(False, "raise", zeroed)
+    for got in (run(False, "zero", nonfinite), run(True, "zero", lambda g: -nonfinite(g))):
+        assert all(torch.equal(a, b) for a, b in zip(got, plain))

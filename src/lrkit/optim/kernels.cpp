@@ -92,6 +92,7 @@ template <typename F> inline void with(bool b, F&& f) {
 // above any finite one) and applied as a mask: no branch, so every loop reading gradients
 // this way vectorises (a select on a float compare did not in some, and "zero" ran slower).
 template <typename T, bool MAX, bool ZERO> struct GradT {
+  static constexpr bool masks = ZERO || MAX;  // reads something other than g[j]
   using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
   U bound_bits;  // the bits of the (positive) bound
   inline T operator()(const T* __restrict__ g, int64_t j) const {
@@ -618,13 +619,12 @@ template <typename T> inline double sumsq(const T* __restrict__ x, int64_t n) {
 }
 
 template <typename T, typename G>
-void adafactor_one(const Args* a, const G& grad, int64_t t, double step,
-                   std::vector<double>& colsum, std::vector<T>& scratch) {
+void adafactor_one(const Args* a, const G& grad, const T* __restrict__ g, int64_t t,
+                   double step, std::vector<double>& colsum, std::vector<T>& scratch) {
   const double lr = a->hp[0], eps2 = a->hp[3], dd = a->hp[4], wd = a->hp[5];
   const T eps1 = a->hp[2] < 0 ? std::numeric_limits<T>::epsilon() : (T)a->hp[2];
   const Lerp<T> lerp((T)std::pow(step, a->hp[1]));
   T* __restrict__ p = (T*)a->p[t];
-  const T* __restrict__ g = (const T*)a->g[t];
   const int64_t n = a->size[t], R = a->rows[t], C = a->cols[t];
   const double rho = std::min(lr, 1.0 / std::pow(step, 0.5));
   const double alpha = std::max(eps2, std::sqrt(sumsq(p, n)) / std::pow((double)n, 0.5)) * rho;
@@ -727,6 +727,10 @@ void adafactor_one(const Args* a, const G& grad, int64_t t, double step,
   }
 }
 
+// the largest tensor whose masked gradient is copied once (4 MiB of float32), not masked
+// on each of the three reads
+constexpr int64_t CLEAN_MAX = 1 << 20;
+
 template <typename T> void adafactor(const Args* a) {
   std::vector<double> steps(a->n);
   for (int64_t t = 0; t < a->n; ++t) steps[t] = bump(a, a->sc1, t);
@@ -734,9 +738,28 @@ template <typename T> void adafactor(const Args* a) {
 #pragma omp parallel num_threads(a->nthreads) if (a->n > 1)
     {
       std::vector<double> colsum;
-      std::vector<T> scratch;
+      std::vector<T> scratch, clean;
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < a->n; ++t) adafactor_one<T>(a, grad, t, steps[t], colsum, scratch);
+      for (int64_t t = 0; t < a->n; ++t) {
+        const T* g = (const T*)a->g[t];
+        if constexpr (decltype(grad)::masks) {
+          // maximize or nonfinite="zero": the passes read the gradient three times, and
+          // their loops vectorise with plain reads only (with the masked read some did
+          // not, and "zero" ran at 0.7x the default); one masked copy into a buffer the
+          // passes then read from the cache, where the tensor is not too large for it
+          if (a->size[t] <= CLEAN_MAX) {
+            const int64_t n = a->size[t];
+            clean.resize(n);
+            T* __restrict__ c = clean.data();
+            const auto gr = grad;
+            for (int64_t j = 0; j < n; ++j) c[j] = gr(g, j);
+            adafactor_one<T>(a, GradT<T, false, false>{}, clean.data(), t, steps[t],
+                             colsum, scratch);
+            continue;
+          }
+        }
+        adafactor_one<T>(a, grad, g, t, steps[t], colsum, scratch);
+      }
     }
   });
 }
@@ -930,6 +953,35 @@ template <typename T> void dadapt_adam(const Args* a) {
       T* __restrict__ m = (T*)a->s2[t];
       T* __restrict__ v = (T*)a->s3[t];
       Lanes dot, l1;
+      if constexpr (ACC && UPD) {
+        if (inline_sqrt<T>()) {  // std::sqrt: one loop, the roots in registers; the same
+          // lanes and order of the sums as the blocks below (lane = (j - lo) % LANES)
+          const auto gr = grad;  // local copies: the loop vectorises (a capture does not)
+          auto one = [&](int64_t j, double& dk, double& lk) {
+            T x = gr(g, j);
+            if constexpr (DEC) x = fma_(wd, p[j], x);
+            T q = s[j] / (std::sqrt(v[j]) + eps);
+            dk += (double)x * (double)q;
+            T mm = fma_(cm, x, m[j] * b1);
+            m[j] = mm;
+            T vv = fma_(w2 * x, x, v[j] * b2);
+            v[j] = vv;
+            T ss = fma_(cs, x, s[j] * sb2);
+            s[j] = ss;
+            lk += std::fabs((double)ss);
+            T w = p[j];
+            if constexpr (DECOUP) w = fma_(ndec, w, w);
+            p[j] = w + (T(-1) * mm) / (std::sqrt(vv) + eps);
+          };
+          int64_t j = lo;
+          for (; j + LANES <= hi; j += LANES)
+            for (int k = 0; k < LANES; ++k) one(j + k, dot.l[k], l1.l[k]);
+          for (int k = 0; j + k < hi; ++k) one(j + k, dot.l[k], l1.l[k]);
+          sums[0] = dot.total();
+          sums[1] = l1.total();
+          return;
+        }
+      }
       alignas(64) double t1[BLOCK], t2[BLOCK];
       blocks<T>(lo, hi, [&](int64_t b0, int64_t b1_, T* __restrict__ r) {
         T* __restrict__ r1 = r;
