@@ -310,6 +310,17 @@ def test_optax_and_keras_schedules_match_numpy_at_large_integer_steps(case):
     assert float(keras.ops.convert_to_numpy(s.keras()(n))) == pytest.approx(expected, **tol)
 
 
+def test_optax_and_keras_wsd_with_two_to_the_31_decay_steps():
+    # found by the test above: the decay's length reached jax's jitted ops as an int32
+    pytest.importorskip("jax")
+    keras = pytest.importorskip("keras")
+    s = S.wsd(1.0, total=10 * 2**30, warmup=2**30 + 2**28)  # round(0.2 total) = 2**31
+    for n in (10 * 2**30, 9 * 2**30, 8 * 2**30 - 1, 5):
+        assert float(s.optax()(n)) == pytest.approx(s(n), rel=1e-5, abs=1e-6)
+        assert float(keras.ops.convert_to_numpy(s.keras()(n))) == pytest.approx(
+            s(n), rel=1e-5, abs=1e-6)
+
+
 def test_optax_cosine_at_a_billion_steps_as_optax():
     jax = pytest.importorskip("jax")
     optax = pytest.importorskip("optax")

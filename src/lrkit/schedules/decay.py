@@ -238,7 +238,8 @@ class WSD(Schedule):
     def _eval(self, n: Any, o: Ops) -> Any:
         p = self._params
         lr, total, warmup, end = p["lr"], p["total"], p["warmup"], p["end"]
-        decay_steps = round(p["decay"] * total)
+        # a float: as a Python int it reaches JAX's jitted ops as an int32 (2**31 overflows)
+        decay_steps = float(round(p["decay"] * total))
         out = o.full_like(n, lr)
         if decay_steps > 0:
             start = total - decay_steps
