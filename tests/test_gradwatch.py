@@ -1,6 +1,7 @@
 """The non-finite check of large gradients as backward produces them
-(``lrkit.optim._gradwatch``): the step's pass skips them, and every other way of writing
-a gradient is still caught before anything changes."""
+(``lrkit.optim._gradwatch``, opt-in with ``LRKIT_CHECK_IN_BACKWARD=1``): the step's pass
+skips them, and every other way of writing a gradient is still caught before anything
+changes."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +12,38 @@ from lrkit.optim import _gradwatch, _kernel
 
 pytestmark = pytest.mark.skipif(not _kernel.available(), reason="no C++ compiler")
 BIG = _gradwatch.MIN_NUMEL
+
+
+@pytest.fixture(autouse=True)
+def hooks_on(monkeypatch):
+    monkeypatch.setenv("LRKIT_CHECK_IN_BACKWARD", "1")
+
+
+def test_off_by_default_and_the_switch_is_validated(monkeypatch):
+    monkeypatch.delenv("LRKIT_CHECK_IN_BACKWARD")
+    model, opt = setup()
+    assert not model[0].weight._post_accumulate_grad_hooks and _gradwatch.of(opt) is None
+    backward(model)
+    opt.step()  # the pass checks every gradient
+    for value in ("0", ""):
+        monkeypatch.setenv("LRKIT_CHECK_IN_BACKWARD", value)
+        assert not setup()[0][0].weight._post_accumulate_grad_hooks
+    monkeypatch.setenv("LRKIT_CHECK_IN_BACKWARD", "yes")
+    with pytest.raises(ValueError, match="LRKIT_CHECK_IN_BACKWARD must be 1"):
+        setup()
+
+
+def test_the_default_pass_sees_a_write_through_data(monkeypatch):
+    """``.data`` has a version counter of its own: a NaN written through it after backward
+    escapes the hooks' verdict (why they are opt-in), not the default pass."""
+    monkeypatch.delenv("LRKIT_CHECK_IN_BACKWARD")
+    model, opt = setup()
+    backward(model)
+    model[0].weight.grad.data[0, 0] = float("nan")
+    before = snapshot(model, opt)
+    with pytest.raises(lrkit.NonFiniteGradientError, match="nothing was changed"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before[0], snapshot(model, opt)[0]))
 
 
 def setup(nonfinite="raise"):

@@ -1,22 +1,29 @@
-"""The non-finite check of ``nonfinite="raise"``/``"skip"`` without a pass of its own.
+"""The non-finite check of ``nonfinite="raise"``/``"skip"`` in backward's hooks, opt-in
+(``LRKIT_CHECK_IN_BACKWARD=1``).
 
 A step must know, before it changes anything, whether a gradient holds NaN or Inf. Read
 after backward, 10M float32 gradients are 40 MB, a pass of its own over memory (about 8%
-of a 10M-parameter MLP's training step, measured). The design: each large gradient is
+of a 10M-parameter MLP's training step, measured). The idea: each large gradient is
 checked as backward produces it, meant to find it still in the cache: a
-``register_post_accumulate_grad_hook`` on
-the parameter runs lrkit's check on that one tensor and records the verdict with the
-tensor's identity and version counter. At the step a verdict counts only if ``p.grad``
-is still that tensor at that version: a gradient written another way (set by hand,
-clipped or unscaled in place after backward, accumulated without a hook) bumps the
-counter or is another tensor, and goes through the pass as before. Writes that bypass
-the version counter (``p.grad.data``, ``ctypes``) are not seen: such a gradient is
-trusted as it was when backward produced it.
+``register_post_accumulate_grad_hook`` on the parameter runs lrkit's check on that one
+tensor and records the verdict with the tensor's identity and version counter. At the
+step a verdict counts only if ``p.grad`` is still that tensor at that version: a
+gradient written another way (set by hand, clipped or unscaled in place after backward,
+accumulated without a hook) bumps the counter or is another tensor, and goes through the
+pass as before. Writes that bypass the version counter (``p.grad.data``, ``ctypes``) are
+not seen: such a gradient is trusted as it was when backward produced it.
 
-Measured on a 2-core Intel Xeon with a 105 MiB L3 (benchmarks/optim_step.py case (e)),
-the hooks cost about what the pass after backward does (1.73 against 1.62 ms for a 10.5M
-MLP's gradients): the gradients are not in the cache there either. Whether they save
-anything on other CPUs is not measured yet; ``nonfinite="zero"`` needs neither.
+**Why it is not the default.** It did not pay where measured, and the pass is stricter.
+On a 2-core Intel Xeon (AVX-512, 2 MiB of L2 per core), ``benchmarks/optim_step.py --case
+c`` on 2026-12-03: backward took 1.3-2.8 ms longer with the hooks and the step 1.4-1.9 ms
+less; the whole step was 0.90-0.97x torch's fused Adam with them (mean 0.92x) and
+0.87-1.03x without (mean 0.94x), in eight runs. MLPs of 10.5M parameters in 1 MiB and
+4 MiB matrices (40 of 512 x 512, 10 of 1024 x 1024, whose gradients fit that L2) showed
+the same: the hooks did not find the gradients any cheaper to read, and each costs a
+Python call. And a gradient written after backward through ``.data`` (which has a
+version counter of its own) escapes the hooks' verdict, not the pass. On a CPU where they
+pay, ``LRKIT_CHECK_IN_BACKWARD=1`` (read when an optimizer adds a param group) turns them
+on; ``nonfinite="zero"`` needs neither hooks nor pass.
 
 Small tensors are not watched: a Python hook costs a few microseconds, more than reading
 a small gradient again (the pass over 1000 tensors of 1000 entries takes 0.1 ms). Nor are
@@ -25,6 +32,7 @@ not always through the version counter) or while torch.compile traces.
 """
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any
 
@@ -87,8 +95,20 @@ def _checkable(g: Tensor) -> bool:
             and g.layout == torch.strided and g.is_contiguous())
 
 
+def enabled() -> bool:
+    """Whether ``LRKIT_CHECK_IN_BACKWARD`` asks for the hooks ("1"; off by default)."""
+    value = os.environ.get("LRKIT_CHECK_IN_BACKWARD", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"LRKIT_CHECK_IN_BACKWARD must be 1 (check large gradients in "
+                         f"backward's hooks) or 0/unset (one pass at the step), got {value!r}")
+    return value == "1"
+
+
 def hook(opt: Any, params: list[Tensor]) -> None:
-    """Watch the large parameters of ``params`` (``add_param_group`` calls it)."""
+    """Watch the large parameters of ``params`` where ``enabled()`` (``add_param_group``
+    calls it)."""
+    if not enabled():
+        return
     big = [p for p in params if isinstance(p, Tensor) and p.numel() >= MIN_NUMEL
            and p.requires_grad and type(p) in (Tensor, torch.nn.Parameter)]
     if big:

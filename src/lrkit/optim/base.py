@@ -89,13 +89,14 @@ class LrkitOptimizer(torch.optim.Optimizer):
     or Inf. "raise" raises :class:`lrkit.NonFiniteGradientError` naming the parameter
     before anything changes; "skip" leaves parameters and state untouched and counts the
     step in ``skipped_steps`` (saved in ``state_dict``); "zero" treats the non-finite
-    entries as zero. Large gradients are checked as backward produces them (a
-    post-accumulate-grad hook, while they are in the cache: ``lrkit.optim._gradwatch``),
-    the others, and any written after backward, by one pass at the step ("zero" needs
+    entries as zero. The gradients are checked by one pass at the step ("zero" needs
     none: lrkit's kernel zeroes such entries as it reads them), so no NaN/Inf from a
-    gradient ever reaches the state. Under ``torch.compile`` "raise" and "zero" stay in
-    the graph ("raise" then raises a RuntimeError from ``torch._assert_async``, before
-    anything changes, without naming the parameter); "skip" breaks it, once per step:
+    gradient ever reaches the state; with ``LRKIT_CHECK_IN_BACKWARD=1`` large gradients
+    are checked as backward produces them instead (a post-accumulate-grad hook:
+    ``lrkit.optim._gradwatch``, which says why it is not the default). Under
+    ``torch.compile`` "raise" and "zero" stay in the graph ("raise" then raises a
+    RuntimeError from ``torch._assert_async``, before anything changes, without naming
+    the parameter); "skip" breaks it, once per step:
     whether the step changes anything at all is data-dependent, and dynamo has no branch
     that takes it in the graph (``torch.cond`` refuses branches that update their inputs
     in place, as every optimizer step does); staying in the graph would mean computing
@@ -312,7 +313,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
         params = self.param_groups[-1]["params"]
         if any(_distributed.is_dtensor(p) for p in params):
             self._has_dtensor = True
-        else:  # check large gradients as backward produces them (lrkit.optim._gradwatch)
+        else:  # LRKIT_CHECK_IN_BACKWARD=1: check large gradients in backward's hooks
             _gradwatch.hook(self, params)
 
     def _dtensor_step(self) -> None:
