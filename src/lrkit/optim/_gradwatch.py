@@ -16,8 +16,8 @@ not seen: such a gradient is trusted as it was when backward produced it.
 **Why it is not the default.** It did not pay where measured, and the pass is stricter.
 On a 2-core Intel Xeon (AVX-512, 2 MiB of L2 per core), ``benchmarks/optim_step.py --case
 c`` on 2026-12-03: backward took 1.3-2.8 ms longer with the hooks and the step 1.4-1.9 ms
-less; the whole step was 0.90-0.97x torch's fused Adam with them (mean 0.92x) and
-0.87-1.03x without (mean 0.94x), in eight runs. MLPs of 10.5M parameters in 1 MiB and
+less; the whole step was 0.88-0.97x torch's fused Adam with them (mean 0.92x) and
+0.87-1.03x without (mean 0.94x), in nine runs. MLPs of 10.5M parameters in 1 MiB and
 4 MiB matrices (40 of 512 x 512, 10 of 1024 x 1024, whose gradients fit that L2) showed
 the same: the hooks did not find the gradients any cheaper to read, and each costs a
 Python call. And a gradient written after backward through ``.data`` (which has a
