@@ -321,6 +321,21 @@ def test_optax_and_keras_wsd_with_two_to_the_31_decay_steps():
             s(n), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: S.multistep(1.0, [2**31, 3 * 2**31], 0.5),
+    lambda: S.join([S.constant(1.0), S.cosine(0.5, total=2**32)], [2**31 + 2**20]),
+], ids=["multistep", "join"])
+def test_optax_and_keras_take_milestones_and_boundaries_from_two_to_the_31(make):
+    # integers inside lists entered jax's jitted ops as int32 and overflowed
+    pytest.importorskip("jax")
+    keras = pytest.importorskip("keras")
+    s = make()
+    for n in (2**30, 2**31, 2**31 + 2**21, 3 * 2**31, 2**33):  # float32 holds each exactly
+        assert float(s.optax()(n)) == pytest.approx(s(n), rel=1e-5, abs=1e-6)
+        assert float(keras.ops.convert_to_numpy(s.keras()(n))) == pytest.approx(
+            s(n), rel=1e-5, abs=1e-6)
+
+
 def test_optax_cosine_at_a_billion_steps_as_optax():
     jax = pytest.importorskip("jax")
     optax = pytest.importorskip("optax")

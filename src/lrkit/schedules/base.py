@@ -55,12 +55,13 @@ class Schedule:
     def evaluate(self, n: Any, o: Ops) -> Any:
         """The formula on an array of steps (float dtype) in the backend ``o``.
 
-        Outside numpy (jax, keras) the integer arguments enter as floats: those backends
-        read a Python int as int32 and overflow from 2**31 (``total=10**10``)."""
+        Outside numpy (jax, keras) the integer arguments, and those in lists and tuples
+        (milestones, boundaries), enter as floats: those backends read a Python int as
+        int32 and overflow from 2**31 (``total=10**10``)."""
         if o.xp is np:
             return self._eval(n, o)
         floats = copy.copy(self)
-        floats._params = {k: float(v) if type(v) is int else v for k, v in self._params.items()}
+        floats._params = {k: _floated(v) for k, v in self._params.items()}
         return floats._eval(n, o)
 
     def __call__(self, step: Any) -> Any:
@@ -147,6 +148,15 @@ class Schedule:
         from lrkit.adapters.optax import to_optax
 
         return to_optax(self)
+
+
+def _floated(v: Any) -> Any:
+    """``v`` with its Python ints, and those of a list or tuple, as floats."""
+    if type(v) is int:
+        return float(v)
+    if type(v) in (list, tuple):
+        return type(v)(_floated(x) for x in v)
+    return v
 
 
 def _as_steps(arr: np.ndarray) -> np.ndarray:
