@@ -191,20 +191,23 @@ def training_step(warmup, reps, steady=False):
     x = torch.randn(32, 1536, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(1))
 
-    def hooked(ps):
-        before = os.environ.get("LRKIT_CHECK_IN_BACKWARD")
-        os.environ["LRKIT_CHECK_IN_BACKWARD"] = "1"
-        try:
-            return REGISTRY["Adam"].cls(ps)
-        finally:
-            if before is None:
-                del os.environ["LRKIT_CHECK_IN_BACKWARD"]
-            else:
-                os.environ["LRKIT_CHECK_IN_BACKWARD"] = before
+    def adam(check_in_backward):
+        """lrkit's Adam built with LRKIT_CHECK_IN_BACKWARD set so (whatever the shell's)."""
+        def make(ps):
+            before = os.environ.get("LRKIT_CHECK_IN_BACKWARD")
+            os.environ["LRKIT_CHECK_IN_BACKWARD"] = check_in_backward
+            try:
+                return REGISTRY["Adam"].cls(ps)
+            finally:
+                if before is None:
+                    del os.environ["LRKIT_CHECK_IN_BACKWARD"]
+                else:
+                    os.environ["LRKIT_CHECK_IN_BACKWARD"] = before
+        return make
 
     runs = {}
-    for label, make in (("lrkit Adam (defaults)", lambda ps: REGISTRY["Adam"].cls(ps)),
-                        ("lrkit Adam, check in backward's hooks", hooked),
+    for label, make in (("lrkit Adam (defaults)", adam("0")),
+                        ("lrkit Adam, check in backward's hooks", adam("1")),
                         ("lrkit Adam nonfinite='zero'",
                          lambda ps: REGISTRY["Adam"].cls(ps, nonfinite="zero")),
                         ("torch Adam fused", lambda ps: torch.optim.Adam(ps, fused=True))):

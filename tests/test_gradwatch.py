@@ -23,14 +23,20 @@ def test_off_by_default_and_the_switch_is_validated(monkeypatch):
     monkeypatch.delenv("LRKIT_CHECK_IN_BACKWARD")
     model, opt = setup()
     assert not model[0].weight._post_accumulate_grad_hooks and _gradwatch.of(opt) is None
+    seen = passed(monkeypatch)
     backward(model)
-    opt.step()  # the pass checks every gradient
+    opt.step()  # the pass reads every gradient, the large one too
+    assert any(g is model[0].weight.grad for g in seen)
     for value in ("0", ""):
         monkeypatch.setenv("LRKIT_CHECK_IN_BACKWARD", value)
         assert not setup()[0][0].weight._post_accumulate_grad_hooks
     monkeypatch.setenv("LRKIT_CHECK_IN_BACKWARD", "yes")
     with pytest.raises(ValueError, match="LRKIT_CHECK_IN_BACKWARD must be 1"):
         setup()
+    # a bad value raises before a group is added: nothing half done
+    with pytest.raises(ValueError, match="LRKIT_CHECK_IN_BACKWARD must be 1"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+    assert len(opt.param_groups) == 1
 
 
 def test_the_default_pass_sees_a_write_through_data(monkeypatch):

@@ -2,7 +2,7 @@
 (``LRKIT_CHECK_IN_BACKWARD=1``).
 
 A step must know, before it changes anything, whether a gradient holds NaN or Inf. Read
-after backward, 10M float32 gradients are 40 MB, a pass of its own over memory (about 8%
+after backward, 10M float32 gradients are 40 MB, a pass of its own over memory (8-10%
 of a 10M-parameter MLP's training step, measured). The idea: each large gradient is
 checked as backward produces it, meant to find it still in the cache: a
 ``register_post_accumulate_grad_hook`` on the parameter runs lrkit's check on that one
@@ -17,10 +17,10 @@ not seen: such a gradient is trusted as it was when backward produced it.
 On a 2-core Intel Xeon (AVX-512, 2 MiB of L2 per core), ``benchmarks/optim_step.py --case
 c`` on 2026-12-03: backward took 1.3-2.8 ms longer with the hooks and the step 1.4-1.9 ms
 less; the whole step was 0.88-0.97x torch's fused Adam with them (mean 0.92x) and
-0.87-1.03x without (mean 0.94x), in nine runs. MLPs of 10.5M parameters in 1 MiB and
-4 MiB matrices (40 of 512 x 512, 10 of 1024 x 1024, whose gradients fit that L2) showed
-the same: the hooks did not find the gradients any cheaper to read, and each costs a
-Python call. And a gradient written after backward through ``.data`` (which has a
+0.87-1.03x without (mean 0.94x), in nine runs. An MLP of 10.5M parameters in 40 matrices
+of 512 x 512 (1 MiB gradients, which fit that L2) showed the same, as did one in 10 of
+1024 x 1024 (4 MiB): the hooks did not find the gradients any cheaper to read, and each
+costs a Python call. And a gradient written after backward through ``.data`` (which has a
 version counter of its own) escapes the hooks' verdict, not the pass. On a CPU where they
 pay, ``LRKIT_CHECK_IN_BACKWARD=1`` (read when an optimizer adds a param group) turns them
 on; ``nonfinite="zero"`` needs neither hooks nor pass.
@@ -105,10 +105,8 @@ def enabled() -> bool:
 
 
 def hook(opt: Any, params: list[Tensor]) -> None:
-    """Watch the large parameters of ``params`` where ``enabled()`` (``add_param_group``
-    calls it)."""
-    if not enabled():
-        return
+    """Watch the large parameters of ``params`` (``add_param_group`` calls it where
+    ``enabled()``)."""
     big = [p for p in params if isinstance(p, Tensor) and p.numel() >= MIN_NUMEL
            and p.requires_grad and type(p) in (Tensor, torch.nn.Parameter)]
     if big:

@@ -91,9 +91,10 @@ class LrkitOptimizer(torch.optim.Optimizer):
     step in ``skipped_steps`` (saved in ``state_dict``); "zero" treats the non-finite
     entries as zero. The gradients are checked by one pass at the step ("zero" needs
     none: lrkit's kernel zeroes such entries as it reads them), so no NaN/Inf from a
-    gradient ever reaches the state; with ``LRKIT_CHECK_IN_BACKWARD=1`` large gradients
+    gradient ever reaches the state. With ``LRKIT_CHECK_IN_BACKWARD=1`` large gradients
     are checked as backward produces them instead (a post-accumulate-grad hook:
-    ``lrkit.optim._gradwatch``, which says why it is not the default). Under
+    ``lrkit.optim._gradwatch``, which says why it is not the default); a gradient changed
+    after backward through ``.data`` then escapes the check. Under
     ``torch.compile`` "raise" and "zero" stay in the graph ("raise" then raises a
     RuntimeError from ``torch._assert_async``, before anything changes, without naming
     the parameter); "skip" breaks it, once per step:
@@ -309,11 +310,12 @@ class LrkitOptimizer(torch.optim.Optimizer):
         return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_in_backward = _gradwatch.enabled()  # a bad value raises before the group
         super().add_param_group(param_group)
         params = self.param_groups[-1]["params"]
         if any(_distributed.is_dtensor(p) for p in params):
             self._has_dtensor = True
-        else:  # LRKIT_CHECK_IN_BACKWARD=1: check large gradients in backward's hooks
+        elif check_in_backward:  # check large gradients in backward's hooks
             _gradwatch.hook(self, params)
 
     def _dtensor_step(self) -> None:

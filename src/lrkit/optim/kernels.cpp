@@ -727,8 +727,8 @@ void adafactor_one(const Args* a, const G& grad, const T* __restrict__ g, int64_
   }
 }
 
-// the largest tensor whose masked gradient is copied once (4 MiB of float32), not masked
-// on each of the three reads
+// the largest tensor whose masked gradient is copied once (4 MiB of float32, 8 MiB of
+// float64: a buffer each thread keeps), not masked on each of the three reads
 constexpr int64_t CLEAN_MAX = 1 << 20;
 
 template <typename T> void adafactor(const Args* a) {
@@ -738,7 +738,7 @@ template <typename T> void adafactor(const Args* a) {
 #pragma omp parallel num_threads(a->nthreads) if (a->n > 1)
     {
       std::vector<double> colsum;
-      std::vector<T> scratch, clean;
+      std::vector<T> scratch;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < a->n; ++t) {
         const T* g = (const T*)a->g[t];
@@ -749,7 +749,10 @@ template <typename T> void adafactor(const Args* a) {
           // passes then read from the cache, where the tensor is not too large for it
           if (a->size[t] <= CLEAN_MAX) {
             const int64_t n = a->size[t];
-            clean.resize(n);
+            // kept by the thread between calls (grown, never shrunk): no allocation, page
+            // faults or zero-filling per step
+            static thread_local std::vector<T> clean;
+            if ((int64_t)clean.size() < n) clean.resize(n);
             T* __restrict__ c = clean.data();
             const auto gr = grad;
             for (int64_t j = 0; j < n; ++j) c[j] = gr(g, j);
@@ -954,6 +957,7 @@ template <typename T> void dadapt_adam(const Args* a) {
       T* __restrict__ v = (T*)a->s3[t];
       Lanes dot, l1;
       if constexpr (ACC && UPD) {
+        static_assert(BLOCK % LANES == 0, "the blocks' lanes restart at each block");
         if (inline_sqrt<T>()) {  // std::sqrt: one loop, the roots in registers; the same
           // lanes and order of the sums as the blocks below (lane = (j - lo) % LANES)
           const auto gr = grad;  // local copies: the loop vectorises (a capture does not)
