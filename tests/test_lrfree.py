@@ -415,3 +415,76 @@ def test_ldog_resumes_before_a_tensor_has_started(impl):
     group = opt.param_groups[0]
     resumed = [p.detach().clone() for p in ps] + [group[k] for k in ("rbar", "G", "eta")]
     assert all(torch.equal(a, b) for a, b in zip(resumed, whole))
+
+
+@pytest.mark.parametrize("cls", [DoG, LDoG])
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_dog_checks_gradients_in_its_first_pass(cls, mode, bad, monkeypatch):
+    """DoG's first kernel pass (||g||^2, read-only) is its NaN/Inf check: the step makes no
+    pass of its own over those gradients, and a non-finite one still raises (naming the
+    parameter) or skips before anything changes; at a first step (no state yet) and with
+    weight decay the separate pass runs as before."""
+    from lrkit import NonFiniteGradientError
+    from lrkit.optim import _kernel
+    from optim_helpers import same_state
+    if _kernel.library("dog") is None:
+        pytest.skip("no C++ compiler: the kernel is not built")
+    read = []
+    real = _kernel.first_nonfinite_in
+
+    def spy(batches, power=1):
+        if batches:  # a pass over gradients
+            read.append(len(batches))
+        return real(batches, power)
+    monkeypatch.setattr(_kernel, "first_nonfinite_in", spy)
+    gen = torch.Generator().manual_seed(3)
+
+    def grads(ps, poison=None):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen)
+        if poison is not None:
+            ps[poison].grad.view(-1)[7] = bad
+
+    for decay, steps in ((0.0, 2), (1e-3, 2), (0.0, 0)):
+        ps = [torch.randn(40, 30, generator=gen), torch.randn(300, generator=gen)]
+        opt = cls(ps, weight_decay=decay, nonfinite=mode)
+        for _ in range(steps):
+            grads(ps)
+            opt.step()
+        read.clear()
+        grads(ps)
+        if steps:  # clean: the sums check, no pass (with decay: the pass, as before)
+            opt.step()
+            assert (read == []) == (decay == 0)
+            read.clear()
+        before = ([p.clone() for p in ps], copy.deepcopy(opt.state_dict()))
+        grads(ps, poison=1)
+        if mode == "raise":
+            with pytest.raises(NonFiniteGradientError,
+                               match=r"param_groups\[0\]\['params'\]\[1\] of shape \(300,\)"):
+                opt.step()
+        else:
+            opt.step()
+            assert opt.skipped_steps == 1
+        assert all(torch.equal(a, b) for a, b in zip(before[0], ps))
+        after = {k: v for k, v in opt.state_dict().items() if k != "skipped_steps"}
+        # (and no x0 left behind by a first step)
+        assert same_state(after, {k: v for k, v in before[1].items() if k != "skipped_steps"})
+        assert read, "the exact check names the parameter"
+
+
+def test_dog_first_pass_check_lets_a_large_finite_gradient_through():
+    """A float64 gradient whose square overflows double makes the sum Inf: the exact check
+    then finds nothing non-finite and the step goes on, as the reference's (G = Inf: a
+    step of 0)."""
+    out = []
+    for impl in ("auto", "reference"):
+        ps = [torch.ones(5, dtype=torch.float64)]
+        opt = DoG(ps, impl=impl)
+        ps[0].grad = torch.ones(5, dtype=torch.float64)
+        opt.step()
+        ps[0].grad = torch.full((5,), 1e300, dtype=torch.float64)
+        opt.step()
+        out.append((ps[0].clone(), opt.param_groups[0]["G"].item()))
+    assert torch.equal(out[0][0], out[1][0]) and out[0][1] == out[1][1] == math.inf

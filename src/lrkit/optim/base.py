@@ -430,6 +430,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
         square, for Adam and kin), which would put Inf, then NaN, into the state. In a
         multi-process run the decision to raise or skip is agreed by every rank."""
         power = self.grad_power
+        self.__dict__["_fused_check"] = []
         if self._traced_check():
             if self.nonfinite == "raise":  # step() asserted in the graph
                 return plans
@@ -442,6 +443,10 @@ class LrkitOptimizer(torch.optim.Optimizer):
             return [(i, group, batches, params, [_bounded(g, power) for g in grads])
                     for i, group, batches, params, grads in plans]
         batches = [b for plan in plans for b in plan[2]]
+        fused = self._checked_by_first_pass(plans)
+        self.__dict__["_fused_check"] = fused
+        if fused:
+            batches = [b for b in batches if not any(b is f for f in fused)]
         bad, batches = _checked_by_hooks(self, batches)
         found = _kernel.first_nonfinite_in(batches, power) if bad is None else None
         if found is not None:
@@ -457,6 +462,18 @@ class LrkitOptimizer(torch.optim.Optimizer):
             return plans
         if self.nonfinite == "skip":
             return None
+        self._raise_nonfinite(bad)
+
+    def _checked_by_first_pass(self, plans: list) -> list:
+        """The kernel batches whose non-finite check the step's own first pass makes (a
+        subclass whose first pass only reads, before anything is written, and sees every
+        gradient entry: DoG's norms); ``_screen`` leaves them out of its pass. None here."""
+        return []
+
+    def _raise_nonfinite(self, bad: Tensor | None) -> None:
+        """Raise the error that names the parameter whose gradient is non-finite (None:
+        another process's)."""
+        power = self.grad_power
         what = "a parameter on another process"
         for i, group in enumerate(self.param_groups):
             for j, q in enumerate(group["params"]):
@@ -646,7 +663,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
         state = super().__getstate__()
         for k, v in self.__dict__.items():
             if not (k.startswith("_optimizer_") or k in _TORCH_RUNTIME
-                    or k in self._transient or k == "_kernel_plans"):
+                    or k in self._transient or k in ("_kernel_plans", "_fused_check")):
                 state.setdefault(k, v)
         return state
 

@@ -25,10 +25,13 @@ once per tensor).
 Implementations: the reference (``impl="reference"``) runs the package's operations and
 equals it bit for bit; lrkit's kernel (the default for dense CPU float32/float64 tensors)
 makes two passes (the per-tensor norms, in float64; then the step) and equals the
-reference up to the rounding of those norms; ``"foreach"`` updates with torch's
-multi-tensor ops. Sharded parameters (``sharded=``, see :mod:`lrkit.optim._lrfree`): DoG's
-group norms are all-reduced as sums of squares; LDoG's are per tensor, whole on the
-process that owns the tensor, and need no reduction.
+reference up to the rounding of those norms; the first pass, which only reads, is also
+its NaN/Inf check where it sees the raw gradient (no weight decay) and every tensor has
+its state, so ``nonfinite="raise"`` costs no pass of its own over the gradients there
+(one process, not sharded); ``"foreach"`` updates with torch's multi-tensor ops.
+Sharded parameters (``sharded=``, see :mod:`lrkit.optim._lrfree`): DoG's group norms
+are all-reduced as sums of squares; LDoG's are per tensor, whole on the process that owns
+the tensor, and need no reduction.
 
 ``effective_lr()`` is the step size :math:`\eta_t` of the group (DoG) or the tensor
 (LDoG), the same for every element, on the direction :math:`g_t + \lambda x_t`.
@@ -43,6 +46,7 @@ import torch
 from torch import Tensor
 
 from lrkit import _checks as C
+from lrkit.optim import _distributed as D
 from lrkit.optim import _kernel as K
 from lrkit.optim import _lrfree as L
 from lrkit.optim.base import Explained, scalar, uniform
@@ -97,9 +101,25 @@ class DoG(L.GlobalStepOptimizer):
     def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
         return {"x0": p.detach().clone()}
 
+    def _checked_by_first_pass(self, plans: list) -> list:
+        """The kernel batches whose NaN/Inf check is the first pass's sum of g^2 (a sum over
+        every entry, in double precision: NaN or Inf in g makes it non-finite; only then the
+        exact check runs): read-only, before anything is written, so "nothing changed when
+        it raises" holds without a pass of its own over the gradients. Only where that pass
+        reads g itself (no weight decay, which it adds first), every tensor has its state
+        (a raise must not leave a new ``x0`` behind) and the decision is this process's
+        alone (no sharding, no agreement across ranks)."""
+        if self.grad_power != 1 or self.sharded is not False or (
+                self.agree_across_ranks and D.world_size() > 1):
+            return []
+        state = self.state
+        return [b for _, group, batches, _, _ in plans if group["weight_decay"] == 0
+                for b in batches if all(map(state.get, b.params))]
+
     def _global_step(self, plans: list) -> None:
         fn = f"{type(self).__name__}.step()"
         work = [L.Work(plan) for plan in plans]
+        fused = self.__dict__.pop("_fused_check", [])
         stats = []
         for w in work:
             decay = w.group["weight_decay"]
@@ -119,6 +139,13 @@ class DoG(L.GlobalStepOptimizer):
                                 for p, f, x0 in zip(b.params, fbs, x0s.tensors[0])]]
                 flat = K.call(self, b, x0s, [decay],
                               K.F_ACC | K.F_WD * (decay != 0) | K.F_FIRST * fb, nout=2)
+                if any(b is f for f in fused) and not all(map(math.isfinite, flat[1::2])):
+                    found = K.first_nonfinite_in([b], self.grad_power)
+                    if found is not None:  # nothing is written yet
+                        if self.nonfinite == "skip":
+                            self.skipped_steps += 1
+                            return
+                        self._raise_nonfinite(found[0].params[found[1]])
                 if w.single is not None:  # the group's tensors, in order
                     single = (list(map(math.sqrt, flat[0::2])), flat[1::2])
                     continue
