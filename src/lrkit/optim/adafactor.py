@@ -107,6 +107,8 @@ class Adafactor(LrkitOptimizer):
             self._shard_step(group, p, grad, state, shard)
             return
         lr, wd, eps1, eps2, grad, step, one_minus_beta2_t = self._begin(group, p, grad, state)
+        if p.numel() == 0:  # nothing to update (torch's Adafactor divides 0 by 0 here)
+            return
         compiling = isinstance(step, Tensor)  # while torch.compile traces: no .item()
         if compiling:
             rho_t = torch.minimum(torch.as_tensor(lr), 1 / step.sqrt())
@@ -161,6 +163,14 @@ class Adafactor(LrkitOptimizer):
 
     def _functional(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                     **flags: Any) -> None:
+        if any(p.numel() == 0 for p in params):  # torch's divides 0 by 0: only their step
+            for p in params:
+                if p.numel() == 0:
+                    self.state[p]["step"] += 1
+            params, grads = map(list, zip(*[(p, g) for p, g in zip(params, grads)
+                                             if p.numel() != 0]) or ([], []))
+            if not params:
+                return
         st = [self.state[p] for p in params]
         eps1, eps2 = group["eps"]
         _torch_adafactor(

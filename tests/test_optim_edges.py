@@ -1,0 +1,65 @@
+"""Parameters at the edges of what a step sees: empty and 0-dim tensors, channels_last and
+transposed layouts, float32 beside float64 and bfloat16 in one group, a gradient missing
+at one step. Every optimizer's default path (kernels where they apply) gives what its
+readable reference gives, or both raise the same error."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optim_helpers import INFOS
+
+
+def _params(kind: str, gen: torch.Generator) -> list[torch.Tensor]:
+    def randn(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    return {
+        "empty": lambda: [randn(0, 5), randn(7), randn(0)],
+        "scalar": lambda: [randn(()), randn(3, 4)],
+        "channels_last": lambda: [randn(2, 3, 4, 5).to(memory_format=torch.channels_last)],
+        "transposed": lambda: [randn(6, 4).t(), randn(5)],
+        "mixed_dtypes": lambda: [randn(5, 3), randn(4, dtype=torch.float64)],
+        "bfloat16": lambda: [randn(8, 3).bfloat16(), randn(3)],
+        "missing_grad": lambda: [randn(5, 3), randn(4)],
+    }[kind]()
+
+
+def _run(info, kind: str, impl: str):
+    gen = torch.Generator().manual_seed(0)
+    ps = [p.requires_grad_() for p in _params(kind, gen)]
+    try:
+        opt = info.cls(ps, **info.configs[-1], impl=impl)
+        for step in range(3):
+            for j, p in enumerate(ps):
+                g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+                if kind == "transposed" and p.dim() == 2:
+                    g = g.t().contiguous().t()  # the parameter's layout
+                if kind == "channels_last":
+                    g = g.contiguous(memory_format=torch.channels_last)
+                p.grad = None if kind == "missing_grad" and (j, step) == (1, 1) else g
+            opt.step()
+    except Exception as exc:  # noqa: BLE001 (compared between the paths below)
+        return type(exc)
+    return [p.detach().clone() for p in ps] + [
+        opt.state[p]["step"].clone() for p in ps
+        if isinstance(opt.state.get(p, {}).get("step"), torch.Tensor)]
+
+
+KINDS = ["empty", "scalar", "channels_last", "transposed", "mixed_dtypes", "bfloat16",
+         "missing_grad"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("info", [i for i in INFOS if "needs_closure" not in i.tags],
+                         ids=lambda i: i.name)
+def test_the_default_path_equals_the_reference_at_the_edges(info, kind):
+    auto, ref = _run(info, kind, "auto"), _run(info, kind, "reference")
+    if isinstance(ref, type) or isinstance(auto, type):
+        assert auto == ref, f"auto: {auto}, reference: {ref}"
+        return
+    assert len(auto) == len(ref)
+    for a, r in zip(auto, ref):
+        assert a.dtype == r.dtype and a.shape == r.shape and a.stride() == r.stride()
+        # the learning-rate-free ones and Adafactor sum in double on the kernel path
+        torch.testing.assert_close(a.double(), r.double(), rtol=1e-4, atol=1e-6)
