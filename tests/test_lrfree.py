@@ -423,8 +423,8 @@ def test_ldog_resumes_before_a_tensor_has_started(impl):
 def test_dog_checks_gradients_in_its_first_pass(cls, mode, bad, monkeypatch):
     """DoG's first kernel pass (||g||^2, read-only) is its NaN/Inf check: the step makes no
     pass of its own over those gradients, and a non-finite one still raises (naming the
-    parameter) or skips before anything changes; at a first step (no state yet) and with
-    weight decay the separate pass runs as before."""
+    parameter) or skips before anything changes, explain() included; at a first step (no
+    state yet) the separate pass runs as before."""
     from lrkit import NonFiniteGradientError
     from lrkit.optim import _kernel
     from optim_helpers import same_state
@@ -454,10 +454,10 @@ def test_dog_checks_gradients_in_its_first_pass(cls, mode, bad, monkeypatch):
             opt.step()
         read.clear()
         grads(ps)
-        if steps:  # clean: the sums check, no pass (with decay: the pass, as before)
+        if steps:  # clean: the sums check, no pass
             opt.step()
-            assert (read == []) == (decay == 0)
-            read.clear()
+            assert read == []
+            explained = opt.explain(ps[0]).eta
         before = ([p.clone() for p in ps], copy.deepcopy(opt.state_dict()))
         grads(ps, poison=1)
         if mode == "raise":
@@ -472,6 +472,37 @@ def test_dog_checks_gradients_in_its_first_pass(cls, mode, bad, monkeypatch):
         # (and no x0 left behind by a first step)
         assert same_state(after, {k: v for k, v in before[1].items() if k != "skipped_steps"})
         assert read, "the exact check names the parameter"
+        if steps:  # explain() still describes the last step taken
+            assert torch.equal(opt.explain(ps[0]).eta, explained)
+
+
+@pytest.mark.parametrize("cls", [DoG, LDoG])
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_dog_first_pass_check_leaves_no_new_state_behind(cls, mode):
+    """A tensor taking its first gradient in a step whose other gradient is NaN: the check
+    is the separate pass then (before state is made), so no x0 appears (two batches, by
+    dtype; and a group added later)."""
+    from lrkit import NonFiniteGradientError
+    from optim_helpers import same_state
+    for late in ("float64", "group"):
+        a, b = torch.randn(30, 20), torch.randn(9, dtype=torch.float64)
+        opt = cls([a] if late == "group" else [a, b], nonfinite=mode)
+        a.grad = torch.randn_like(a)
+        opt.step()
+        if late == "group":
+            opt.add_param_group({"params": [b]})
+        before = copy.deepcopy(opt.state_dict())
+        a.grad = torch.randn_like(a)
+        a.grad[0, 0] = math.nan
+        b.grad = torch.randn_like(b)
+        if mode == "raise":
+            with pytest.raises(NonFiniteGradientError, match=r"\['params'\]\[0\]"):
+                opt.step()
+        else:
+            opt.step()
+        after = {k: v for k, v in opt.state_dict().items() if k != "skipped_steps"}
+        assert same_state(after, {k: v for k, v in before.items() if k != "skipped_steps"})
+        assert b not in opt.state or not opt.state[b]
 
 
 def test_dog_first_pass_check_lets_a_large_finite_gradient_through():

@@ -63,3 +63,16 @@ def test_the_default_path_equals_the_reference_at_the_edges(info, kind):
         assert a.dtype == r.dtype and a.shape == r.shape and a.stride() == r.stride()
         # the learning-rate-free ones and Adafactor sum in double on the kernel path
         torch.testing.assert_close(a.double(), r.double(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "foreach", "kernel"])
+def test_adafactor_with_only_empty_parameters_counts_their_steps(impl):
+    """torch's Adafactor divides 0 by 0 on an empty parameter; lrkit's counts its step."""
+    from lrkit.optim import Adafactor
+    ps = [torch.zeros(0, 5, requires_grad=True), torch.zeros(0, requires_grad=True)]
+    opt = Adafactor(ps, impl=impl)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    assert [opt.state[p]["step"].item() for p in ps] == [2.0, 2.0]

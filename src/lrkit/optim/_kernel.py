@@ -466,6 +466,17 @@ def memo_states(opt: Any, group: dict, b: Batch) -> None:
         m.at = _offset(state, b.params)
 
 
+def states_exist(opt: Any, b: Batch) -> bool:
+    """Whether every parameter of the batch has its state: read from the memo (the
+    native extension confirms the state dicts by position, without hashing a parameter)
+    where it holds, else by looking each parameter up."""
+    state, m = opt.state, b.memo
+    if m is not None and m.sts is not None and m.nstate == len(state) and m.at >= 0 and (
+            nat := _native.module()) is not None and nat.states(state, m.at, b.params, m.sts):
+        return all(m.sts)
+    return all(map(state.get, b.params))
+
+
 def _offset(state: dict, params: list) -> int:
     """Where ``params`` stand as consecutive keys of ``state``, or -1."""
     if not params:

@@ -167,10 +167,10 @@ class Adafactor(LrkitOptimizer):
             for p in params:
                 if p.numel() == 0:
                     self.state[p]["step"] += 1
-            params, grads = map(list, zip(*[(p, g) for p, g in zip(params, grads)
-                                             if p.numel() != 0]) or ([], []))
-            if not params:
+            keep = [(p, g) for p, g in zip(params, grads) if p.numel() != 0]
+            if not keep:
                 return
+            params, grads = map(list, zip(*keep))
         st = [self.state[p] for p in params]
         eps1, eps2 = group["eps"]
         _torch_adafactor(

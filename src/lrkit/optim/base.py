@@ -430,7 +430,7 @@ class LrkitOptimizer(torch.optim.Optimizer):
         square, for Adam and kin), which would put Inf, then NaN, into the state. In a
         multi-process run the decision to raise or skip is agreed by every rank."""
         power = self.grad_power
-        self.__dict__["_fused_check"] = []
+        self.__dict__.pop("_fused_check", None)
         if self._traced_check():
             if self.nonfinite == "raise":  # step() asserted in the graph
                 return plans
@@ -444,7 +444,6 @@ class LrkitOptimizer(torch.optim.Optimizer):
                     for i, group, batches, params, grads in plans]
         batches = [b for plan in plans for b in plan[2]]
         fused = self._checked_by_first_pass(plans)
-        self.__dict__["_fused_check"] = fused
         if fused:
             batches = [b for b in batches if not any(b is f for f in fused)]
         bad, batches = _checked_by_hooks(self, batches)
@@ -459,6 +458,8 @@ class LrkitOptimizer(torch.optim.Optimizer):
         device = plans[0][4][0].device if plans and plans[0][4] else None
         if not (_distributed.any_rank(bad is not None, device) if self.agree_across_ranks
                 else bad is not None):
+            if fused:  # for the step's first pass, with what explain() reads now
+                self.__dict__["_fused_check"] = (fused, dict(self._last))
             return plans
         if self.nonfinite == "skip":
             return None
@@ -467,8 +468,22 @@ class LrkitOptimizer(torch.optim.Optimizer):
     def _checked_by_first_pass(self, plans: list) -> list:
         """The kernel batches whose non-finite check the step's own first pass makes (a
         subclass whose first pass only reads, before anything is written, and sees every
-        gradient entry: DoG's norms); ``_screen`` leaves them out of its pass. None here."""
+        gradient entry: DoG's norms); ``_screen`` leaves them out of its pass. None here.
+        Such a subclass, finding a non-finite gradient, calls ``_nonfinite_after_prepare``.
+        """
         return []
+
+    def _nonfinite_after_prepare(self, bad: Tensor, last: dict) -> None:
+        """A non-finite gradient found after ``_prepare`` (by a first pass that only
+        reads): restore what ``_prepare`` recorded for ``explain()`` (``last``, as it was
+        before), then skip (counted) or raise as ``_screen`` does. ``_prepare`` initialises
+        no state on that path (``_checked_by_first_pass`` asks for all of it to exist)."""
+        self._last.clear()
+        self._last.update(last)
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            return
+        self._raise_nonfinite(bad)
 
     def _raise_nonfinite(self, bad: Tensor | None) -> None:
         """Raise the error that names the parameter whose gradient is non-finite (None:

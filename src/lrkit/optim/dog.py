@@ -26,9 +26,9 @@ Implementations: the reference (``impl="reference"``) runs the package's operati
 equals it bit for bit; lrkit's kernel (the default for dense CPU float32/float64 tensors)
 makes two passes (the per-tensor norms, in float64; then the step) and equals the
 reference up to the rounding of those norms; the first pass, which only reads, is also
-its NaN/Inf check where it sees the raw gradient (no weight decay) and every tensor has
-its state, so ``nonfinite="raise"`` costs no pass of its own over the gradients there
-(one process, not sharded); ``"foreach"`` updates with torch's multi-tensor ops.
+its NaN/Inf check where every tensor of the step has its state (one process, not
+sharded), so ``nonfinite="raise"`` costs no pass of its own over the gradients there;
+``"foreach"`` updates with torch's multi-tensor ops.
 Sharded parameters (``sharded=``, see :mod:`lrkit.optim._lrfree`): DoG's group norms
 are all-reduced as sums of squares; LDoG's are per tensor, whole on the process that owns
 the tensor, and need no reduction.
@@ -102,24 +102,28 @@ class DoG(L.GlobalStepOptimizer):
         return {"x0": p.detach().clone()}
 
     def _checked_by_first_pass(self, plans: list) -> list:
-        """The kernel batches whose NaN/Inf check is the first pass's sum of g^2 (a sum over
-        every entry, in double precision: NaN or Inf in g makes it non-finite; only then the
-        exact check runs): read-only, before anything is written, so "nothing changed when
-        it raises" holds without a pass of its own over the gradients. Only where that pass
-        reads g itself (no weight decay, which it adds first), every tensor has its state
-        (a raise must not leave a new ``x0`` behind) and the decision is this process's
-        alone (no sharding, no agreement across ranks)."""
+        """The kernel batches whose NaN/Inf check is the first pass's sum of squares of the
+        gradient (with weight decay added: NaN or Inf in g still makes it non-finite; a
+        false alarm, Inf from finite entries, only costs the exact check, which then runs):
+        a sum over every entry in double precision, read-only, before anything is written,
+        so "nothing changed when it raises" holds without a pass of its own over the
+        gradients. Only where every tensor of the step has its state (a raise must not
+        leave a new ``x0`` behind) and the decision is this process's alone (not sharded,
+        no agreement across ranks)."""
         if self.grad_power != 1 or self.sharded is not False or (
                 self.agree_across_ranks and D.world_size() > 1):
             return []
+        batches = [b for _, _, bs, _, _ in plans for b in bs]
         state = self.state
-        return [b for _, group, batches, _, _ in plans if group["weight_decay"] == 0
-                for b in batches if all(map(state.get, b.params))]
+        if not (all(K.states_exist(self, b) for b in batches)
+                and all(state.get(p) for plan in plans for p in plan[3])):
+            return []
+        return batches
 
     def _global_step(self, plans: list) -> None:
         fn = f"{type(self).__name__}.step()"
         work = [L.Work(plan) for plan in plans]
-        fused = self.__dict__.pop("_fused_check", [])
+        fused, last = self.__dict__.pop("_fused_check", ([], None))
         stats = []
         for w in work:
             decay = w.group["weight_decay"]
@@ -142,10 +146,8 @@ class DoG(L.GlobalStepOptimizer):
                 if any(b is f for f in fused) and not all(map(math.isfinite, flat[1::2])):
                     found = K.first_nonfinite_in([b], self.grad_power)
                     if found is not None:  # nothing is written yet
-                        if self.nonfinite == "skip":
-                            self.skipped_steps += 1
-                            return
-                        self._raise_nonfinite(found[0].params[found[1]])
+                        self._nonfinite_after_prepare(found[0].params[found[1]], last)
+                        return
                 if w.single is not None:  # the group's tensors, in order
                     single = (list(map(math.sqrt, flat[0::2])), flat[1::2])
                     continue
