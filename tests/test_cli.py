@@ -37,3 +37,12 @@ def test_bad_spec_is_one_clear_error():
     assert "Traceback" not in result.output
     result = CliRunner().invoke(main, ["show", "cosine(0.1, total=10)", "--at", "a,b"])
     assert result.exit_code == 2 and "--at" in result.output
+
+
+def test_python_dash_m_lrkit_runs_the_command():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "lrkit", "show", "cosine(0.1, total=100)",
+                          "--at", "0,50,100"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "0.05" in out.stdout
