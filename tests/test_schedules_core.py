@@ -291,3 +291,21 @@ def test_schedules_import_no_torch():
            "assert 'torch' not in sys.modules, 'torch'; " \
            "assert 'keras' not in sys.modules and 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("make", [
+    lambda big: S.cosine(0.1, total=big),
+    lambda big: S.cyclic(0.01, 0.1, up=big),
+    lambda big: S.step(0.1, every=big),
+    lambda big: S.multistep(0.1, [10, big], 0.5),
+    lambda big: S.warmup(S.constant(0.1), steps=big),
+], ids=["cosine", "cyclic", "step", "multistep", "warmup"])
+def test_integer_arguments_past_float64s_exact_range_are_refused(make):
+    """Schedules are evaluated in float64, which counts steps exactly up to 2**53: beyond,
+    a clear error (a 400-digit ``up`` overflowed float() at the first evaluation)."""
+    assert make(2**53)(0) >= 0
+    for big in (2**53 + 1, 10**400):
+        with pytest.raises(ValueError, match=r"must be at most 2\*\*53"):
+            make(big)
+    with pytest.raises(S.SpecError, match="must be at most 2"):
+        S.as_schedule("cyclic(0.01, 0.1, up=1e308)")

@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import matplotlib.axes
 
 
+#: the largest integer argument a schedule takes: float64 counts steps exactly up to it
+MAX_STEPS = 2**53
+
 
 class Schedule:
     """Base class of every schedule. ``s(n)`` is the learning rate used by update ``n``.
@@ -40,7 +43,17 @@ class Schedule:
 
     # -- construction -------------------------------------------------------------
     def _set(self, **params: Any) -> None:
-        """Store the validated constructor arguments, in signature order."""
+        """Store the validated constructor arguments, in signature order. Integer
+        arguments (step counts, also inside lists) must be at most ``MAX_STEPS`` (2**53,
+        where float64, in which schedules are evaluated, stops counting exactly)."""
+        for name, value in params.items():
+            for v in (value if type(value) in (list, tuple) else (value,)):
+                if type(v) is int and abs(v) > MAX_STEPS:
+                    got = repr(value) if len(repr(value)) <= 40 else \
+                        f"an integer of {len(str(abs(v)))} digits"
+                    raise ValueError(
+                        f"{self.name}(): {name} must be at most 2**53 "
+                        f"({MAX_STEPS}: steps are counted in float64), got {got}")
         self._params = params
 
     @property
