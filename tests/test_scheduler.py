@@ -263,3 +263,23 @@ def test_schedulers_used_one_after_another_are_not_two_writers():
                 sched.step()
             assert opt.param_groups[0]["lr"] == lr
             del sched
+
+
+@pytest.mark.parametrize("kwargs,at", [
+    ({"beta1": 1.0}, 0), ({"momentum": 1.0}, 0), ({"beta2": 1e12}, 0),
+    ({"beta1": "linear(0.9, 1.2, total=10)"}, 4)])
+def test_a_beta_scheduled_out_of_its_range_raises_before_it_is_written(kwargs, at):
+    """betas outside [0, 1) put NaN into lrkit's Adam (1 - beta1**t = 0) and a division by
+    zero into torch's: the Scheduler refuses the value where the schedule reaches it."""
+    for make in (lambda ps: lrkit.optim.Adam(ps), lambda ps: torch.optim.Adam(ps)):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = make([p])
+
+        with pytest.raises(ValueError, match=rf"reached .* at step {at}.*\[0, 1\)"):
+            sched = Scheduler(opt, 0.1, **kwargs)
+            for _ in range(10):
+                p.grad = torch.ones(3)
+                opt.step()
+                sched.step()
+        assert all(0 <= b < 1 for b in opt.param_groups[0]["betas"])
+        assert torch.isfinite(p).all()

@@ -282,7 +282,7 @@ class Scheduler(LRScheduler):
             if key != "lr":
                 value = self._value(key, n)
                 for group in groups:
-                    _write_target(key, group, value)
+                    _write_target(key, group, value, n)
         self._last_lr = last
 
     # -- stepping ----------------------------------------------------------------------
@@ -559,13 +559,18 @@ def _write(group: dict[str, Any], key: str, value: float) -> None:
         group[key] = value
 
 
-def _write_target(key: str, group: dict[str, Any], value: float) -> None:
+def _write_target(key: str, group: dict[str, Any], value: float, step: int = -1) -> None:
     target = _target(key, group)
     assert target is not None
     name, index = target
     if index is None:
         _write(group, name, value)
         return
+    if name == "betas" and not 0.0 <= value < 1.0:  # 1 - beta**t would be 0: NaN, or a
+        # division by zero, in the optimizer's step
+        raise ValueError(
+            f"Scheduler: the schedule of {key}= reached {value:g} at step {step}, which "
+            f"would set betas[{index}] of a param group; betas must be in [0, 1)")
     items = list(group[name])
     if isinstance(items[index], torch.Tensor):
         items[index].fill_(value)
