@@ -76,3 +76,38 @@ def test_adafactor_with_only_empty_parameters_counts_their_steps(impl):
             p.grad = torch.zeros_like(p)
         opt.step()
     assert [opt.state[p]["step"].item() for p in ps] == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("info", [i for i in INFOS if i.cls.kernel is not None],
+                         ids=lambda i: i.name)
+@pytest.mark.parametrize("bad", ["short", "float64"])
+def test_a_state_tensor_replaced_by_one_the_kernel_cannot_take_is_refused(info, bad):
+    """The kernels read and write state through raw pointers: a state tensor set by hand
+    with fewer entries (or another dtype) than the step needs is refused with a
+    ValueError naming it; before, the kernel ran past its end (a segfault, a corrupted
+    heap or silently wrong memory)."""
+    from lrkit.optim import _kernel
+    if _kernel.library(info.cls.kernel) is None:
+        pytest.skip("no C++ compiler: the kernel is not built")
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, 48))
+    opt = info.cls([w], **info.configs[0], impl="kernel")
+    closure = None
+    if "needs_closure" in info.tags:
+        def closure():
+            opt.zero_grad()
+            loss = (w ** 2).sum()
+            loss.backward()
+            return loss
+    for _ in range(2):
+        w.grad = torch.randn_like(w)
+        opt.step(closure)
+    st = opt.state[w]
+    key = next((k for k, v in st.items() if isinstance(v, torch.Tensor) and v.numel() > 1),
+               None)
+    if key is None:
+        pytest.skip("no state tensor in this configuration")
+    st[key] = torch.zeros(3) if bad == "short" else st[key].double()
+    w.grad = torch.randn_like(w)
+    with pytest.raises(ValueError, match=rf"state\['{key}'\].*was it replaced by hand"):
+        opt.step(closure)

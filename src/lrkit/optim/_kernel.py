@@ -579,6 +579,8 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
         cols.append(col)
     c.tensors = [(k, col) for k, col in zip(keys, cols) if col is not None] + [
         (k, col) for k, col in zip(scal, sc) if col is not None]
+    check_columns(opt, group, batch, sts, c.tensors,
+                  tuple(k for k, col in zip(scal, sc) if col is not None))
     c.arrays = [_ptrs(col) if col is not None else None for col in cols]
     c.sc = [_ptrs(col) if col is not None else None for col in sc]
     c.sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
@@ -588,6 +590,30 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
         c.shape = (array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps]),
                    array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps]))
     return c
+
+
+def check_columns(opt: Any, group: dict, batch: Batch, sts: list[dict],
+                  named: list[tuple[Any, list]], scalar: tuple = ()) -> None:
+    """Refuse, before a kernel reads or writes through their pointers, state tensors of
+    another size or dtype than the kernel expects for each parameter (a tensor set by
+    hand: the kernel would run past its end). ``named``: (state name, or a tuple of
+    alternatives, and its column); names in ``scalar`` hold one entry (``step``)."""
+    fn = f"{type(opt).__name__}.step()"
+    for key, col in named:
+        for i, (p, t) in enumerate(zip(batch.params, col)):
+            if t is None:
+                continue
+            name = key if isinstance(key, str) else next(
+                (k for k in key if sts[i].get(k) is t), key[0])
+            want = (1,) if key in scalar else opt._kernel_numels(group, p, name)
+            dtype_ok = key in scalar or t.dtype == p.dtype
+            if t.numel() not in want or not dtype_ok or t.device != p.device:
+                need = " or ".join(map(str, want))
+                raise ValueError(
+                    f"{fn}: state[{name!r}] of a parameter of shape {tuple(p.shape)} holds "
+                    f"{t.numel()} {t.dtype} entries on {t.device}; the step needs {need} "
+                    f"{'' if key in scalar else str(p.dtype) + ' '}entries on {p.device} "
+                    "(was it replaced by hand?)")
 
 
 def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:
@@ -666,7 +692,7 @@ class StateColumns:
     __slots__ = ("sts", "names", "tensors", "arrays", "derived", "named", "native")
 
 
-def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
+def state_columns(opt: Any, batch: Batch, names: tuple, group: dict) -> StateColumns:
     """The state tensors of ``batch``'s parameters under each of ``names`` (a column of
     Nones for a name that is None; a tensor without that entry is None) and their
     pointer arrays, for :func:`call`. Kept in the batch's memo (a :class:`GroupPlan`'s)
@@ -685,6 +711,7 @@ def state_columns(opt: Any, batch: Batch, names: tuple) -> StateColumns:
     c.tensors = [None if name is None else _column(sts, name) for name in names]
     c.arrays = [None if col is None else _ptrs(col) for col in c.tensors]
     c.named = [(name, col) for name, col in zip(names, c.tensors) if col is not None]
+    check_columns(opt, group, batch, sts, c.named)
     c.native = _native_table(c.named, len(sts))
     if m is not None and m.sts is sts:
         m.cols[key] = c

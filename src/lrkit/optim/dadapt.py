@@ -163,7 +163,7 @@ class DAdaptAdam(_DAdapt):
             hp = [eps, beta1, beta2, sqrt_beta2, scale * dlr * (1 - beta1), 1 - beta2,
                   dlr * (1 - sqrt_beta2), decay if coupled else 0.0, ndec]
             for b in w.batches:
-                cols = K.state_columns(self, b, ("s", "exp_avg", "exp_avg_sq"))
+                cols = K.state_columns(self, b, ("s", "exp_avg", "exp_avg_sq"), w.group)
                 flat = K.call(self, b, cols, hp, flags, nout=2, writes_params=fused)
                 if not fused:
                     pending.append((b, cols, hp, flags & ~K.F_ACC | K.F_UPD | K.F_FORWARD))
@@ -360,7 +360,7 @@ class DAdaptSGD(_DAdapt):
             hp = [dlr, decay, ck, 1 - ck]
             flags = K.F_ACC | K.F_UPD * fused | K.F_WD * (decay != 0)
             for b in w.batches:
-                cols = K.state_columns(self, b, ("s", "x0"))
+                cols = K.state_columns(self, b, ("s", "x0"), w.group)
                 flat = K.call(self, b, cols, hp, flags, nout=2, writes_params=fused)
                 if not fused:
                     pending.append((b, cols, hp, K.F_UPD | K.F_FORWARD))

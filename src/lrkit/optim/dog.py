@@ -133,7 +133,7 @@ class DoG(L.GlobalStepOptimizer):
             sums: dict[int, Any] = {}
             single: tuple | None = None
             for b in w.batches:
-                x0s: Any = K.state_columns(self, b, ("x0",))
+                x0s: Any = K.state_columns(self, b, ("x0",), w.group)
                 fb = first
                 if first is None:
                     fbs = [first_of[id(p)] for p in b.params]

@@ -163,7 +163,7 @@ class Prodigy(L.SharedDOptimizer):
             sums: dict[int, Any] = {}
             for b in w.batches:
                 cols = K.state_columns(self, b, ("p0", "s", "exp_avg" if beta1 > 0 else None,
-                                                 "exp_avg_sq"))
+                                                 "exp_avg_sq"), w.group)
                 if cols.derived is None:  # a 0-dim p0: the parameter was all zeros
                     cols.derived = [int(t.dim() == 0) for t in cols.tensors[0]]
                 flat = K.call(
@@ -217,7 +217,7 @@ class Prodigy(L.SharedDOptimizer):
             ndec = -decay * dlr if decay != 0 and decouple else 0.0
             for b in w.batches:
                 cols = K.state_columns(self, b, (None, None, "exp_avg" if beta1 > 0 else None,
-                                                 "exp_avg_sq"))
+                                                 "exp_avg_sq"), w.group)
                 K.call(self, b, cols,
                        [-dlr if beta1 > 0 else -dlr * d, d * eps, ndec,
                         decay if coupled else 0.0],

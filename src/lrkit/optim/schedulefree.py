@@ -323,7 +323,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         bias_correction2 = 1 - beta2 ** (group["k"] + 1)
         eps, decay = group["eps"], group["weight_decay"]
         for b in w.batches:
-            cols = K.state_columns(self, b, ("z", "exp_avg_sq"))
+            cols = K.state_columns(self, b, ("z", "exp_avg_sq"), group)
             K.call(self, b, cols, [beta2, 1 - beta2, bias_correction2, eps, decay, ckp1,
                                    lr * (beta1 * (1 - ckp1) - 1), lr],
                    K.F_WD * (decay != 0), writes_params=True)
@@ -398,7 +398,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         group = w.group
         momentum, decay = self._beta(group), group["weight_decay"]
         for b in w.batches:
-            K.call(self, b, K.state_columns(self, b, ("z",)),
+            K.call(self, b, K.state_columns(self, b, ("z",), group),
                    [decay, ckp1, lr * (momentum * (1 - ckp1) - 1), lr],
                    K.F_WD * (decay != 0), writes_params=True)
         if w.rest:
