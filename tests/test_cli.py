@@ -40,9 +40,16 @@ def test_bad_spec_is_one_clear_error():
 
 
 def test_python_dash_m_lrkit_runs_the_command():
+    import os
     import subprocess
     import sys
+    from pathlib import Path
+
+    import lrkit
+    src = str(Path(lrkit.__file__).resolve().parents[1])  # this checkout's, not another's
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "lrkit", "show", "cosine(0.1, total=100)",
-                          "--at", "0,50,100"], capture_output=True, text=True, timeout=120)
+                          "--at", "0,50,100"], capture_output=True, text=True, timeout=120,
+                         env=env)
     assert out.returncode == 0, out.stderr
     assert "0.05" in out.stdout

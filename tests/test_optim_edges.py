@@ -111,3 +111,17 @@ def test_a_state_tensor_replaced_by_one_the_kernel_cannot_take_is_refused(info, 
     w.grad = torch.randn_like(w)
     with pytest.raises(ValueError, match=rf"state\['{key}'\].*was it replaced by hand"):
         opt.step(closure)
+
+
+def test_prodigy_p0_of_one_entry_is_not_taken_for_a_zero_dim_one():
+    """Prodigy's p0 is the sliced parameter, or 0-dim (a parameter that was all zeros):
+    a tensor of shape (1,) is neither, and the kernel would read past its end."""
+    from lrkit.optim import Prodigy
+    w = torch.nn.Parameter(torch.randn(1000))
+    opt = Prodigy([w])
+    w.grad = torch.randn_like(w)
+    opt.step()
+    opt.state[w]["p0"] = torch.zeros(1)
+    w.grad = torch.randn_like(w)
+    with pytest.raises(ValueError, match=r"state\['p0'\].*shape \(1000,\) or \(\)"):
+        opt.step()

@@ -275,7 +275,7 @@ def test_a_beta_scheduled_out_of_its_range_raises_before_it_is_written(kwargs, a
         p = torch.nn.Parameter(torch.ones(3))
         opt = make([p])
 
-        with pytest.raises(ValueError, match=rf"reached .* at step {at}.*\[0, 1\)"):
+        with pytest.raises(ValueError, match=rf"reaches .* at step {at}.*\[0, 1\)"):
             sched = Scheduler(opt, 0.1, **kwargs)
             for _ in range(10):
                 p.grad = torch.ones(3)
@@ -283,3 +283,29 @@ def test_a_beta_scheduled_out_of_its_range_raises_before_it_is_written(kwargs, a
                 sched.step()
         assert all(0 <= b < 1 for b in opt.param_groups[0]["betas"])
         assert torch.isfinite(p).all()
+
+
+def test_a_beta_out_of_range_changes_nothing_where_it_is_refused():
+    """The constructor, set_schedule and load_state_dict check a scheduled beta before they
+    change the Scheduler or the optimizer."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = lrkit.optim.Adam([p], lr=0.01)
+    with pytest.raises(ValueError, match=r"beta2= reaches 1 at step 0"):
+        Scheduler(opt, "constant(0.5)", beta2=1.0)
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    sched = Scheduler(opt, "constant(0.1)")
+    p.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    before = (sched.state_dict(), dict(opt.param_groups[0]))
+    with pytest.raises(ValueError, match=r"beta1= reaches 1 at step 1"):
+        sched.set_schedule("beta1", 1.0)
+    bad = sched.state_dict()
+    bad["schedules"]["beta2"] = S.constant(1.0).to_config()
+    bad["last_epoch"] = 7
+    with pytest.raises(ValueError, match=r"beta2= reaches 1 at step 7"):
+        sched.load_state_dict(bad)
+    assert sched.state_dict() == before[0]
+    assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == {
+        k: v for k, v in before[1].items() if k != "params"}
+    sched.step()  # still steps

@@ -184,11 +184,13 @@ class Scheduler(LRScheduler):
         self.schedules: dict[str, Schedule] = {}
         if lr is not None:
             self.schedules["lr"] = _schedule_arg("lr", lr)
-            optimizer.lr_scale_applied = True  # type: ignore[attr-defined]
         for key, value in hyperparams.items():
             self.schedules[key] = _schedule_arg(key, value)
         for key in self.schedules:
             self._check_key(key)
+        _check_betas(optimizer, {k: s(0) for k, s in self.schedules.items()}, 0)
+        if lr is not None:
+            optimizer.lr_scale_applied = True  # type: ignore[attr-defined]
         self.plateau = plateau
         if plateau is not None and isinstance(plateau.min_lr, list) and len(
                 plateau.min_lr) != len(optimizer.param_groups):
@@ -267,6 +269,9 @@ class Scheduler(LRScheduler):
             return
         groups = self.optimizer.param_groups
         n = self.last_epoch
+        values = {key: self._value(key, n) for key in self.schedules if key != "lr"}
+        if values:
+            _check_betas(self.optimizer, values, n)  # before anything is written
         last = []
         # this loop runs every step: _write inlined (a plain float lr written as it is, a
         # tensor lr filled in place)
@@ -278,11 +283,9 @@ class Scheduler(LRScheduler):
             else:
                 group["lr"] = lr
                 last.append(lr if type(lr) is float else _as_float(lr))
-        for key in self.schedules:
-            if key != "lr":
-                value = self._value(key, n)
-                for group in groups:
-                    _write_target(key, group, value, n)
+        for key, value in values.items():
+            for group in groups:
+                _write_target(key, group, value)
         self._last_lr = last
 
     # -- stepping ----------------------------------------------------------------------
@@ -375,6 +378,8 @@ class Scheduler(LRScheduler):
                             f"(str), got {type(key).__name__}")
         value = _schedule_arg(key, schedule)
         self._check_key(key)
+        if self.last_epoch >= 0:
+            _check_betas(self.optimizer, {key: value(self.last_epoch)}, self.last_epoch)
         self.schedules[key] = value
         _LAST_WRITER.pop(id(self.optimizer), None)  # a new key: compare writers again
         self._apply()
@@ -439,6 +444,9 @@ class Scheduler(LRScheduler):
             if isinstance(plateau.min_lr, list) and len(plateau.min_lr) != n_groups:
                 raise ValueError(f"{fn}: the plateau's min_lr has {len(plateau.min_lr)} "
                                  f"values, the optimizer {n_groups} param groups")
+        if last_epoch >= 0:  # a beta out of range: refused before anything changes
+            _check_betas(self.optimizer, {k: sch(last_epoch) for k, sch in schedules.items()},
+                         last_epoch)
         if schedules != self.schedules and self.schedules:
             warnings.warn("Scheduler.load_state_dict(): the saved schedules differ from those "
                           "this Scheduler was built with; resuming the saved ones", stacklevel=2)
@@ -559,18 +567,31 @@ def _write(group: dict[str, Any], key: str, value: float) -> None:
         group[key] = value
 
 
-def _write_target(key: str, group: dict[str, Any], value: float, step: int = -1) -> None:
+def _check_betas(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int) -> None:
+    """Refuse a value for an item of ``betas`` outside [0, 1) (``1 - beta**t`` would be 0:
+    NaN, or a division by zero, in the optimizer's step), before anything is written."""
+    for key, value in values.items():
+        if key == "lr":
+            continue
+        for group in optimizer.param_groups:
+            target = _target(key, group)
+            if target is not None and target[0] == "betas":
+                v = _as_float(value)
+                if not 0.0 <= v < 1.0:
+                    raise ValueError(
+                        f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, "
+                        f"which would set betas[{target[1]}] of a param group; betas must be "
+                        "in [0, 1)")
+                break
+
+
+def _write_target(key: str, group: dict[str, Any], value: float) -> None:
     target = _target(key, group)
     assert target is not None
     name, index = target
     if index is None:
         _write(group, name, value)
         return
-    if name == "betas" and not 0.0 <= value < 1.0:  # 1 - beta**t would be 0: NaN, or a
-        # division by zero, in the optimizer's step
-        raise ValueError(
-            f"Scheduler: the schedule of {key}= reached {value:g} at step {step}, which "
-            f"would set betas[{index}] of a param group; betas must be in [0, 1)")
     items = list(group[name])
     if isinstance(items[index], torch.Tensor):
         items[index].fill_(value)

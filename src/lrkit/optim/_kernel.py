@@ -606,12 +606,17 @@ def check_columns(opt: Any, group: dict, batch: Batch, sts: list[dict],
             name = key if isinstance(key, str) else next(
                 (k for k in key if sts[i].get(k) is t), key[0])
             want = (1,) if key in scalar else opt._kernel_numels(group, p, name)
+            shapes = None if key in scalar else opt._state_shapes(group, p).get(name)
             dtype_ok = key in scalar or t.dtype == p.dtype
+            if shapes is not None and tuple(t.shape) not in map(tuple, shapes):
+                want = ()  # listed shapes are exact (Prodigy's p0: sliced, or 0-dim)
             if t.numel() not in want or not dtype_ok or t.device != p.device:
-                need = " or ".join(map(str, want))
+                need = " or ".join(map(str, want)) + " " if want else \
+                    "shape " + " or ".join(str(tuple(x)) for x in shapes) + ", "
                 raise ValueError(
                     f"{fn}: state[{name!r}] of a parameter of shape {tuple(p.shape)} holds "
-                    f"{t.numel()} {t.dtype} entries on {t.device}; the step needs {need} "
+                    f"{t.numel()} {t.dtype} entries (shape {tuple(t.shape)}) on {t.device}; "
+                    f"the step needs {need}"
                     f"{'' if key in scalar else str(p.dtype) + ' '}entries on {p.device} "
                     "(was it replaced by hand?)")
 
