@@ -451,9 +451,9 @@ def memo_states(opt: Any, group: dict, b: Batch) -> None:
     if m is not None and m.sts is not None and m.nstate == len(state):
         if m.empty and not state:
             return
-        nat = _native.module() if not m.empty and m.at >= 0 else None
-        if nat is not None and nat.states(state, m.at, b.params, m.sts):
+        if _kept_states(state, m, b.params):
             return
+        nat = _native.module() if not m.empty and m.at >= 0 else None
         sts = list(map(state.get, b.params))
         if all(map(operator.is_, sts, m.sts)) and (m.empty or all(sts)):
             if nat is not None:  # the state's order changed (an entry popped and put back)
@@ -471,10 +471,17 @@ def states_exist(opt: Any, b: Batch) -> bool:
     native extension confirms the state dicts by position, without hashing a parameter)
     where it holds, else by looking each parameter up."""
     state, m = opt.state, b.memo
-    if m is not None and m.sts is not None and m.nstate == len(state) and m.at >= 0 and (
-            nat := _native.module()) is not None and nat.states(state, m.at, b.params, m.sts):
-        return all(m.sts)
+    if m is not None and m.sts is not None and m.nstate == len(state) and _kept_states(
+            state, m, b.params):
+        return True
     return all(map(state.get, b.params))
+
+
+def _kept_states(state: dict, m: Memo, params: list) -> bool:
+    """Whether ``state`` holds the memo's (non-empty) state dicts of ``params``, confirmed
+    natively by position (no parameter hashed); False where that cannot be read so."""
+    nat = _native.module() if not m.empty and m.at >= 0 else None
+    return nat is not None and nat.states(state, m.at, params, m.sts)
 
 
 def _offset(state: dict, params: list) -> int:
@@ -605,20 +612,19 @@ def check_columns(opt: Any, group: dict, batch: Batch, sts: list[dict],
                 continue
             name = key if isinstance(key, str) else next(
                 (k for k in key if sts[i].get(k) is t), key[0])
-            want = (1,) if key in scalar else opt._kernel_numels(group, p, name)
-            shapes = None if key in scalar else opt._state_shapes(group, p).get(name)
-            dtype_ok = key in scalar or t.dtype == p.dtype
-            if shapes is not None and tuple(t.shape) not in map(tuple, shapes):
-                want = ()  # listed shapes are exact (Prodigy's p0: sliced, or 0-dim)
-            if t.numel() not in want or not dtype_ok or t.device != p.device:
-                need = " or ".join(map(str, want)) + " " if want else \
-                    "shape " + " or ".join(str(tuple(x)) for x in shapes) + ", "
+            if key in scalar:
+                ok, need = t.numel() == 1, "1 entry"
+            elif (shapes := opt._kernel_shapes(group, p, name)) is not None:
+                ok = tuple(t.shape) in map(tuple, shapes) and t.dtype == p.dtype
+                need = f"shape {' or '.join(str(tuple(x)) for x in shapes)}, {p.dtype}"
+            else:
+                ok = t.numel() == p.numel() and t.dtype == p.dtype
+                need = f"{p.numel()} {p.dtype} entries"
+            if not ok or t.device != p.device:
                 raise ValueError(
                     f"{fn}: state[{name!r}] of a parameter of shape {tuple(p.shape)} holds "
                     f"{t.numel()} {t.dtype} entries (shape {tuple(t.shape)}) on {t.device}; "
-                    f"the step needs {need}"
-                    f"{'' if key in scalar else str(p.dtype) + ' '}entries on {p.device} "
-                    "(was it replaced by hand?)")
+                    f"the step needs {need} on {p.device} (was it replaced by hand?)")
 
 
 def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:

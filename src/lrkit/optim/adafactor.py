@@ -1,7 +1,6 @@
 """Adafactor: factored second moments, relative step sizes, update clipping."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -181,14 +180,14 @@ class Adafactor(LrkitOptimizer):
             beta2_decay=group["beta2_decay"], weight_decay=group["weight_decay"], eps1=eps1,
             eps2=eps2, maximize=group["maximize"])
 
-    def _kernel_numels(self, group: dict[str, Any], p: Tensor, key: str) -> tuple[int, ...]:
+    def _kernel_shapes(self, group: dict[str, Any], p: Tensor, key: str) -> tuple | None:
         """The factored second moments: a row factor per row, a column factor per column
         (of every matrix of a batch of them)."""
-        if p.dim() > 1 and key == "row_var":  # shaped (*p.shape[:-1], 1)
-            return (math.prod(p.shape[:-1]),)
-        if p.dim() > 1 and key == "col_var":  # shaped (*p.shape[:-2], 1, p.shape[-1])
-            return (math.prod(p.shape[:-2]) * p.shape[-1],)
-        return super()._kernel_numels(group, p, key)
+        if p.dim() > 1 and key == "row_var":
+            return ((*p.shape[:-1], 1),)
+        if p.dim() > 1 and key == "col_var":
+            return ((*p.shape[:-2], 1, p.shape[-1]),)
+        return super()._kernel_shapes(group, p, key)
 
     def _kernel_args(self, group: dict[str, Any]):
         eps1, eps2 = group["eps"]

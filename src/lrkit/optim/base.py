@@ -272,15 +272,12 @@ class LrkitOptimizer(torch.optim.Optimizer):
         """
         return {}
 
-    def _kernel_numels(self, group: dict[str, Any], p: Tensor, key: str) -> tuple[int, ...]:
-        """The numbers of entries the kernel may find in state ``key`` of ``p``: the
-        parameter's own, or those of the shapes ``_state_shapes`` lists for the key. The
-        kernel reads and writes through raw pointers: a state tensor of another size (set
-        by hand) is refused before it runs (``_kernel.check_columns``)."""
-        shapes = self._state_shapes(group, p).get(key)
-        if shapes is None:
-            return (p.numel(),)
-        return tuple(math.prod(shape) for shape in shapes)
+    def _kernel_shapes(self, group: dict[str, Any], p: Tensor, key: str) -> tuple | None:
+        """The exact shapes state ``key`` of ``p`` may have for the kernel, or None where it
+        holds one entry per entry of ``p`` (in any layout). The kernel reads and writes
+        through raw pointers: a state tensor of another size (set by hand) is refused
+        before it runs (``_kernel.check_columns``). Default: ``_state_shapes``' listing."""
+        return self._state_shapes(group, p).get(key)
 
     def _reference(self, group: dict[str, Any], p: Tensor, grad: Tensor) -> None:
         state = self.state[p] if p in self.state else {}
