@@ -113,6 +113,109 @@ def test_a_state_tensor_replaced_by_one_the_kernel_cannot_take_is_refused(info, 
         opt.step(closure)
 
 
+def _stepped_kernel_optimizer(info, shapes):
+    """An optimizer of ``info`` on the kernel path over parameters of ``shapes``, after
+    two steps (a closure for those that need one), and that closure."""
+    torch.manual_seed(0)
+    ws = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    opt = info.cls(ws, **info.configs[0], impl="kernel")
+    closure = None
+    if "needs_closure" in info.tags:
+        def closure():
+            opt.zero_grad()
+            loss = sum((w ** 2).sum() for w in ws)
+            loss.backward()
+            return loss
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        for w in ws:
+            w.grad = torch.randn(w.shape, generator=gen)
+        opt.step(closure)
+    return opt, ws, closure
+
+
+_IN_PLACE = {
+    "data=short": lambda t: setattr(t, "data", torch.zeros(3, dtype=t.dtype)),
+    "set_short": lambda t: t.set_(torch.zeros(3, dtype=t.dtype)),
+    "resize_short": lambda t: t.resize_(3),
+    "resize_long": lambda t: t.resize_(t.numel() * 4),
+    "data=float64": lambda t: setattr(t, "data", t.double()),
+}
+
+
+@pytest.fixture(params=["native", "python"])
+def kept_plans(request, monkeypatch):
+    """Kept kernel plans confirmed by the native extension, or by the Python code it
+    stands in for (as where it cannot be built)."""
+    from lrkit.optim import _native
+    if request.param == "python":
+        monkeypatch.setitem(_native._state, "mod", None)
+    elif _native.module() is None:
+        pytest.skip(f"the native extension could not be built: {_native.error()}")
+    return request.param
+
+
+@pytest.mark.parametrize("info", [i for i in INFOS if i.cls.kernel is not None],
+                         ids=lambda i: i.name)
+@pytest.mark.parametrize("how", list(_IN_PLACE))
+def test_a_state_tensor_changed_in_place_is_refused(info, how, kept_plans):
+    """The same state tensor object given another storage in place (``.data = ...``,
+    ``.set_()``, ``.resize_()``): a kept kernel plan checks each state tensor's address
+    and size, not only its identity, so the step refuses it as it refuses a replaced one;
+    before, the kernel wrote through the old pointer (freed memory: a segfault or a
+    corrupted heap) or past the new tensor's end."""
+    from lrkit.optim import _kernel
+    if _kernel.library(info.cls.kernel) is None:
+        pytest.skip("no C++ compiler: the kernel is not built")
+    opt, ws, closure = _stepped_kernel_optimizer(info, [(16, 12), (64, 48), (40,)])
+    st = opt.state[ws[1]]
+    key = next((k for k, v in st.items() if isinstance(v, torch.Tensor) and v.numel() > 1),
+               None)
+    if key is None:
+        pytest.skip("no state tensor in this configuration")
+    _IN_PLACE[how](st[key])
+    for w in ws:
+        w.grad = torch.randn_like(w)
+    with pytest.raises(ValueError, match=rf"state\['{key}'\].*was it replaced by hand"):
+        opt.step(closure)
+
+
+@pytest.mark.parametrize("info", [i for i in INFOS if i.cls.kernel is not None],
+                         ids=lambda i: i.name)
+def test_a_state_tensor_given_new_storage_of_its_size_is_the_one_updated(info, kept_plans):
+    """``state[p][key].data = copy``: a new storage of the right size and dtype is taken,
+    and the step updates it exactly as it would have updated the old one (the kernel
+    used to keep writing to the old storage, freed by then)."""
+    from lrkit.optim import _kernel
+    if _kernel.library(info.cls.kernel) is None:
+        pytest.skip("no C++ compiler: the kernel is not built")
+    shapes = [(16, 12), (64, 48), (40,)]
+    opt, ws, closure = _stepped_kernel_optimizer(info, shapes)
+    twin, twin_ws, twin_closure = _stepped_kernel_optimizer(info, shapes)
+    keys = [k for k, v in opt.state[ws[1]].items()
+            if isinstance(v, torch.Tensor) and v.numel() > 1]
+    if not keys:
+        pytest.skip("no state tensor in this configuration")
+    swapped = {}
+    for k in keys:
+        t = opt.state[ws[1]][k]
+        t.data = t.clone()
+        swapped[k] = t.data_ptr()
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        for w, tw in zip(ws, twin_ws):
+            tw.grad = torch.randn(w.shape, generator=gen)
+            w.grad = tw.grad.clone()
+        opt.step(closure)
+        twin.step(twin_closure)
+    for w, tw in zip(ws, twin_ws):
+        torch.testing.assert_close(w, tw, rtol=0, atol=0)
+    for k in keys:
+        assert opt.state[ws[1]][k].data_ptr() == swapped[k]
+        torch.testing.assert_close(opt.state[ws[1]][k], twin.state[twin_ws[1]][k],
+                                   rtol=0, atol=0)
+
+
 def test_prodigy_p0_of_one_entry_is_not_taken_for_a_zero_dim_one():
     """Prodigy's p0 is the sliced parameter, or 0-dim (a parameter that was all zeros):
     a tensor of shape (1,) is neither, and the kernel would read past its end."""

@@ -238,8 +238,9 @@ class _Sub(torch.Tensor):
 
 
 def _gather(params, kept, none, pp):
+    sizes = _kernel.array("q", [p.numel() for p, skip in zip(params, none) if not skip])
     gp = _kernel.array("Q", bytes(8 * (len(params) - sum(none))))
-    return _native.module().gather(params, kept, bytes(none), pp, gp), gp
+    return _native.module().gather(params, kept, bytes(none), pp, sizes, gp), gp
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -289,6 +290,11 @@ def test_gather_answers_as_the_python_checks(seed):
         assert _gather(params, kept, none, pp)[0] is not None, what
     q.data = q.data.clone()  # a parameter without a gradient moved: not read by either path
     assert _gather(params, kept, none, pp)[0] is not None
+    # a parameter (and its gradient) of another size than the plan's, at the same address
+    sizes = _kernel.array("q", [x.numel() for x, skip in zip(params, none) if not skip])
+    sizes[-1] += 1
+    gp = _kernel.array("Q", bytes(8 * len(sizes)))
+    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp) is None
 
 
 def test_still_and_bump():
@@ -298,11 +304,25 @@ def test_still_and_bump():
     a, b, c = torch.zeros(2), torch.ones(2), torch.zeros(())
     sts = [{"m": a, "step": c}, {"m": b}]
     flat = [a, c, b, None]
-    assert nat.still(sts, ("m", "step"), flat)
-    assert not nat.still(sts, ("m", "step"), [a, c, a, None])  # another tensor, same values
-    assert not nat.still([sts[0], None], ("m", "step"), flat)  # a state dict gone
-    assert not nat.still(sts, ("m", "step"), flat[:3])
-    assert nat.still([], (), []) and nat.still(sts, (), [])
+    marks = _kernel._marks(flat)
+    assert nat.still(sts, ("m", "step"), flat, marks)
+    assert not nat.still(sts, ("m", "step"), [a, c, a, None], marks)  # another tensor
+    assert not nat.still([sts[0], None], ("m", "step"), flat, marks)  # a state dict gone
+    assert not nat.still(sts, ("m", "step"), flat[:3], marks)
+    assert not nat.still(sts, ("m", "step"), flat, marks[:-2])  # marks of another length
+    assert nat.still([], (), [], _kernel.array("Q")) and nat.still(sts, (), [], marks[:0])
+    # the same tensor objects, changed in place: their addresses or sizes are not the marks'
+    for change, undo in [
+            (lambda: setattr(a, "data", a.data.clone()), None),
+            (lambda: b.set_(torch.ones(2)), None),
+            (lambda: a.resize_(1), lambda: a.resize_(2)),
+            (lambda: c.resize_(4), None)]:
+        change()
+        assert not nat.still(sts, ("m", "step"), flat, marks)
+        if undo is not None:
+            undo()
+        marks = _kernel._marks(flat)
+        assert nat.still(sts, ("m", "step"), flat, marks)
     p, q, r = torch.zeros(1), torch.zeros(1), torch.zeros(1)
     state = {r: {"x": 1}, p: sts[0], q: sts[1]}
     assert nat.states(state, 1, [p, q], sts)

@@ -297,11 +297,14 @@ class Batch:
 
     def with_grads(self, grads: list[Tensor]) -> Batch | None:
         """This step's batch: the same parameters with ``grads``, or None where a
-        parameter has moved (``p.data = ...``, ``.to()``) or a gradient is not one the
-        kernel takes (not contiguous, sparse). torch itself keeps each gradient of its
-        parameter's dtype, device and shape (the ``.grad`` setter and backward check it)."""
+        parameter has moved (``p.data = ...``, ``.to()``), a gradient is not one the
+        kernel takes (not contiguous, sparse), or a gradient has another number of
+        entries (its parameter resized in place, at the same address). torch itself keeps
+        each gradient of its parameter's dtype, device and shape (the ``.grad`` setter and
+        backward check it)."""
         if not (all(map(_contiguous, grads))
-                and array("Q", map(_data_ptr, self.params)) == self.pp):
+                and array("Q", map(_data_ptr, self.params)) == self.pp
+                and array("q", map(_numel, grads)) == self.sizes):
             return None
         return self.for_step(grads, array("Q", map(_data_ptr, grads)))
 
@@ -349,9 +352,11 @@ class GroupPlan:
     with the same size, dtype and layout (``p.data = ...``, ``.to(dtype or device)``),
     and each gradient of the parameter's dtype and size, contiguous and dense (its
     address is read again every step: backward allocates new gradients). The state
-    columns are checked by identity against the state dicts each step (a state tensor
-    replaced in its dict is seen); a state tensor whose storage is swapped in place
-    (``state[p]["exp_avg"].data = ...``) is not. Otherwise the group is split again."""
+    columns are checked against the state dicts each step: the same tensor objects, each
+    at the address and with the number of entries its pointer table was built with (a
+    state tensor replaced in its dict, or changed in place by ``.data = ...``,
+    ``.set_()`` or ``.resize_()``, makes the columns be built and checked again).
+    Otherwise the group is split again."""
 
     __slots__ = ("group", "state", "params", "none", "batches", "rest", "pick", "native")
 
@@ -400,7 +405,7 @@ def kept_batches(plans: dict, key: Any, group: dict, state: dict,
         return None
     b = plan.batches[0]
     gp = array("Q", bytes(8 * len(b.params)))
-    grads = nat.gather(params, plan.params, plan.native, b.pp, gp)
+    grads = nat.gather(params, plan.params, plan.native, b.pp, b.sizes, gp)
     if grads is None:
         return None
     return [b.for_step(grads, gp)], [], []
@@ -565,13 +570,13 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
     sts = [state[p] for p in ps] if any(keys) or any(scal) else []
     sc = [_column(sts, k) if k else None for k in scal]
     c.ok, c.first, c.shape = True, None, None
-    c.native = None
     c.tensors = [(k, col) for k, col in zip(scal, sc) if col is not None]
     if sc[0] is not None:
         dtypes = {t.dtype for col in sc if col is not None for t in col}
         if len(dtypes) > 1 or not dtypes <= {torch.float32, torch.float64} or not all(
                 t.is_cpu for col in sc if col is not None for t in col):
             c.ok = False
+            c.native = _table(c.tensors, len(sts))
             return c
     c.first = opt._kernel_prepare(group, ps)
     cols = []
@@ -592,7 +597,7 @@ def _columns(opt: Any, group: dict[str, Any], batch: Batch, keys: Any, scal: Any
     c.sc = [_ptrs(col) if col is not None else None for col in sc]
     c.sc_f64 = int(sc[0] is not None and sc[0][0].dtype == torch.float64)
     c.shape = None
-    c.native = _native_table(c.tensors, len(sts))
+    c.native = _table(c.tensors, len(sts))
     if opt.kernel == "adafactor":  # the matrix shape of each tensor (rows 0: a vector)
         c.shape = (array("q", [p.shape[-2] if p.dim() > 1 else 0 for p in ps]),
                    array("q", [p.shape[-1] if p.dim() > 1 else 0 for p in ps]))
@@ -634,22 +639,36 @@ def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:
     return _holds(sts, c.tensors, c.native)
 
 
-def _native_table(named: list[tuple[Any, list]], n: int) -> tuple[tuple, list] | None:
-    """For ``_native``'s ``still``: the names of ``named`` (pairs of a state name and its
-    column of tensors, one per state dict) and, dict by dict, the tensors under them;
-    None where a name is a tuple of alternatives (the Python check reads those)."""
-    if not all(isinstance(name, str) for name, _ in named):
-        return None
-    return tuple(name for name, _ in named), [col[i] for i in range(n) for _, col in named]
+def _table(named: list[tuple[Any, list]], n: int) -> tuple[tuple | None, list, array]:
+    """What :func:`_holds` checks the state dicts against: the names of ``named`` (pairs
+    of a state name and its column of tensors, one per state dict; None where a name is a
+    tuple of alternatives: the native ``still`` reads only plain names), the tensors dict
+    by dict (dict i, name k at ``i * len(named) + k``), and their :func:`_marks`."""
+    rows = [col[i] for i in range(n) for _, col in named]
+    names = tuple(name for name, _ in named)
+    if not all(isinstance(name, str) for name in names):
+        names = None
+    return names, rows, _marks(rows)
 
 
-def _holds(sts: list[dict], named: list[tuple[Any, list]], table: tuple | None) -> bool:
-    """Whether the state dicts ``sts`` still hold each column of ``named`` (natively by
-    ``table``, ``_native_table``'s, where there is one)."""
-    if table is not None and type(sts) is list and (nat := _native.module()) is not None:
-        return nat.still(sts, *table)
+def _marks(tensors: list[Tensor | None]) -> array:
+    """Each tensor's address and number of entries (0, 0 for None): a tensor object can
+    change its storage in place (``.data = ...``, ``.set_()``, ``.resize_()``), and the
+    kernel's pointer tables must then be built (and checked) again."""
+    out = array("Q")
+    for t in tensors:
+        out.extend((t.data_ptr(), t.numel()) if t is not None else (0, 0))
+    return out
+
+
+def _holds(sts: list[dict], named: list[tuple[Any, list]], table: tuple) -> bool:
+    """Whether the state dicts ``sts`` still hold each column of ``named``, each tensor at
+    its address and size (``table``, :func:`_table`'s; natively where it can be read so)."""
+    names, rows, marks = table
+    if names is not None and type(sts) is list and (nat := _native.module()) is not None:
+        return nat.still(sts, names, rows, marks)
     return all(len(col) == len(sts) and all(map(operator.is_, _column(sts, name), col))
-               for name, col in named)
+               for name, col in named) and _marks(rows) == marks
 
 
 def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:
@@ -707,8 +726,9 @@ def state_columns(opt: Any, batch: Batch, names: tuple, group: dict) -> StateCol
     """The state tensors of ``batch``'s parameters under each of ``names`` (a column of
     Nones for a name that is None; a tensor without that entry is None) and their
     pointer arrays, for :func:`call`. Kept in the batch's memo (a :class:`GroupPlan`'s)
-    while the state dicts are those the memo holds and hold the same tensors: a step of
-    the learning-rate-free optimizers then reads no ``data_ptr`` and hashes no tensor."""
+    while the state dicts are those the memo holds and hold the same tensors, each at its
+    address and size (:func:`_holds`): a step of the learning-rate-free optimizers then
+    hashes no tensor."""
     m = batch.memo
     sts = m.sts if m is not None and m.sts is not None else None
     key = ("state_columns", names)
@@ -723,7 +743,7 @@ def state_columns(opt: Any, batch: Batch, names: tuple, group: dict) -> StateCol
     c.arrays = [None if col is None else _ptrs(col) for col in c.tensors]
     c.named = [(name, col) for name, col in zip(names, c.tensors) if col is not None]
     check_columns(opt, group, batch, sts, c.named)
-    c.native = _native_table(c.named, len(sts))
+    c.native = _table(c.named, len(sts))
     if m is not None and m.sts is sts:
         m.cols[key] = c
     return c

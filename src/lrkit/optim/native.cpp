@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <vector>
 
 namespace {
 
@@ -39,16 +40,18 @@ bool plain_tensor(PyObject* obj) {
   return THPVariable_Check(obj) && THPVariable_CheckTypeExact(Py_TYPE(obj));
 }
 
-// gather(params, kept, none, pp, gp) -> list of gradients, or None.
+// gather(params, kept, none, pp, sizes, gp) -> list of gradients, or None.
 //
 // The gradients of a kept plan's single kernel batch, with their addresses written to gp,
 // where everything the plan was built from still holds: `params` (the group's list) holds
 // the same objects as `kept`, in the same order; the parameters flagged in `none` (bytes,
 // one per parameter) still have no gradient and every other one has one, dense and
 // contiguous, of a plain tensor type; and each of those parameters is still at its
-// address in `pp`. None otherwise (gp is then partly written: the caller discards it).
+// address in `pp`, it and its gradient of the number of entries in `sizes` (a parameter
+// resized in place keeps its address). None otherwise (gp is then partly written: the
+// caller discards it).
 PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+  if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
       !PyBytes_CheckExact(args[2])) {
     Py_RETURN_NONE;
   }
@@ -59,8 +62,8 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const char* none = PyBytes_AS_STRING(args[2]);
   Py_ssize_t m = 0;
   for (Py_ssize_t i = 0; i < n; ++i) m += none[i] ? 0 : 1;
-  Words pp(args[3], m, false), gp(args[4], m, true);
-  if (!pp.ok || !gp.ok) Py_RETURN_NONE;
+  Words pp(args[3], m, false), sizes(args[4], m, false), gp(args[5], m, true);
+  if (!pp.ok || !sizes.ok || !gp.ok) Py_RETURN_NONE;
   PyObject* out = PyList_New(m);
   if (out == nullptr) return nullptr;
   // true where every parameter was visited and every check held (out then holds one
@@ -76,8 +79,10 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         if (g.defined()) return false;
         continue;
       }
+      const int64_t size = static_cast<int64_t>(sizes.data()[j]);
       if (!g.defined() || g.layout() != at::kStrided || !g.is_contiguous() ||
-          reinterpret_cast<uint64_t>(t.data_ptr()) != pp.data()[j]) {
+          reinterpret_cast<uint64_t>(t.data_ptr()) != pp.data()[j] || t.numel() != size ||
+          g.numel() != size) {
         return false;
       }
       PyObject* go = THPVariable_Wrap(g);
@@ -104,11 +109,22 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
-// still(dicts, names, kept) -> bool: whether every object of `dicts` is a dict whose
-// entry under each of `names` (a tuple of str) is the object at the same place of `kept`
-// (row by row: dict i, name k at i * len(names) + k; None for a missing entry).
+// still(dicts, names, kept, marks) -> bool: whether every object of `dicts` is a dict
+// whose entry under each of `names` (a tuple of str) is the object at the same place of
+// `kept` (row by row: dict i, name k at i * len(names) + k; None for a missing entry),
+// each tensor among them still at the address and with the number of entries that
+// `marks` (two 64-bit words per place: 0, 0 for None) recorded when the kernel's pointer
+// tables were built. The same tensor object can change its storage in place
+// (`t.data = ...`, `t.set_(...)`, `t.resize_(...)`, `t.untyped_storage().resize_(...)`):
+// the kernel would then write through a stale or too short pointer.
+//
+// Reading a tensor's address takes three dependent loads (the Python object, its
+// TensorImpl, its StorageImpl) that a step's traffic has pushed out of the cache. Each
+// level is read in its own pass over the tensors, prefetched one pass ahead, so that
+// the misses of many tensors overlap: about 20-30 ns per tensor on a cold cache, against
+// 8-10 for the identities alone.
 PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyTuple_CheckExact(args[1]) ||
+  if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyTuple_CheckExact(args[1]) ||
       !PyList_CheckExact(args[2])) {
     Py_RETURN_FALSE;
   }
@@ -116,7 +132,11 @@ PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   PyObject* names = args[1];
   PyObject* kept = args[2];
   const Py_ssize_t n = PyList_GET_SIZE(dicts), k = PyTuple_GET_SIZE(names);
-  if (PyList_GET_SIZE(kept) != n * k) Py_RETURN_FALSE;
+  const Py_ssize_t total = n * k;
+  if (PyList_GET_SIZE(kept) != total) Py_RETURN_FALSE;
+  Words marks(args[3], 2 * total, false);
+  if (!marks.ok) Py_RETURN_FALSE;
+  const uint64_t* mk = marks.data();
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* d = PyList_GET_ITEM(dicts, i);
     if (!PyDict_Check(d)) Py_RETURN_FALSE;
@@ -130,7 +150,46 @@ PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         v = Py_None;
       }
       if (v != PyList_GET_ITEM(kept, i * k + c)) Py_RETURN_FALSE;
+      __builtin_prefetch(v);
     }
+  }
+  // every object is the kept one: now their sizes and addresses
+  try {
+    std::vector<const c10::TensorImpl*> impls(total);
+    std::vector<const c10::StorageImpl*> stores(total);
+    for (Py_ssize_t at = 0; at < total; ++at) {
+      PyObject* v = PyList_GET_ITEM(kept, at);
+      if (v == Py_None) {
+        if (mk[2 * at] != 0 || mk[2 * at + 1] != 0) Py_RETURN_FALSE;
+        impls[at] = nullptr;
+        continue;
+      }
+      if (!THPVariable_Check(v)) Py_RETURN_FALSE;
+      const c10::TensorImpl* t = THPVariable_Unpack(v).unsafeGetTensorImpl();
+      impls[at] = t;
+      __builtin_prefetch(t);  // its storage, and its sizes a cache line further
+      __builtin_prefetch(reinterpret_cast<const char*>(t) + 128);
+    }
+    for (Py_ssize_t at = 0; at < total; ++at) {
+      const c10::TensorImpl* t = impls[at];
+      if (t == nullptr) continue;
+      const c10::StorageImpl* st = t->unsafe_storage().unsafeGetStorageImpl();
+      if (st == nullptr || static_cast<uint64_t>(t->numel()) != mk[2 * at + 1]) {
+        Py_RETURN_FALSE;
+      }
+      stores[at] = st;
+      __builtin_prefetch(st);
+    }
+    for (Py_ssize_t at = 0; at < total; ++at) {
+      const c10::TensorImpl* t = impls[at];
+      if (t == nullptr) continue;
+      const char* data = static_cast<const char*>(stores[at]->data()) +
+                         t->storage_offset() * static_cast<int64_t>(t->dtype().itemsize());
+      if (reinterpret_cast<uint64_t>(data) != mk[2 * at]) Py_RETURN_FALSE;
+    }
+  } catch (const std::exception&) {  // no memory for the vectors; a tensor without sizes
+    PyErr_Clear();
+    Py_RETURN_FALSE;
   }
   Py_RETURN_TRUE;
 }

@@ -151,6 +151,7 @@ class Prodigy(L.SharedDOptimizer):
 
         active = self._active(work)
         dots, l1s, grads_of = [], [], {}
+        columns = {}  # id(batch) -> its state columns, read and checked once a step
         for w in active:
             group = w.group
             decay, slice_p = group["weight_decay"], group["slice_p"]
@@ -166,6 +167,7 @@ class Prodigy(L.SharedDOptimizer):
                                                  "exp_avg_sq"), w.group)
                 if cols.derived is None:  # a 0-dim p0: the parameter was all zeros
                     cols.derived = [int(t.dim() == 0) for t in cols.tensors[0]]
+                columns[id(b)] = cols
                 flat = K.call(
                     self, b, cols,
                     [beta1, beta2, beta3, d * (1 - beta1), d * d * (1 - beta2), s_scale,
@@ -216,8 +218,12 @@ class Prodigy(L.SharedDOptimizer):
             coupled = decay != 0 and not decouple
             ndec = -decay * dlr if decay != 0 and decouple else 0.0
             for b in w.batches:
-                cols = K.state_columns(self, b, (None, None, "exp_avg" if beta1 > 0 else None,
-                                                 "exp_avg_sq"), w.group)
+                # the first pass's columns: nothing but this step has run since they were
+                # checked against the state
+                kept = columns.get(id(b))
+                cols = [None, None, *kept.arrays[2:]] if kept is not None else K.state_columns(
+                    self, b, (None, None, "exp_avg" if beta1 > 0 else None, "exp_avg_sq"),
+                    w.group)
                 K.call(self, b, cols,
                        [-dlr if beta1 > 0 else -dlr * d, d * eps, ndec,
                         decay if coupled else 0.0],
