@@ -309,3 +309,44 @@ def test_a_beta_out_of_range_changes_nothing_where_it_is_refused():
     assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == {
         k: v for k, v in before[1].items() if k != "params"}
     sched.step()  # still steps
+
+
+@pytest.mark.parametrize("cls,kwargs,at", [
+    ("ScheduleFreeSGD", {"momentum": 0.0}, 0),
+    ("ScheduleFreeSGD", {"momentum": "linear(0.9, 1.1, total=10)"}, 5),
+    ("ScheduleFreeAdamW", {"beta1": 0.0}, 0),
+    ("ScheduleFreeAdamW", {"momentum": "linear(0.9, 0, total=10)"}, 10),
+    ("Prodigy", {"beta2": 1.0}, 0),
+    ("DAdaptAdam", {"eps": "linear(1e-8, 0, total=4)"}, 4)])
+def test_a_value_the_optimizer_refuses_is_refused_where_the_schedule_reaches_it(cls, kwargs,
+                                                                                at):
+    """lrkit's learning-rate-free and schedule-free optimizers check their groups' values
+    (``_checks``): a scheduled value those checks refuse (the schedule-free optimizers
+    divide by betas[0] or momentum in ``eval()``) is refused before it is written, at the
+    step the schedule reaches it, naming the optimizer's own check."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = getattr(lrkit.optim, cls)([p])
+    before = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    with pytest.raises(ValueError, match=rf"reaches .* at step {at}"):
+        sched = Scheduler(opt, **kwargs)
+        for _ in range(12):
+            p.grad = torch.ones(3)
+            opt.step()
+            before = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+            sched.step()
+    assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == before
+    opt.step()  # the optimizer still steps, with the last values written
+    assert torch.isfinite(p).all()
+
+
+def test_values_the_optimizer_accepts_are_scheduled_on_every_group():
+    """The same checks let every value the optimizer accepts through, group by group."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = lrkit.optim.ScheduleFreeAdamW([{"params": [a]}, {"params": [b], "betas": (0.5, 0.9)}])
+    sched = Scheduler(opt, beta1="linear(0.9, 0.1, total=5)")
+    for _ in range(5):
+        a.grad, b.grad = torch.ones(3), torch.ones(2)
+        opt.step()
+        sched.step()
+    assert [g["betas"] for g in opt.param_groups] == [(pytest.approx(0.1), 0.999),
+                                                      (pytest.approx(0.1), 0.9)]

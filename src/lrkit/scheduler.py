@@ -568,21 +568,48 @@ def _write(group: dict[str, Any], key: str, value: float) -> None:
 
 
 def _check_betas(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int) -> None:
-    """Refuse a value for an item of ``betas`` outside [0, 1) (``1 - beta**t`` would be 0:
-    NaN, or a division by zero, in the optimizer's step), before anything is written."""
+    """Refuse a scheduled value the optimizer could not step with, before anything is
+    written: an item of ``betas`` outside [0, 1) (``1 - beta**t`` would be 0: NaN, or a
+    division by zero, in the optimizer's step), and, for an optimizer that checks its
+    param groups' values itself (lrkit's learning-rate-free and schedule-free ones:
+    ``_checks``), any value those checks refuse (``betas[0] = 0`` or ``momentum = 0`` of
+    the schedule-free ones, whose ``eval()`` divides by it)."""
+    checks = getattr(type(optimizer), "_checks", None)
+    if not isinstance(checks, dict):
+        checks = None
     for key, value in values.items():
         if key == "lr":
             continue
-        for group in optimizer.param_groups:
+        v = None
+        for i, group in enumerate(optimizer.param_groups):
             target = _target(key, group)
-            if target is not None and target[0] == "betas":
+            if target is None:
+                continue
+            name, index = target
+            if v is None:
                 v = _as_float(value)
-                if not 0.0 <= v < 1.0:
-                    raise ValueError(
-                        f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, "
-                        f"which would set betas[{target[1]}] of a param group; betas must be "
-                        "in [0, 1)")
-                break
+            if name == "betas" and not 0.0 <= v < 1.0:
+                raise ValueError(
+                    f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, "
+                    f"which would set betas[{index}] of a param group; betas must be "
+                    "in [0, 1)")
+            if checks is None or name not in checks:
+                if name == "betas":
+                    break  # one check of the value serves every group
+                continue
+            candidate: Any = v
+            if index is not None:
+                items = list(group[name])
+                items[index] = v
+                candidate = tuple(items)
+            try:
+                type(optimizer)._validated(  # type: ignore[attr-defined]
+                    f"{type(optimizer).__name__} param group {i}", {name: candidate},
+                    group=True)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, "
+                    f"which the optimizer refuses: {exc}") from exc
 
 
 def _write_target(key: str, group: dict[str, Any], value: float) -> None:
