@@ -299,7 +299,10 @@ def test_schedules_import_no_torch():
     lambda big: S.step(0.1, every=big),
     lambda big: S.multistep(0.1, [10, big], 0.5),
     lambda big: S.warmup(S.constant(0.1), steps=big),
-], ids=["cosine", "cyclic", "step", "multistep", "warmup"])
+    lambda big: S.wsd(0.1, total=big),
+    lambda big: S.family("cosine", 0.1, big, warmup=0.1),
+    lambda big: S.family("wsd", 0.1, big),
+], ids=["cosine", "cyclic", "step", "multistep", "warmup", "wsd", "family", "family-wsd"])
 def test_integer_arguments_past_float64s_exact_range_are_refused(make):
     """Schedules are evaluated in float64, which counts steps exactly up to 2**53: beyond,
     a clear error (a 400-digit ``up`` overflowed float() at the first evaluation)."""
@@ -309,3 +312,32 @@ def test_integer_arguments_past_float64s_exact_range_are_refused(make):
             make(big)
     with pytest.raises(S.SpecError, match="must be at most 2"):
         S.as_schedule("cyclic(0.01, 0.1, up=1e308)")
+
+
+def test_every_schedule_refuses_a_huge_number_with_a_value_error():
+    """A 400-digit integer for any argument of any schedule (or family) is a ValueError
+    or TypeError naming the argument, never float()'s OverflowError, and the message
+    does not print the 400 digits."""
+    import inspect
+
+    from lrkit.schedules.registry import REGISTRY
+
+    big = 10**400
+    tried = 0
+    for name, cls in sorted(REGISTRY.items()):
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+        for p in params:
+            args = {q.name: 10 for q in params if q.default is inspect.Parameter.empty}
+            args[p.name] = big
+            try:
+                cls(**args)
+            except (ValueError, TypeError) as exc:
+                assert len(str(exc)) < 400, (name, p.name, str(exc)[:200])
+            tried += 1
+    for fam in S.FAMILIES:
+        with pytest.raises(ValueError, match="steps must be at most 2"):
+            S.family(fam, 0.1, big)
+        with pytest.raises(ValueError, match="peak must be a finite number, got an integer"):
+            S.family(fam, big, 100)
+    assert tried > 50

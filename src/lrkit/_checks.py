@@ -13,9 +13,23 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+#: the largest step count a schedule takes: float64, in which schedules are evaluated,
+#: counts steps exactly up to it
+MAX_STEPS = 2**53
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut short where it is long (an integer of 400 digits)."""
+    text = repr(value)
+    if len(text) <= 80:
+        return text
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return f"an integer of {len(str(abs(int(value))))} digits"
+    return f"{text[:60]}... ({len(text)} characters)"
+
 
 def _fail(fn: str, name: str, allowed: str, value: Any, exc: type[Exception] = ValueError):
-    raise exc(f"{fn}: {name} must be {allowed}, got {value!r}")
+    raise exc(f"{fn}: {name} must be {allowed}, got {shown(value)}")
 
 
 def batch_pair(fn: str, batch: Any) -> tuple[Any, Any]:
@@ -36,7 +50,10 @@ def real(fn: str, name: str, value: Any) -> float:
         if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy/torch 0-d
             return real(fn, name, value.item())
         _fail(fn, name, "a real number", value, TypeError)
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer (or Fraction) beyond float64's range
+        _fail(fn, name, "a finite number", value)
     if not math.isfinite(v):
         _fail(fn, name, "a finite number", value)
     return v
@@ -98,6 +115,14 @@ def integer(fn: str, name: str, value: Any, *, minimum: int | None = None) -> in
 
 def positive_int(fn: str, name: str, value: Any) -> int:
     return integer(fn, name, value, minimum=1)
+
+
+def steps(fn: str, name: str, value: Any, *, minimum: int = 1) -> int:
+    """A step count of a schedule: an integer from ``minimum`` to ``MAX_STEPS`` (2**53)."""
+    v = integer(fn, name, value, minimum=minimum)
+    if v > MAX_STEPS:
+        _fail(fn, name, "at most 2**53 (steps are counted in float64)", value)
+    return v
 
 
 def nonnegative_int(fn: str, name: str, value: Any) -> int:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 #: the largest integer argument a schedule takes: float64 counts steps exactly up to it
-MAX_STEPS = 2**53
+MAX_STEPS = C.MAX_STEPS
 
 
 class Schedule:
@@ -224,7 +224,8 @@ class Product(Schedule):
             elif isinstance(f, numbers.Real) and not isinstance(f, bool):
                 items.append(C.nonnegative(fn, f"factors[{i}]", f))
             else:
-                raise TypeError(f"{fn}: factors[{i}] must be a Schedule or a number, got {f!r}")
+                raise TypeError(
+                    f"{fn}: factors[{i}] must be a Schedule or a number, got {C.shown(f)}")
         self._set(factors=items)
 
     def _eval(self, n: Any, o: Ops) -> Any:

@@ -11,7 +11,7 @@ from lrkit.schedules.base import Product, Schedule
 
 def _schedule(fn: str, name: str, value: Any) -> Schedule:
     if not isinstance(value, Schedule):
-        raise TypeError(f"{fn}: {name} must be a Schedule, got {value!r}")
+        raise TypeError(f"{fn}: {name} must be a Schedule, got {C.shown(value)}")
     return value
 
 

@@ -223,8 +223,8 @@ class WSD(Schedule):
     ) -> None:
         fn = "wsd()"
         lr = C.positive(fn, "lr", lr)
-        total = C.positive_int(fn, "total", total)
-        warmup = C.nonnegative_int(fn, "warmup", warmup)
+        total = C.steps(fn, "total", total)
+        warmup = C.steps(fn, "warmup", warmup, minimum=0)
         decay = C.in_range(fn, "decay", decay, 0.0, 1.0)
         end = C.nonnegative(fn, "end", end)
         shape = C.choice(fn, "shape", shape, _WSD_SHAPES)

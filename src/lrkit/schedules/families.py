@@ -69,7 +69,7 @@ def family(name: str, peak: float, steps: int, warmup: float = 0.0) -> Schedule:
     fn = "family()"
     name = C.choice(fn, "name", name, FAMILIES)
     peak = C.positive(fn, "peak", peak)
-    steps = C.integer(fn, "steps", steps, minimum=2)
+    steps = C.steps(fn, "steps", steps, minimum=2)
     warmup = C.in_range(fn, "warmup", warmup, 0.0, 1.0, high_open=True)
     w = int(round(warmup * steps))
     rest = steps - w
