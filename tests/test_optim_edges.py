@@ -182,10 +182,13 @@ def test_a_state_tensor_changed_in_place_is_refused(info, how, kept_plans):
 
 @pytest.mark.parametrize("info", [i for i in INFOS if i.cls.kernel is not None],
                          ids=lambda i: i.name)
-def test_a_state_tensor_given_new_storage_of_its_size_is_the_one_updated(info, kept_plans):
-    """``state[p][key].data = copy``: a new storage of the right size and dtype is taken,
-    and the step updates it exactly as it would have updated the old one (the kernel
-    used to keep writing to the old storage, freed by then)."""
+@pytest.mark.parametrize("how", ["data=clone", "storage_grown"])
+def test_a_state_tensor_given_new_storage_of_its_size_is_the_one_updated(info, how,
+                                                                          kept_plans):
+    """``state[p][key].data = copy``, or its storage grown in place (reallocated, the
+    values copied): the new memory is taken, and the step updates it exactly as it would
+    have updated the old one (the kernel used to keep writing to the old storage, freed
+    by then)."""
     from lrkit.optim import _kernel
     if _kernel.library(info.cls.kernel) is None:
         pytest.skip("no C++ compiler: the kernel is not built")
@@ -199,8 +202,13 @@ def test_a_state_tensor_given_new_storage_of_its_size_is_the_one_updated(info, k
     swapped = {}
     for k in keys:
         t = opt.state[ws[1]][k]
-        t.data = t.clone()
+        old_ptr = t.data_ptr()
+        if how == "data=clone":
+            t.data = t.clone()
+        else:
+            t.untyped_storage().resize_(t.untyped_storage().nbytes() * 2)
         swapped[k] = t.data_ptr()
+        assert swapped[k] != old_ptr
     gen = torch.Generator().manual_seed(2)
     for _ in range(2):
         for w, tw in zip(ws, twin_ws):
