@@ -311,6 +311,11 @@ def test_still_and_bump():
     assert not nat.still(sts, ("m", "step"), flat[:3], marks)
     assert not nat.still(sts, ("m", "step"), flat, marks[:-2])  # marks of another length
     assert nat.still([], (), [], _kernel.array("Q")) and nat.still(sts, (), [], marks[:0])
+    # a tuple of alternatives: the first name the dict holds (as _kernel._column reads it)
+    assert nat.still(sts, (("v", "m"), "step"), flat, marks)
+    assert nat.still(sts, (("m", "step"), "step"), flat, marks)
+    assert not nat.still(sts, (("step", "m"), "step"), flat, marks)
+    assert nat.still(sts, (("x", "y"),), [None, None], _kernel._marks([None, None]))
     # the same tensor objects, changed in place: their addresses or sizes are not the marks'
     for change, undo in [
             (lambda: setattr(a, "data", a.data.clone()), None),

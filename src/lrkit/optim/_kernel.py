@@ -641,12 +641,14 @@ def _still(c: Columns, sts: list[dict], keys: Any, scal: Any) -> bool:
 
 def _table(named: list[tuple[Any, list]], n: int) -> tuple[tuple | None, list, array]:
     """What :func:`_holds` checks the state dicts against: the names of ``named`` (pairs
-    of a state name and its column of tensors, one per state dict; None where a name is a
-    tuple of alternatives: the native ``still`` reads only plain names), the tensors dict
-    by dict (dict i, name k at ``i * len(named) + k``), and their :func:`_marks`."""
+    of a state name, or a tuple of alternatives, and its column of tensors, one per state
+    dict; None where a name is neither: the native ``still`` reads only those), the
+    tensors dict by dict (dict i, name k at ``i * len(named) + k``), and their
+    :func:`_marks`."""
     rows = [col[i] for i in range(n) for _, col in named]
     names = tuple(name for name, _ in named)
-    if not all(isinstance(name, str) for name in names):
+    if not all(type(name) is str or (type(name) is tuple and all(
+            type(x) is str for x in name)) for name in names):
         names = None
     return names, rows, _marks(rows)
 

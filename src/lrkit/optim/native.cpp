@@ -110,7 +110,8 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // still(dicts, names, kept, marks) -> bool: whether every object of `dicts` is a dict
-// whose entry under each of `names` (a tuple of str) is the object at the same place of
+// whose entry under each of `names` (a tuple whose items are a str, or a tuple of str:
+// alternatives, the first the dict holds) is the object at the same place of
 // `kept` (row by row: dict i, name k at i * len(names) + k; None for a missing entry),
 // each tensor among them still at the address and with the number of entries that
 // `marks` (two 64-bit words per place: 0, 0 for None) recorded when the kernel's pointer
@@ -141,7 +142,16 @@ PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     PyObject* d = PyList_GET_ITEM(dicts, i);
     if (!PyDict_Check(d)) Py_RETURN_FALSE;
     for (Py_ssize_t c = 0; c < k; ++c) {
-      PyObject* v = PyDict_GetItemWithError(d, PyTuple_GET_ITEM(names, c));
+      PyObject* name = PyTuple_GET_ITEM(names, c);
+      PyObject* v = nullptr;
+      if (PyTuple_CheckExact(name)) {  // alternatives: the first one the dict holds
+        for (Py_ssize_t a = 0; v == nullptr && a < PyTuple_GET_SIZE(name); ++a) {
+          v = PyDict_GetItemWithError(d, PyTuple_GET_ITEM(name, a));
+          if (v == nullptr && PyErr_Occurred()) break;
+        }
+      } else {
+        v = PyDict_GetItemWithError(d, name);
+      }
       if (v == nullptr) {
         if (PyErr_Occurred()) {
           PyErr_Clear();
