@@ -80,6 +80,13 @@ def corruptions(sd):
             continue
         yield f"{key} text", mutate(
             lambda d, key=key: d["state"][index].__setitem__(key, "zeros")), [key, "str"]
+        yield f"{key} meta", mutate(
+            lambda d, key=key, v=v: d["state"][index].__setitem__(key, v.to("meta"))), \
+            [key, "meta"]
+        if key in ("step", "mu_product"):
+            yield f"{key} complex", mutate(
+                lambda d, key=key, v=v: d["state"][index].__setitem__(
+                    key, v.to(torch.complex64))), [key, "real"]
         if v.dim() > 0:
             yield f"{key} shape", mutate(
                 lambda d, key=key, v=v: d["state"][index].__setitem__(
@@ -166,3 +173,49 @@ def test_a_torch_state_dict_of_another_algorithm_is_refused():
     ours = lrkit.optim.Adagrad(make_model().parameters())
     with pytest.raises(ValueError, match="lacks 'lr_decay'|lacks 'sum'"):
         ours.load_state_dict(theirs.state_dict())
+
+
+SCALAR_INFOS = [i for i in INFOS if isinstance(next(
+    (st for st in trained(i)[1].state_dict()["state"].values() if st), {}).get("step"),
+    torch.Tensor)]
+
+
+@pytest.mark.parametrize("info", SCALAR_INFOS, ids=[i.name for i in SCALAR_INFOS])
+@pytest.mark.parametrize("form", ["number", "integer tensor", "bfloat16 tensor"])
+def test_scalar_state_saved_as_numbers_loads_as_the_tensors_it_stands_for(info, form):
+    """Older torch versions saved ``step`` (and NAdam's ``mu_product``) as Python numbers,
+    and a hand-made state_dict may hold an integer tensor: they load as the float tensors
+    the step keeps, and training goes on exactly as from the state_dict as saved."""
+    model, opt = trained(info)
+    sd = copy.deepcopy(opt.state_dict())
+    converted = copy.deepcopy(sd)
+    changed = 0
+    for st in converted["state"].values():
+        for key in ("step", "mu_product"):
+            v = st.get(key)
+            if isinstance(v, torch.Tensor) and v.dim() == 0:
+                if form == "number":
+                    st[key] = int(v) if key == "step" else float(v)
+                elif key == "step" and form == "integer tensor":
+                    st[key] = v.to(torch.int64)
+                elif key == "step":
+                    st[key] = v.to(torch.bfloat16)
+                else:
+                    continue
+                changed += 1
+    assert changed
+    outs = []
+    for state_dict in (sd, converted):
+        again_model = make_model(seed=5)
+        again = info.cls(param_groups(again_model, info.configs[-1], True, info.cls),
+                         **info.configs[-1])
+        again.load_state_dict(copy.deepcopy(state_dict))
+        for st in again.state.values():
+            for key in ("step", "mu_product"):
+                if key in st:
+                    assert isinstance(st[key], torch.Tensor)
+                    assert st[key].dtype in (torch.float32, torch.float64)
+        train(again, again_model, batches(), 2, closure="needs_closure" in info.tags)
+        outs.append([p.detach().clone() for p in again_model.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -252,6 +252,9 @@ def _check_state(fn: str, where: str, p: Tensor, st: Mapping, layout: dict | Non
     if layout is not None:
         _check_keys(fn, where, st, layout, shapes)
     for k, v in st.items():
+        if isinstance(v, Tensor) and v.is_meta:
+            raise ValueError(f"{fn}: state[{k!r}] of {where} is a meta tensor, which holds no "
+                             "values (a state_dict of an optimizer built on the meta device)")
         if k in shapes:
             _check_shape_in(fn, where, k, v, shapes[k])
             continue
@@ -290,6 +293,9 @@ def _check_scalar(fn: str, where: str, k: str, v: Any) -> None:
     if not isinstance(v, Tensor) or v.numel() != 1:
         raise TypeError(f"{fn}: state[{k!r}] of {where} must be a number or a "
                         f"one-element tensor, got {_what(v)}")
+    if v.is_complex() or v.dtype == torch.bool:
+        raise TypeError(f"{fn}: state[{k!r}] of {where} must be a real number, got a "
+                        f"{v.dtype} tensor")
     _finite(fn, where, k, v)
 
 

@@ -209,6 +209,8 @@ class NAdam(_AdamLike):
     (it holds the gradient, so ``explain()`` reads ``p.grad``).
     """
 
+    _scalar_state = ("step", "mu_product")
+
     torch_name = "NAdam"
     kernel = "nadam"
 

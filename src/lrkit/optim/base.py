@@ -136,6 +136,9 @@ class LrkitOptimizer(torch.optim.Optimizer):
     #: learning-rate-free: the optimizer estimates its own step size, ``lr`` only scales
     #: that estimate, so with a ``recommended_lr`` no range test or search of lr applies
     lr_free: ClassVar[bool] = False
+    #: state kept as a 0-dim float tensor (torch's ``step``): a number or an integer
+    #: tensor loaded there becomes one
+    _scalar_state: ClassVar[tuple[str, ...]] = ("step",)
     #: the lr its authors recommend (None: search it; for an lr-free optimizer, its
     #: multiplier of the estimated step size)
     recommended_lr: ClassVar[float | None] = None
@@ -704,13 +707,22 @@ class LrkitOptimizer(torch.optim.Optimizer):
                 group.setdefault(k, v)
             for p in group["params"]:
                 s = self.state.get(p)
-                if s and "step" in s and not torch.is_tensor(s["step"]):
-                    s["step"] = step_tensor(group, p).fill_(float(s["step"]))
+                if not s:
+                    continue
+                # numbers (older torch saved them so), integer tensors, and 16-bit floats
+                # (which stop counting at 256 steps): the float tensor the step keeps
+                for key in self._scalar_state:
+                    v = s.get(key)
+                    if v is not None and not (torch.is_tensor(v) and v.dtype in _COUNTERS):
+                        s[key] = step_tensor(group, p).fill_(float(v))
 
     def __repr__(self) -> str:
         text = super().__repr__()
         return text[:-1] + f"    nonfinite: {self.nonfinite}\n    impl: {self.impl}\n)"
 
+
+#: the dtypes a loaded 0-dim counter (``_scalar_state``) is kept in
+_COUNTERS = (torch.float32, torch.float64)
 
 # left out of copies, as torch leaves them: what torch's __setstate__ recreates, and the
 # step wrapper (a closure) with the flag that schedulers attach

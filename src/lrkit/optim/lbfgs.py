@@ -565,6 +565,9 @@ def _check_state_values(fn: str, st: dict, n: int, history_size: int) -> None:
             raise ValueError(f"{fn}: {where} holds NaN or Inf")
 
     def _finite(where: str, v: Tensor) -> None:
+        if v.is_meta:
+            raise ValueError(f"{fn}: {where} is a meta tensor, which holds no values (a "
+                             "state_dict of an optimizer built on the meta device)")
         if not v.is_floating_point():
             raise TypeError(f"{fn}: {where} must be a floating-point tensor, got {v.dtype}")
         if not bool(torch.isfinite(v).all()):
