@@ -76,3 +76,62 @@ def test_import_lrkit_stays_light():
     src = str(Path(__file__).resolve().parents[1] / "src")
     subprocess.run([sys.executable, "-c", code], check=True,
                    env={**os.environ, "PYTHONPATH": src})
+
+
+# (one param group only: L-BFGS refuses any added group; a group's lr of 0 is a frozen
+# group where the optimizers with one shared step size refuse lr=0 in the constructor)
+GROUP_BAD = [(i, kw, name) for i, kw, name in BAD
+             if "single_group" not in i.tags and kw != {"lr": 0.0}
+             and all(k in i.cls(_param(), **i.configs[0]).defaults for k in kw)]
+
+
+@pytest.mark.parametrize("info,kwargs,name", GROUP_BAD,
+                         ids=[f"{i.name}-{n}-{list(k.values())[0]}" for i, k, n in GROUP_BAD])
+def test_a_param_group_with_a_bad_value_is_refused_when_added(info, kwargs, name):
+    """A value the constructor refuses is refused in ``add_param_group`` too (torch
+    checks none there: a NaN or negative eps, lr or decay went silently into the
+    weights), before the group is added; the same in the constructor's list of groups."""
+    opt = info.cls(_param(), **info.configs[0])
+    groups = len(opt.param_groups)
+    with pytest.raises((ValueError, TypeError), match=re.escape(name)):
+        opt.add_param_group({"params": _param(), **kwargs})
+    assert len(opt.param_groups) == groups
+    with pytest.raises((ValueError, TypeError), match=re.escape(name)):
+        info.cls([{"params": _param()}, {"params": _param(), **kwargs}], **info.configs[0])
+
+
+@pytest.mark.parametrize("info", INFOS, ids=[i.name for i in INFOS])
+def test_a_param_group_with_its_own_valid_values_is_added(info):
+    """No false alarm: a group that sets every value to the constructor's (new objects of
+    the same values) is added and steps."""
+    opt = info.cls(_param(), **info.configs[0])
+    own = {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in opt.defaults.items()
+           if k not in ("params", "param_names")}
+    try:
+        opt.add_param_group({"params": _param(), **own})
+    except ValueError as exc:
+        assert "one param group" in str(exc) or "must agree" in str(exc), exc
+        return
+    assert len(opt.param_groups) == 2
+
+
+def test_betas_of_a_tensor_of_two_entries_is_a_value_error():
+    for cls in (lrkit.optim.Adam, lrkit.optim.Lion, lrkit.optim.ScheduleFreeAdamW,
+                lrkit.optim.DAdaptAdam):
+        with pytest.raises(ValueError, match=r"betas\[0\] must be a number or a one-element"):
+            cls(_param(), betas=(torch.tensor([0.9, 0.8]), 0.99))
+
+
+def test_lbfgs_history_size_beyond_a_list_is_refused():
+    with pytest.raises(ValueError, match="history_size must be at most"):
+        lrkit.optim.LBFGS(_param(), history_size=10**30)
+
+
+def test_schedule_free_weight_overflow_is_a_clear_error():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = lrkit.optim.ScheduleFreeAdamW([p], r=1e30)
+    p.grad = torch.ones(3)
+    opt.step()  # k = 0: 1**r
+    p.grad = torch.ones(3)
+    with pytest.raises(FloatingPointError, match="averaging weight .* overflows float64"):
+        opt.step()

@@ -170,6 +170,29 @@ def _check_settings(opt: Any, fn: str, i: int, saved: Mapping) -> None:
                         f"{_strip(exc, fn)}") from None
 
 
+def check_added_group(opt: Any, group: Mapping) -> None:
+    """The values a param group sets itself (``add_param_group``, or a group of the
+    constructor's list), checked as the constructor checks its arguments (a throwaway
+    optimizer of one tiny parameter with them) before the group is added: torch checks
+    none, and a NaN or negative eps, lr or decay went silently into the weights."""
+    cls = type(opt)
+    fn = f"{cls.__name__}.add_param_group()"
+    own = {k: v for k, v in group.items()
+           if k not in ("params", "param_names") and k in opt.defaults
+           and v is not opt.defaults[k]}
+    if not own:
+        return
+    try:
+        if "lr" in own:
+            check_lr(fn, own["lr"])
+        settings = _settings(cls, {**opt.defaults, **own})
+        if any(k in own for k in settings):
+            cls([torch.nn.Parameter(torch.zeros(2))], **settings)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fn}: param group {len(opt.param_groups)}: {_strip(exc, fn)}") \
+            from None
+
+
 def _check_running_values(opt: Any, fn: str, i: int, saved: Mapping) -> None:
     """Numbers a group holds besides the constructor's arguments (what the step keeps
     there: the d estimate, schedule-free's weight_sum, the line search's step size...)

@@ -75,6 +75,9 @@ def check_betas(fn: str, betas: Any, names=("betas[0]", "betas[1]")) -> tuple:
     if len(items) != 2:
         raise ValueError(f"{fn}: betas must be a pair (beta1, beta2), got {betas!r}")
     for name, b in zip(names, items):
+        if isinstance(b, Tensor) and b.numel() != 1:
+            raise ValueError(f"{fn}: {name} must be a number or a one-element tensor, got a "
+                             f"tensor of shape {tuple(b.shape)}")
         C.in_range(fn, name, b.detach().reshape(()).cpu() if isinstance(b, Tensor) else b,
                    0.0, 1.0, high_open=True)
     return tuple(items)
@@ -320,7 +323,11 @@ class LrkitOptimizer(torch.optim.Optimizer):
         return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, after checking the values the group sets itself
+        as the constructor checks its arguments (``_state_check.check_added_group``)."""
         check_in_backward = _gradwatch.enabled()  # a bad value raises before the group
+        if isinstance(param_group, dict):
+            _state_check.check_added_group(self, param_group)
         super().add_param_group(param_group)
         params = self.param_groups[-1]["params"]
         if any(_distributed.is_dtensor(p) for p in params):

@@ -56,6 +56,7 @@ or gradient is not finite is undone and the step ends there.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -149,6 +150,9 @@ class LBFGS(LrkitOptimizer):
         out["tolerance_grad"] = C.nonnegative(fn, "tolerance_grad", s["tolerance_grad"])
         out["tolerance_change"] = C.nonnegative(fn, "tolerance_change", s["tolerance_change"])
         out["history_size"] = C.positive_int(fn, "history_size", s["history_size"])
+        if out["history_size"] > sys.maxsize:  # a list's length: beyond, an OverflowError
+            raise ValueError(f"{fn}: history_size must be at most {sys.maxsize}, got "
+                             f"{C.shown(s['history_size'])}")
         ls = s["line_search_fn"]
         if ls not in LINE_SEARCHES:
             allowed = "None or one of " + ", ".join(repr(x) for x in LINE_SEARCHES[1:])

@@ -238,7 +238,14 @@ class _ScheduleFree(L.GlobalStepOptimizer):
         lr = float(scalar(group["lr"])) * sched
         group["scheduled_lr"] = lr
         lr_max = group["lr_max"] = max(lr, group["lr_max"])
-        weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
+        try:
+            weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
+        except OverflowError:
+            raise FloatingPointError(
+                f"{type(self).__name__}.step(): the averaging weight (k + 1)**r * "
+                f"lr_max**weight_lr_power overflows float64 at k={k} (r={group['r']!r}, "
+                f"weight_lr_power={group['weight_lr_power']!r}, lr_max={lr_max!r}); lower "
+                "r or weight_lr_power") from None
         weight_sum = group["weight_sum"] = group["weight_sum"] + weight
         ckp1 = weight / weight_sum if weight_sum != 0 else 0
         return lr, ckp1
