@@ -53,3 +53,42 @@ def test_python_dash_m_lrkit_runs_the_command():
                          env=env)
     assert out.returncode == 0, out.stderr
     assert "0.05" in out.stdout
+
+
+def test_an_unwritable_figure_path_is_one_clear_error(tmp_path):
+    for args in (["plot", "cosine(0.1, total=100)"], ["demo", "--steps", "50"]):
+        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "no" / "x.png")])
+        assert result.exit_code == 1, result.output
+        assert "cannot write the figure to" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_steps_beyond_float64s_exact_range_are_a_usage_error():
+    result = CliRunner().invoke(main, ["show", "cosine(0.1, total=100)", "--at",
+                                       f"5,{10**20}"])
+    assert result.exit_code == 2 and "--at steps must be from 0 to 2**53" in result.output
+    result = CliRunner().invoke(main, ["show", "cosine(0.1, total=100)", "--steps",
+                                       str(10**20)])
+    assert result.exit_code == 2 and "--steps" in result.output
+
+
+def test_a_long_budget_is_plotted_from_a_sample_of_its_steps(tmp_path):
+    """A budget of 10**14 steps draws PLOT_POINTS evenly spread steps (every step would
+    take hundreds of terabytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lrkit import schedules as S
+    from lrkit.plot import PLOT_POINTS, new_axes, plot_schedules
+
+    _, (ax,) = new_axes(1)
+    plot_schedules([S.cosine(0.1, total=10**14)], 10**14, ax)
+    x, y = ax.lines[0].get_data()
+    assert len(x) == PLOT_POINTS and x[0] == 0 and x[-1] == 10**14 - 1
+    assert y[0] == 0.1 and abs(y[-1]) < 1e-12
+    _, (ax,) = new_axes(1)
+    plot_schedules([S.cosine(0.1, total=1000)], 1000, ax)  # short budgets: every step
+    assert list(ax.lines[0].get_xdata()) == list(range(1000))
+    result = CliRunner().invoke(main, ["plot", "cosine(0.1, total=100)", "--steps",
+                                       str(10**14), "--out", str(tmp_path / "long.png")])
+    assert result.exit_code == 0, result.output

@@ -22,8 +22,20 @@ def _parse_spec(spec: str) -> S.Schedule:
 
 
 def _steps_option(default: int = 1000):
-    return click.option("--steps", "-n", type=click.IntRange(min=1), default=default,
-                        show_default=True, help="Number of optimizer steps to draw or tabulate.")
+    return click.option("--steps", "-n", type=click.IntRange(min=1, max=S.MAX_STEPS),
+                        default=default, show_default=True,
+                        help="Number of optimizer steps to draw or tabulate.")
+
+
+def _save(fig, out: str) -> None:
+    """Write the figure, or stop with a one-line error where ``out`` cannot be written."""
+    from lrkit.plot import save
+
+    try:
+        save(fig, out)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the figure to {out!r}: "
+                                   f"{exc.strerror or exc}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,7 +67,7 @@ MODERN = [
               show_default=True, help="Where to save the figure.")
 def demo(steps: int, out: str) -> None:
     """Plot the article's three schedules beside the modern family, and print a table."""
-    from lrkit.plot import new_axes, plot_schedules, save
+    from lrkit.plot import new_axes, plot_schedules
 
     article = [(S.parse(t), label) for t, label in ARTICLE]
     modern = [(S.parse(t), label) for t, label in MODERN]
@@ -64,7 +76,7 @@ def demo(steps: int, out: str) -> None:
                    title="The article: time-based, step-based, exponential")
     plot_schedules([s for s, _ in modern], steps, right, labels=[lbl for _, lbl in modern],
                    title="The modern family")
-    save(fig, out)
+    _save(fig, out)
     _print_table(article + modern, _default_points(steps), title="Learning rate by step")
     click.echo(f"figure written to {out}")
 
@@ -98,12 +110,12 @@ def _print_table(rows: Sequence[tuple[S.Schedule, str]], points: Sequence[int], 
 @click.option("--log", is_flag=True, help="Logarithmic learning-rate axis.")
 def plot(specs: tuple[str, ...], steps: int, out: str, log: bool) -> None:
     """Draw one or more schedules (spec text such as "cosine(0.1, total=1000)")."""
-    from lrkit.plot import new_axes, plot_schedules, save
+    from lrkit.plot import new_axes, plot_schedules
 
     schedules = [_parse_spec(s) for s in specs]
     fig, (ax,) = new_axes(1, figsize=(8, 4.5))
     plot_schedules(schedules, steps, ax, log=log)
-    save(fig, out)
+    _save(fig, out)
     click.echo(f"figure written to {out}")
 
 
@@ -120,8 +132,8 @@ def show(spec: str, steps: int, at: str | None) -> None:
             points = [int(p) for p in at.split(",") if p.strip()]
         except ValueError:
             raise click.UsageError(f"--at must be comma-separated integers, got {at!r}") from None
-        if any(p < 0 for p in points):
-            raise click.UsageError(f"--at steps must be >= 0, got {at!r}")
+        if any(not 0 <= p <= S.MAX_STEPS for p in points):
+            raise click.UsageError(f"--at steps must be from 0 to 2**53, got {at!r}")
     else:
         points = _default_points(steps)
     from rich.console import Console

@@ -39,6 +39,10 @@ def _has_display() -> bool:
         os.environ.get("MPLBACKEND") is not None
 
 
+#: the most steps :func:`plot_schedules` evaluates and draws
+PLOT_POINTS = 200_001
+
+
 def plot_schedules(
     schedules: Sequence[Any],
     steps: int,
@@ -48,13 +52,16 @@ def plot_schedules(
     log: bool = False,
     title: str | None = None,
 ):
-    """Draw schedules over ``steps`` steps on one axes; returns the axes."""
+    """Draw schedules over ``steps`` steps on one axes; returns the axes. Up to
+    ``PLOT_POINTS`` steps every step is drawn; beyond, that many steps evenly spread
+    (a figure is a few thousand pixels wide: a budget of 10**12 steps would otherwise
+    ask for terabytes)."""
     fn = "plot_schedules()"
     schedules = C.sequence(fn, "schedules", schedules)
     for i, s in enumerate(schedules):
         if not callable(s):
             raise TypeError(f"{fn}: schedules[{i}] must be a schedule, got {s!r:.40}")
-    steps = C.positive_int(fn, "steps", steps)
+    steps = C.steps(fn, "steps", steps)
     if labels is not None:
         labels = C.sequence(fn, "labels", labels)
         if len(labels) != len(schedules):
@@ -63,7 +70,8 @@ def plot_schedules(
     C.boolean(fn, "log", log)
     if ax is None:
         _, (ax,) = new_axes()
-    n = np.arange(int(steps))
+    n = (np.arange(steps) if steps <= PLOT_POINTS else
+         np.unique(np.linspace(0, steps - 1, PLOT_POINTS).round().astype(np.int64)))
     for i, s in enumerate(schedules):
         label = labels[i] if labels else str(s)
         ax.plot(n, s(n), label=label if len(label) <= 60 else label[:57] + "...", lw=1.6)
@@ -84,12 +92,14 @@ def save(fig: Any, path: str) -> str:
         raise TypeError(f"save(): fig must be a matplotlib Figure, got {fig!r:.40}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"save(): path must be a file path, got {path!r}")
-    if fig.get_layout_engine() is None:
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    try:
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:  # closed also where the path cannot be written (OSError)
+        plt.close(fig)
     return path
 
 

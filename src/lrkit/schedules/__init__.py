@@ -6,7 +6,7 @@ Nothing here imports torch, keras or jax: the adapters (``s.torch``, ``s.keras``
 """
 from lrkit.errors import SpecError
 from lrkit.schedules import families
-from lrkit.schedules.base import Schedule
+from lrkit.schedules.base import MAX_STEPS, Schedule
 from lrkit.schedules.classic import (
     Exponential,
     StepBased,
@@ -62,6 +62,7 @@ from lrkit.schedules.parse import as_schedule, parse
 from lrkit.schedules.registry import REGISTRY, from_config
 
 __all__ = [
+    "MAX_STEPS",
     "REGISTRY", "Schedule", "SpecError", "as_schedule", "from_config", "parse",
     "COMPARED", "FAMILIES", "families", "family",
     "Exponential", "StepBased", "TimeBased", "exponential", "step_based", "time_based",
