@@ -56,11 +56,20 @@ def test_python_dash_m_lrkit_runs_the_command():
 
 
 def test_an_unwritable_figure_path_is_one_clear_error(tmp_path):
+    import click
+    import pytest
+
+    from lrkit.cli import _save
+    from lrkit.plot import new_axes
+
     for args in (["plot", "cosine(0.1, total=100)"], ["demo", "--steps", "50"]):
         result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "no" / "x.png")])
-        assert result.exit_code == 1, result.output
-        assert "cannot write the figure to" in result.output
+        assert result.exit_code == 2, result.output
+        assert "does not exist" in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+    fig, _ = new_axes(1)  # a folder gone between the check and the write
+    with pytest.raises(click.ClickException, match="cannot write the figure to"):
+        _save(fig, str(tmp_path / "gone" / "x.png"))
 
 
 def test_steps_beyond_float64s_exact_range_are_a_usage_error():
@@ -92,3 +101,38 @@ def test_a_long_budget_is_plotted_from_a_sample_of_its_steps(tmp_path):
     result = CliRunner().invoke(main, ["plot", "cosine(0.1, total=100)", "--steps",
                                        str(10**14), "--out", str(tmp_path / "long.png")])
     assert result.exit_code == 0, result.output
+
+
+def test_output_paths_and_seeds_are_checked_before_a_command_runs(tmp_path):
+    """A range test, a tuning run or an autopilot run must not end in a traceback after
+    its work because the report's folder does not exist: every --out/--json/--save is
+    checked first, as are --seed and the range test's lr bounds."""
+    missing = str(tmp_path / "no" / "report.html")
+    for args in (["find", "quadratic", "--out", missing],
+                 ["find", "quadratic", "--json", missing],
+                 ["tune", "quadratic", "--out", missing],
+                 ["fit", "quadratic", "--out", missing],
+                 ["fit", "quadratic", "--save", missing],
+                 ["plot", "cosine(0.1, total=10)", "--out", missing]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "does not exist" in result.output and "Traceback" not in result.output
+    for args in (["find", "quadratic", "--seed", "-1"],
+                 ["find", "quadratic", "--seed", str(10**23)],
+                 ["fit", "quadratic", "--seed", "-3"],
+                 ["tune", "quadratic", "--seed", str(2**64)],
+                 ["find", "quadratic", "--start", "nan"],
+                 ["find", "quadratic", "--end", "inf"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Invalid value" in result.output
+
+
+def test_find_writes_its_figure_and_json(tmp_path):
+    import json
+
+    out, js = tmp_path / "f.png", tmp_path / "f.json"
+    result = CliRunner().invoke(main, ["find", "quadratic", "--steps", "20", "--out", str(out),
+                                       "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 1000 and json.loads(js.read_text())["target"]

@@ -21,6 +21,48 @@ def _parse_spec(spec: str) -> S.Schedule:
         raise click.UsageError(f"bad schedule {spec!r}: {exc}") from None
 
 
+def _writable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ``--out``-like path checked before the command runs (a range test or a tuning
+    run must not end in a traceback because its report cannot be written): the folder
+    it goes into must exist and be writable; a folder output (``file_okay=False``) may
+    be created, below a writable existing folder."""
+    if value is None:
+        return value
+    import os
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    is_dir_option = isinstance(param.type, click.Path) and not param.type.file_okay
+    where = path if is_dir_option else path.parent
+    if is_dir_option:
+        while not where.exists() and where != where.parent:
+            where = where.parent
+    elif not where.is_dir():
+        raise click.BadParameter(f"the folder {str(where)!r} does not exist", ctx, param)
+    if not where.is_dir() or not os.access(where, os.W_OK):
+        raise click.BadParameter(f"cannot write into {str(where)!r}", ctx, param)
+    return value
+
+
+#: torch.manual_seed's range (a seed below 0 or above it raised a traceback)
+_SEED = click.IntRange(min=0, max=2**63 - 1)
+class _LRBound(click.FloatRange):
+    """A learning rate bound of the range test: positive and finite (a FloatRange lets
+    NaN through: every comparison with it is false)."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, max=1e300, min_open=True)
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return v
+
+
+_LR_BOUND = _LRBound()
+
+
 def _steps_option(default: int = 1000):
     return click.option("--steps", "-n", type=click.IntRange(min=1, max=S.MAX_STEPS),
                         default=default, show_default=True,
@@ -63,7 +105,8 @@ MODERN = [
 
 @main.command()
 @_steps_option(1000)
-@click.option("--out", type=click.Path(dir_okay=False), default="lrkit-demo.png",
+@click.option("--out", type=click.Path(dir_okay=False),
+              callback=_writable, default="lrkit-demo.png",
               show_default=True, help="Where to save the figure.")
 def demo(steps: int, out: str) -> None:
     """Plot the article's three schedules beside the modern family, and print a table."""
@@ -105,7 +148,8 @@ def _print_table(rows: Sequence[tuple[S.Schedule, str]], points: Sequence[int], 
 @main.command()
 @click.argument("specs", nargs=-1, required=True)
 @_steps_option(1000)
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default="schedules.png",
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              callback=_writable, default="schedules.png",
               show_default=True, help="Where to save the figure.")
 @click.option("--log", is_flag=True, help="Logarithmic learning-rate axis.")
 def plot(specs: tuple[str, ...], steps: int, out: str, log: bool) -> None:
@@ -154,19 +198,21 @@ def show(spec: str, steps: int, at: str | None) -> None:
               help='An lrkit.optim or torch.optim class, any case, with optional arguments: '
                    '"sgd(momentum=0.9)", "prodigy", "adamw(weight_decay=0.1)" (an lrkit name '
                    'wins over torch\'s).')
-@click.option("--start", type=click.FloatRange(min=0, min_open=True), default=1e-7,
+@click.option("--start", type=_LR_BOUND, default=1e-7,
               show_default=True, help="First learning rate of the sweep.")
-@click.option("--end", type=click.FloatRange(min=0, min_open=True), default=10.0,
+@click.option("--end", type=_LR_BOUND, default=10.0,
               show_default=True, help="Last learning rate of the sweep.")
 @click.option("--steps", type=click.IntRange(min=2), default=100, show_default=True,
               help="Number of optimizer steps (learning rates) in the sweep.")
 @click.option("--mode", type=click.Choice(["exp", "linear"]), default="exp",
               show_default=True, help="Geometric or linear sweep.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=_SEED, default=0, show_default=True,
               help="Seed of torch's generator (and of a built-in task's build).")
-@click.option("--out", type=click.Path(dir_okay=False), default="finder.png",
+@click.option("--out", type=click.Path(dir_okay=False),
+              callback=_writable, default="finder.png",
               show_default=True, help="Where to save the plot.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              callback=_writable, default=None,
               help="Also write the curve and the suggestions to this JSON file.")
 def find(target: str, optimizer: str, start: float, end: float, steps: int, mode: str,
          seed: int, out: str, json_path: str | None) -> None:
@@ -197,17 +243,21 @@ def find(target: str, optimizer: str, start: float, end: float, steps: int, mode
         result = find_lr(loaded.model, opt, loaded.loader, loaded.loss_fn, start=start,
                          end=end, steps=steps, mode=mode, callback=advance, warn=False)
     _print_suggestions(result)
-    from lrkit.plot import new_axes, save
+    from lrkit.plot import new_axes
 
     fig, (ax,) = new_axes(1, figsize=(8, 4.5))
     result.plot(ax)
     ax.set_title(f"Range test: {loaded.name}, {type(opt).__name__}")
-    save(fig, out)
+    _save(fig, out)
     click.echo(f"figure written to {out}")
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"target": loaded.name, "optimizer": optimizer, **result.to_dict()}, f,
-                      indent=1, allow_nan=False)
+        try:
+            with open(json_path, "w") as f:
+                json.dump({"target": loaded.name, "optimizer": optimizer,
+                           **result.to_dict()}, f, indent=1, allow_nan=False)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the result to {json_path!r}: "
+                                       f"{exc.strerror or exc}") from None
         click.echo(f"result written to {json_path}")
 
 
@@ -290,8 +340,9 @@ def _print_suggestions(result) -> None:
               default="asha", show_default=True)
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe",
               show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed of the sampler and of the task.")
-@click.option("--out", type=click.Path(dir_okay=False), default="tune-report.html",
+@click.option("--seed", type=_SEED, default=None, help="Seed of the sampler and of the task.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              callback=_writable, default="tune-report.html",
               show_default=True, help="Where to write the HTML report.")
 def tune(target: str, trials: int, storage: str | None, study: str | None, workers: int,
          optimizer: str | None, steps: int | None, pruner: str, sampler: str,
@@ -347,10 +398,12 @@ def tune(target: str, trials: int, storage: str | None, study: str | None, worke
               help="Total compute allowed, in runs of --steps (the search gets the rest).")
 @click.option("--schedule", default=None, help="Override the schedule (spec text); its "
               "peak becomes the chosen rate.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default="autopilot-report.html",
+@click.option("--seed", type=_SEED, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False),
+              callback=_writable, default="autopilot-report.html",
               show_default=True, help="Where to write the HTML report.")
-@click.option("--save", type=click.Path(dir_okay=False), default=None,
+@click.option("--save", type=click.Path(dir_okay=False),
+              callback=_writable, default=None,
               help="Save the trained model's state_dict there (torch.save), e.g. model.pt.")
 def fit(target: str, steps: int | None, optimizer: str, budget: float, schedule: str | None,
         seed: int, out: str, save: str | None) -> None:
@@ -440,7 +493,8 @@ def _names(text: str | None) -> list[str] | None:
               help="Paired seeds per cell (default: the suite's).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes, one torch thread each (default: one per CPU core).")
-@click.option("--out", type=click.Path(file_okay=False), default="bench-results",
+@click.option("--out", type=click.Path(file_okay=False),
+              callback=_writable, default="bench-results",
               show_default=True, help="Directory of results.csv (appended to, resumed from) "
                                       "and the report.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
@@ -515,7 +569,8 @@ def bench(suite: str, tasks: str | None, methods: str | None, seeds: int | None,
 
 @main.command()
 @click.argument("results", type=click.Path(exists=True))
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=click.Path(file_okay=False),
+              callback=_writable, default=None,
               help="Directory of the report (default: beside RESULTS).")
 def report(results: str, out: str | None) -> None:
     """Write the arena report (Markdown and one self-contained HTML page) for RESULTS, a
