@@ -62,14 +62,19 @@ def test_an_unwritable_figure_path_is_one_clear_error(tmp_path):
     from lrkit.cli import _save
     from lrkit.plot import new_axes
 
+    (tmp_path / "a_file").write_text("")
     for args in (["plot", "cosine(0.1, total=100)"], ["demo", "--steps", "50"]):
-        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "no" / "x.png")])
+        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a_file" / "x.png")])
         assert result.exit_code == 2, result.output
-        assert "does not exist" in result.output
+        assert "is not a folder" in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
-    fig, _ = new_axes(1)  # a folder gone between the check and the write
+        out = tmp_path / "new" / "folders" / f"{args[0]}.png"  # made on the way
+        result = CliRunner().invoke(main, [*args, "--out", str(out)])
+        assert result.exit_code == 0 and out.exists(), result.output
+    fig, _ = new_axes(1)  # a file put in the way between the check and the write
+    (tmp_path / "later").write_text("")
     with pytest.raises(click.ClickException, match="cannot write the figure to"):
-        _save(fig, str(tmp_path / "gone" / "x.png"))
+        _save(fig, str(tmp_path / "later" / "x.png"))
 
 
 def test_steps_beyond_float64s_exact_range_are_a_usage_error():
@@ -107,7 +112,8 @@ def test_output_paths_and_seeds_are_checked_before_a_command_runs(tmp_path):
     """A range test, a tuning run or an autopilot run must not end in a traceback after
     its work because the report's folder does not exist: every --out/--json/--save is
     checked first, as are --seed and the range test's lr bounds."""
-    missing = str(tmp_path / "no" / "report.html")
+    (tmp_path / "a_file").write_text("")
+    missing = str(tmp_path / "a_file" / "report.html")
     for args in (["find", "quadratic", "--out", missing],
                  ["find", "quadratic", "--json", missing],
                  ["tune", "quadratic", "--out", missing],
@@ -116,7 +122,7 @@ def test_output_paths_and_seeds_are_checked_before_a_command_runs(tmp_path):
                  ["plot", "cosine(0.1, total=10)", "--out", missing]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
-        assert "does not exist" in result.output and "Traceback" not in result.output
+        assert "is not a folder" in result.output and "Traceback" not in result.output
     for args in (["find", "quadratic", "--seed", "-1"],
                  ["find", "quadratic", "--seed", str(10**23)],
                  ["fit", "quadratic", "--seed", "-3"],
@@ -131,7 +137,7 @@ def test_output_paths_and_seeds_are_checked_before_a_command_runs(tmp_path):
 def test_find_writes_its_figure_and_json(tmp_path):
     import json
 
-    out, js = tmp_path / "f.png", tmp_path / "f.json"
+    out, js = tmp_path / "f.png", tmp_path / "new" / "f.json"
     result = CliRunner().invoke(main, ["find", "quadratic", "--steps", "20", "--out", str(out),
                                        "--json", str(js)])
     assert result.exit_code == 0, result.output

@@ -23,25 +23,30 @@ def _parse_spec(spec: str) -> S.Schedule:
 
 def _writable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A ``--out``-like path checked before the command runs (a range test or a tuning
-    run must not end in a traceback because its report cannot be written): the folder
-    it goes into must exist and be writable; a folder output (``file_okay=False``) may
-    be created, below a writable existing folder."""
+    run must not end in a traceback because its output cannot be written): missing
+    folders on the way are created when it is written, below the nearest existing one,
+    which must be a writable folder."""
     if value is None:
         return value
     import os
     from pathlib import Path
 
     path = Path(value).expanduser()
-    is_dir_option = isinstance(param.type, click.Path) and not param.type.file_okay
-    where = path if is_dir_option else path.parent
-    if is_dir_option:
-        while not where.exists() and where != where.parent:
-            where = where.parent
-    elif not where.is_dir():
-        raise click.BadParameter(f"the folder {str(where)!r} does not exist", ctx, param)
-    if not where.is_dir() or not os.access(where, os.W_OK):
+    where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise click.BadParameter(f"{str(where)!r} is not a folder", ctx, param)
+    if not os.access(where, os.W_OK):
         raise click.BadParameter(f"cannot write into {str(where)!r}", ctx, param)
     return value
+
+
+def _parent_made(path: str) -> None:
+    """The folders on the way to ``path``, made (as the reports' writers make them)."""
+    from pathlib import Path
+
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 #: torch.manual_seed's range (a seed below 0 or above it raised a traceback)
@@ -74,6 +79,7 @@ def _save(fig, out: str) -> None:
     from lrkit.plot import save
 
     try:
+        _parent_made(out)
         save(fig, out)
     except OSError as exc:
         raise click.ClickException(f"cannot write the figure to {out!r}: "
@@ -252,6 +258,7 @@ def find(target: str, optimizer: str, start: float, end: float, steps: int, mode
     click.echo(f"figure written to {out}")
     if json_path:
         try:
+            _parent_made(json_path)
             with open(json_path, "w") as f:
                 json.dump({"target": loaded.name, "optimizer": optimizer,
                            **result.to_dict()}, f, indent=1, allow_nan=False)
