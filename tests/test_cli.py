@@ -128,6 +128,8 @@ def test_output_paths_and_seeds_are_checked_before_a_command_runs(tmp_path):
                  ["fit", "quadratic", "--seed", "-3"],
                  ["tune", "quadratic", "--seed", str(2**64)],
                  ["find", "quadratic", "--start", "nan"],
+                 ["bench", "--tasks", "quadratic", "--steps", str(10**20)],
+                 ["fit", "quadratic", "--steps", str(2**53 + 1)],
                  ["find", "quadratic", "--end", "inf"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, (args, result.output)

@@ -208,7 +208,8 @@ def show(spec: str, steps: int, at: str | None) -> None:
               show_default=True, help="First learning rate of the sweep.")
 @click.option("--end", type=_LR_BOUND, default=10.0,
               show_default=True, help="Last learning rate of the sweep.")
-@click.option("--steps", type=click.IntRange(min=2), default=100, show_default=True,
+@click.option("--steps", type=click.IntRange(min=2, max=S.MAX_STEPS), default=100,
+              show_default=True,
               help="Number of optimizer steps (learning rates) in the sweep.")
 @click.option("--mode", type=click.Choice(["exp", "linear"]), default="exp",
               show_default=True, help="Geometric or linear sweep.")
@@ -340,7 +341,7 @@ def _print_suggestions(result) -> None:
               help="Worker processes on this machine.")
 @click.option("--optimizer", default=None,
               help="Optimizer, e.g. adam or \"sgd(nesterov=True)\" [default: the task's].")
-@click.option("--steps", type=click.IntRange(min=2), default=None,
+@click.option("--steps", type=click.IntRange(min=2, max=S.MAX_STEPS), default=None,
               help="Training steps per trial [default: the task's budget; 300 for a "
                    "module:function TARGET].")
 @click.option("--pruner", type=click.Choice(["asha", "median", "hyperband", "none"]),
@@ -395,7 +396,7 @@ def tune(target: str, trials: int, storage: str | None, study: str | None, worke
 
 @main.command()
 @click.argument("target")
-@click.option("--steps", type=click.IntRange(min=10), default=None,
+@click.option("--steps", type=click.IntRange(min=10, max=S.MAX_STEPS), default=None,
               help="Training steps [default: the task's budget; required for a "
                    "module:function TARGET].")
 @click.option("--optimizer", default="adamw", show_default=True,
@@ -504,7 +505,7 @@ def _names(text: str | None) -> list[str] | None:
               callback=_writable, default="bench-results",
               show_default=True, help="Directory of results.csv (appended to, resumed from) "
                                       "and the report.")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
+@click.option("--steps", type=click.IntRange(min=1, max=S.MAX_STEPS), default=None,
               help="Override every task's step budget (smoke runs; kept apart from "
                    "full-budget results).")
 @click.option("--lrs", default=None,
