@@ -135,3 +135,21 @@ def test_schedule_free_weight_overflow_is_a_clear_error():
     p.grad = torch.ones(3)
     with pytest.raises(FloatingPointError, match="averaging weight .* overflows float64"):
         opt.step()
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: lrkit.optim.DoG(ps, lr=__import__("fractions").Fraction(1, 2)),
+    lambda ps: lrkit.optim.LDoG(ps, lr=__import__("numpy").float32(1.0)),
+    lambda ps: lrkit.optim.Prodigy(ps, growth_rate=__import__("numpy").float32("inf")),
+    lambda ps: lrkit.optim.DAdaptAdam(ps, growth_rate=torch.tensor(float("inf"))),
+], ids=["DoG-Fraction-lr", "LDoG-numpy-lr", "Prodigy-numpy-inf", "DAdaptAdam-tensor-inf"])
+def test_numbers_of_other_numeric_types_are_taken(make):
+    """A Fraction or numpy lr, and numpy's or a 0-dim tensor's inf for growth_rate, are
+    numbers like any other (a Fraction lr met a tensor in DoG's step: TypeError; numpy's
+    inf was refused as not finite)."""
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = make([p])
+    for _ in range(3):
+        p.grad = torch.randn(5)
+        opt.step()
+    assert torch.isfinite(p).all()

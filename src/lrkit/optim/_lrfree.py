@@ -24,6 +24,7 @@ more small collective), so that every process skips, or raises in, the same step
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
@@ -235,16 +236,16 @@ def kernel_sums(batch: _kernel.Batch, flat: list[float], nout: int) -> dict[int,
 
 # ------------------------------------------------------------------ argument checks
 def lr_check(fn: str, name: str, lr: Any) -> Any:
-    """A positive lr: a number or a 1-element tensor (kept as given)."""
-    check_lr(fn, lr)
+    """A positive lr: a 1-element tensor (kept as given) or a number (as a float: a
+    Fraction or a numpy scalar does not meet tensors in the step's arithmetic)."""
+    lr = check_lr(fn, lr)
     C.positive(fn, name, float(lr.detach().reshape(())) if isinstance(lr, Tensor) else lr)
     return lr
 
 
 def group_lr_check(fn: str, name: str, lr: Any) -> Any:
     """A param group's lr: >= 0 (0 freezes the group)."""
-    check_lr(fn, lr)
-    return lr
+    return check_lr(fn, lr)
 
 
 def betas(fn: str, name: str, value: Any) -> tuple:
@@ -253,8 +254,9 @@ def betas(fn: str, name: str, value: Any) -> tuple:
 
 def growth_rate(fn: str, name: str, value: Any) -> float:
     """A factor >= 1, or inf (no limit on the growth of d)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == math.inf:
-        return math.inf
+    v = value.item() if hasattr(value, "item") and getattr(value, "ndim", None) == 0 else value
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and v == math.inf:
+        return math.inf  # (also numpy's and a 0-dim tensor's inf)
     v = C.real(fn, "growth_rate", value)
     if v < 1:
         raise ValueError(f"{fn}: growth_rate must be >= 1 (or inf), got {value!r}")
