@@ -240,7 +240,7 @@ class _Sub(torch.Tensor):
 def _gather(params, kept, none, pp):
     sizes = _kernel.array("q", [p.numel() for p, skip in zip(params, none) if not skip])
     gp = _kernel.array("Q", bytes(8 * (len(params) - sum(none))))
-    return _native.module().gather(params, kept, bytes(none), pp, sizes, gp), gp
+    return _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4), gp
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -294,7 +294,15 @@ def test_gather_answers_as_the_python_checks(seed):
     sizes = _kernel.array("q", [x.numel() for x, skip in zip(params, none) if not skip])
     sizes[-1] += 1
     gp = _kernel.array("Q", bytes(8 * len(sizes)))
-    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp) is None
+    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4) is None
+    sizes[-1] -= 1
+    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4) is not None
+    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 8) is None
+    # a gradient given another dtype in place (p.grad.data = ..., past torch's checks)
+    with_grad = [x for x, skip in zip(params, none) if not skip]
+    g = with_grad[0].grad
+    g.data = torch.zeros(g.shape, dtype=torch.bfloat16)
+    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4) is None
 
 
 def test_still_and_bump():
@@ -321,9 +329,16 @@ def test_still_and_bump():
             (lambda: setattr(a, "data", a.data.clone()), None),
             (lambda: b.set_(torch.ones(2)), None),
             (lambda: a.resize_(1), lambda: a.resize_(2)),
-            (lambda: c.resize_(4), None)]:
+            (lambda: c.resize_(4), None),
+            # the same storage, address and number of entries, another dtype
+            (lambda: setattr(b, "data", torch.empty(0, dtype=torch.bfloat16).set_(
+                b.untyped_storage(), 0, (2,))), lambda: setattr(b, "data", torch.ones(2))),
+            # the storage shrunk under the tensor
+            (lambda: a.untyped_storage().resize_(4), lambda: setattr(a, "data", torch.zeros(2)))]:
         change()
         assert not nat.still(sts, ("m", "step"), flat, marks)
+        assert not _kernel._holds(sts, [("m", [a, b]), ("step", [c, None])],
+                                  (None, flat, marks))  # the Python check alike
         if undo is not None:
             undo()
         marks = _kernel._marks(flat)

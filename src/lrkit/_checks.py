@@ -19,12 +19,14 @@ MAX_STEPS = 2**53
 
 
 def shown(value: Any) -> str:
-    """``repr(value)``, cut short where it is long (an integer of 400 digits)."""
+    """``repr(value)``, cut short where it is long (an integer of 400 digits; one of more
+    than 4300, which Python refuses to write out, by its size)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
+            int(value).bit_length() > 256:
+        return f"an integer of about {int(int(value).bit_length() * 0.30103) + 1} digits"
     text = repr(value)
     if len(text) <= 80:
         return text
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return f"an integer of {len(str(abs(int(value))))} digits"
     return f"{text[:60]}... ({len(text)} characters)"
 
 

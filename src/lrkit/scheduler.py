@@ -573,7 +573,8 @@ def _check_betas(optimizer: torch.optim.Optimizer, values: dict[str, Any], step:
     division by zero, in the optimizer's step), and, for an optimizer that checks its
     param groups' values itself (lrkit's learning-rate-free and schedule-free ones:
     ``_checks``), any value those checks refuse (``betas[0] = 0`` or ``momentum = 0`` of
-    the schedule-free ones, whose ``eval()`` divides by it)."""
+    the schedule-free ones, whose ``eval()`` divides by it). Each distinct value is
+    checked once per step, not once per group."""
     checks = getattr(type(optimizer), "_checks", None)
     if not isinstance(checks, dict):
         checks = None
@@ -581,6 +582,7 @@ def _check_betas(optimizer: torch.optim.Optimizer, values: dict[str, Any], step:
         if key == "lr":
             continue
         v = None
+        last: Any = None  # the last candidate checked (groups mostly hold the same)
         for i, group in enumerate(optimizer.param_groups):
             target = _target(key, group)
             if target is None:
@@ -588,20 +590,24 @@ def _check_betas(optimizer: torch.optim.Optimizer, values: dict[str, Any], step:
             name, index = target
             if v is None:
                 v = _as_float(value)
-            if name == "betas" and not 0.0 <= v < 1.0:
-                raise ValueError(
-                    f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, "
-                    f"which would set betas[{index}] of a param group; betas must be "
-                    "in [0, 1)")
+                if name == "betas" and not 0.0 <= v < 1.0:
+                    raise ValueError(
+                        f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, "
+                        f"which would set betas[{index}] of a param group; betas must be "
+                        "in [0, 1)")
             if checks is None or name not in checks:
-                if name == "betas":
-                    break  # one check of the value serves every group
-                continue
+                break  # nothing more to check for this key
             candidate: Any = v
             if index is not None:
                 items = list(group[name])
                 items[index] = v
                 candidate = tuple(items)
+            try:
+                if last is not None and candidate == last:
+                    continue
+            except RuntimeError:  # tensors among them: compared element-wise
+                pass
+            last = candidate
             try:
                 type(optimizer)._validated(  # type: ignore[attr-defined]
                     f"{type(optimizer).__name__} param group {i}", {name: candidate},

@@ -253,6 +253,7 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 _GRAD = operator.attrgetter("grad")
 _DTYPE = operator.attrgetter("dtype")
 _data_ptr, _numel, _contiguous = Tensor.data_ptr, Tensor.numel, Tensor.is_contiguous
+_ITEMSIZE = {torch.float32: 4, torch.float64: 8}
 
 
 class Memo:
@@ -298,13 +299,16 @@ class Batch:
     def with_grads(self, grads: list[Tensor]) -> Batch | None:
         """This step's batch: the same parameters with ``grads``, or None where a
         parameter has moved (``p.data = ...``, ``.to()``), a gradient is not one the
-        kernel takes (not contiguous, sparse), or a gradient has another number of
-        entries (its parameter resized in place, at the same address). torch itself keeps
-        each gradient of its parameter's dtype, device and shape (the ``.grad`` setter and
-        backward check it)."""
+        kernel takes (not contiguous, sparse), or a gradient or parameter has another
+        number of entries or dtype at the same address (``p.grad.data = ...`` passes
+        torch's own checks). A storage shrunk in place under an unchanged address is seen
+        only by the native check (``_native``'s ``gather``)."""
+        dt = self.dtype
         if not (all(map(_contiguous, grads))
                 and array("Q", map(_data_ptr, self.params)) == self.pp
-                and array("q", map(_numel, grads)) == self.sizes):
+                and array("q", map(_numel, grads)) == self.sizes
+                and all(g.dtype is dt for g in grads)
+                and all(p.dtype is dt for p in self.params)):
             return None
         return self.for_step(grads, array("Q", map(_data_ptr, grads)))
 
@@ -405,7 +409,8 @@ def kept_batches(plans: dict, key: Any, group: dict, state: dict,
         return None
     b = plan.batches[0]
     gp = array("Q", bytes(8 * len(b.params)))
-    grads = nat.gather(params, plan.params, plan.native, b.pp, b.sizes, gp)
+    grads = nat.gather(params, plan.params, plan.native, b.pp, b.sizes, gp,
+                       _ITEMSIZE[b.dtype])
     if grads is None:
         return None
     return [b.for_step(grads, gp)], [], []
@@ -625,6 +630,11 @@ def check_columns(opt: Any, group: dict, batch: Batch, sts: list[dict],
             else:
                 ok = t.numel() == p.numel() and t.dtype == p.dtype
                 need = f"{p.numel()} {p.dtype} entries"
+            if ok and t.device == p.device and not _held(t):
+                raise ValueError(
+                    f"{fn}: state[{name!r}] of a parameter of shape {tuple(p.shape)} has a "
+                    f"storage of {t.untyped_storage().nbytes()} bytes, too small for its "
+                    f"{t.numel()} entries (was its storage resized by hand?)")
             if not ok or t.device != p.device:
                 raise ValueError(
                     f"{fn}: state[{name!r}] of a parameter of shape {tuple(p.shape)} holds "
@@ -654,13 +664,22 @@ def _table(named: list[tuple[Any, list]], n: int) -> tuple[tuple | None, list, a
 
 
 def _marks(tensors: list[Tensor | None]) -> array:
-    """Each tensor's address and number of entries (0, 0 for None): a tensor object can
-    change its storage in place (``.data = ...``, ``.set_()``, ``.resize_()``), and the
-    kernel's pointer tables must then be built (and checked) again."""
+    """Each tensor's address and ``numel * 16 + itemsize`` (0, 0 for None): a tensor
+    object can change its storage or dtype in place (``.data = ...``, ``.set_()``,
+    ``.resize_()``), and the kernel's pointer tables must then be built (and checked)
+    again."""
     out = array("Q")
     for t in tensors:
-        out.extend((t.data_ptr(), t.numel()) if t is not None else (0, 0))
+        out.extend((t.data_ptr(), t.numel() * 16 + t.element_size()) if t is not None
+                   else (0, 0))
     return out
+
+
+def _held(t: Tensor) -> bool:
+    """Whether ``t`` is a floating-point tensor whose storage holds all its entries (a
+    storage can be shrunk in place: ``t.untyped_storage().resize_(...)``)."""
+    return t.is_floating_point() and t.untyped_storage().nbytes() >= (
+        t.storage_offset() + t.numel()) * t.element_size()
 
 
 def _holds(sts: list[dict], named: list[tuple[Any, list]], table: tuple) -> bool:
@@ -670,7 +689,8 @@ def _holds(sts: list[dict], named: list[tuple[Any, list]], table: tuple) -> bool
     if names is not None and type(sts) is list and (nat := _native.module()) is not None:
         return nat.still(sts, names, rows, marks)
     return all(len(col) == len(sts) and all(map(operator.is_, _column(sts, name), col))
-               for name, col in named) and _marks(rows) == marks
+               for name, col in named) and _marks(rows) == marks and all(
+        _held(t) for t in rows if t is not None)
 
 
 def launch(opt: Any, group: dict[str, Any], batch: Batch) -> bool:

@@ -182,12 +182,23 @@ def check_added_group(opt: Any, group: Mapping) -> None:
            and v is not opt.defaults[k]}
     if not own:
         return
+    def probe(settings: dict[str, Any]) -> None:
+        cls([torch.nn.Parameter(torch.zeros(2))], **settings)
+
     try:
         if "lr" in own:
             check_lr(fn, own["lr"])
         settings = _settings(cls, {**opt.defaults, **own})
         if any(k in own for k in settings):
-            cls([torch.nn.Parameter(torch.zeros(2))], **settings)
+            try:
+                probe(settings)
+            except (TypeError, ValueError):
+                # a rule tying several arguments together (SGD: nesterov needs momentum)
+                # may refuse the mix of the optimizer's options and the group's, where the
+                # step runs it as torch does (a group with momentum=0 beside nesterov=True
+                # skips the buffer): refused only if the group's own values, beside the
+                # constructor's defaults, are refused too
+                probe(_settings(cls, own))
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{fn}: param group {len(opt.param_groups)}: {_strip(exc, fn)}") \
             from None

@@ -40,19 +40,39 @@ bool plain_tensor(PyObject* obj) {
   return THPVariable_Check(obj) && THPVariable_CheckTypeExact(Py_TYPE(obj));
 }
 
-// gather(params, kept, none, pp, sizes, gp) -> list of gradients, or None.
+// Whether `t` is a floating-point tensor of `itemsize`-byte entries whose storage holds
+// all of its `numel` entries from its offset on (a storage can be shrunk or swapped in
+// place, and `.data = ...` can change the dtype, at the same address).
+bool holds(const c10::TensorImpl* t, const c10::StorageImpl* st, int64_t numel,
+           int64_t itemsize) {
+  const caffe2::TypeMeta dt = t->dtype();
+  if (st == nullptr || !dt.isScalarType() || !c10::isFloatingType(dt.toScalarType()) ||
+      static_cast<int64_t>(dt.itemsize()) != itemsize || t->numel() != numel) {
+    return false;
+  }
+  const int64_t need = (t->storage_offset() + numel) * itemsize;
+  return static_cast<int64_t>(st->nbytes()) >= need;
+}
+
+// gather(params, kept, none, pp, sizes, gp, itemsize) -> list of gradients, or None.
 //
 // The gradients of a kept plan's single kernel batch, with their addresses written to gp,
 // where everything the plan was built from still holds: `params` (the group's list) holds
 // the same objects as `kept`, in the same order; the parameters flagged in `none` (bytes,
 // one per parameter) still have no gradient and every other one has one, dense and
 // contiguous, of a plain tensor type; and each of those parameters is still at its
-// address in `pp`, it and its gradient of the number of entries in `sizes` (a parameter
-// resized in place keeps its address). None otherwise (gp is then partly written: the
-// caller discards it).
+// address in `pp`, it and its gradient floating-point tensors of `itemsize`-byte entries,
+// of the number of entries in `sizes`, held whole by their storage (a parameter or a
+// gradient given another dtype or a smaller storage in place can keep its address).
+// None otherwise (gp is then partly written: the caller discards it).
 PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 6 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
-      !PyBytes_CheckExact(args[2])) {
+  if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+      !PyBytes_CheckExact(args[2]) || !PyLong_Check(args[6])) {
+    Py_RETURN_NONE;
+  }
+  const int64_t itemsize = PyLong_AsLongLong(args[6]);
+  if (itemsize <= 0) {
+    PyErr_Clear();
     Py_RETURN_NONE;
   }
   PyObject* params = args[0];
@@ -81,8 +101,13 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       }
       const int64_t size = static_cast<int64_t>(sizes.data()[j]);
       if (!g.defined() || g.layout() != at::kStrided || !g.is_contiguous() ||
-          reinterpret_cast<uint64_t>(t.data_ptr()) != pp.data()[j] || t.numel() != size ||
-          g.numel() != size) {
+          reinterpret_cast<uint64_t>(t.data_ptr()) != pp.data()[j]) {
+        return false;
+      }
+      const c10::TensorImpl* ti = t.unsafeGetTensorImpl();
+      const c10::TensorImpl* gi = g.unsafeGetTensorImpl();
+      if (!holds(ti, ti->unsafe_storage().unsafeGetStorageImpl(), size, itemsize) ||
+          !holds(gi, gi->unsafe_storage().unsafeGetStorageImpl(), size, itemsize)) {
         return false;
       }
       PyObject* go = THPVariable_Wrap(g);
@@ -113,9 +138,10 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // whose entry under each of `names` (a tuple whose items are a str, or a tuple of str:
 // alternatives, the first the dict holds) is the object at the same place of
 // `kept` (row by row: dict i, name k at i * len(names) + k; None for a missing entry),
-// each tensor among them still at the address and with the number of entries that
-// `marks` (two 64-bit words per place: 0, 0 for None) recorded when the kernel's pointer
-// tables were built. The same tensor object can change its storage in place
+// each tensor among them still at the address, of the number of entries and the entry
+// size that `marks` (two 64-bit words per place: the address, numel * 16 + itemsize; 0, 0
+// for None) recorded when the kernel's pointer tables were built, a floating-point
+// tensor held whole by its storage. The same tensor object can change its storage in place
 // (`t.data = ...`, `t.set_(...)`, `t.resize_(...)`, `t.untyped_storage().resize_(...)`):
 // the kernel would then write through a stale or too short pointer.
 //
@@ -184,7 +210,8 @@ PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       const c10::TensorImpl* t = impls[at];
       if (t == nullptr) continue;
       const c10::StorageImpl* st = t->unsafe_storage().unsafeGetStorageImpl();
-      if (st == nullptr || static_cast<uint64_t>(t->numel()) != mk[2 * at + 1]) {
+      if (st == nullptr ||
+          static_cast<uint64_t>(t->numel()) * 16 + t->dtype().itemsize() != mk[2 * at + 1]) {
         Py_RETURN_FALSE;
       }
       stores[at] = st;
@@ -193,9 +220,13 @@ PyObject* still(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     for (Py_ssize_t at = 0; at < total; ++at) {
       const c10::TensorImpl* t = impls[at];
       if (t == nullptr) continue;
-      const char* data = static_cast<const char*>(stores[at]->data()) +
-                         t->storage_offset() * static_cast<int64_t>(t->dtype().itemsize());
-      if (reinterpret_cast<uint64_t>(data) != mk[2 * at]) Py_RETURN_FALSE;
+      const int64_t itemsize = static_cast<int64_t>(t->dtype().itemsize());
+      const char* data =
+          static_cast<const char*>(stores[at]->data()) + t->storage_offset() * itemsize;
+      if (reinterpret_cast<uint64_t>(data) != mk[2 * at] ||
+          !holds(t, stores[at], t->numel(), itemsize)) {
+        Py_RETURN_FALSE;
+      }
     }
   } catch (const std::exception&) {  // no memory for the vectors; a tensor without sizes
     PyErr_Clear();

@@ -49,8 +49,7 @@ class Schedule:
         for name, value in params.items():
             for v in (value if type(value) in (list, tuple) else (value,)):
                 if type(v) is int and abs(v) > MAX_STEPS:
-                    got = repr(value) if len(repr(value)) <= 40 else \
-                        f"an integer of {len(str(abs(v)))} digits"
+                    got = C.shown(v) if type(value) is int else C.shown(value)
                     raise ValueError(
                         f"{self.name}(): {name} must be at most 2**53 "
                         f"({MAX_STEPS}: steps are counted in float64), got {got}")
