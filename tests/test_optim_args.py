@@ -153,3 +153,26 @@ def test_numbers_of_other_numeric_types_are_taken(make):
         p.grad = torch.randn(5)
         opt.step()
     assert torch.isfinite(p).all()
+
+
+def test_a_group_valid_for_the_step_is_not_refused_by_a_rule_tying_arguments():
+    """SGD's constructor refuses nesterov without momentum; a group of momentum 0 beside
+    the optimizer's nesterov=True is valid (the step skips the buffer, as torch's does)."""
+    a, b = _param(), _param()
+    opt = lrkit.optim.SGD([{"params": a}, {"params": b, "momentum": 0.0}], lr=0.1,
+                          momentum=0.9, nesterov=True)
+    ref = torch.optim.SGD([{"params": [x.detach().clone().requires_grad_() for x in a]},
+                           {"params": [x.detach().clone().requires_grad_() for x in b],
+                            "momentum": 0.0}], lr=0.1, momentum=0.9, nesterov=True)
+    ours = [p for g in opt.param_groups for p in g["params"]]
+    theirs = [p for g in ref.param_groups for p in g["params"]]
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.ones(3)
+            q.grad = torch.ones(3)
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q)
+    with pytest.raises(ValueError, match="eps"):  # a value refused on its own still is
+        lrkit.optim.Adam([{"params": _param()}, {"params": _param(), "eps": -1.0}])
