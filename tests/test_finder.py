@@ -506,3 +506,20 @@ def test_warnings_are_also_python_warnings_at_the_callers_line():
         warnings.simplefilter("error", lrkit.LRFinderWarning)
         r = run_curve(lambda lr: 1 / (1 + lr), end=1e-3, warn=False)
     assert any("still falling" in w for w in r.warnings)
+
+
+def test_a_frozen_model_and_a_huge_step_count_are_clear_errors():
+    """A model whose parameters all have requires_grad=False made backward raise its own
+    RuntimeError; a step count beyond 2**53 was refused by an internal schedule's name."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match=r"find_lr\(\): steps must be at most 2\*\*53"):
+        find_lr(model, opt, data, torch.nn.functional.mse_loss, steps=10**20)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="none of the optimizer's parameters requires grad"):
+        find_lr(model, opt, data, torch.nn.functional.mse_loss, steps=5)
+    model.weight.requires_grad_(True)  # one trainable tensor is enough
+    result = find_lr(model, opt, data, torch.nn.functional.mse_loss, steps=4)
+    assert len(result.lrs) == 4

@@ -553,7 +553,7 @@ def find_lr(
     end = C.positive(_FN, "end", end)
     if end <= start:
         raise ValueError(f"{_FN}: end must be greater than start ({start!r}), got {end!r}")
-    steps = C.integer(_FN, "steps", steps, minimum=2)
+    steps = C.steps(_FN, "steps", steps, minimum=2)
     mode = C.choice(_FN, "mode", mode, MODES)
     smooth = C.in_range(_FN, "smooth", smooth, 0.0, 1.0, high_open=True)
     diverge = _check_diverge(diverge)
@@ -761,6 +761,10 @@ def _check_objects(model, optimizer, loader, loss_fn, scaler, step_fn, val_loade
     if not any(id(p) in owned for g in optimizer.param_groups for p in g["params"]):
         raise ValueError(f"{_FN}: optimizer must update parameters of model, but none of its "
                          "parameters belongs to model")
+    if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError(f"{_FN}: none of the optimizer's parameters requires grad (a frozen "
+                         "model): the range test has nothing to train; unfreeze the layers "
+                         "it should train (requires_grad_(True))")
 
 
 def _check_diverge(diverge: Any) -> float:
