@@ -188,7 +188,7 @@ class Scheduler(LRScheduler):
             self.schedules[key] = _schedule_arg(key, value)
         for key in self.schedules:
             self._check_key(key)
-        _check_betas(optimizer, {k: s(0) for k, s in self.schedules.items()}, 0)
+        _check_values(optimizer, {k: s(0) for k, s in self.schedules.items()}, 0)
         if lr is not None:
             optimizer.lr_scale_applied = True  # type: ignore[attr-defined]
         self.plateau = plateau
@@ -271,7 +271,7 @@ class Scheduler(LRScheduler):
         n = self.last_epoch
         values = {key: self._value(key, n) for key in self.schedules if key != "lr"}
         if values:
-            _check_betas(self.optimizer, values, n)  # before anything is written
+            _check_values(self.optimizer, values, n)  # before anything is written
         last = []
         # this loop runs every step: _write inlined (a plain float lr written as it is, a
         # tensor lr filled in place)
@@ -379,7 +379,7 @@ class Scheduler(LRScheduler):
         value = _schedule_arg(key, schedule)
         self._check_key(key)
         if self.last_epoch >= 0:
-            _check_betas(self.optimizer, {key: value(self.last_epoch)}, self.last_epoch)
+            _check_values(self.optimizer, {key: value(self.last_epoch)}, self.last_epoch)
         self.schedules[key] = value
         _LAST_WRITER.pop(id(self.optimizer), None)  # a new key: compare writers again
         self._apply()
@@ -445,7 +445,7 @@ class Scheduler(LRScheduler):
                 raise ValueError(f"{fn}: the plateau's min_lr has {len(plateau.min_lr)} "
                                  f"values, the optimizer {n_groups} param groups")
         if last_epoch >= 0:  # a beta out of range: refused before anything changes
-            _check_betas(self.optimizer, {k: sch(last_epoch) for k, sch in schedules.items()},
+            _check_values(self.optimizer, {k: sch(last_epoch) for k, sch in schedules.items()},
                          last_epoch)
         if schedules != self.schedules and self.schedules:
             warnings.warn("Scheduler.load_state_dict(): the saved schedules differ from those "
@@ -567,7 +567,7 @@ def _write(group: dict[str, Any], key: str, value: float) -> None:
         group[key] = value
 
 
-def _check_betas(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int) -> None:
+def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int) -> None:
     """Refuse a scheduled value the optimizer could not step with, before anything is
     written: an item of ``betas`` outside [0, 1) (``1 - beta**t`` would be 0: NaN, or a
     division by zero, in the optimizer's step), and, for an optimizer that checks its

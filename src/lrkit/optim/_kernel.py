@@ -253,7 +253,6 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 _GRAD = operator.attrgetter("grad")
 _DTYPE = operator.attrgetter("dtype")
 _data_ptr, _numel, _contiguous = Tensor.data_ptr, Tensor.numel, Tensor.is_contiguous
-_ITEMSIZE = {torch.float32: 4, torch.float64: 8}
 
 
 class Memo:
@@ -409,8 +408,7 @@ def kept_batches(plans: dict, key: Any, group: dict, state: dict,
         return None
     b = plan.batches[0]
     gp = array("Q", bytes(8 * len(b.params)))
-    grads = nat.gather(params, plan.params, plan.native, b.pp, b.sizes, gp,
-                       _ITEMSIZE[b.dtype])
+    grads = nat.gather(params, plan.params, plan.native, b.pp, b.sizes, gp, b.dtype.itemsize)
     if grads is None:
         return None
     return [b.for_step(grads, gp)], [], []

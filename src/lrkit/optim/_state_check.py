@@ -156,12 +156,17 @@ def _settings(cls: type, saved: Mapping) -> dict[str, Any]:
     return kwargs
 
 
+def _throwaway(cls: type, settings: dict[str, Any]) -> None:
+    """The constructor's checks of ``settings``: an optimizer of one tiny parameter."""
+    cls([torch.nn.Parameter(torch.zeros(2))], **settings)
+
+
 def _check_settings(opt: Any, fn: str, i: int, saved: Mapping) -> None:
     """The constructor's checks on the saved settings (a throwaway optimizer of one tiny
     parameter), then the checks of the options a param group sets itself."""
     cls = type(opt)
     try:
-        cls([torch.nn.Parameter(torch.zeros(2))], **_settings(cls, saved))
+        _throwaway(cls, _settings(cls, saved))
         cls._validated(f"{fn}: param group {i}",
                        {k: v for k, v in saved.items() if k not in ("params", "param_names")},
                        group=True)
@@ -182,23 +187,20 @@ def check_added_group(opt: Any, group: Mapping) -> None:
            and v is not opt.defaults[k]}
     if not own:
         return
-    def probe(settings: dict[str, Any]) -> None:
-        cls([torch.nn.Parameter(torch.zeros(2))], **settings)
-
     try:
         if "lr" in own:
             check_lr(fn, own["lr"])
         settings = _settings(cls, {**opt.defaults, **own})
         if any(k in own for k in settings):
             try:
-                probe(settings)
+                _throwaway(cls, settings)
             except (TypeError, ValueError):
                 # a rule tying several arguments together (SGD: nesterov needs momentum)
                 # may refuse the mix of the optimizer's options and the group's, where the
                 # step runs it as torch does (a group with momentum=0 beside nesterov=True
                 # skips the buffer): refused only if the group's own values, beside the
                 # constructor's defaults, are refused too
-                probe(_settings(cls, own))
+                _throwaway(cls, _settings(cls, own))
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{fn}: param group {len(opt.param_groups)}: {_strip(exc, fn)}") \
             from None
