@@ -15,7 +15,7 @@ def _params(kind: str, gen: torch.Generator) -> list[torch.Tensor]:
         return torch.randn(*shape, generator=gen, dtype=dtype)
 
     return {
-        "empty": lambda: [randn(0, 5), randn(7), randn(0)],
+        "empty": lambda: [randn(0, 5), randn(7), randn(0), randn(3, 0), randn(2, 3, 0)],
         "scalar": lambda: [randn(()), randn(3, 4)],
         "channels_last": lambda: [randn(2, 3, 4, 5).to(memory_format=torch.channels_last)],
         "transposed": lambda: [randn(6, 4).t(), randn(5)],

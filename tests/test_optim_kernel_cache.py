@@ -237,10 +237,45 @@ class _Sub(torch.Tensor):
     pass
 
 
-def _gather(params, kept, none, pp):
+def _gather(params, kept, none, pp, shapes=None):
     sizes = _kernel.array("q", [p.numel() for p, skip in zip(params, none) if not skip])
     gp = _kernel.array("Q", bytes(8 * (len(params) - sum(none))))
-    return _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4), gp
+    if shapes is None:
+        shapes = [p.shape for p, skip in zip(params, none) if not skip]
+    return _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4, shapes), gp
+
+
+_SAME_ADDRESS = {  # the same address, entries and dtype; another layout or shape
+    "not contiguous": lambda p: setattr(p, "data", p.data.as_strided((3, 2), (1, 3))),
+    "reshaped": lambda p: setattr(p, "data", p.data.view(2, 3)),
+    "flattened": lambda p: setattr(p, "data", p.data.view(6)),
+    "grad in its parameter's memory": lambda p: setattr(p, "grad", p.detach()),
+}
+
+
+@pytest.mark.parametrize("how", list(_SAME_ADDRESS))
+def test_gather_and_the_python_checks_refuse_a_changed_layout_or_an_aliasing_grad(how):
+    """A parameter given another layout or shape at its address (``p.data =
+    p.data.as_strided(...)``), or a gradient in its parameter's memory: the kernel took
+    the first as the contiguous tensor it was built for (moving the wrong entries) and
+    read the second through pointers it assumes apart. Both checks now refuse them."""
+    if _native.module() is None:
+        pytest.skip(f"the native extension could not be built: {_native.error()}")
+    params = [nn.Parameter(torch.randn(3, 2)) for _ in range(3)]
+    for p in params:
+        p.grad = torch.randn(3, 2)
+    b = _kernel.split(params, [p.grad for p in params])[0][0]
+    none = [False] * 3
+    assert _gather(params, list(params), none, b.pp)[0] is not None
+    assert b.with_grads([p.grad for p in params]) is not None
+    _SAME_ADDRESS[how](params[1])
+    assert params[1].data_ptr() == b.pp[1]
+    assert _gather(params, list(params), none, b.pp, b.shapes)[0] is None
+    assert b.with_grads([p.grad for p in params]) is None
+    params[1].grad = torch.empty(12)[6:].view(params[1].shape)  # memory of its own
+    if how == "grad in its parameter's memory":
+        assert _gather(params, list(params), none, b.pp, b.shapes)[0] is not None
+        assert b.with_grads([p.grad for p in params]) is not None
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -261,7 +296,8 @@ def test_gather_answers_as_the_python_checks(seed):
             p.grad = torch.randn(3, 2, generator=gen)
     kept = list(params)
     pp = _kernel.array("Q", [p.data_ptr() for p, skip in zip(params, none) if not skip])
-    grads, gp = _gather(params, kept, none, pp)
+    shapes = [p.shape for p, skip in zip(params, none) if not skip]
+    grads, gp = _gather(params, kept, none, pp, shapes)
     assert grads is not None and len(grads) == len(pp)
     with_grad = [p for p, skip in zip(params, none) if not skip]
     assert all(g is p.grad for g, p in zip(grads, with_grad))
@@ -283,21 +319,24 @@ def test_gather_answers_as_the_python_checks(seed):
     for what, change in changes:
         state = (list(params), [x.data for x in params], [x.grad for x in params])
         change()
-        assert _gather(params, kept, none, pp)[0] is None, what
+        assert _gather(params, kept, none, pp, shapes)[0] is None, what
         params[:] = state[0]
         for x, data, grad in zip(params, *state[1:]):
             x.data, x.grad = data, grad
-        assert _gather(params, kept, none, pp)[0] is not None, what
+        assert _gather(params, kept, none, pp, shapes)[0] is not None, what
     q.data = q.data.clone()  # a parameter without a gradient moved: not read by either path
-    assert _gather(params, kept, none, pp)[0] is not None
+    assert _gather(params, kept, none, pp, shapes)[0] is not None
     # a parameter (and its gradient) of another size than the plan's, at the same address
     sizes = _kernel.array("q", [x.numel() for x, skip in zip(params, none) if not skip])
     sizes[-1] += 1
     gp = _kernel.array("Q", bytes(8 * len(sizes)))
-    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4) is None
+    gather = _native.module().gather
+    assert gather(params, kept, bytes(none), pp, sizes, gp, 4, shapes) is None
     sizes[-1] -= 1
-    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 4) is not None
-    assert _native.module().gather(params, kept, bytes(none), pp, sizes, gp, 8) is None
+    assert gather(params, kept, bytes(none), pp, sizes, gp, 4, shapes) is not None
+    assert gather(params, kept, bytes(none), pp, sizes, gp, 8, shapes) is None
+    assert gather(params, kept, bytes(none), pp, sizes, gp, 4, shapes[:-1]) is None
+    assert gather(params, kept, bytes(none), pp, sizes, gp, 4) is None  # an older caller
     # a gradient given another dtype in place (p.grad.data = ..., past torch's checks)
     with_grad = [x for x, skip in zip(params, none) if not skip]
     g = with_grad[0].grad

@@ -238,7 +238,8 @@ def nonfinite_flags(grads: list[Tensor], power: int = 1) -> list[tuple[list[int]
     out = []
     by_key: dict[Any, list[int]] = {}
     for i, g in enumerate(grads):
-        by_key.setdefault((g.device, g.dtype), []).append(i)
+        if g.numel():  # an empty one holds nothing (and has no infinity norm)
+            by_key.setdefault((g.device, g.dtype), []).append(i)
     for idx in by_key.values():
         group = [grads[i] for i in idx]
         limit = bound(group[0].dtype, power)
@@ -253,6 +254,7 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 _GRAD = operator.attrgetter("grad")
 _DTYPE = operator.attrgetter("dtype")
 _data_ptr, _numel, _contiguous = Tensor.data_ptr, Tensor.numel, Tensor.is_contiguous
+_shape = operator.attrgetter("shape")
 
 
 class Memo:
@@ -284,7 +286,7 @@ class Batch:
     ``params``, ``sizes``, ``pp`` (the parameters' addresses) and ``memo`` are kept
     across steps by a :class:`GroupPlan`; ``grads`` and ``gp`` are this step's."""
 
-    __slots__ = ("dtype", "params", "grads", "gp", "sizes", "pp", "memo")
+    __slots__ = ("dtype", "params", "grads", "gp", "sizes", "pp", "shapes", "memo")
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype, self.params, self.grads, self.memo = dtype, [], [], None
@@ -293,29 +295,38 @@ class Batch:
         self.gp = array("Q", map(_data_ptr, self.grads))
         self.sizes = array("q", map(_numel, self.params))
         self.pp = array("Q", map(_data_ptr, self.params))
+        self.shapes = list(map(_shape, self.params))
         return self
 
     def with_grads(self, grads: list[Tensor]) -> Batch | None:
         """This step's batch: the same parameters with ``grads``, or None where a
         parameter has moved (``p.data = ...``, ``.to()``), a gradient is not one the
-        kernel takes (not contiguous, sparse), or a gradient or parameter has another
-        number of entries or dtype at the same address (``p.grad.data = ...`` passes
-        torch's own checks). A storage shrunk in place under an unchanged address is seen
-        only by the native check (``_native``'s ``gather``)."""
+        kernel takes (not contiguous, sparse, or sharing memory with its parameter), or a
+        gradient or parameter has another number of entries, dtype, shape or layout at
+        the same address (``p.grad.data = ...`` and ``p.data = p.data.t()`` pass torch's
+        own checks). A storage shrunk in place under an unchanged address is seen only by
+        the native check (``_native``'s ``gather``)."""
         dt = self.dtype
         if not (all(map(_contiguous, grads))
                 and array("Q", map(_data_ptr, self.params)) == self.pp
                 and array("q", map(_numel, grads)) == self.sizes
                 and all(g.dtype is dt for g in grads)
-                and all(p.dtype is dt for p in self.params)):
+                and all(p.dtype is dt for p in self.params)
+                and all(map(_contiguous, self.params))
+                and list(map(_shape, self.params)) == self.shapes):
             return None
-        return self.for_step(grads, array("Q", map(_data_ptr, grads)))
+        gp = array("Q", map(_data_ptr, grads))
+        size = dt.itemsize
+        if any(g < p + n * size and p < g + n * size
+               for g, p, n in zip(gp, self.pp, self.sizes)):
+            return None  # a gradient in its parameter's memory (``p.grad = p.detach()``)
+        return self.for_step(grads, gp)
 
     def for_step(self, grads: list[Tensor], gp: array) -> Batch:
         """This batch with this step's gradients and their addresses."""
         b = Batch.__new__(Batch)
-        b.dtype, b.params, b.grads, b.sizes, b.pp, b.memo = (
-            self.dtype, self.params, grads, self.sizes, self.pp, self.memo)
+        b.dtype, b.params, b.grads, b.sizes, b.pp, b.shapes, b.memo = (
+            self.dtype, self.params, grads, self.sizes, self.pp, self.shapes, self.memo)
         b.gp = gp
         return b
 
@@ -323,15 +334,22 @@ class Batch:
 def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list, list]:
     """Per-dtype batches the kernel can update (dense contiguous CPU float32/float64,
     plain tensors, gradients of the parameter's dtype and size), and the other
-    (params, grads)."""
+    (params, grads). Parameters whose memory overlaps another's, or a gradient's (views
+    of one tensor passed as two parameters, ``a.grad = b.detach()``), go to the others:
+    the kernel updates its tensors in an order of its own, through pointers it assumes
+    apart, where torch's single-tensor step goes through the list in order."""
     batches: dict[torch.dtype, Batch] = {}
     rest_p, rest_g = [], []
     f32, f64 = torch.float32, torch.float64
-    for p, g in zip(params, grads):
+    fit = [(p.dtype is f32 or p.dtype is f64) and p.is_cpu and type(p) in _PLAIN
+           and g.layout == torch.strided and g.dtype is p.dtype and p.is_contiguous()
+           and g.is_contiguous() and g.numel() == p.numel()
+           for p, g in zip(params, grads)]
+    shared = _overlapping([p for p, ok in zip(params, fit) if ok],
+                          [g for g, ok in zip(grads, fit) if ok])
+    for p, g, ok in zip(params, grads, fit):
         dt = p.dtype
-        if ((dt is f32 or dt is f64) and p.is_cpu and type(p) in _PLAIN
-                and g.layout == torch.strided and g.dtype is dt and p.is_contiguous()
-                and g.is_contiguous() and g.numel() == p.numel()):
+        if ok and id(p) not in shared:
             b = batches.get(dt)
             if b is None:
                 b = batches[dt] = Batch(dt)
@@ -341,6 +359,32 @@ def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list,
             rest_p.append(p)
             rest_g.append(g)
     return [b.seal() for b in batches.values()], rest_p, rest_g
+
+
+def _overlapping(params: list[Tensor], grads: list[Tensor]) -> set[int]:
+    """The ids of the (contiguous) parameters whose memory overlaps another parameter's or
+    any of the gradients' (gradients may share memory among themselves: they are read)."""
+    spans = []  # (start, end, parameter's id or None for a gradient)
+    for p, g in zip(params, grads):
+        n = p.numel() * p.element_size()
+        if n:
+            spans.append((p.data_ptr(), p.data_ptr() + n, id(p)))
+            spans.append((g.data_ptr(), g.data_ptr() + n, None))
+    spans.sort(key=operator.itemgetter(0))
+    out: set[int] = set()
+    open_p: list[tuple[int, int]] = []  # (end, id) of the parameters still open
+    open_g = 0  # the furthest end of the gradients so far
+    for start, end, pid in spans:
+        open_p = [(e, i) for e, i in open_p if e > start]
+        if pid is None:
+            out.update(i for _, i in open_p)
+            open_g = max(open_g, end)
+        else:
+            if open_p or open_g > start:
+                out.add(pid)
+                out.update(i for _, i in open_p)
+            open_p.append((end, pid))
+    return out
 
 
 class GroupPlan:
@@ -408,7 +452,8 @@ def kept_batches(plans: dict, key: Any, group: dict, state: dict,
         return None
     b = plan.batches[0]
     gp = array("Q", bytes(8 * len(b.params)))
-    grads = nat.gather(params, plan.params, plan.native, b.pp, b.sizes, gp, b.dtype.itemsize)
+    grads = nat.gather(params, plan.params, plan.native, b.pp, b.sizes, gp, b.dtype.itemsize,
+                       b.shapes)
     if grads is None:
         return None
     return [b.for_step(grads, gp)], [], []
@@ -625,9 +670,9 @@ def check_columns(opt: Any, group: dict, batch: Batch, sts: list[dict],
             elif (shapes := opt._kernel_shapes(group, p, name)) is not None:
                 ok = tuple(t.shape) in map(tuple, shapes) and t.dtype == p.dtype
                 need = f"shape {' or '.join(str(tuple(x)) for x in shapes)}, {p.dtype}"
-            else:
-                ok = t.numel() == p.numel() and t.dtype == p.dtype
-                need = f"{p.numel()} {p.dtype} entries"
+            else:  # as torch's own steps, which broadcast one into the other
+                ok = t.shape == p.shape and t.dtype == p.dtype
+                need = f"shape {tuple(p.shape)}, {p.dtype}"
             if ok and t.device == p.device and not _held(t):
                 raise ValueError(
                     f"{fn}: state[{name!r}] of a parameter of shape {tuple(p.shape)} has a "

@@ -280,6 +280,7 @@ class SharedDOptimizer(GlobalStepOptimizer):
     """
 
     kernel_exact = False  # the sums are taken in float64: d equal to rounding
+    supports_complex = False  # nor do the authors' packages
     _group_checks = {"lr": group_lr_check}
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, nonfinite: str, impl: str,

@@ -626,6 +626,7 @@ void adafactor_one(const Args* a, const G& grad, const T* __restrict__ g, int64_
   const Lerp<T> lerp((T)std::pow(step, a->hp[1]));
   T* __restrict__ p = (T*)a->p[t];
   const int64_t n = a->size[t], R = a->rows[t], C = a->cols[t];
+  if (n == 0) return;  // an empty tensor (R or C may be 0): its step is counted, no more
   const double rho = std::min(lr, 1.0 / std::pow(step, 0.5));
   const double alpha = std::max(eps2, std::sqrt(sumsq(p, n)) / std::pow((double)n, 0.5)) * rho;
   const T e2 = eps1 * eps1, inv_e = T(1) / std::sqrt(e2);

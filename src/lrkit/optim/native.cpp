@@ -54,22 +54,42 @@ bool holds(const c10::TensorImpl* t, const c10::StorageImpl* st, int64_t numel,
   return static_cast<int64_t>(st->nbytes()) >= need;
 }
 
-// gather(params, kept, none, pp, sizes, gp, itemsize) -> list of gradients, or None.
+// Whether `t` has the sizes of `shape` (a tuple of ints: a torch.Size).
+bool same_shape(const at::Tensor& t, PyObject* shape) {
+  if (!PyTuple_Check(shape)) return false;
+  const c10::IntArrayRef sizes = t.sizes();
+  const Py_ssize_t nd = PyTuple_GET_SIZE(shape);
+  if (nd != static_cast<Py_ssize_t>(sizes.size())) return false;
+  for (Py_ssize_t d = 0; d < nd; ++d) {
+    const long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+    if (v != sizes[d]) {
+      PyErr_Clear();
+      return false;
+    }
+  }
+  return true;
+}
+
+// gather(params, kept, none, pp, sizes, gp, itemsize, shapes) -> list of gradients, or
+// None.
 //
 // The gradients of a kept plan's single kernel batch, with their addresses written to gp,
 // where everything the plan was built from still holds: `params` (the group's list) holds
 // the same objects as `kept`, in the same order; the parameters flagged in `none` (bytes,
 // one per parameter) still have no gradient and every other one has one, dense and
-// contiguous, of a plain tensor type; and each of those parameters is still at its
-// address in `pp`, it and its gradient floating-point tensors of `itemsize`-byte entries,
-// of the number of entries in `sizes`, held whole by their storage (a parameter or a
-// gradient given another dtype or a smaller storage in place can keep its address).
-// None otherwise (gp is then partly written: the caller discards it).
+// contiguous, of a plain tensor type, outside its parameter's memory; and each of those
+// parameters is still at its address in `pp`, contiguous, of its shape in `shapes` (a
+// list of torch.Size), it and its gradient floating-point tensors of `itemsize`-byte
+// entries, of the number of entries in `sizes`, held whole by their storage (a parameter
+// or a gradient given another dtype, shape, layout or a smaller storage in place can keep
+// its address). None otherwise (gp is then partly written: the caller discards it).
 PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
-      !PyBytes_CheckExact(args[2]) || !PyLong_Check(args[6])) {
+  if (nargs != 8 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) ||
+      !PyBytes_CheckExact(args[2]) || !PyLong_Check(args[6]) ||
+      !PyList_CheckExact(args[7])) {
     Py_RETURN_NONE;
   }
+  PyObject* shapes = args[7];
   const int64_t itemsize = PyLong_AsLongLong(args[6]);
   if (itemsize <= 0) {
     PyErr_Clear();
@@ -83,7 +103,7 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_ssize_t m = 0;
   for (Py_ssize_t i = 0; i < n; ++i) m += none[i] ? 0 : 1;
   Words pp(args[3], m, false), sizes(args[4], m, false), gp(args[5], m, true);
-  if (!pp.ok || !sizes.ok || !gp.ok) Py_RETURN_NONE;
+  if (!pp.ok || !sizes.ok || !gp.ok || PyList_GET_SIZE(shapes) != m) Py_RETURN_NONE;
   PyObject* out = PyList_New(m);
   if (out == nullptr) return nullptr;
   // true where every parameter was visited and every check held (out then holds one
@@ -100,10 +120,15 @@ PyObject* gather(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         continue;
       }
       const int64_t size = static_cast<int64_t>(sizes.data()[j]);
+      const uint64_t pa = pp.data()[j];
       if (!g.defined() || g.layout() != at::kStrided || !g.is_contiguous() ||
-          reinterpret_cast<uint64_t>(t.data_ptr()) != pp.data()[j]) {
+          reinterpret_cast<uint64_t>(t.data_ptr()) != pa || !t.is_contiguous() ||
+          !same_shape(t, PyList_GET_ITEM(shapes, j))) {
         return false;
       }
+      const uint64_t ga = reinterpret_cast<uint64_t>(g.data_ptr()),
+                     nb = static_cast<uint64_t>(size * itemsize);
+      if (ga < pa + nb && pa < ga + nb) return false;  // p.grad = p.detach() and the like
       const c10::TensorImpl* ti = t.unsafeGetTensorImpl();
       const c10::TensorImpl* gi = g.unsafeGetTensorImpl();
       if (!holds(ti, ti->unsafe_storage().unsafeGetStorageImpl(), size, itemsize) ||
