@@ -519,3 +519,22 @@ def test_dog_first_pass_check_lets_a_large_finite_gradient_through():
         opt.step()
         out.append((ps[0].clone(), opt.param_groups[0]["G"].item()))
     assert torch.equal(out[0][0], out[1][0]) and out[0][1] == out[1][1] == math.inf
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_ldog_refuses_a_tensor_appended_to_its_group_by_hand(impl):
+    """LDoG keeps one rbar/G entry per tensor of a group, by position: a tensor appended
+    to ``group["params"]`` by hand has none, and the step raised torch's broadcasting
+    error from inside the recursion. Now a ValueError saying what to do."""
+    from lrkit.optim import LDoG
+    a, b = torch.randn(3, 4, requires_grad=True), torch.randn(5, requires_grad=True)
+    opt = LDoG([a, b], impl=impl)
+    for p in (a, b):
+        p.grad = torch.randn_like(p)
+    opt.step()
+    q = torch.randn(4, requires_grad=True)
+    opt.param_groups[0]["params"].append(q)
+    for p in (a, b, q):
+        p.grad = torch.randn_like(p)
+    with pytest.raises(ValueError, match=r"entry per tensor of the group \(3\).*add_param_group"):
+        opt.step()

@@ -288,12 +288,14 @@ class LDoG(DoG):
         if G is None:
             return [False] * n
         kept = self.__dict__.setdefault("_started", {}).get(index)
-        if kept is not None and kept[0] is G:
+        if kept is not None and kept[0] is G and len(kept[1]) == n:
             return kept[1]
         if G.dim() != 1 or G.numel() != n:
             raise ValueError(
                 f"{type(self).__name__}.step(): param group {index} holds G with shape "
-                f"{tuple(G.shape)}; LDoG keeps one entry per tensor of the group ({n})")
+                f"{tuple(G.shape)}; LDoG keeps one entry per tensor of the group ({n}), by "
+                "position: a tensor added to or removed from group['params'] by hand has "
+                "none (add tensors with add_param_group)")
         started = G.ne(0).tolist()
         self._started[index] = (G, started)
         return started
