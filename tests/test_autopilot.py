@@ -440,3 +440,44 @@ def test_the_report_says_when_probes_are_scored_on_training_batches():
     fn = lambda m: float(torch.nn.functional.mse_loss(m(x), y))  # noqa: E731
     assert not any("training stream" in d for d in run(val_fn=fn).decisions)
     assert not any("training stream" in d for d in run(val_loader=[(x, y)]).decisions)
+
+
+def test_sls_is_learning_rate_free_and_sets_its_own_step_size():
+    """SLS (lr_free, no recommended_lr) is built without an lr, nothing is searched and no
+    lr schedule is written: the recorded lrs are the step sizes its line search found."""
+    model, loader, loss_fn = problem(n=512)
+    before = full_loss(model, loader, loss_fn)
+    report = lrkit.autopilot(model, loader, loss_fn, steps=30, optimizer="sls", seed=0,
+                             progress=False)
+    assert report.lr is None and report.probes == [] and report.range_test is None
+    assert report.schedule == "none" and report.optimizer == "SLS"
+    assert "finds its own step size" in report.explain()
+    assert len(report.lrs) == 30 and len(set(report.lrs)) > 1
+    assert full_loss(model, loader, loss_fn) < before
+
+
+def test_an_empty_val_loader_is_refused_as_an_empty_loader_is():
+    model, loader, loss_fn = problem(n=256)
+    with pytest.raises(ValueError, match=r"autopilot\(\): val_loader yields no batches"):
+        lrkit.autopilot(model, loader, loss_fn, steps=50, val_loader=[], progress=False)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_val_fn_that_is_never_finite_is_refused(bad):
+    """A non-finite score after every probe that trained normally would make the argmin
+    pick the lowest rate: it is refused, and the model is put back."""
+    model, loader, loss_fn = problem(n=256)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"val_fn\(model\) was NaN or infinite after every "
+                                         r"probe.*trained without diverging"):
+        lrkit.autopilot(model, loader, loss_fn, steps=200, val_fn=lambda m: bad, seed=0,
+                        progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_one_shot_generator_is_named_as_such():
+    model, loader, loss_fn = problem(n=256)
+    batches = (batch for batch in list(loader)[:4])
+    with pytest.raises(ValueError, match=r"loader can be iterated only once .*yielded 4 "
+                                         r"batches.*pass a list or a DataLoader"):
+        lrkit.autopilot(model, batches, loss_fn, steps=20, progress=False)

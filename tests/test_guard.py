@@ -1,6 +1,7 @@
 """DivergenceGuard: restore, back off through the schedule, give up with a summary."""
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -60,7 +61,7 @@ def test_bad_loss_restores_the_last_snapshot_and_backs_off(bad):
     model, opt, sched, x, y = setup()
     guard = DivergenceGuard(model, opt, sched, window=20)
     train(model, opt, sched, guard, x, y, 39)
-    # the 40th healthy loss snapshots the state that produced it: this one
+    # the 40th healthy loss (step 39) snapshots the state that produced it: this one
     good = snapshot(model)
     lr_before = opt.param_groups[0]["lr"]
     step_before = sched.last_epoch
@@ -69,7 +70,7 @@ def test_bad_loss_restores_the_last_snapshot_and_backs_off(bad):
     assert guard.check(loss) is False
     (event,) = guard.events
     assert event.kind == ("nonfinite" if not math.isfinite(bad) else "spike")
-    assert event.restored_to == 40 and event.lr_factor == 0.5
+    assert event.restored_to == 39 and event.lr_factor == 0.5
     for k, v in model.state_dict().items():
         assert torch.equal(v, good[k])
     assert sched.last_epoch == step_before
@@ -201,7 +202,7 @@ def test_any_optimizer_is_restored_bit_for_bit(cls, cfg, caplog):
     x, y = torch.randn(256, 5), torch.randn(256, 1)
     guard = DivergenceGuard(model, opt, sched, window=4, min_history=2)
     train(model, opt, sched, guard, x, y, 3)
-    params = snapshot(model)  # the 4th good loss snapshots this state
+    params = snapshot(model)  # the 4th good loss (step 3) snapshots this state
     state = copy.deepcopy(opt.state_dict())
     train(model, opt, sched, guard, x, y, 3)
     assert any(not torch.equal(v, params[k]) for k, v in model.state_dict().items())
@@ -216,7 +217,7 @@ def test_any_optimizer_is_restored_bit_for_bit(cls, cfg, caplog):
             g.pop("lr")
     assert same_state(now, state)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * cfg["lr"])
-    assert "non-finite loss" in caplog.text and "restored the state of step 4" in caplog.text
+    assert "non-finite loss" in caplog.text and "restored the state of step 3" in caplog.text
     assert "1 intervention(s)" in guard.summary()
 
 
@@ -311,4 +312,113 @@ def test_events_number_steps_from_zero_like_the_loop():
     train(model, opt, sched, guard, x, y, 40, poison={25: float("nan")})
     (event,) = guard.events
     assert event.step == 25 and event.describe().startswith("step 25: non-finite loss")
-    assert event.restored_to == 20  # the snapshot after 20 good losses: the start of step 20
+    # the snapshot at the 20th good loss, before its update: the start of step 19
+    assert event.restored_to == 19 and sched.last_epoch == 19 + 14  # steps 26 to 39 after
+
+
+def test_restored_to_names_the_step_whose_start_was_restored():
+    """A snapshot taken in check() is the state before that loss's update: the start of the
+    step that loss belongs to (it was labelled one step later)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = Scheduler(opt, lr=S.constant(0.01))
+    guard = DivergenceGuard(model, opt, sched, window=4, min_history=2, snapshot_every=4)
+    start = {}
+    for step in range(7):
+        start[step] = model.weight.detach().clone()
+        loss = torch.nn.functional.mse_loss(model(x), y) * (math.nan if step == 6 else 1.0)
+        if not guard.check(loss):
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    (event,) = guard.events
+    assert event.restored_to == 3 and sched.last_epoch == 3
+    assert torch.equal(model.weight, start[3])
+
+
+def _resume_run(n, snapshot, nan_at=10, total=16):
+    """A run to ``total`` with a NaN at ``nan_at``, saved at ``n`` (``n=None``: not saved)
+    and resumed in fresh objects; the guard's state loaded first, before the model's."""
+    torch.manual_seed(1)
+    data = [(torch.randn(16, 4), torch.randn(16, 1)) for _ in range(total)]
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        sched = Scheduler(opt, lr=S.cosine(0.01, total=40))
+        return model, opt, sched, DivergenceGuard(model, opt, sched, window=5, min_history=3,
+                                                  snapshot_every=4)
+
+    def train(objs, steps):
+        model, opt, sched, guard = objs
+        for i in steps:
+            loss = torch.nn.functional.mse_loss(model(data[i][0]), data[i][1])
+            if not guard.check(loss * (math.nan if i == nan_at else 1.0)):
+                continue
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+
+    objs = build()
+    if n is None:
+        train(objs, range(total))
+        return objs
+    train(objs, range(n))
+    buffer = io.BytesIO()
+    model, opt, sched, guard = objs
+    torch.save([guard.state_dict(snapshot=snapshot), model.state_dict(), opt.state_dict(),
+                sched.state_dict()], buffer)
+    objs = build()
+    buffer.seek(0)
+    for obj, state in zip((objs[3], *objs[:3]), torch.load(buffer)):
+        obj.load_state_dict(state)
+    train(objs, range(n, total))
+    return objs
+
+
+def test_a_resume_with_the_guard_is_exact_across_a_later_rollback():
+    """With the snapshot saved (state_dict(snapshot=True)), a rollback after the resume point
+    restores what the uninterrupted run restores, bit for bit, whatever the order of
+    loading; without it, the snapshot cadence is kept (since_snapshot), so the resumed run
+    is exact when the snapshot restored was taken after the resume point, and otherwise
+    restores the state at the resume point (the guard's own snapshot of it)."""
+    straight = _resume_run(None, False)
+    (event,) = straight[3].events
+    assert event.restored_to == 7
+    for n, snapshot in [(2, False), (7, False), (8, True), (9, True), (10, True)]:
+        resumed = _resume_run(n, snapshot)
+        assert [e.describe() for e in resumed[3].events] == [event.describe()]
+        assert resumed[2].last_epoch == straight[2].last_epoch
+        assert all(torch.equal(a, b) for a, b in zip(straight[0].parameters(),
+                                                     resumed[0].parameters()))
+        assert resumed[3]._since_snapshot == straight[3]._since_snapshot
+    (event,) = _resume_run(9, False)[3].events
+    assert event.restored_to == 9
+
+
+def test_a_state_dict_from_before_since_snapshot_still_loads():
+    model, opt, sched, x, y = setup()
+    guard = DivergenceGuard(model, opt, sched, window=10)
+    train(model, opt, sched, guard, x, y, 13)
+    state = guard.state_dict()
+    assert state["since_snapshot"] == 3 and "snapshot" not in state
+    del state["since_snapshot"]
+    again = DivergenceGuard(model, opt, sched, window=10)
+    again.load_state_dict(state)
+    assert again._since_snapshot == 0 and again.steps == 13
+    with pytest.raises(ValueError, match="since_snapshot"):
+        again.load_state_dict({**guard.state_dict(), "since_snapshot": -1})
+    with pytest.raises(ValueError, match="snapshot lacks 'lr_factor', 'model'"):
+        again.load_state_dict({**guard.state_dict(), "snapshot": {"step": 1}})
+    bad = guard.state_dict(snapshot=True)
+    bad["snapshot"]["model"] = {"0.weight": torch.ones(2)}
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="snapshot does not fit"):
+        again.load_state_dict(bad)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -123,7 +123,7 @@ def test_guard_rolls_back_a_bad_step_and_the_loop_resumes(closure):
     assert sched.last_epoch == 30 and guard.lr_factor == 0.5
     # its 10th check (step 9, before its update) was the last snapshot: steps 9 to 11 are
     # redone, and counted as updates again
-    assert guard.events[0].restored_to == 10 and loop.updates == 30 + 3
+    assert guard.events[0].restored_to == 9 and loop.updates == 30 + 3
     assert seen[-1] == 30 and [seen.count(k) for k in (9, 10, 11, 12, 13)] == [1, 2, 2, 2, 1]
     # the learning rate after the back-off: the schedule at half its height
     assert loop.lrs[-1] == pytest.approx(0.5 * S.cosine(0.05, total=40)(29), rel=1e-12)
@@ -195,6 +195,27 @@ def test_users_step_fn_with_dict_batches_and_the_message_for_other_batches():
         Step(model, opt, lambda m, b: m(b[0]), name="fit()")([(x, y)])
     with pytest.raises(ValueError, match="fit\\(\\): loader yields no batches"):
         next(endless([], "fit()"))
+
+
+def test_a_one_shot_loader_is_named_as_such():
+    """A generator yields its batches once: when it is exhausted, the message says that,
+    not that it yields no batches."""
+    stream = endless((b for b in [1, 2, 3]), "fit()")
+    assert [next(stream) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"fit\(\): loader can be iterated only once \(it "
+                                         r"yielded 3 batches.*pass a list or a DataLoader"):
+        next(stream)
+
+
+@pytest.mark.parametrize("make", [lambda ps: lrkit.optim.SLS(ps), lambda ps: lrkit.optim.LBFGS(ps),
+                                  lambda ps: torch.optim.LBFGS(ps)])
+def test_a_scaler_with_a_closure_only_optimizer_is_refused_up_front(make):
+    model, _, _ = problem()
+    opt = make(model.parameters())
+    with pytest.raises(ValueError, match=rf"Step\(\): scaler cannot be used with "
+                                         rf"{type(opt).__name__}, which re-evaluates"):
+        Step(model, opt, batch_loss(F.mse_loss), closure=True,
+             scaler=torch.amp.GradScaler("cpu"))
 
 
 def test_scale_lr_is_the_writer_for_torch_schedulers_and_tensor_rates():

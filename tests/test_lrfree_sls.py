@@ -253,3 +253,36 @@ def test_a_loss_that_never_decreases_enough_is_a_failed_search_not_a_step():
     assert opt.failed_searches == 1 and opt.last_step_size == 0.0
     state = copy.deepcopy(opt.state_dict())
     assert state["param_groups"][0]["failed_searches"] == 1
+
+
+@pytest.mark.parametrize("impl", ["reference", "foreach"])
+@pytest.mark.parametrize("fail_at", [2, 4])
+def test_a_closure_raising_in_the_search_puts_everything_back(impl, fail_at):
+    """The weights and the random state are back where the step started, nothing is
+    counted, and a retry takes the step the failing call would have taken."""
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 1.0]))
+    opt = SLS([w], init_lr=100.0, impl=impl)
+    calls = []
+
+    def closure(fail=None):
+        calls.append(torch.rand(1))  # a random draw, as dropout makes
+        if len(calls) == fail:
+            raise RuntimeError("transient failure")
+        return (w ** 2).sum()
+
+    torch.manual_seed(0)
+    before, counters = w.detach().clone(), dict(opt.param_groups[0])
+    with pytest.raises(RuntimeError, match="transient failure"):
+        opt.step(lambda: closure(fail_at))
+    assert torch.equal(w.detach(), before) and opt.param_groups[0] == counters
+    after_failure = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(after_failure, torch.rand(1))  # the stream as at the step's start
+    torch.manual_seed(0)
+    calls.clear()
+    opt.step(closure)  # the retry
+    twin = torch.nn.Parameter(before.clone())
+    twin_opt = SLS([twin], init_lr=100.0, impl=impl)
+    torch.manual_seed(0)
+    twin_opt.step(lambda: (torch.rand(1), (twin ** 2).sum())[1])
+    assert torch.equal(w.detach(), twin.detach()) and opt.last_step_size > 0

@@ -350,3 +350,89 @@ def test_values_the_optimizer_accepts_are_scheduled_on_every_group():
         sched.step()
     assert [g["betas"] for g in opt.param_groups] == [(pytest.approx(0.1), 0.999),
                                                       (pytest.approx(0.1), 0.9)]
+
+
+@pytest.mark.parametrize("make,key,value", [
+    (lambda ps: lrkit.optim.Prodigy(ps, slice_p=2), "slice_p", 2),
+    (lambda ps: lrkit.optim.SLS(ps), "max_backtracks", 50),
+    (lambda ps: lrkit.optim.LBFGS(ps, lr=0.1), "history_size", 10),
+    (lambda ps: torch.optim.LBFGS(ps, lr=0.1), "history_size", 10)])
+def test_an_integer_key_stays_an_integer(make, key, value):
+    """A count the groups hold as an int (slicing, range(), list length) is written as an int
+    where the schedule's value is integral, and a non-integral value is refused where the
+    schedule reaches it, naming the key, the step and the value, before anything changes."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = make([p])
+
+    def closure():
+        loss = ((p - 2) ** 2).sum()
+        if torch.is_grad_enabled():
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    sched = Scheduler(opt, **{key: value})
+    for _ in range(2):
+        assert type(opt.param_groups[0][key]) is int and opt.param_groups[0][key] == value
+        opt.step(closure)
+        sched.step()
+    sched.set_schedule(key, S.linear(value, 2 * value, total=2))  # 2v at step 2: integral
+    assert type(opt.param_groups[0][key]) is int and opt.param_groups[0][key] == 2 * value
+    with pytest.raises(ValueError, match=rf"{key}= reaches {value + 0.5:g} at step 2.*integral"):
+        sched.set_schedule(key, value + 0.5)
+    assert opt.param_groups[0][key] == 2 * value and sched.schedules[key](2) == 2 * value
+
+
+@pytest.mark.filterwarnings("ignore:Scheduler.step.. was called before")
+def test_scheduled_integer_keys_still_pass_the_optimizers_own_checks():
+    """The int written is the value the optimizer's own checks (``_validated``) see: a
+    count of 0 where they need a positive one is refused by them; a key holding 0 (torch
+    writes momentum=0 and weight_decay=0 for float options) may be scheduled to any number
+    its checks accept."""
+    p = torch.nn.Parameter(torch.ones(3))
+    for opt, key in ((lrkit.optim.SLS([p]), "batches_per_epoch"),
+                     (lrkit.optim.Prodigy([p]), "slice_p")):
+        with pytest.raises(ValueError, match=rf"{key}= reaches 0 at step 2.*refuses.*positive"):
+            sched = Scheduler(opt, **{key: "linear(2, 0, total=2)"})
+            sched.step()
+            sched.step()
+        assert opt.param_groups[0][key] == 1 and sched.last_epoch == 2
+    with pytest.raises(ValueError, match=r"warmup_steps= reaches 2.5 at step 0.*refuses"):
+        Scheduler(lrkit.optim.ScheduleFreeAdamW([p]), warmup_steps=2.5)
+    opt = lrkit.optim.ScheduleFreeAdamW([p])
+    Scheduler(opt, warmup_steps=3.0)
+    assert type(opt.param_groups[0]["warmup_steps"]) is int
+    sgd = torch.optim.SGD([p], lr=0.1)
+    assert sgd.param_groups[0]["momentum"] == 0 and type(sgd.param_groups[0]["momentum"]) is int
+    sched = Scheduler(sgd, momentum="linear(0.5, 0.9, total=4)", weight_decay=1e-4)
+    assert sgd.param_groups[0]["momentum"] == 0.5
+    assert sgd.param_groups[0]["weight_decay"] == 1e-4
+    p.grad = torch.ones(3)
+    sgd.step()
+    sched.step()
+    assert sgd.param_groups[0]["momentum"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("make,metric,error", [
+    (lambda opt: Scheduler(opt, lr="cosine(0.1, total=10)"), 1.0, "needs a plateau"),
+    (lambda opt: Scheduler(opt, plateau=Plateau()), torch.ones(2), r"shape \(2,\)"),
+    (lambda opt: Scheduler(opt, plateau=Plateau()), "low", "must be a number")])
+def test_a_refused_metric_changes_nothing(make, metric, error):
+    opt = make_opt()
+    sched = make(opt)
+    opt.step()
+    sched.step()
+    before = (sched.last_epoch, sched._step_count, sched.get_last_lr(), sched.state_dict())
+    with pytest.raises((ValueError, TypeError), match=error):
+        sched.step(metric)
+    with pytest.raises((ValueError, TypeError), match=error):
+        sched.report(metric)
+    assert (sched.last_epoch, sched._step_count, sched.get_last_lr(),
+            sched.state_dict()) == before
+
+
+@pytest.mark.parametrize("key", ["nesterov", "maximize"])
+def test_a_switch_is_named_as_one(key):
+    with pytest.raises(ValueError, match=rf"{key}= cannot be scheduled: param group 0 holds "
+                                         rf"{key}=False, a switch \(bool\)"):
+        Scheduler(make_opt(), **{key: 1.0})

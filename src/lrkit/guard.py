@@ -158,7 +158,7 @@ class DivergenceGuard:
         self._retries = 0
         self._since_snapshot = 0
         self._snapshot: dict[str, Any] = {}
-        self._take_snapshot()
+        self._take_snapshot(0)
 
     @staticmethod
     def _global(value: float, loss: Any) -> float:
@@ -216,7 +216,7 @@ class DivergenceGuard:
         if self._since_snapshot >= self.snapshot_every and not (
                 self.rise is not None and len(self._recent) == self.min_history
                 and self._above(statistics.median(self._recent), 0.5 * self.rise)):
-            self._take_snapshot()
+            self._take_snapshot(self.steps - 1)  # before this loss's update: its start
         return True
 
     def _above(self, median: float, fraction: float) -> bool:
@@ -248,15 +248,49 @@ class DivergenceGuard:
         lines += ["  " + e.describe() for e in self.events]
         return "\n".join(lines)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The guard's counters and history (not the snapshot), for checkpoints."""
-        return {"steps": self.steps, "lr_factor": self.lr_factor, "retries": self._retries,
-                "losses": list(self._losses), "events": [asdict(e) for e in self.events],
-                "recent": list(self._recent), "block": list(self._block),
-                "start": self._start, "best": self._best}
+    def state_dict(self, snapshot: bool = False) -> dict[str, Any]:
+        """The guard's counters and history, for checkpoints; with ``snapshot=True`` also
+        the state it would restore (the model's and the optimizer's ``state_dict()`` and
+        the scheduler's, as they were when the guard took it: about the size of a
+        checkpoint of the model and optimizer again).
+
+        What a resume from it keeps exact (``load_state_dict`` into fresh objects): the
+        losses checked, the events, the learning-rate factor and the steps at which the
+        next snapshots are taken, always; a rollback after the resume point is bit for bit
+        that of the uninterrupted run once the guard has taken its first snapshot after
+        the resume, and before that only with ``snapshot=True`` (without it, such a
+        rollback restores the state at the resume point instead of the earlier snapshot).
+        Gradients are not saved: a rollback from a saved snapshot leaves none (a step
+        computes them afresh)."""
+        state = {"steps": self.steps, "lr_factor": self.lr_factor, "retries": self._retries,
+                 "losses": list(self._losses), "events": [asdict(e) for e in self.events],
+                 "recent": list(self._recent), "block": list(self._block),
+                 "start": self._start, "best": self._best,
+                 "since_snapshot": self._since_snapshot}
+        if C.boolean("DivergenceGuard.state_dict()", "snapshot", snapshot):
+            snap = self._snapshot
+            training = snap["training"]
+            if isinstance(training, _SavedState):  # loaded so, and not replaced since
+                model, opt = training.model_state, training.optimizer_state
+            else:  # the snapshot's values in place, read out, then the current ones back
+                live = Snapshot(self.model, self.optimizer, rng=False)
+                try:
+                    training.restore()
+                    model = self.model.state_dict()
+                    opt = self.optimizer.state_dict()
+                    model, opt = copy.deepcopy(model), copy.deepcopy(opt)
+                finally:
+                    live.restore()
+            state["snapshot"] = {"step": snap["step"], "lr_factor": snap["lr_factor"],
+                                 "model": model, "optimizer": opt,
+                                 "scheduler": copy.deepcopy(snap["scheduler"])}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the counters and history (and snapshot the current state)."""
+        """Restore the counters and history, and the snapshot where ``state`` holds one
+        (``state_dict(snapshot=True)``); otherwise snapshot the current state, so load the
+        model, optimizer and scheduler first. The snapshots go on at the saved cadence
+        (a ``state`` from before it was saved restarts it here)."""
         fn = "DivergenceGuard.load_state_dict()"
         if not isinstance(state, dict):
             raise TypeError(f"{fn}: state must be a dict (from state_dict()), got "
@@ -268,12 +302,16 @@ class DivergenceGuard:
         steps = C.nonnegative_int(fn, "steps", state["steps"])
         lr_factor = C.positive(fn, "lr_factor", state["lr_factor"])
         retries = C.nonnegative_int(fn, "retries", state["retries"])
+        since = C.nonnegative_int(fn, "since_snapshot", state.get("since_snapshot", 0))
         losses = [C.real(fn, f"losses[{i}]", v) for i, v in enumerate(
             C.sequence(fn, "losses", state["losses"]))]
         try:
             events = [GuardEvent(**e) for e in C.sequence(fn, "events", state["events"])]
         except TypeError as exc:
             raise TypeError(f"{fn}: events: {exc}") from None
+        saved = state.get("snapshot")
+        snapshot = self._current_snapshot(steps, lr_factor) if saved is None else \
+            self._loaded_snapshot(fn, saved)
         self.steps, self.lr_factor = steps, lr_factor
         self._losses = deque(losses, maxlen=self.window)
         self._recent = deque((float(v) for v in state.get("recent", ())),
@@ -282,20 +320,53 @@ class DivergenceGuard:
         self._start = float(state.get("start", math.nan))
         self._best = float(state.get("best", math.inf))
         self.events = events
-        self._take_snapshot()
+        self._snapshot = snapshot
+        self._since_snapshot = since
         self._retries = retries
 
     # -- internals --------------------------------------------------------------------
-    def _take_snapshot(self) -> None:
-        self._snapshot = {
-            "step": self.steps,
-            "lr_factor": self.lr_factor,
+    def _take_snapshot(self, step: int) -> None:
+        """Keep the current state, the starting state of loss ``step`` (0-based)."""
+        self._snapshot = self._current_snapshot(step, self.lr_factor)
+        self._since_snapshot = 0
+        self._retries = 0  # a good stretch since the last intervention: recovered
+
+    def _current_snapshot(self, step: int, lr_factor: float) -> dict[str, Any]:
+        return {
+            "step": step,
+            "lr_factor": lr_factor,
             "training": Snapshot(self.model, self.optimizer, rng=False),
             "scheduler": None if self.scheduler is None else copy.deepcopy(
                 self.scheduler.state_dict()),
         }
-        self._since_snapshot = 0
-        self._retries = 0  # a good stretch since the last intervention: recovered
+
+    def _loaded_snapshot(self, fn: str, saved: Any) -> dict[str, Any]:
+        """The snapshot ``state_dict(snapshot=True)`` saved, checked to load into the model
+        and optimizer (a state that does not fit raises, naming it, and changes nothing)."""
+        if not isinstance(saved, dict):
+            raise TypeError(f"{fn}: snapshot must be a dict (from state_dict(snapshot=True)), "
+                            f"got {type(saved).__name__}")
+        missing = [k for k in ("step", "lr_factor", "model", "optimizer", "scheduler")
+                   if k not in saved]
+        if missing:
+            raise ValueError(f"{fn}: snapshot lacks {', '.join(map(repr, missing))}")
+        if (saved["scheduler"] is None) != (self.scheduler is None):
+            held = "no" if saved["scheduler"] is None else "a"
+            raise ValueError(f"{fn}: the snapshot holds {held} scheduler state, and this "
+                             f"guard has {'none' if self.scheduler is None else 'a scheduler'}")
+        step = C.nonnegative_int(fn, "snapshot step", saved["step"])
+        lr_factor = C.positive(fn, "snapshot lr_factor", saved["lr_factor"])
+        training = _SavedState(self.model, self.optimizer, saved["model"], saved["optimizer"])
+        live = Snapshot(self.model, self.optimizer, rng=False)
+        try:
+            training.restore()
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{fn}: the snapshot does not fit the model or optimizer: "
+                             f"{exc}") from exc
+        finally:
+            live.restore()
+        return {"step": step, "lr_factor": lr_factor, "training": training,
+                "scheduler": copy.deepcopy(saved["scheduler"])}
 
     def _intervene(self, kind: str, loss: float, median: float) -> None:
         self._retries += 1
@@ -313,3 +384,21 @@ class DivergenceGuard:
             raise DivergenceError(
                 f"training kept diverging: {self._retries} interventions in a row without "
                 f"recovering (max_retries={self.max_retries})\n{self.summary()}")
+
+
+class _SavedState:
+    """A snapshot loaded from a checkpoint: the model's and optimizer's state dicts,
+    restored by their ``load_state_dict`` (gradients cleared: they were not saved)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 model_state: Any, optimizer_state: Any) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.model_state = copy.deepcopy(model_state)
+        self.optimizer_state = copy.deepcopy(optimizer_state)
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.model_state)
+        self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None

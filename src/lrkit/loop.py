@@ -178,11 +178,17 @@ def split_held(loader: Iterable[Any], n: int,
 
 
 def _endless(loader: Iterable[Any], fn: str) -> Iterator[Any]:
+    seen = 0
     while True:
         empty = True
         for batch in loader:
             empty = False
+            seen += 1
             yield batch
+        if empty and seen:
+            raise ValueError(f"{fn}: loader can be iterated only once (it yielded {seen} "
+                             "batches, then none when iterated again, as a generator does): "
+                             "pass a list or a DataLoader")
         if empty:
             raise ValueError(f"{fn}: loader yields no batches")
 
@@ -266,6 +272,12 @@ class Step:
         if self.scaler is not None and not isinstance(self.scaler, torch.amp.GradScaler):
             raise TypeError(f"{fn}: scaler must be a torch.amp.GradScaler or None, got "
                             f"{type(self.scaler).__name__}")
+        if self.scaler is not None and (getattr(self.optimizer, "needs_closure", False)
+                                        or isinstance(self.optimizer, torch.optim.LBFGS)):
+            raise ValueError(
+                f"{fn}: scaler cannot be used with {type(self.optimizer).__name__}, which "
+                "re-evaluates the loss through a closure (GradScaler.step passes none): pass "
+                "scaler=None (autocast=torch.bfloat16 needs no scaler)")
         if self.autocast is not None and self.autocast not in (torch.bfloat16, torch.float16):
             raise (TypeError if not isinstance(self.autocast, torch.dtype) else ValueError)(
                 f"{fn}: autocast must be torch.bfloat16, torch.float16 or None, got "

@@ -105,7 +105,7 @@ class AutopilotReport:
     """What the autopilot chose, why, and how the run went."""
 
     lr: float | None  # the chosen peak rate (None for a learning-rate-free optimizer)
-    schedule: str  # the schedule as S.parse text
+    schedule: str  # the schedule as S.parse text ("none": the optimizer sets its step size)
     optimizer: str
     steps: int
     suggestion: float | None = None  # the range test's suggestion
@@ -222,6 +222,10 @@ class _Setup:
     #: probes train on the rest, the run on all of it) or "stream" (the training stream's
     #: first batches, which a later epoch trains on too)
     scored_on: str = "validation"
+    #: what the scorer computes, for messages
+    scored_by: str = "the loss on the held batches"
+    #: probes that trained to their end but scored not finite
+    unscored: int = 0
 
 
 def _scoring_setup(fn: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step,
@@ -237,17 +241,24 @@ def _scoring_setup(fn: str, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     if split and val_loader is None and val_fn is None:
         parts = split_held(loader, HELD_BATCHES, torch.initial_seed() % 2**63)
     batches = endless(loader if parts is None else parts[1], fn)
-    held = list(val_loader) if val_loader is not None else \
-        parts[0] if parts is not None else [next(batches) for _ in range(HELD_BATCHES)]
+    if val_loader is not None:
+        held = list(C.iterable(fn, "val_loader", val_loader))
+        if not held:
+            raise ValueError(f"{fn}: val_loader yields no batches")
+    else:
+        held = parts[0] if parts is not None else [next(batches) for _ in range(HELD_BATCHES)]
     per_batch: list[float] = []
 
     def scorer() -> float:
         return _evaluate(step, held, per_batch) if val_fn is None else _scored(model, val_fn)
     scored_on = "validation" if val_loader is not None or val_fn is not None else \
         "held out" if parts is not None else "stream"
+    scored_by = "val_fn(model)" if val_fn is not None else "the loss on val_loader" \
+        if val_loader is not None else "the loss on the held batches"
     return _Setup(model, opt, step, batches, scorer, steps, per_batch=per_batch,
                   eval_cost=len(held) / 3.0,  # a forward pass: about a third of a step
-                  report=report, loss_fn=loss_fn, step_fn=step_fn, scored_on=scored_on)
+                  report=report, loss_fn=loss_fn, step_fn=step_fn, scored_on=scored_on,
+                  scored_by=scored_by)
 
 
 @dataclass
@@ -420,22 +431,31 @@ def autopilot(
     family = DEFAULT_FAMILY
     extra = (budget - 1.0) * steps
 
+    peak: float | None
     if lr_free is not None:
         family = lr_free.recommended_family or DEFAULT_FAMILY
         peak = lr_free.recommended_lr
-        report.decisions.append(
-            f"{opt_name} is learning-rate-free: no range test or probes (its own estimate "
-            f"sets the step size); its lr stays at the recommended {peak:g} and the "
-            f"schedule is {family!r}")
+        if peak is None:  # its own search of the step size (SLS): no lr to set
+            report.decisions.append(
+                f"{opt_name} is learning-rate-free and finds its own step size at every "
+                "step: no range test, probes or learning-rate schedule"
+                + ("; the schedule given is not used" if shape is not None else ""))
+        else:
+            report.decisions.append(
+                f"{opt_name} is learning-rate-free: no range test or probes (its own "
+                f"estimate sets the step size); its lr stays at the recommended {peak:g} "
+                f"and the schedule is {family!r}")
         chosen = None
     else:
         peak = _choose_lr(setup, _Search(extra, shape, family))
         family, peak = _choose_family(report, shape, family, peak, steps)
         chosen = peak
-    run_schedule = _schedule(shape, family, peak, steps)
+    run_schedule = None if peak is None else _schedule(shape, family, peak, steps)
     report.lr = chosen
-    report.schedule = str(run_schedule)
-    if shape is None:
+    report.schedule = "none" if run_schedule is None else str(run_schedule)
+    if run_schedule is None:
+        pass
+    elif shape is None:
         report.decisions.append(
             f"schedule: the default {family!r} family with {WARMUP_FRACTION:.0%} warmup "
             f"({round(WARMUP_FRACTION * steps)} steps), peak {peak:.3g}: {report.schedule}")
@@ -513,15 +533,15 @@ def choose_lr(
 
 
 def _lr_free_class(optimizer: Any) -> type | None:
-    """The lrkit optimizer class an optimizer name means when it is learning-rate-free with
-    a recommended lr (``"prodigy"``, ``"dadapt_adam"``, ``"schedulefree"``), else None."""
+    """The lrkit optimizer class an optimizer name means when it is learning-rate-free
+    (``"prodigy"``, ``"dadapt_adam"``, ``"schedulefree"``, ``"sls"``), else None."""
     if not isinstance(optimizer, str):
         return None
     from lrkit.optim.names import optimizer_classes
 
     key = optimizer.replace("_", "").replace("-", "").lower()
     cls = optimizer_classes().get(key)
-    if cls is None or not getattr(cls, "lr_free", False) or cls.recommended_lr is None:
+    if cls is None or not getattr(cls, "lr_free", False):
         return None
     return cls
 
@@ -615,7 +635,14 @@ def _horizon_search(setup: _Setup, search: _Search, suggestion: float,
         length = min(planned, setup.steps)
         center = suggestion if not optima else optima[-1]
         lrs = [center * f for f in factors]
+        unscored = setup.unscored
         scores = [_scored_probe(setup, search, snap, lr, length, rung) for lr in lrs]
+        if setup.unscored - unscored == len(lrs):
+            snap.restore()
+            raise ValueError(
+                f"{setup.step.name}: {setup.scored_by} was NaN or infinite after every probe "
+                f"(rates {', '.join(f'{lr:.3g}' for lr in lrs)}), though each trained "
+                "without diverging: the probes cannot be compared; check what scores them")
         best = int(np.argmin(scores))
         extra = lrs[0] / 2 if best == 0 else \
             lrs[-1] * 2 if best == len(lrs) - 1 and math.isfinite(scores[-1]) else None
@@ -664,6 +691,7 @@ def _scored_probe(setup: _Setup, search: _Search, snap: Snapshot, lr: float, len
     diverged = len(losses) < length or not all(map(math.isfinite, losses))
     setup.per_batch.clear()
     score = math.inf if diverged else setup.scorer()
+    setup.unscored += not diverged and not math.isfinite(score)
     each = tuple(setup.per_batch) if setup.per_batch and math.isfinite(score) else None
     report.probes.append(Probe(float(lr), length, float(score), rung + 1, each))
     return score
@@ -840,9 +868,10 @@ class _Replay:
         return self.batches
 
 
-def _final_run(setup: _Setup, schedule: S.Schedule, watch: _Watch) -> None:
-    """Train ``setup.steps`` steps along ``schedule`` (with the guard, following the score
-    when asked), recording the curve, the compute and the decisions in the report."""
+def _final_run(setup: _Setup, schedule: S.Schedule | None, watch: _Watch) -> None:
+    """Train ``setup.steps`` steps along ``schedule`` (None: the optimizer's own lr; with
+    the guard, following the score when asked), recording the curve, the compute and the
+    decisions in the report."""
     from lrkit.guard import DivergenceError, DivergenceGuard
 
     model, opt, report, steps = setup.model, setup.optimizer, setup.report, setup.steps

@@ -8,6 +8,7 @@ and any number of hyperparameters share one step count.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 import weakref
 from typing import Any
@@ -147,7 +148,8 @@ class Scheduler(LRScheduler):
     of ``betas``), or any key the groups hold (``eps=``...). ``momentum=`` on an optimizer
     whose groups have ``betas`` but no ``momentum`` (Adam and kin) schedules ``beta1``, as
     torch's OneCycleLR does. Each value is a ``Schedule``, spec text (``"cosine(0.1,
-    total=1000)"``) or a number.
+    total=1000)"``) or a number. A count a group holds as an int (``history_size``,
+    ``slice_p``...) stays an int: its schedule must reach only integral values.
 
     ``lr=None`` leaves the lr alone, except that a ``plateau`` then scales each group's
     initial lr, which is exactly torch's ReduceLROnPlateau. With a plateau, call
@@ -211,6 +213,12 @@ class Scheduler(LRScheduler):
     def _check_key(self, key: str) -> None:
         for i, group in enumerate(self.optimizer.param_groups):
             target = _target(key, group)
+            if target is None and key in group and key != "params":
+                value = group[key]
+                what = "a switch (bool)" if isinstance(value, bool) else "not a number"
+                raise ValueError(f"Scheduler(): {key}= cannot be scheduled: param group {i} "
+                                 f"holds {key}={value!r:.60}, {what}; only numeric values "
+                                 "can be scheduled")
             if target is None:
                 keys = ", ".join(sorted(k for k in group if k != "params"))
                 raise ValueError(f"Scheduler(): {key}= cannot be scheduled: param group {i} has "
@@ -290,7 +298,10 @@ class Scheduler(LRScheduler):
 
     # -- stepping ----------------------------------------------------------------------
     def step(self, metric: float | None = None) -> None:  # type: ignore[override]
-        """Advance one step; with a plateau, ``metric`` is this step's metric."""
+        """Advance one step; with a plateau, ``metric`` is this step's metric. A metric that
+        is refused (no plateau, not a number) raises before anything changes."""
+        if metric is not None:
+            metric = self._checked_metric("Scheduler.step(metric)", metric)
         if self._step_count == 1 and not getattr(self.optimizer, "_opt_called", False):
             warnings.warn(
                 "Scheduler.step() was called before optimizer.step(): call "
@@ -347,16 +358,27 @@ class Scheduler(LRScheduler):
 
     def report(self, metric: float) -> None:
         """Give the plateau a metric without advancing the step."""
-        self._report(metric)
+        self._report(self._checked_metric("Scheduler.report()", metric))
         self._apply()
+
+    def _checked_metric(self, fn: str, metric: Any) -> float:
+        """``metric`` as a float, checked before the step or report changes anything."""
+        if self.plateau is None:
+            raise ValueError(f"{fn}: a metric needs a plateau; build the Scheduler with "
+                             "plateau=lrkit.Plateau(...)")
+        if torch.is_tensor(metric):
+            if metric.numel() != 1:
+                raise ValueError(f"{fn}: metric must be a number or a one-element tensor, "
+                                 f"got a tensor of shape {tuple(metric.shape)}")
+            metric = metric.item()
+        if isinstance(metric, bool) or not isinstance(metric, numbers.Real):
+            raise TypeError(f"{fn}: metric must be a number or a one-element tensor, got "
+                            f"{type(metric).__name__}")
+        return float(metric)
 
     def _report(self, metric: float) -> None:
         self._sync_groups()
-        if self.plateau is None:
-            raise ValueError("Scheduler.step(metric): a metric needs a plateau; build the "
-                             "Scheduler with plateau=lrkit.Plateau(...)")
-        if torch.is_tensor(metric):
-            metric = float(metric.item())
+        assert self.plateau is not None  # _checked_metric saw to it
         if self.plateau.update(metric):
             current = self.get_lr()
             for i, lr in enumerate(current):
@@ -564,7 +586,23 @@ def _write(group: dict[str, Any], key: str, value: float) -> None:
     if isinstance(current, torch.Tensor):
         current.fill_(value)
     else:
-        group[key] = value
+        group[key] = _kept_type(current, value)
+
+
+def _kept_type(current: Any, value: float) -> Any:
+    """``value`` as an int where the group holds an int (a count: ``history_size``,
+    ``slice_p``...) and ``value`` is integral, so the optimizer can index and slice with it;
+    ``_check_values`` has refused a non-integral value for a nonzero int already."""
+    if type(current) is int and float(value).is_integer():
+        return int(value)
+    return value
+
+
+def _int_key(current: Any) -> bool:
+    """Whether a param-group value is a count that must stay an int: a Python int (not a
+    bool) other than 0, since torch's float options default to an int 0 (``momentum=0``,
+    ``weight_decay=0``) and a schedule may move those to any number."""
+    return type(current) is int and current != 0
 
 
 def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int) -> None:
@@ -573,8 +611,10 @@ def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step
     division by zero, in the optimizer's step), and, for an optimizer that checks its
     param groups' values itself (lrkit's learning-rate-free and schedule-free ones:
     ``_checks``), any value those checks refuse (``betas[0] = 0`` or ``momentum = 0`` of
-    the schedule-free ones, whose ``eval()`` divides by it). Each distinct value is
-    checked once per step, not once per group."""
+    the schedule-free ones, whose ``eval()`` divides by it). A count the groups hold as an
+    int (``history_size``, ``slice_p``, ``max_backtracks``...) must be scheduled with
+    integral values: it is written as an int. Each distinct value is checked by the
+    optimizer once per step, not once per group."""
     checks = getattr(type(optimizer), "_checks", None)
     if not isinstance(checks, dict):
         checks = None
@@ -595,9 +635,17 @@ def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step
                         f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, "
                         f"which would set betas[{index}] of a param group; betas must be "
                         "in [0, 1)")
-            if checks is None or name not in checks:
-                break  # nothing more to check for this key
             candidate: Any = v
+            if index is None:
+                current = group[name]
+                if _int_key(current) and not v.is_integer():
+                    raise ValueError(
+                        f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, but "
+                        f"{key} is a count (param group {i} holds the int {current}): "
+                        "schedule it with integral values")
+                candidate = _kept_type(current, v)
+            if checks is None or name not in checks:
+                continue  # nothing more to check for this key and group
             if index is not None:
                 items = list(group[name])
                 items[index] = v

@@ -21,7 +21,10 @@ The next step's guess depends on ``reset``:
 The first step starts from ``init_lr``. At most ``max_backtracks`` reductions are tried
 (``max_backtracks + 1`` trial points). If none satisfies the condition the parameters are
 left unchanged, ``failed_searches`` counts it, and the next guess continues from the last
-(smallest) trial. A zero gradient takes no step.
+(smallest) trial. A zero gradient takes no step. If the closure raises during the search,
+the parameters and the random state are put back where the step started (the gradient
+left in ``p.grad``) and the step counts nothing before the error propagates, so a caller
+may retry it.
 
 The closure computes and returns the minibatch loss; it need not call ``backward()``
 (SLS computes the gradient itself and leaves it in ``p.grad``); a closure that does call
@@ -182,16 +185,23 @@ class SLS(L.GlobalStepOptimizer):
             place = _place_reference if self._path(params) == "reference" else _place_foreach
             w0 = [p.detach().clone() for p in params]
             with torch.no_grad():
-                for trial in range(h["max_backtracks"] + 1):
-                    place(params, w0, grads, eta)
+                try:
+                    for trial in range(h["max_backtracks"] + 1):
+                        place(params, w0, grads, eta)
+                        rng.restore()
+                        f = self._agreed_loss(_evaluate(fn, closure))
+                        evals += 1
+                        if f <= f0 - h["c"] * eta * g_sq:  # Armijo
+                            accepted = eta
+                            break
+                        if trial < h["max_backtracks"]:
+                            eta *= h["beta"]
+                except BaseException:  # the closure raised: the step never happened
+                    torch._foreach_copy_(params, w0)
+                    for p, g in zip(params, grads):
+                        p.grad = g
                     rng.restore()
-                    f = self._agreed_loss(_evaluate(fn, closure))
-                    evals += 1
-                    if f <= f0 - h["c"] * eta * g_sq:  # Armijo
-                        accepted = eta
-                        break
-                    if trial < h["max_backtracks"]:
-                        eta *= h["beta"]
+                    raise
                 if not accepted:
                     torch._foreach_copy_(params, w0)
             for p, g in zip(params, grads):  # a closure may have dropped p.grad
