@@ -8,8 +8,10 @@ with ``LRKIT_KERNEL_SQRT=torch`` the 4cb7062 numbers of Adam, Prodigy and the au
 came back) and the digits_softmax optimum solved to its rounding (issue 16; the
 ``distance_to_optimum`` metric of the four digits_softmax cells). The autopilot's own
 search changed in issue 14 (probes at two lengths, the horizon fit, the family chosen from
-it): its three cells were recorded again then, the others replayed unchanged. They now hold
-the loop to its numbers against regressions.
+it): its three cells were recorded again then, the others replayed unchanged. The
+``step_based`` family's drops were mended on 2026-12-03 (a third ten-fold drop fell at the
+last step of budgets D with D % 3 == 0): its cell was recorded again. They now hold the
+loop to its numbers against regressions.
 
 Each cell is an arena method on a task for a few steps (plain steps, a closure, the
 schedule-free eval switch, a learning-rate-free optimizer, every schedule family the arena

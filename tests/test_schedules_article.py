@@ -5,6 +5,7 @@ import math
 
 import mpmath
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,3 +77,44 @@ def test_exponential_formula_and_recursion(lr, decay):
     ratio = ours[1:] / ours[:-1]
     normal = ours[1:] > 1e-300
     np.testing.assert_allclose(ratio[normal], math.exp(-decay), rtol=1e-12)
+
+
+def test_step_based_family_drops_as_documented_for_every_budget():
+    """family("step_based"): the first update after the warmup at peak, ten-fold drops at
+    round(D / 3) and one step after twice that, peak / 100 at step D (no third drop); below
+    D = 3 one hundred-fold drop at D. D counts the steps after the warmup."""
+    peak = 0.3
+    budgets = [(steps, 0.0) for steps in range(2, 400)] + [
+        (steps, w) for steps in (3, 7, 20, 301, 302, 1000, 10**6 + 1) for w in (0.05, 0.3)]
+    for steps, warmup in budgets:
+        s = S.family("step_based", peak, steps, warmup)
+        w = int(round(warmup * steps))
+        d = steps - w
+        v = s(np.arange(w, steps + 1)) / peak  # body steps 0..D
+        drops = (np.nonzero(np.diff(v))[0] + 1).tolist()
+        assert v[0] == 1.0, (steps, warmup)
+        assert v[-1] == pytest.approx(0.01, rel=1e-12), (steps, warmup)
+        if d >= 3:
+            first = round(d / 3)
+            assert drops == [first, 2 * first + 1], (steps, warmup, drops)
+            assert abs(3 * first - d) <= 1 and abs(3 * (2 * first + 1) - 2 * d) <= 5
+            assert v[first] == pytest.approx(0.1, rel=1e-12)
+        else:
+            assert drops == [d], (steps, warmup, drops)
+
+
+def test_time_based_family_reaches_its_end_for_huge_budgets():
+    """The decay solved for budgets up to 2**53 (the bisection's lower bound stopped at
+    1e-15, right for ~1e8 steps at most). Rounding the decay to 6 digits moves the end by
+    at most ln(100) * 5e-6 (< 2.5e-5) relative; against the exact product (Gamma
+    functions at 60 digits) the evaluation itself is within 1e-12."""
+    for steps in (10**6, 10**8, 10**9, 10**12, 2**53):
+        s = S.family("time_based", 1.0, steps)
+        decay = s.params["decay"]
+        ours = s(steps)
+        assert ours == pytest.approx(0.01, rel=2.5e-5), steps
+        with mpmath.workdps(60):
+            d = mpmath.mpf(decay)
+            exact = float(mpmath.exp(-(steps * mpmath.log(d) + mpmath.loggamma(steps + 1 / d)
+                                       - mpmath.loggamma(1 / d))))
+        assert ours == pytest.approx(exact, rel=1e-12), steps

@@ -94,6 +94,16 @@ def test_text_reads_like_python_calls():
         ("warmup(20, cosine(1.0, total=180))", 7, "s must be a Schedule"),
         ("cosine(0.1, -3)", 12, "total must be a positive integer"),
         ("[1, 2]", 0, "expected a schedule"),
+        # the counts as written, no `self`, the schedule's own name, at the first extra one
+        ("cosine(0.1, 3, 0.0, 1)", 20,
+         "cosine() takes from 2 to 3 positional arguments (lr, total, end) but 4 were given"),
+        ("constant(0.1, 0.2)", 14, "constant() takes 1 positional argument (lr) but 2 were"),
+        ("cosine(0.1)", 0, "cosine(): missing argument 'total'"),
+        ("cosine(0.1, 10, lr=0.2)", 16, "cosine(): argument 'lr' given twice"),
+        # digits and spaces as Python reads them: ASCII only
+        ("cosine(0.1, total=\u0661\u0660)", 18, "unexpected character '\u0661'"),
+        ("constant(\uff10.\uff15)", 9, "unexpected character '\uff10'"),
+        ("constant(" + "1" * 5000 + ")", 9, "integer of 5000 digits is too long"),
     ],
 )
 def test_spec_errors_point_at_the_position(text, position, expected):
@@ -102,8 +112,8 @@ def test_spec_errors_point_at_the_position(text, position, expected):
     message = str(info.value)
     assert f"at position {position}" in message
     assert expected in message
-    caret_line = message.splitlines()[-1]
-    assert caret_line.index("^") - 2 == position
+    line, caret_line = message.splitlines()[-2:]  # the caret under the character (or end)
+    assert (line + " ")[caret_line.index("^")] == (text + " ")[position]
 
 
 @given(st.text(max_size=80))
@@ -341,3 +351,139 @@ def test_every_schedule_refuses_a_huge_number_with_a_value_error():
         with pytest.raises(ValueError, match="peak must be a finite number, got an integer"):
             S.family(fam, big, 100)
     assert tried > 50
+
+
+# -- regressions from the fuzz sweep of the schedule layer -----------------------------------
+def reference_warmups(depth: int, steps: int, start: float, inner: float, n: int) -> float:
+    """``depth`` warmups around ``constant(inner)`` at step n, in plain Python floats with
+    the operations of ``Warmup._eval`` in its order (so equal bit for bit)."""
+    if depth == 0:
+        return inner
+    if n >= steps:
+        return reference_warmups(depth - 1, steps, start, inner, n - steps)
+    first = reference_warmups(depth - 1, steps, start, inner, 0)
+    return start + (first - start) * (n / steps)
+
+
+def test_nested_warmups_evaluate_in_linear_time():
+    """Each warmup evaluates its schedule once (on the steps with step 0 appended): 45
+    levels, text the parser accepts, took years when each level evaluated it twice."""
+    depth = 45
+    text = "warmup(" * depth + "constant(0.1)" + ", steps=3, start=0.01)" * depth
+    s = S.parse(text)
+    n = np.array([0, 1, 2, 3, 7, 44, 134, 135, 136, 500])
+    expected = [reference_warmups(depth, 3, 0.01, 0.1, k) for k in n.tolist()]
+    assert s(n).tolist() == expected
+    assert [s(int(k)) for k in n] == expected
+    assert s(np.arange(12).reshape(3, 4)).shape == (3, 4)
+    assert s(np.arange(0)).shape == (0,)
+
+
+def test_from_config_too_deep_or_self_referencing_is_a_spec_error():
+    deep = {"name": "constant", "lr": 0.1}
+    for _ in range(1000):
+        deep = {"name": "warmup", "s": deep, "steps": 1}
+    lists: list = [5]
+    for _ in range(1000):
+        lists = [lists]
+    loop: dict = {"name": "warmup", "steps": 1}
+    loop["s"] = loop
+    for config in (deep, {"name": "join", "schedules": [{"name": "constant", "lr": 0.1}],
+                          "boundaries": lists}, loop):
+        with pytest.raises(SpecError, match="nested too deeply"):
+            S.from_config(config)
+    ok = {"name": "constant", "lr": 0.1}
+    for _ in range(50):
+        ok = {"name": "warmup", "s": ok, "steps": 1}
+    assert S.from_config(ok)(60) == 0.1
+
+
+@pytest.mark.parametrize("s", [
+    S.product([S.cosine(0.1, total=10)]),
+    S.product([0.5]),
+    S.product([0.5, 2.0]),
+    S.product([2, S.cosine(0.1, total=10), 0.5]),
+    S.warmup(S.product([0.5]), steps=1),
+    S.clip(S.product([0.5, 2.0]), low=0.1),
+    S.join([S.product([S.constant(0.1)]), S.cosine(0.1, 10) * 0.5], [3]),
+], ids=["one-schedule", "one-number", "numbers", "mixed", "in-warmup", "in-clip", "in-join"])
+def test_products_read_back_from_text_and_repr(s):
+    again = S.parse(str(s))
+    assert again == s and type(again) is type(s), str(s)
+    if isinstance(s, S.Product):  # its repr is Python (with S = lrkit.schedules)
+        assert eval(repr(s), {"S": S}) == s
+    np.testing.assert_array_equal(again(np.arange(20)), s(np.arange(20)))
+
+
+def test_as_schedule_takes_numpy_and_0_dim_numbers():
+    for value in (np.float32(0.25), np.float64(0.25), np.int64(1), np.array(0.25)):
+        assert S.as_schedule(value) == S.constant(float(value))
+    for bad in (np.bool_(True), np.array(True), np.array([0.1]), 1j):
+        with pytest.raises(TypeError, match="value must be a Schedule, spec text or a real"):
+            S.as_schedule(bad)
+    with pytest.raises(ValueError, match="non-negative finite number, got np.float32"):
+        S.as_schedule(np.float32(-1))
+    torch = pytest.importorskip("torch")
+    assert S.as_schedule(torch.tensor(0.25)) == S.constant(0.25)
+    with pytest.raises(TypeError, match="real number, got tensor"):
+        S.as_schedule(torch.tensor(True))
+
+
+def test_peak_validates_steps_and_bounds_its_work():
+    s = S.warmup(S.cosine(0.5, total=10**12), steps=1000)
+    assert s.peak(1) == 0.0 and s.peak(1001) == 0.5 and s.peak(np.int64(2000)) == 0.5
+    assert s.peak(10**12) == 0.5  # the first 2**20 steps count one by one
+    rise = S.one_cycle(1.0, total=10**12)  # peaks at step 3e11 - 1, between samples
+    assert rise.peak(10**12) == pytest.approx(1.0, rel=1e-9)
+    for bad, kind in [(0, ValueError), (-1, ValueError), (1.5, ValueError),
+                      (2**53 + 1, ValueError), ("3", TypeError), (True, TypeError),
+                      (None, TypeError)]:
+        with pytest.raises(kind, match=r"peak\(\): steps must be"):
+            s.peak(bad)
+
+
+def test_plot_schedules_names_a_bad_label_or_axes():
+    pytest.importorskip("matplotlib")
+    from lrkit.plot import plot_schedules
+
+    s = S.cosine(0.1, 10)
+    for labels in ([1], [None]):
+        with pytest.raises(TypeError, match=r"labels\[0\] must be a string, got"):
+            plot_schedules([s], 10, labels=labels)
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes or None, got 5"):
+        s.plot(10, ax=5)
+
+
+def test_tensor_steps_that_require_grad_or_are_bfloat16_are_read():
+    torch = pytest.importorskip("torch")
+    s = S.cosine(0.1, total=10)
+    assert s(torch.tensor(5.0, requires_grad=True)) == s(5)
+    np.testing.assert_array_equal(s(torch.tensor([1.0, 5.0], dtype=torch.bfloat16)),
+                                  s(np.array([1, 5])))
+    np.testing.assert_array_equal(s(torch.arange(4)), s(np.arange(4)))
+    with pytest.raises(TypeError, match="step must be an integer"):
+        s(torch.tensor([True]))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: S.constant(1e300) * 1e300, "multiply past float64's largest number"),
+    (lambda: S.product([1e300, S.cosine(0.1, 10), 1e300]), "multiply past"),
+    (lambda: S.cosine(1.7976931348623157e308, total=10), "lr and end must differ by at most"),
+    (lambda: S.cosine(0.0, total=10, end=1e308), "lr and end must differ"),
+    (lambda: S.cosine_restarts(1.7e308, period=10), "lr and end must differ"),
+    (lambda: S.one_cycle(1e300, total=100, div=1e-10), "must be finite"),
+    (lambda: S.one_cycle(1e300, total=100, final_div=1e-10), "must be finite"),
+    (lambda: S.multistep(1e300, [1, 2, 3], gamma=1e5), r"lr \* gamma \*\* 3"),
+], ids=["product", "product-mixed", "cosine", "cosine-end", "restarts", "one_cycle-div",
+        "one_cycle-final", "multistep"])
+def test_finite_arguments_that_would_give_an_infinite_rate_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_products_of_large_factors_that_stay_finite_are_kept():
+    assert (S.constant(0.0) * 1e300 * 1e300)(3) == 0.0
+    assert (S.constant(1e300) * 1e-300)(0) == pytest.approx(1.0)
+    assert S.cosine(8e307, total=10)(0) == 8e307
+    with pytest.raises(SpecError, match="multiply past"):
+        S.parse("product([1e300, 1e300])")

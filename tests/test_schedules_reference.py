@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrkit import schedules as S
@@ -146,6 +146,7 @@ def test_polynomial_equals_keras(lr, total, end, power, extra):
 
 # -- optax -------------------------------------------------------------------------------
 optax = pytest.importorskip("optax")
+jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 
@@ -175,6 +176,32 @@ def test_linear_equals_optax(start, end, total):
     ref = optax.linear_schedule(start, end, total)
     close(S.linear(start, end, total)(np.arange(total + 10)), optax_lrs(ref, total + 10),
           max(start, end), **float32_tol)
+
+
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.integers(1, 10**6))
+@settings(max_examples=40)
+def test_linear_equals_optax_in_float64_and_ends_exactly_at_end(start, end, total):
+    """optax's values in float64 (jax with x64), ``end`` itself from ``total`` on, and never
+    outside [min(start, end), max(start, end)] (a negative rate with end=0 was possible).
+    The formula has four roundings, each within an ulp of max(start, end) (XLA may divide
+    by multiplying with the reciprocal: one more): the tolerance is 8 of them, and at least
+    float64's smallest normal number (XLA flushes subnormals to zero)."""
+    n = np.unique(np.r_[0, 1, total // 2, np.arange(max(total - 5, 0), total + 5), 2 * total])
+    ours = S.linear(start, end, total)(n)
+    with jax.enable_x64(True):
+        ref = np.asarray(optax.linear_schedule(start, end, total)(jnp.asarray(n)))
+    assert ref.dtype == np.float64
+    atol = max(8 * np.finfo(float).eps * max(start, end), np.finfo(float).tiny)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=atol)
+    assert np.all(ours[n >= total] == end)  # (XLA's reciprocal can leave optax an ulp off)
+    assert min(start, end) <= ours.min() and ours.max() <= max(start, end)
+
+
+def test_linear_family_ends_at_zero():
+    assert S.linear(0.0030442159472861005, 0.0, 6)(6) == 0.0  # was -4.3e-19
+    for steps, warmup in [(5, 0.0), (6, 0.0), (1000, 0.05), (12345, 0.3)]:
+        s = S.family("linear", 1.9587494410651531, steps, warmup)
+        assert s(steps) == 0.0 and s(steps + 7) == 0.0 and s(steps - 1) > 0.0
 
 
 @given(lrs, st.floats(0.1, 1.0), st.integers(1, 50), st.booleans())

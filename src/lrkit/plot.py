@@ -67,9 +67,14 @@ def plot_schedules(
         if len(labels) != len(schedules):
             raise ValueError(f"{fn}: labels must have one label per schedule "
                              f"({len(schedules)}), got {len(labels)}")
+        for i, label in enumerate(labels):
+            if not isinstance(label, str):
+                raise TypeError(f"{fn}: labels[{i}] must be a string, got {C.shown(label)}")
     C.boolean(fn, "log", log)
     if ax is None:
         _, (ax,) = new_axes()
+    else:
+        _check_axes(fn, ax)
     n = (np.arange(steps) if steps <= PLOT_POINTS else
          np.unique(np.linspace(0, steps - 1, PLOT_POINTS).round().astype(np.int64)))
     for i, s in enumerate(schedules):
@@ -84,6 +89,14 @@ def plot_schedules(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def _check_axes(fn: str, ax: Any) -> None:
+    """Refuse an ``ax`` that is not a matplotlib Axes, naming it."""
+    import matplotlib.axes
+
+    if not isinstance(ax, matplotlib.axes.Axes):
+        raise TypeError(f"{fn}: ax must be a matplotlib Axes or None, got {C.shown(ax)}")
 
 
 def save(fig: Any, path: str) -> str:

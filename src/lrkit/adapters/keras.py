@@ -3,6 +3,10 @@
 The schedule's formula runs on ``keras.ops``, so it works on every Keras backend and
 inside compiled train steps; ``get_config`` holds the lrkit config, so models and
 optimizers that use it survive ``keras.saving``.
+
+In float32 (keras' default floatx) the step is exact below 2**24 (16.7M) and so are the
+step-wise schedules (step, staircase decays, cyclic, restarts: ``Ops.floor_div``); beyond,
+float32 cannot hold the step itself and values follow the rounded step.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ other backends are built lazily by the adapters.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -44,12 +45,25 @@ class Ops:
         )
 
     def floor_div(self, n: Any, d: float) -> Any:
-        """``floor(n / d)`` for integer-valued n and integer d, exact also in float32.
+        """``floor(n / d)`` for integer-valued n >= 0 and integer d >= 1, exact in float32 for
+        n < 2**24 (and in float64 for n < 2**53): beyond, the float cannot hold n itself.
 
-        Adding one half keeps the quotient off the integer boundary, where float32
-        backends (which may divide by multiplying with ``1/d``) would round 41/41 below 1.
+        Adding one half keeps the quotient off the integer boundary, which makes it exact in
+        float64 for n < 2**52. A float32 quotient (which a backend may also compute as
+        ``n * (1/d)``) can still be one off; the multiply-back checks move it to the one
+        integer q with ``q d <= n < (q + 1) d``. Both products compare exactly: below 2**24
+        (2**53) an integer product that exceeds n rounds to at least n + 1. Where the first
+        quotient is right (every float64 n < 2**52) they change nothing.
         """
-        return self.floor((n + 0.5) / d)
+        q = self.floor((n + 0.5) / d)
+        q = self.where(q * d > n, q - 1.0, q)
+        return self.where((q + 1.0) * d <= n, q + 1.0, q)
+
+    def cycle_fraction(self, n: Any, d: float, q: Any) -> Any:
+        """How far n is into its cycle of length d, as a fraction in [0, 1); ``q`` is
+        ``floor_div(n, d)``. The remainder ``n - q d`` is an exact integer, so no float32
+        rounding of ``n / d`` (which loses the fraction from 2**23) can put it outside."""
+        return (n - q * d) / d
 
     def count_le(self, boundaries: list[float], n: Any) -> Any:
         """Number of boundaries <= n, elementwise (boundaries sorted ascending)."""
@@ -84,6 +98,10 @@ class NumpyOps(Ops):
         out[~cond] = g(x[~cond])
         return out
 
+    def cycle_fraction(self, n: Any, d: float, q: Any) -> Any:
+        # as torch's CyclicLR computes it (1 + n / d - cycle), for bit-equal values
+        return 1.0 + n / d - (1.0 + q)
+
     def count_le(self, boundaries: list[float], n: Any) -> Any:
         return np.searchsorted(np.asarray(boundaries, dtype=np.float64), n, side="right").astype(
             np.float64
@@ -95,6 +113,15 @@ class NumpyOps(Ops):
 
 
 NUMPY = NumpyOps()
+
+
+def check_cosine_span(fn: str, lr: float, end: float) -> None:
+    """Refuse ``lr`` and ``end`` so far apart that ``(lr - end) * (1 + cos)``, the cosine
+    formula as torch evaluates it (cosine, cosine_restarts), overflows float64."""
+    if math.isinf((lr - end) * 2.0):
+        raise ValueError(f"{fn}: lr and end must differ by at most {sys.float_info.max / 2:g} "
+                         f"(half float64's largest number), got lr={lr!r}, end={end!r}")
+
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _STIRLING_SHIFT = 15  # below this argument, shift up by recurrence before the series

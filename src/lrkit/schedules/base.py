@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import numbers
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: the largest integer argument a schedule takes: float64 counts steps exactly up to it
 MAX_STEPS = C.MAX_STEPS
+#: the most steps ``Schedule.peak`` evaluates one by one (and how many it spreads beyond)
+PEAK_EXACT = 2**20
 
 
 class Schedule:
@@ -82,7 +85,7 @@ class Schedule:
         if isinstance(step, bool) or isinstance(step, (str, bytes)):
             raise TypeError(f"{self.name}(): step must be an integer or an array of integers,"
                             f" got {step!r}")
-        arr = np.asarray(step)
+        arr = np.asarray(_tensor_to_host(step))
         if arr.ndim == 0:
             return self._one(arr.reshape(1))
         return np.asarray(self._eval(_as_steps(arr), NUMPY), dtype=np.float64)
@@ -134,8 +137,19 @@ class Schedule:
 
     # -- use ----------------------------------------------------------------------
     def peak(self, steps: int) -> float:
-        """The largest value over steps 0..steps-1."""
-        return float(np.max(self(np.arange(int(steps)))))
+        """The largest value over steps 0..steps-1 (``steps`` from 1 to 2**53).
+
+        Up to ``PEAK_EXACT`` steps every step counts; beyond, the first ``PEAK_EXACT``
+        steps (where warmups and rises peak) and ``PEAK_EXACT`` more evenly spread over
+        the rest: the largest of those, as a budget of 10**12 steps would otherwise need
+        terabytes. A peak narrower than the spacing, ``steps / PEAK_EXACT``, may be missed.
+        """
+        steps = C.steps("peak()", "steps", steps)
+        n = np.arange(min(steps, PEAK_EXACT))
+        if steps > PEAK_EXACT:
+            spread = np.linspace(0, steps - 1, PEAK_EXACT).round().astype(np.int64)
+            n = np.concatenate([n, spread])
+        return float(np.max(self(n)))
 
     def plot(self, steps: int, ax: matplotlib.axes.Axes | None = None, **kwargs: Any):
         """Draw the schedule over ``steps`` steps with matplotlib; returns the Axes."""
@@ -169,6 +183,16 @@ def _floated(v: Any) -> Any:
     if type(v) in (list, tuple):
         return type(v)(_floated(x) for x in v)
     return v
+
+
+def _tensor_to_host(step: Any) -> Any:
+    """A torch tensor of steps as one numpy reads: detached from autograd, on the CPU, and
+    bfloat16 widened to float32 (exact: it holds integers only up to 256 anyway). Other
+    values pass unchanged; schedules import no torch, so tensors are recognised by module."""
+    if type(step).__module__.split(".")[0] != "torch" or not hasattr(step, "detach"):
+        return step
+    step = step.detach().cpu()
+    return step.float() if str(step.dtype) == "torch.bfloat16" else step
 
 
 def _as_steps(arr: np.ndarray) -> np.ndarray:
@@ -207,6 +231,22 @@ def _value_to_text(v: Any) -> str:
     return repr(v)
 
 
+def _check_known_product(fn: str, factors: list[Any]) -> None:
+    """Refuse factors whose known values (numbers, constant schedules) multiply, in the
+    order ``_eval`` multiplies them, past float64's largest number: every step would be inf."""
+    known = [f.params["lr"] if isinstance(f, Schedule) and f.name == "constant" else f
+             for f in factors if not isinstance(f, Schedule) or f.name == "constant"]
+    if 0.0 in known:
+        return
+    value = 1.0
+    for v in known:
+        value *= v
+        if math.isinf(value):
+            raise ValueError(f"{fn}: the factors' values {', '.join(map(repr, known))} "
+                             "multiply past float64's largest number (the rate would be "
+                             "inf at every step)")
+
+
 class Product(Schedule):
     """The pointwise product of schedules and constants: ``s * 0.5``, ``s1 * s2``."""
 
@@ -225,6 +265,7 @@ class Product(Schedule):
             else:
                 raise TypeError(
                     f"{fn}: factors[{i}] must be a Schedule or a number, got {C.shown(f)}")
+        _check_known_product(fn, items)
         self._set(factors=items)
 
     def _eval(self, n: Any, o: Ops) -> Any:
@@ -234,5 +275,19 @@ class Product(Schedule):
         return out
 
     def __str__(self) -> str:
+        # ``a * 0.5`` where it reads back as this product: with two factors or more, one of
+        # them a schedule (text folds a product of numbers into one number, and one factor
+        # is no product at all); else the call, ``product([0.5])``
+        if not self._as_operator():
+            return super().__str__()
         return " * ".join(str(f) if isinstance(f, Schedule) else repr(f)
                           for f in self._params["factors"])
+
+    def __repr__(self) -> str:  # Python, with S = lrkit.schedules: each factor's repr
+        factors = [repr(f) for f in self._params["factors"]]
+        return " * ".join(factors) if self._as_operator() else \
+            f"S.product([{', '.join(factors)}])"
+
+    def _as_operator(self) -> bool:
+        factors = self._params["factors"]
+        return len(factors) > 1 and any(isinstance(f, Schedule) for f in factors)

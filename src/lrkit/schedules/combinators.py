@@ -35,10 +35,13 @@ class Warmup(Schedule):
 
     def _eval(self, n: Any, o: Ops) -> Any:
         s, steps, start = self._params["s"], self._params["steps"], self._params["start"]
-        after = s.evaluate(o.maximum(n - steps, 0.0), o)
         if steps == 0:
-            return after
-        first = s.evaluate(o.full_like(n, 0.0), o)
+            return s.evaluate(o.maximum(n, 0.0), o)
+        # one evaluation of s, on the steps after the warmup with step 0 appended: two
+        # evaluations per level would double the work with every nested warmup
+        flat = o.reshape(o.maximum(n - steps, 0.0), (-1,))
+        values = s.evaluate(o.concatenate([flat, o.zeros((1,), dtype=o.float_dtype)]), o)
+        after, first = o.reshape(values[:-1], o.shape(n)), values[-1]
         return o.where(n < steps, start + (first - start) * (n / steps), after)
 
 

@@ -5,7 +5,7 @@ import math
 from typing import Any
 
 from lrkit import _checks as C
-from lrkit.schedules._ops import Ops
+from lrkit.schedules._ops import Ops, check_cosine_span
 from lrkit.schedules.base import Schedule
 
 
@@ -27,6 +27,7 @@ class CosineRestarts(Schedule):
             mult=C.positive_int(fn, "mult", mult),
             end=C.nonnegative(fn, "end", end),
         )
+        check_cosine_span(fn, self._params["lr"], self._params["end"])
 
     def _eval(self, n: Any, o: Ops) -> Any:
         p = self._params
@@ -90,8 +91,9 @@ class Cyclic(Schedule):
         down = up if p["down"] is None else p["down"]
         total = float(up + down)
         ratio = up / total
-        cycle = 1.0 + o.floor_div(n, total)
-        x = 1.0 + n / total - cycle
+        q = o.floor_div(n, total)
+        cycle = 1.0 + q
+        x = o.cycle_fraction(n, total, q)  # torch: 1 + n / total - cycle
         scale = o.where(x <= ratio, x / ratio, (x - 1.0) / (ratio - 1.0))
         height = (p["high"] - p["low"]) * scale
         if p["mode"] == "triangular2":
@@ -137,6 +139,10 @@ class OneCycle(Schedule):
         div = C.positive(fn, "div", div)
         final_div = C.positive(fn, "final_div", final_div)
         three_phase = C.boolean(fn, "three_phase", three_phase)
+        if math.isinf(max_lr / div) or math.isinf(max_lr / div / final_div):
+            raise ValueError(f"{fn}: max_lr / div and max_lr / div / final_div (the first and "
+                             f"final rates) must be finite in float64, got max_lr={max_lr!r}, "
+                             f"div={div!r}, final_div={final_div!r}")
         self._set(max_lr=max_lr, total=total, pct_start=pct_start, anneal=anneal, div=div,
                   final_div=final_div, three_phase=three_phase)
         ends = [end for end, _, _ in self._phases()]

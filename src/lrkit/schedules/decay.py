@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from lrkit import _checks as C
-from lrkit.schedules._ops import Ops
+from lrkit.schedules._ops import Ops, check_cosine_span
 from lrkit.schedules.base import Schedule
 
 
@@ -27,7 +27,9 @@ class Constant(Schedule):
 class Linear(Schedule):
     """Linear interpolation from ``start`` to ``end`` over ``total`` steps, then ``end``.
 
-    ``eta_n = start + (end - start) * min(n, total) / total`` (= optax ``linear_schedule``).
+    ``eta_n = (start - end) * (1 - min(n, total) / total) + end``, as optax
+    ``linear_schedule`` computes it: exactly ``end`` from ``n = total`` on, and held
+    between ``start`` and ``end`` where rounding would step outside.
     """
 
     name = "linear"
@@ -41,8 +43,11 @@ class Linear(Schedule):
         )
 
     def _eval(self, n: Any, o: Ops) -> Any:
-        p = self._params
-        return p["start"] + (p["end"] - p["start"]) * o.minimum(n, p["total"]) / p["total"]
+        start, end, total = self._params["start"], self._params["end"], self._params["total"]
+        value = (start - end) * (1.0 - o.minimum(n, total) / total) + end
+        value = o.minimum(o.maximum(value, min(start, end)), max(start, end))
+        # exactly end also where a float32 backend computes n / total as n * (1 / total)
+        return o.where(n >= total, end, value)
 
 
 class Step(Schedule):
@@ -78,6 +83,14 @@ class MultiStep(Schedule):
             milestones=C.increasing_ints(fn, "milestones", milestones, minimum=1, strict=False),
             gamma=C.positive(fn, "gamma", gamma),
         )
+        lr, k, gamma = self._params["lr"], len(self._params["milestones"]), self._params["gamma"]
+        try:  # the rate after the last milestone (the largest one, where gamma > 1)
+            last = lr * gamma ** k
+        except OverflowError:
+            last = math.inf
+        if math.isinf(last):
+            raise ValueError(f"{fn}: lr * gamma ** {k} (one factor per milestone) must be "
+                             f"finite in float64, got lr={lr!r}, gamma={gamma!r}")
 
     def _eval(self, n: Any, o: Ops) -> Any:
         p = self._params
@@ -172,6 +185,7 @@ class Cosine(Schedule):
             total=C.positive_int(fn, "total", total),
             end=C.nonnegative(fn, "end", end),
         )
+        check_cosine_span(fn, self._params["lr"], self._params["end"])
 
     def _eval(self, n: Any, o: Ops) -> Any:
         p = self._params

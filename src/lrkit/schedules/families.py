@@ -9,8 +9,12 @@ family then spans the ``D = steps - W`` steps after it:
 
 ==============  =================================================================
 constant        ``peak`` after the warmup
-step_based      ``step_based(peak, drop=0.1, every=ceil(D / 3))``: ten-fold drops at a
-                third and two thirds of D, ``peak / 100`` for the last third
+step_based      ``step_based(peak, drop=0.1, every=(D + 1) // 3 + 1)``: ten-fold drops
+                at a third (step ``round(D / 3)``) and two thirds of D (one step
+                after twice that), ``peak / 100`` for the last third and at step D
+                (the third drop falls past D); the first update runs at ``peak``.
+                Below D = 3, too short for two drops, one hundred-fold drop at
+                step D: ``step_based(peak, drop=0.01, every=D + 1)``
 exponential     ``exponential(peak, decay=ln(100) / D)``: ``peak / 100`` at the end
 time_based      ``time_based(peak, decay=d)`` (``eta_{n+1} = eta_n / (1 + d n)``), d
                 solved so that it too reaches ``peak / 100`` at the end
@@ -28,8 +32,8 @@ inverse_sqrt    ``inverse_sqrt(peak, warmup=max(W, 1))``: ``peak * sqrt(W / n)``
 "At the end" is step ``steps`` (one past the last update), for every family: cosine and
 linear reach 0 there, so the step, exponential and time-based decays end at ``peak / 100``
 there too, the three classic decays then differing only in how they get there. The decay
-constants are rounded to 6 significant digits (their end within 1e-5 of the aim) so that
-spec text stays short.
+constants are rounded to 6 significant digits (their end within ln(100) * 5e-6, under
+2.5e-5, of the aim) so that spec text stays short.
 
 Why these shapes (issue 13: the arena, ``tune`` and the autopilot had drifted apart, with
 ``step_based`` halving every quarter in one place and falling ten-fold every third in
@@ -91,7 +95,10 @@ def family(name: str, peak: float, steps: int, warmup: float = 0.0) -> Schedule:
     elif name == "linear":
         body = Linear(peak, 0.0, rest)
     elif name == "step_based":
-        body = StepBased(peak, 0.1, math.ceil(rest / 3))
+        # step_based drops at n = every - 1, 2 every - 1, ...: two drops in [1, D], the third
+        # past D, needs (D + 1) / 3 < every <= (D + 1) / 2, which has an integer from D = 3
+        body = (StepBased(peak, 0.1, (rest + 1) // 3 + 1) if rest >= 3 else
+                StepBased(peak, FINAL_FRACTION, rest + 1))
     elif name == "exponential":
         body = Exponential(peak, _round(math.log(1.0 / FINAL_FRACTION) / rest))
     else:
@@ -102,7 +109,11 @@ def family(name: str, peak: float, steps: int, warmup: float = 0.0) -> Schedule:
 def time_based_decay(steps: int, end: float = FINAL_FRACTION) -> float:
     """The ``decay`` of ``S.time_based`` whose rate falls to ``end`` of its start after
     ``steps`` steps (bisection on log decay), rounded to 6 significant digits; 0 for
-    ``steps`` of 0 or 1, where no decay acts yet."""
+    ``steps`` of 0 or 1, where no decay acts yet.
+
+    The bisection starts from a bracket that holds the answer for every ``steps`` up to
+    2**53: as ``log(1 + d k) <= d k``, the fall after n steps is at most ``d n (n - 1) / 2``,
+    so a decay below ``log(1 / end) / (n (n - 1))`` falls by less than half the aim."""
     fn = "time_based_decay()"
     steps = C.nonnegative_int(fn, "steps", steps)
     end = C.in_range(fn, "end", end, 0.0, 1.0, low_open=True, high_open=True)
@@ -114,7 +125,7 @@ def time_based_decay(steps: int, end: float = FINAL_FRACTION) -> float:
         value = float(TimeBased(1.0, d)(steps))
         return -math.log(value) if value > 0 else math.inf
 
-    low, high = 1e-15, 1.0
+    low, high = target / (steps * (steps - 1.0)), 1.0
     while fall(high) < target:  # a fall larger than 1e308-fold needs a decay above 1
         high *= 2.0
     while high / low > 1 + 1e-12:
@@ -124,5 +135,5 @@ def time_based_decay(steps: int, end: float = FINAL_FRACTION) -> float:
 
 
 def _round(x: float) -> float:
-    """6 significant digits: short spec text, the rate's end within 1e-5 of the aim."""
+    """6 significant digits: short spec text, the rate's end within 2.5e-5 of the aim."""
     return float(f"{x:.6g}")

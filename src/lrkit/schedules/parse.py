@@ -15,10 +15,15 @@ Every failure is a ``SpecError`` naming the position and what was expected.
 """
 from __future__ import annotations
 
+import inspect
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from lrkit import _checks as C
 from lrkit.errors import SpecError
 from lrkit.schedules.registry import REGISTRY, ScheduleLike
 
@@ -30,7 +35,7 @@ _TOKEN = re.compile(
   | (?P<string>'[^'\\\n]*'|"[^"\\\n]*")
   | (?P<punct>[()\[\],=*+-])
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,  # digits and spaces as Python reads them: not '١٠' or '０'
 )
 _CONSTANTS = {"True": True, "False": False, "None": None, "true": True, "false": False}
 MAX_DEPTH = 50
@@ -57,11 +62,11 @@ def _tokenize(text: str) -> list[_Tok]:
 
 
 def _error(text: str, pos: int, message: str) -> SpecError:
-    line = text.replace("\n", " ").replace("\t", " ")
-    if len(line) > 120:  # keep the caret in view on long inputs
+    line, caret = text.replace("\n", " ").replace("\t", " "), pos
+    if len(line) > 120:  # keep the caret in view on long inputs (the position stays the text's)
         lo = max(0, pos - 60)
-        line, pos = line[lo:lo + 120], pos - lo
-    return SpecError(f"{message} at position {pos}\n  {line}\n  {' ' * pos}^")
+        line, caret = line[lo:lo + 120], pos - lo
+    return SpecError(f"{message} at position {pos}\n  {line}\n  {' ' * caret}^")
 
 
 class _Parser:
@@ -125,7 +130,10 @@ class _Parser:
         tok = self.tok
         if tok.kind == "number":
             self.i += 1
-            return _number(tok.text)
+            try:
+                return _number(tok.text)
+            except ValueError as exc:
+                raise _error(self.text, tok.pos, str(exc)) from None
         if tok.kind == "string":
             self.i += 1
             return tok.text[1:-1]
@@ -185,45 +193,77 @@ class _Parser:
 
     def build(self, name: str, tok: _Tok, args: list[Any], kwargs: dict[str, Any],
               where: list[int]) -> Any:
+        names = _parameters(REGISTRY[name])
+        self.check_arguments(name, tok, names, args, kwargs, where)
         try:
             return REGISTRY[name](*args, **kwargs)
         except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
             message = str(exc)
-            if isinstance(exc, TypeError) and "__init__()" in message:
-                message = message.replace("__init__()", f"{name}()")
-            names = _parameters(REGISTRY[name])
             positions = dict(zip(names, where)) | dict(zip(kwargs, where[len(args):]))
-            unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
-            if unknown:
-                message = (f"{name}(): unknown argument {unknown[1]!r}; it takes "
-                           f"{', '.join(names)}")
             # point at the argument the message names, else at the call
-            named = unknown[1] if unknown else next(
-                (n for n in positions if re.search(rf"\b{n}\b", message)), None)
+            named = next((n for n in positions if re.search(rf"\b{n}\b", message)), None)
             raise _error(self.text, positions.get(named, tok.pos), message) from None
+
+    def check_arguments(self, name: str, tok: _Tok, names: list[str], args: list[Any],
+                        kwargs: dict[str, Any], where: list[int]) -> None:
+        """Refuse a call Python would refuse, in the terms the user wrote it: the schedule's
+        name, the arguments counted as given, the position of the offending one."""
+        required = _required(REGISTRY[name])
+        if len(args) > len(names):
+            takes = (f"{len(names)}" if len(required) == len(names) else
+                     f"from {len(required)} to {len(names)}")
+            raise _error(self.text, where[len(names)],
+                         f"{name}() takes {takes} positional argument"
+                         f"{'' if len(names) == 1 else 's'} ({', '.join(names)}) but "
+                         f"{len(args)} {'was' if len(args) == 1 else 'were'} given")
+        for i, key in enumerate(kwargs):
+            pos = where[len(args) + i]
+            if key not in names:
+                raise _error(self.text, pos, f"{name}(): unknown argument {key!r}; it takes "
+                             f"{', '.join(names)}")
+            if names.index(key) < len(args):
+                raise _error(self.text, pos, f"{name}(): argument {key!r} given twice (by "
+                             "position and by name)")
+        missing = [n for n in required[len(args):] if n not in kwargs]
+        if missing:
+            raise _error(self.text, tok.pos, f"{name}(): missing argument"
+                         f"{'' if len(missing) == 1 else 's'} {', '.join(map(repr, missing))}")
 
 
 def _parameters(cls: Any) -> list[str]:
     """The argument names a schedule's constructor takes, in order."""
-    import inspect
-
     return [p.name for p in inspect.signature(cls).parameters.values()
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _required(cls: Any) -> list[str]:
+    """The argument names a schedule's constructor needs (those without a default)."""
+    return [p.name for p in inspect.signature(cls).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.default is p.empty]
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+#: the longest integer literal read (Python's own limit on converting text to int)
+MAX_DIGITS = 4300
+
+
 def _number(text: str) -> int | float:
+    """The value of a number token; ValueError if it is malformed or too long."""
     if text.startswith("_") or "__" in text or text.endswith("_"):
-        raise SpecError(f"malformed number {text!r}")
-    if re.fullmatch(r"\d[\d_]*", text):
+        raise ValueError(f"malformed number {text!r}")
+    if re.fullmatch(r"[0-9][0-9_]*", text):
+        digits = len(text.replace("_", ""))
+        if digits > MAX_DIGITS:
+            raise ValueError(f"integer of {digits} digits is too long (at most {MAX_DIGITS})")
         return int(text)
     try:
         return float(text)
     except ValueError:
-        raise SpecError(f"malformed number {text!r}") from None
+        raise ValueError(f"malformed number {text!r}") from None
 
 
 def parse(text: str) -> Any:
@@ -247,16 +287,19 @@ def parse(text: str) -> Any:
 
 
 def as_schedule(value: ScheduleLike | str | float) -> ScheduleLike:
-    """A schedule from a schedule, spec text or a constant number."""
+    """A schedule from a schedule, spec text or a constant number (a Python, numpy or
+    0-dim array/tensor real number; not a bool)."""
     if isinstance(value, ScheduleLike):
         return value
     if isinstance(value, str):
         return parse(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    number = value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") \
+        else value
+    if isinstance(number, numbers.Real) and not isinstance(number, (bool, np.bool_)):
         try:
-            return REGISTRY["constant"](value)
+            return REGISTRY["constant"](number)
         except ValueError as exc:
             raise ValueError(f"as_schedule(): value must be a Schedule, spec text or a "
-                             f"non-negative finite number, got {value!r}") from exc
-    raise TypeError(f"as_schedule(): value must be a Schedule, spec text or a number, got "
-                    f"{value!r}")
+                             f"non-negative finite number, got {C.shown(value)}") from exc
+    raise TypeError(f"as_schedule(): value must be a Schedule, spec text or a real number, "
+                    f"got {C.shown(value)}")

@@ -30,36 +30,43 @@ class ScheduleLike(Protocol):
     def to_config(self) -> dict[str, Any]: ...
 
 
+def from_config(config: Any) -> Any:
+    """Rebuild a schedule from ``s.to_config()``; raises ``SpecError`` on anything else
+    (also on a config nested too deeply to rebuild, or one that contains itself)."""
+    try:
+        return _from_config(config, "config")
+    except RecursionError:
+        raise SpecError("config: nested too deeply to rebuild (or it contains itself)") \
+            from None
+
+
 def _value_from_config(v: Any, path: str) -> Any:
     if isinstance(v, dict):
-        return from_config(v, _path=path)
+        return _from_config(v, path)
     if isinstance(v, list):
         return [_value_from_config(x, f"{path}[{i}]") for i, x in enumerate(v)]
     return v
 
 
-def from_config(config: Any, *, _path: str = "config") -> Any:
-    """Rebuild a schedule from ``s.to_config()``; raises ``SpecError`` on anything else."""
+def _from_config(config: Any, path: str) -> Any:
     if not isinstance(config, dict):
-        raise SpecError(f"{_path}: a schedule config must be a dict, got {type(config).__name__}")
+        raise SpecError(f"{path}: a schedule config must be a dict, got {type(config).__name__}")
     name = config.get("name")
     if not isinstance(name, str) or name not in REGISTRY:
         known = ", ".join(sorted(REGISTRY))
-        raise SpecError(f"{_path}: unknown schedule name {name!r}; known: {known}")
+        raise SpecError(f"{path}: unknown schedule name {name!r}; known: {known}")
     cls = REGISTRY[name]
     args = {}
     for key, value in config.items():
         if key == "name":
             continue
         if not isinstance(key, str):
-            raise SpecError(f"{_path}: argument names must be strings, got {key!r}")
-        args[key] = _value_from_config(value, f"{_path}.{key}")
+            raise SpecError(f"{path}: argument names must be strings, got {key!r}")
+        args[key] = _value_from_config(value, f"{path}.{key}")
     try:
         return cls(**args)
     except (TypeError, ValueError) as exc:
-        raise SpecError(f"{_path}: {exc}") from None
-    except RecursionError:
-        raise SpecError(f"{_path}: config nested too deeply") from None
+        raise SpecError(f"{path}: {exc}") from None
 
 
 class StepCache:
