@@ -278,8 +278,9 @@ class Scheduler(LRScheduler):
         groups = self.optimizer.param_groups
         n = self.last_epoch
         values = {key: self._value(key, n) for key in self.schedules if key != "lr"}
+        targets: dict[str, list] = {}
         if values:
-            _check_values(self.optimizer, values, n)  # before anything is written
+            _check_values(self.optimizer, values, n, targets)  # before anything is written
         last = []
         # this loop runs every step: _write inlined (a plain float lr written as it is, a
         # tensor lr filled in place)
@@ -292,8 +293,9 @@ class Scheduler(LRScheduler):
                 group["lr"] = lr
                 last.append(lr if type(lr) is float else _as_float(lr))
         for key, value in values.items():
-            for group in groups:
-                _write_target(key, group, value)
+            for group, target in zip(groups, targets[key]):
+                if target is not None:
+                    _write_target(target, group, value)
         self._last_lr = last
 
     # -- stepping ----------------------------------------------------------------------
@@ -605,7 +607,8 @@ def _int_key(current: Any) -> bool:
     return type(current) is int and current != 0
 
 
-def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int) -> None:
+def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int,
+                  targets: dict[str, list] | None = None) -> None:
     """Refuse a scheduled value the optimizer could not step with, before anything is
     written: an item of ``betas`` outside [0, 1) (``1 - beta**t`` would be 0: NaN, or a
     division by zero, in the optimizer's step), and, for an optimizer that checks its
@@ -614,7 +617,8 @@ def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step
     the schedule-free ones, whose ``eval()`` divides by it). A count the groups hold as an
     int (``history_size``, ``slice_p``, ``max_backtracks``...) must be scheduled with
     integral values: it is written as an int. Each distinct value is checked by the
-    optimizer once per step, not once per group."""
+    optimizer once per step, not once per group. ``targets`` (where given) gets, per key,
+    each group's ``_target`` (the writes that follow reuse them)."""
     checks = getattr(type(optimizer), "_checks", None)
     if not isinstance(checks, dict):
         checks = None
@@ -623,8 +627,10 @@ def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step
             continue
         v = None
         last: Any = None  # the last candidate checked (groups mostly hold the same)
-        for i, group in enumerate(optimizer.param_groups):
-            target = _target(key, group)
+        found = [_target(key, group) for group in optimizer.param_groups]
+        if targets is not None:
+            targets[key] = found
+        for i, (group, target) in enumerate(zip(optimizer.param_groups, found)):
             if target is None:
                 continue
             name, index = target
@@ -636,7 +642,7 @@ def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step
                         f"which would set betas[{index}] of a param group; betas must be "
                         "in [0, 1)")
             candidate: Any = v
-            if index is None:
+            if index is None and type(group[name]) is int:  # not bool: _target saw to it
                 current = group[name]
                 if _int_key(current) and not v.is_integer():
                     raise ValueError(
@@ -666,12 +672,15 @@ def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step
                     f"which the optimizer refuses: {exc}") from exc
 
 
-def _write_target(key: str, group: dict[str, Any], value: float) -> None:
-    target = _target(key, group)
-    assert target is not None
+def _write_target(target: tuple[str, int | None], group: dict[str, Any],
+                  value: float) -> None:
     name, index = target
     if index is None:
-        _write(group, name, value)
+        current = group[name]
+        if type(current) is float:  # the common case, every step
+            group[name] = value
+        else:
+            _write(group, name, value)
         return
     items = list(group[name])
     if isinstance(items[index], torch.Tensor):
