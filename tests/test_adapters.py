@@ -70,8 +70,11 @@ def test_keras_stepwise_schedules_switch_at_the_right_step_up_to_2_24(s, d):
 
 
 def test_keras_linear_ends_exactly_at_end():
-    ks = S.linear(0.0030442159472861005, 0.0, 6).keras()
-    assert float(ks(6)) == 0.0 and float(ks(10**6)) == 0.0
+    # arguments for which the float32 form start + (end - start) * n / total ended at -3e-8
+    for lr, total in ((0.2997819185256958, 963), (0.0030442159472861005, 6)):
+        ks = S.linear(lr, 0.0, total).keras()
+        assert float(ks(total)) == 0.0 and float(ks(10**6)) == 0.0
+        assert float(ks(0)) == np.float32(lr)
 
 
 @given(any_schedule)

@@ -41,6 +41,12 @@ def _apart():
     return _views(base, [(0, 6), (6, 12)]), [base]
 
 
+def _strided_first():
+    """A view the kernel does not take (not contiguous) first, one it takes second."""
+    base = torch.randn(12, generator=torch.Generator().manual_seed(0))
+    return [_leaf(base[::2]), _leaf(base[0:6])], [base]
+
+
 def _random_grads(ps, step):
     gen = torch.Generator().manual_seed(100 + step)
     for p in ps:
@@ -66,6 +72,7 @@ CASES = {
     "overlapping_views": (_overlapping, _random_grads),
     "identical_views": (_identical, _random_grads),
     "views_apart": (_apart, _random_grads),
+    "overlapping_a_view_the_kernel_leaves": (_strided_first, _random_grads),
     "grad_is_own_param": (_apart, _grad_is_own_param),
     "grad_is_other_param": (_apart, _grad_is_other_param),
     "grad_spans_both_params": (_apart, _grad_spans_both),

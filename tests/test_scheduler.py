@@ -399,9 +399,11 @@ def test_scheduled_integer_keys_still_pass_the_optimizers_own_checks():
         assert opt.param_groups[0][key] == 1 and sched.last_epoch == 2
     with pytest.raises(ValueError, match=r"warmup_steps= reaches 2.5 at step 0.*refuses"):
         Scheduler(lrkit.optim.ScheduleFreeAdamW([p]), warmup_steps=2.5)
-    opt = lrkit.optim.ScheduleFreeAdamW([p])
+    opt = lrkit.optim.ScheduleFreeAdamW([p])  # warmup_steps held as the int 0: not a count
     Scheduler(opt, warmup_steps=3.0)
-    assert type(opt.param_groups[0]["warmup_steps"]) is int
+    assert opt.param_groups[0]["warmup_steps"] == 3.0
+    p.grad = torch.ones(3)
+    opt.step()  # a float warmup_steps steps as its int would
     sgd = torch.optim.SGD([p], lr=0.1)
     assert sgd.param_groups[0]["momentum"] == 0 and type(sgd.param_groups[0]["momentum"]) is int
     sched = Scheduler(sgd, momentum="linear(0.5, 0.9, total=4)", weight_decay=1e-4)
@@ -411,6 +413,26 @@ def test_scheduled_integer_keys_still_pass_the_optimizers_own_checks():
     sgd.step()
     sched.step()
     assert sgd.param_groups[0]["momentum"] == pytest.approx(0.6)
+    # a float option torch holds as the int 0, scheduled from a whole number, stays a float
+    # (it was written as the int 1, then taken for a count and 0.75 refused)
+    sgd = torch.optim.SGD([p], lr=0.1)
+    sched = Scheduler(sgd, weight_decay="linear(1, 0, total=4)")
+    for expected in (0.75, 0.5, 0.25, 0.0):
+        sgd.step()
+        sched.step()
+        assert sgd.param_groups[0]["weight_decay"] == expected
+
+
+@pytest.mark.parametrize("metric", [np.array(0.5), np.float32(0.5), np.array([0.5]),
+                                    torch.tensor([0.5]), 0.5])
+def test_a_metric_may_be_a_one_element_array(metric):
+    """As before the metric was checked first: numpy scalars and one-element arrays are
+    numbers to the plateau."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    sched = Scheduler(opt, plateau=Plateau(patience=0))
+    sched.step(metric)
+    sched.report(metric)
+    assert sched.last_epoch == 1
 
 
 @pytest.mark.parametrize("make,metric,error", [

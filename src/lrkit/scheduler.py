@@ -190,7 +190,9 @@ class Scheduler(LRScheduler):
             self.schedules[key] = _schedule_arg(key, value)
         for key in self.schedules:
             self._check_key(key)
-        _check_values(optimizer, {k: s(0) for k, s in self.schedules.items()}, 0)
+        values = {k: s(0) for k, s in self.schedules.items()}
+        _check_values(optimizer, values, 0, None,
+                      self._counts_of(values, getattr(optimizer, "param_groups", None)))
         if lr is not None:
             optimizer.lr_scale_applied = True  # type: ignore[attr-defined]
         self.plateau = plateau
@@ -279,8 +281,10 @@ class Scheduler(LRScheduler):
         n = self.last_epoch
         values = {key: self._value(key, n) for key in self.schedules if key != "lr"}
         targets: dict[str, list] = {}
+        counts = self._counts_of(values) if values else {}
         if values:
-            _check_values(self.optimizer, values, n, targets)  # before anything is written
+            # before anything is written
+            _check_values(self.optimizer, values, n, targets, counts)
         last = []
         # this loop runs every step: _write inlined (a plain float lr written as it is, a
         # tensor lr filled in place)
@@ -293,10 +297,27 @@ class Scheduler(LRScheduler):
                 group["lr"] = lr
                 last.append(lr if type(lr) is float else _as_float(lr))
         for key, value in values.items():
-            for group, target in zip(groups, targets[key]):
+            for group, target, count in zip(groups, targets[key], counts[key]):
                 if target is not None:
-                    _write_target(target, group, value)
+                    _write_target(target, group, int(value) if count else value)
         self._last_lr = last
+
+    def _counts_of(self, keys: Any, groups: list | None = None) -> dict[str, list[bool]]:
+        """Per scheduled key, per param group: whether the group held a count there (a
+        nonzero int, not a bool: ``history_size``, ``slice_p``) when the Scheduler first
+        saw it. A count is written as an int (its schedule must reach only integral
+        values); every other value as a float, also where torch keeps a float option as
+        the int 0 (``SGD(momentum=0)``: a schedule of it may reach 1, then 0.5)."""
+        if groups is None:
+            groups = self.optimizer.param_groups
+        counts = self.__dict__.setdefault("_counts", {})
+        for key in keys:
+            flags = counts.setdefault(key, [])
+            for group in groups[len(flags):]:
+                target = _target(key, group)
+                flags.append(target is not None and target[1] is None
+                             and _int_key(group[target[0]]))
+        return counts
 
     # -- stepping ----------------------------------------------------------------------
     def step(self, metric: float | None = None) -> None:  # type: ignore[override]
@@ -368,8 +389,9 @@ class Scheduler(LRScheduler):
         if self.plateau is None:
             raise ValueError(f"{fn}: a metric needs a plateau; build the Scheduler with "
                              "plateau=lrkit.Plateau(...)")
-        if torch.is_tensor(metric):
-            if metric.numel() != 1:
+        if torch.is_tensor(metric) or hasattr(metric, "__array__"):  # numpy, jax arrays
+            size = metric.numel() if torch.is_tensor(metric) else getattr(metric, "size", None)
+            if size != 1 or not hasattr(metric, "item"):
                 raise ValueError(f"{fn}: metric must be a number or a one-element tensor, "
                                  f"got a tensor of shape {tuple(metric.shape)}")
             metric = metric.item()
@@ -403,7 +425,8 @@ class Scheduler(LRScheduler):
         value = _schedule_arg(key, schedule)
         self._check_key(key)
         if self.last_epoch >= 0:
-            _check_values(self.optimizer, {key: value(self.last_epoch)}, self.last_epoch)
+            _check_values(self.optimizer, {key: value(self.last_epoch)}, self.last_epoch,
+                          None, self._counts_of([key]))
         self.schedules[key] = value
         _LAST_WRITER.pop(id(self.optimizer), None)  # a new key: compare writers again
         self._apply()
@@ -470,7 +493,7 @@ class Scheduler(LRScheduler):
                                  f"values, the optimizer {n_groups} param groups")
         if last_epoch >= 0:  # a beta out of range: refused before anything changes
             _check_values(self.optimizer, {k: sch(last_epoch) for k, sch in schedules.items()},
-                         last_epoch)
+                          last_epoch, None, self._counts_of(schedules))
         if schedules != self.schedules and self.schedules:
             warnings.warn("Scheduler.load_state_dict(): the saved schedules differ from those "
                           "this Scheduler was built with; resuming the saved ones", stacklevel=2)
@@ -588,16 +611,7 @@ def _write(group: dict[str, Any], key: str, value: float) -> None:
     if isinstance(current, torch.Tensor):
         current.fill_(value)
     else:
-        group[key] = _kept_type(current, value)
-
-
-def _kept_type(current: Any, value: float) -> Any:
-    """``value`` as an int where the group holds an int (a count: ``history_size``,
-    ``slice_p``...) and ``value`` is integral, so the optimizer can index and slice with it;
-    ``_check_values`` has refused a non-integral value for a nonzero int already."""
-    if type(current) is int and float(value).is_integer():
-        return int(value)
-    return value
+        group[key] = value
 
 
 def _int_key(current: Any) -> bool:
@@ -608,7 +622,8 @@ def _int_key(current: Any) -> bool:
 
 
 def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step: int,
-                  targets: dict[str, list] | None = None) -> None:
+                  targets: dict[str, list] | None = None,
+                  counts: dict[str, list[bool]] | None = None) -> None:
     """Refuse a scheduled value the optimizer could not step with, before anything is
     written: an item of ``betas`` outside [0, 1) (``1 - beta**t`` would be 0: NaN, or a
     division by zero, in the optimizer's step), and, for an optimizer that checks its
@@ -642,14 +657,13 @@ def _check_values(optimizer: torch.optim.Optimizer, values: dict[str, Any], step
                         f"which would set betas[{index}] of a param group; betas must be "
                         "in [0, 1)")
             candidate: Any = v
-            if index is None and type(group[name]) is int:  # not bool: _target saw to it
-                current = group[name]
-                if _int_key(current) and not v.is_integer():
+            if counts is not None and counts[key][i]:
+                if not v.is_integer():
                     raise ValueError(
                         f"Scheduler: the schedule of {key}= reaches {v:g} at step {step}, but "
-                        f"{key} is a count (param group {i} holds the int {current}): "
-                        "schedule it with integral values")
-                candidate = _kept_type(current, v)
+                        f"{key} is a count (param group {i} held an int when the Scheduler "
+                        "was built): schedule it with integral values")
+                candidate = int(v)
             if checks is None or name not in checks:
                 continue  # nothing more to check for this key and group
             if index is not None:

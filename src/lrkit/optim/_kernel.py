@@ -31,6 +31,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
@@ -316,9 +317,9 @@ class Batch:
                 and list(map(_shape, self.params)) == self.shapes):
             return None
         gp = array("Q", map(_data_ptr, grads))
-        size = dt.itemsize
-        if any(g < p + n * size and p < g + n * size
-               for g, p, n in zip(gp, self.pp, self.sizes)):
+        g, p = np.frombuffer(gp, np.uint64), np.frombuffer(self.pp, np.uint64)
+        nbytes = np.frombuffer(self.sizes, np.int64).astype(np.uint64) * np.uint64(dt.itemsize)
+        if ((g < p + nbytes) & (p < g + nbytes)).any():
             return None  # a gradient in its parameter's memory (``p.grad = p.detach()``)
         return self.for_step(grads, gp)
 
@@ -345,8 +346,7 @@ def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list,
            and g.layout == torch.strided and g.dtype is p.dtype and p.is_contiguous()
            and g.is_contiguous() and g.numel() == p.numel()
            for p, g in zip(params, grads)]
-    shared = _overlapping([p for p, ok in zip(params, fit) if ok],
-                          [g for g, ok in zip(grads, fit) if ok])
+    shared = _overlapping(params, grads) if any(fit) else set()
     for p, g, ok in zip(params, grads, fit):
         dt = p.dtype
         if ok and id(p) not in shared:
@@ -361,15 +361,25 @@ def split(params: list[Tensor], grads: list[Tensor]) -> tuple[list[Batch], list,
     return [b.seal() for b in batches.values()], rest_p, rest_g
 
 
+def _extent(t: Tensor) -> tuple[int, int] | None:
+    """The bytes a dense CPU tensor's entries lie in, [first, past the last); None for an
+    empty, sparse or non-CPU one (torch's strides are never negative)."""
+    if t.layout != torch.strided or not t.is_cpu or t.numel() == 0:
+        return None
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + span * t.element_size()
+
+
 def _overlapping(params: list[Tensor], grads: list[Tensor]) -> set[int]:
-    """The ids of the (contiguous) parameters whose memory overlaps another parameter's or
-    any of the gradients' (gradients may share memory among themselves: they are read)."""
+    """The ids of the parameters whose memory overlaps another parameter's or any of the
+    gradients' (gradients may share memory among themselves: they are read), whether or
+    not the kernel takes them."""
     spans = []  # (start, end, parameter's id or None for a gradient)
     for p, g in zip(params, grads):
-        n = p.numel() * p.element_size()
-        if n:
-            spans.append((p.data_ptr(), p.data_ptr() + n, id(p)))
-            spans.append((g.data_ptr(), g.data_ptr() + n, None))
+        for t, pid in ((p, id(p)), (g, None)):
+            ext = _extent(t)
+            if ext is not None:
+                spans.append((*ext, pid))
     spans.sort(key=operator.itemgetter(0))
     out: set[int] = set()
     open_p: list[tuple[int, int]] = []  # (end, id) of the parameters still open

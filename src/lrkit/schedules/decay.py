@@ -27,9 +27,10 @@ class Constant(Schedule):
 class Linear(Schedule):
     """Linear interpolation from ``start`` to ``end`` over ``total`` steps, then ``end``.
 
-    ``eta_n = (start - end) * (1 - min(n, total) / total) + end``, as optax
-    ``linear_schedule`` computes it: exactly ``end`` from ``n = total`` on, and held
-    between ``start`` and ``end`` where rounding would step outside.
+    ``eta_n = start + (end - start) * t`` with ``t = min(n, total) / total`` (= optax
+    ``linear_schedule``, to rounding), computed from the nearer end (``end - (end - start)
+    * (1 - t)`` from ``t = 1/2`` on): exactly ``start`` at 0 and ``end`` from ``total`` on,
+    never outside them (the one-sided form ended at -1e-17 for some ``end = 0``).
     """
 
     name = "linear"
@@ -44,8 +45,11 @@ class Linear(Schedule):
 
     def _eval(self, n: Any, o: Ops) -> Any:
         start, end, total = self._params["start"], self._params["end"], self._params["total"]
-        value = (start - end) * (1.0 - o.minimum(n, total) / total) + end
-        value = o.minimum(o.maximum(value, min(start, end)), max(start, end))
+        t = o.minimum(n, total) / total
+        # from the nearer end: exactly start at 0 and end at total, never past either
+        value = o.where(t < 0.5, start + (end - start) * t, end - (end - start) * (1.0 - t))
+        if o.exact_division:
+            return value
         # exactly end also where a float32 backend computes n / total as n * (1 / total)
         return o.where(n >= total, end, value)
 
