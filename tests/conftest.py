@@ -24,6 +24,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(params=["native", "python"])
+def kept_plans(request, monkeypatch):
+    """Kept kernel plans (``lrkit.optim._kernel.GroupPlan``) confirmed by the native
+    extension, or by the Python code it stands in for (as where it cannot be built)."""
+    from lrkit.optim import _native
+    if request.param == "python":
+        monkeypatch.setitem(_native._state, "mod", None)
+    elif _native.module() is None:
+        pytest.skip(f"the native extension could not be built: {_native.error()}")
+    return request.param
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """Keep each ``xdist_group`` on one worker under ``--dist loadgroup``.

@@ -92,18 +92,6 @@ def _run(info, case: str, impl: str):
     return [t.clone() for t in out]
 
 
-@pytest.fixture(params=["native", "python"])
-def kept_plans(request, monkeypatch):
-    """Kept kernel plans confirmed by the native extension, or by the Python code it
-    stands in for (as where it cannot be built)."""
-    from lrkit.optim import _native
-    if request.param == "python":
-        monkeypatch.setitem(_native._state, "mod", None)
-    elif _native.module() is None:
-        pytest.skip(f"the native extension could not be built: {_native.error()}")
-    return request.param
-
-
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("info", STEPPED, ids=lambda i: i.name)
 def test_memory_shared_between_parameters_and_gradients_steps_as_the_reference(

@@ -146,18 +146,6 @@ _IN_PLACE = {
 }
 
 
-@pytest.fixture(params=["native", "python"])
-def kept_plans(request, monkeypatch):
-    """Kept kernel plans confirmed by the native extension, or by the Python code it
-    stands in for (as where it cannot be built)."""
-    from lrkit.optim import _native
-    if request.param == "python":
-        monkeypatch.setitem(_native._state, "mod", None)
-    elif _native.module() is None:
-        pytest.skip(f"the native extension could not be built: {_native.error()}")
-    return request.param
-
-
 @pytest.mark.parametrize("info", [i for i in INFOS if i.cls.kernel is not None],
                          ids=lambda i: i.name)
 @pytest.mark.parametrize("how", list(_IN_PLACE))

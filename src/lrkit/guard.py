@@ -295,10 +295,7 @@ class DivergenceGuard:
         if not isinstance(state, dict):
             raise TypeError(f"{fn}: state must be a dict (from state_dict()), got "
                             f"{type(state).__name__}")
-        missing = [k for k in ("steps", "lr_factor", "retries", "losses", "events")
-                   if k not in state]
-        if missing:
-            raise ValueError(f"{fn}: state lacks {', '.join(map(repr, missing))}")
+        _require(fn, "state", state, ("steps", "lr_factor", "retries", "losses", "events"))
         steps = C.nonnegative_int(fn, "steps", state["steps"])
         lr_factor = C.positive(fn, "lr_factor", state["lr_factor"])
         retries = C.nonnegative_int(fn, "retries", state["retries"])
@@ -346,10 +343,7 @@ class DivergenceGuard:
         if not isinstance(saved, dict):
             raise TypeError(f"{fn}: snapshot must be a dict (from state_dict(snapshot=True)), "
                             f"got {type(saved).__name__}")
-        missing = [k for k in ("step", "lr_factor", "model", "optimizer", "scheduler")
-                   if k not in saved]
-        if missing:
-            raise ValueError(f"{fn}: snapshot lacks {', '.join(map(repr, missing))}")
+        _require(fn, "snapshot", saved, ("step", "lr_factor", "model", "optimizer", "scheduler"))
         if (saved["scheduler"] is None) != (self.scheduler is None):
             held = "no" if saved["scheduler"] is None else "a"
             raise ValueError(f"{fn}: the snapshot holds {held} scheduler state, and this "
@@ -384,6 +378,13 @@ class DivergenceGuard:
             raise DivergenceError(
                 f"training kept diverging: {self._retries} interventions in a row without "
                 f"recovering (max_retries={self.max_retries})\n{self.summary()}")
+
+
+def _require(fn: str, what: str, d: dict, keys: tuple[str, ...]) -> None:
+    """Refuse a saved dict that lacks any of ``keys``, naming them."""
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"{fn}: {what} lacks {', '.join(map(repr, missing))}")
 
 
 class _SavedState:

@@ -281,9 +281,8 @@ class Scheduler(LRScheduler):
         n = self.last_epoch
         values = {key: self._value(key, n) for key in self.schedules if key != "lr"}
         targets: dict[str, list] = {}
-        counts = self._counts_of(values) if values else {}
-        if values:
-            # before anything is written
+        counts = self._counts_of(values)
+        if values:  # before anything is written
             _check_values(self.optimizer, values, n, targets, counts)
         last = []
         # this loop runs every step: _write inlined (a plain float lr written as it is, a

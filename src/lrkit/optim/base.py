@@ -83,26 +83,34 @@ def check_betas(fn: str, betas: Any, names=("betas[0]", "betas[1]")) -> tuple:
     return tuple(items)
 
 
-def _refuse_duplicates(opt: Any, group: dict[str, Any]) -> None:
-    """Refuse a param group listing one parameter twice. torch warns ("this will cause an
-    error in the future") and steps it once per entry; which state each entry sees then
-    depends on the implementation (torch's single-tensor and foreach paths already
-    differ), and a kernel could read a state buffer before it is filled. The group's
-    ``params`` (any iterable) becomes a list, as torch makes it."""
+def _check_params(opt: Any, group: dict[str, Any]) -> None:
+    """Refuse, before the group is added, a param group listing one parameter twice, or
+    complex parameters where the class takes none (``supports_complex``). torch warns
+    about the first ("this will cause an error in the future") and steps such a parameter
+    once per entry; which state each entry sees then depends on the implementation
+    (torch's single-tensor and foreach paths already differ), and a kernel could read a
+    state buffer before it is filled. The group's ``params`` (any iterable) becomes a
+    list, as torch makes it."""
     params = group.get("params")
     if isinstance(params, Tensor) or isinstance(params, set) or not isinstance(
             params, Iterable):
         return  # torch's own checks say what is wrong
     params = group["params"] = list(params)
+    fn = f"{type(opt).__name__}.add_param_group()"
     seen: dict[int, int] = {}
     for j, x in enumerate(params):
         t = x[1] if isinstance(x, tuple) and len(x) == 2 else x  # (name, tensor) pairs
         i = seen.setdefault(id(t), j)
         if i != j:
             raise ValueError(
-                f"{type(opt).__name__}.add_param_group(): param group "
-                f"{len(opt.param_groups)} lists the same parameter twice (entries {i} and "
-                f"{j}); list each parameter once (torch warns that this will be an error)")
+                f"{fn}: param group {len(opt.param_groups)} lists the same parameter twice "
+                f"(entries {i} and {j}); list each parameter once (torch warns that this "
+                "will be an error)")
+        if not opt.supports_complex and isinstance(t, Tensor) and t.is_complex():
+            raise TypeError(
+                f"{fn}: complex parameters are not supported (nor by the authors' package); "
+                "keep such a weight as a real tensor of shape (..., 2) and take "
+                "torch.view_as_complex of it in the model")
 
 
 class LrkitOptimizer(torch.optim.Optimizer):
@@ -352,15 +360,9 @@ class LrkitOptimizer(torch.optim.Optimizer):
         check_in_backward = _gradwatch.enabled()  # a bad value raises before the group
         if isinstance(param_group, dict):
             _state_check.check_added_group(self, param_group)
-            _refuse_duplicates(self, param_group)
+            _check_params(self, param_group)
         super().add_param_group(param_group)
         params = self.param_groups[-1]["params"]
-        if not self.supports_complex and any(p.is_complex() for p in params):
-            self.param_groups.pop()
-            raise TypeError(
-                f"{type(self).__name__}.add_param_group(): complex parameters are not "
-                "supported (nor by the authors' package); keep such a weight as a real "
-                "tensor of shape (..., 2) and take torch.view_as_complex of it in the model")
         if any(_distributed.is_dtensor(p) for p in params):
             self._has_dtensor = True
         elif check_in_backward:  # check large gradients in backward's hooks
